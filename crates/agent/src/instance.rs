@@ -1,0 +1,466 @@
+use std::fs::File;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ignite_protocol::{ErrorKind, Frame, FrameError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::logs::{LogPipe, Logs};
+
+/// How to start one handler instance.
+#[derive(Debug, Clone)]
+pub struct SpawnConfig {
+    /// The handler binary.
+    pub program: PathBuf,
+    /// The process environment: exactly these variables, nothing inherited from the agent.
+    pub env: Vec<(String, String)>,
+    /// How long the handler may take to send its `Hello`.
+    pub init_timeout: Duration,
+    /// The most log bytes kept per request; the rest is counted in [`Logs::dropped_bytes`].
+    pub log_limit: usize,
+}
+
+impl SpawnConfig {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        SpawnConfig {
+            program: program.into(),
+            env: Vec::new(),
+            init_timeout: Duration::from_secs(10),
+            log_limit: 256 * 1024,
+        }
+    }
+}
+
+/// Why an instance did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("could not start the handler binary {program}: {source}")]
+    Exec {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the handler exited before it was ready ({status}){}", tail(logs))]
+    ExitedBeforeReady { status: String, logs: Logs },
+    #[error(
+        "the handler did not become ready within {after:?}; make sure main does not block before \
+         the #[ignite::main] handler starts{}",
+        tail(logs)
+    )]
+    InitTimeout { after: Duration, logs: Logs },
+    #[error("{source}")]
+    Framing {
+        #[source]
+        source: FrameError,
+        logs: Logs,
+    },
+    #[error(
+        "the handler speaks protocol version {found}, this agent {expected}; rebuild it with \
+         `dodil ignite draft compile`"
+    )]
+    ProtocolMismatch { found: u32, expected: u32 },
+}
+
+impl SpawnError {
+    /// What the handler logged before it failed to start.
+    pub fn logs(&self) -> Option<&Logs> {
+        match self {
+            SpawnError::ExitedBeforeReady { logs, .. }
+            | SpawnError::InitTimeout { logs, .. }
+            | SpawnError::Framing { logs, .. } => Some(logs),
+            _ => None,
+        }
+    }
+}
+
+fn tail(logs: &Logs) -> String {
+    match logs.lines.last() {
+        Some(last) => format!("; its last log line: {last}"),
+        None => String::new(),
+    }
+}
+
+/// One request for a handler.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    pub execution_id: String,
+    pub function_id: String,
+    /// The app's environment, handed to `Context::env`.
+    pub env: Vec<(String, String)>,
+    /// When to give up; `None` waits for ever.
+    pub deadline: Option<Instant>,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler answered.
+    Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// The handler returned `Err`; the instance stays warm.
+    HandlerError { status: u16, message: String },
+    /// The handler panicked; the SDK caught it and the instance stays warm.
+    Panicked { message: String },
+    /// The deadline passed; the instance was killed.
+    TimedOut { after: Duration },
+    /// The process died before answering.
+    Crashed { exit: String },
+    /// The process wrote bytes that are not frames; the instance was killed.
+    FramingError { message: String },
+}
+
+impl Outcome {
+    /// Whether the instance that produced this outcome can take another request.
+    pub fn keeps_instance(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Response { .. } | Outcome::HandlerError { .. } | Outcome::Panicked { .. }
+        )
+    }
+}
+
+/// An invocation's outcome, with the logs attributed to it and how long it took.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub outcome: Outcome,
+    pub logs: Logs,
+    /// From sending the request to its outcome.
+    pub duration: Duration,
+}
+
+/// A running handler process.
+#[derive(Debug)]
+pub struct Instance {
+    child: Child,
+    pid: u32,
+    input: ChildStdin,
+    output: ChildStdout,
+    logs: Arc<LogPipe>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    next_id: u64,
+    init: Duration,
+    alive: bool,
+}
+
+impl Instance {
+    /// Starts the handler and waits for it to be ready.
+    pub async fn spawn(config: &SpawnConfig) -> Result<Instance, SpawnError> {
+        let started = Instant::now();
+        // tokio's Command is std's, which starts the child with posix_spawn (clone with
+        // CLONE_VM|CLONE_VFORK under glibc) when, as here, no pre-exec hook is set.
+        let mut child = Command::new(&config.program)
+            .env_clear()
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| SpawnError::Exec {
+                program: config.program.clone(),
+                source,
+            })?;
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(input), Some(output), Some(stderr)) = pipes else {
+            unreachable!("all three stdio streams were requested as pipes");
+        };
+        let pid = child.id().unwrap_or(0);
+        let stderr = stderr
+            .into_owned_fd()
+            .and_then(|fd| LogPipe::new(File::from(fd), config.log_limit))
+            .map_err(|source| SpawnError::Exec {
+                program: config.program.clone(),
+                source,
+            })?;
+        tokio::spawn(stderr.clone().pump());
+
+        let mut instance = Instance {
+            child,
+            pid,
+            input,
+            output,
+            logs: stderr,
+            rbuf: Vec::with_capacity(16 * 1024),
+            wbuf: Vec::with_capacity(16 * 1024),
+            next_id: 1,
+            init: Duration::ZERO,
+            alive: true,
+        };
+        let hello = tokio::time::timeout(config.init_timeout, instance.read_frame()).await;
+        let failure = match hello {
+            Ok(Ok(Some(Frame::Hello(hello)))) => {
+                if hello.protocol_version != ignite_protocol::PROTOCOL_VERSION {
+                    instance.kill().await;
+                    return Err(SpawnError::ProtocolMismatch {
+                        found: hello.protocol_version,
+                        expected: ignite_protocol::PROTOCOL_VERSION,
+                    });
+                }
+                instance.init = started.elapsed();
+                // Anything logged during start-up is the instance's, not the first request's.
+                let startup = instance.logs.take();
+                for line in startup.lines {
+                    tracing::debug!(pid, "handler start-up: {line}");
+                }
+                return Ok(instance);
+            }
+            Ok(Ok(None)) => {
+                let status = instance.reap().await;
+                return Err(SpawnError::ExitedBeforeReady {
+                    status,
+                    logs: instance.logs.take(),
+                });
+            }
+            Ok(Ok(Some(other))) => FrameError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "expected the handler's Hello frame, got {}",
+                    frame_name(&other)
+                ),
+            )),
+            Ok(Err(FrameError::Truncated)) => {
+                let status = instance.reap().await;
+                return Err(SpawnError::ExitedBeforeReady {
+                    status,
+                    logs: instance.logs.take(),
+                });
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                instance.kill().await;
+                return Err(SpawnError::InitTimeout {
+                    after: config.init_timeout,
+                    logs: instance.logs.take(),
+                });
+            }
+        };
+        instance.kill().await;
+        Err(SpawnError::Framing {
+            source: failure,
+            logs: instance.logs.take(),
+        })
+    }
+
+    /// How long the handler took from spawn to ready.
+    pub fn init_duration(&self) -> Duration {
+        self.init
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process can take another request.
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Runs one request. A dead instance answers `Crashed` at once.
+    pub async fn invoke(&mut self, inv: Invocation) -> Reply {
+        let started = Instant::now();
+        if !self.alive {
+            return Reply {
+                outcome: Outcome::Crashed {
+                    exit: "the instance had already stopped".into(),
+                },
+                logs: Logs::default(),
+                duration: Duration::ZERO,
+            };
+        }
+        // Lines logged between requests belong to no request.
+        let stale = self.logs.take();
+        for line in stale.lines {
+            tracing::debug!(pid = self.pid, "handler (between requests): {line}");
+        }
+        let deadline = inv.deadline;
+        let exchange = self.exchange(inv);
+        let result = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), exchange).await,
+            None => Ok(exchange.await),
+        };
+        let outcome = match result {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => {
+                // The process closed its end: it exited or was killed.
+                let exit = self.reap().await;
+                Outcome::Crashed { exit }
+            }
+            Ok(Err(e)) => {
+                self.kill().await;
+                Outcome::FramingError {
+                    message: e.to_string(),
+                }
+            }
+            Err(_) => {
+                self.kill().await;
+                Outcome::TimedOut {
+                    after: started.elapsed(),
+                }
+            }
+        };
+        if !outcome.keeps_instance() {
+            self.alive = false;
+        }
+        Reply {
+            outcome,
+            logs: self.logs.take(),
+            duration: started.elapsed(),
+        }
+    }
+
+    /// Asks the handler to exit, waits up to `grace`, then kills it.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if self.alive {
+            self.wbuf.clear();
+            if ignite_protocol::encode_into(&Frame::Shutdown, &mut self.wbuf).is_ok() {
+                let _ = self.input.write_all(&self.wbuf).await;
+            }
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill().await;
+        }
+    }
+
+    async fn exchange(&mut self, inv: Invocation) -> Result<Outcome, FrameError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline_unix_ms = inv.deadline.map_or(0, |at| {
+            let left = at.saturating_duration_since(Instant::now());
+            (SystemTime::now() + left)
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
+        let frame = Frame::Invoke(ignite_protocol::Invoke {
+            id,
+            execution_id: inv.execution_id,
+            function_id: inv.function_id,
+            deadline_unix_ms,
+            env: inv.env,
+            method: inv.method,
+            path: inv.path,
+            query: inv.query,
+            headers: inv.headers,
+            body: inv.body,
+        });
+        self.wbuf.clear();
+        ignite_protocol::encode_into(&frame, &mut self.wbuf)?;
+        self.input.write_all(&self.wbuf).await?;
+        loop {
+            let frame = self.read_frame().await?.ok_or(FrameError::Truncated)?;
+            match frame {
+                Frame::Response(r) if r.id == id => {
+                    return Ok(Outcome::Response {
+                        status: r.status,
+                        headers: r.headers,
+                        body: r.body,
+                    });
+                }
+                Frame::Error(e) if e.id == id => {
+                    return Ok(match e.kind {
+                        ErrorKind::Handler => Outcome::HandlerError {
+                            status: e.status,
+                            message: e.message,
+                        },
+                        ErrorKind::Panic => Outcome::Panicked { message: e.message },
+                    });
+                }
+                Frame::Log(log) if log.id == id => self.logs.push(&log.line),
+                other => {
+                    return Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the handler sent {} while request {id} was in flight",
+                            frame_name(&other)
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads one frame; `Ok(None)` when the handler closed the channel between frames.
+    async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if let Some((frame, used)) = ignite_protocol::decode(&self.rbuf)? {
+                self.rbuf.drain(..used);
+                return Ok(Some(frame));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            if self.output.read_buf(&mut self.rbuf).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Waits for the exited process and describes how it ended.
+    async fn reap(&mut self) -> String {
+        self.alive = false;
+        // The framing channel closed; a process that closed it but lives on is killed.
+        match tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await {
+            Ok(Ok(status)) => describe(status),
+            Ok(Err(e)) => format!("its exit status could not be read: {e}"),
+            Err(_) => {
+                self.kill().await;
+                "it closed the runtime channel and was killed".into()
+            }
+        }
+    }
+
+    async fn kill(&mut self) {
+        self.alive = false;
+        let _ = self.child.kill().await;
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(signal) = status.signal() {
+        let name = match signal {
+            4 => " (SIGILL)",
+            6 => " (SIGABRT)",
+            7 => " (SIGBUS)",
+            9 => " (SIGKILL)",
+            11 => " (SIGSEGV)",
+            15 => " (SIGTERM)",
+            _ => "",
+        };
+        format!("killed by signal {signal}{name}")
+    } else {
+        status.to_string()
+    }
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "a Hello frame",
+        Frame::Invoke(_) => "an Invoke frame",
+        Frame::Response(_) => "a Response frame",
+        Frame::Error(_) => "an Error frame",
+        Frame::Log(_) => "a Log frame",
+        Frame::Shutdown => "a Shutdown frame",
+    }
+}

@@ -1,0 +1,21 @@
+//! The node agent's side of a handler process: the instance runner.
+//!
+//! An [`Instance`] is one running handler binary. [`Instance::spawn`] starts it with a clean
+//! environment and three pipes, and waits for the SDK's `Hello` frame (that wait is the
+//! instance's init time). [`Instance::invoke`] sends one request and waits for its answer under
+//! the request's deadline; the process stays warm for the next request. Everything the handler
+//! writes to stderr is attributed, line by line, to the request in flight.
+//!
+//! Every way an invocation can end is a distinct [`Outcome`]: an answer, a handler error, a
+//! panic (the process survives), a deadline (the process is killed), a crash (the process
+//! died), or a framing error (the process wrote bytes that are not frames; it is killed).
+//! None of them is an `Err`: the caller always gets a [`Reply`] to record.
+//!
+//! This crate must never trust the handler: every byte read from it goes through the protocol
+//! crate's bounded decoder, every wait on it has a deadline, and its logs are capped.
+
+mod instance;
+mod logs;
+
+pub use instance::{Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError};
+pub use logs::Logs;

@@ -1,0 +1,154 @@
+//! Collects a handler's stderr as log lines for the request in flight.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// The logs gathered for one request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Logs {
+    pub lines: Vec<String>,
+    /// Bytes that were dropped because the request passed its log limit.
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    partial: Vec<u8>,
+    current: Logs,
+    kept_bytes: usize,
+    limit: usize,
+    eof: bool,
+}
+
+/// The handler's stderr pipe, read both by a background task (so the handler never blocks on a
+/// full pipe) and, synchronously, when an answer arrives: the handler wrote its log lines before
+/// it wrote its answer, so at that moment every line of the request is already in the pipe.
+/// All reads happen under one lock, so lines stay in order.
+#[derive(Debug)]
+pub(crate) struct LogPipe {
+    fd: AsyncFd<File>,
+    state: Mutex<State>,
+}
+
+impl LogPipe {
+    pub(crate) fn new(fd: File, limit: usize) -> io::Result<Arc<Self>> {
+        set_nonblocking(&fd)?;
+        // SAFETY: `fd` is a `File`, which owns its descriptor: it stays open and refers to the
+        // same pipe until the `AsyncFd` (and with it the `File`) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(Arc::new(LogPipe {
+            fd,
+            state: Mutex::new(State {
+                partial: Vec::new(),
+                current: Logs::default(),
+                kept_bytes: 0,
+                limit,
+                eof: false,
+            }),
+        }))
+    }
+
+    /// Reads the pipe until the handler closes it (it exits).
+    pub(crate) async fn pump(self: Arc<Self>) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return;
+            };
+            let mut state = self.lock();
+            match Self::drain(guard.get_inner(), &mut state) {
+                Ok(()) if state.eof => return,
+                Ok(()) => guard.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Takes everything logged so far, including a last line without a newline.
+    pub(crate) fn take(&self) -> Logs {
+        let mut state = self.lock();
+        // An error here means the pipe is gone; what was read already is still returned.
+        let _ = Self::drain(self.fd.get_ref(), &mut state);
+        if !state.partial.is_empty() {
+            let partial = std::mem::take(&mut state.partial);
+            push_line(&mut state, &partial);
+        }
+        state.kept_bytes = 0;
+        std::mem::take(&mut state.current)
+    }
+
+    /// Appends a line the handler attributed to the request itself.
+    pub(crate) fn push(&self, line: &str) {
+        push_line(&mut self.lock(), line.as_bytes());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads what the pipe holds now, without waiting. `Ok` at `WouldBlock` or end of file.
+    fn drain(mut fd: &File, state: &mut State) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            match fd.read(&mut buf) {
+                Ok(0) => {
+                    state.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => split_lines(state, &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn split_lines(state: &mut State, mut bytes: &[u8]) {
+    while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+        let (line, rest) = bytes.split_at(nl);
+        if state.partial.is_empty() {
+            push_line(state, line);
+        } else {
+            let mut whole = std::mem::take(&mut state.partial);
+            whole.extend_from_slice(line);
+            push_line(state, &whole);
+        }
+        bytes = &rest[1..];
+    }
+    // Keep at most one log line's worth of an unfinished line.
+    let room = state.limit.saturating_sub(state.partial.len());
+    let keep = bytes.len().min(room);
+    state.partial.extend_from_slice(&bytes[..keep]);
+    state.current.dropped_bytes += (bytes.len() - keep) as u64;
+}
+
+fn push_line(state: &mut State, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if state.kept_bytes + line.len() > state.limit {
+        state.current.dropped_bytes += line.len() as u64 + 1;
+        return;
+    }
+    state.kept_bytes += line.len() + 1;
+    state
+        .current
+        .lines
+        .push(String::from_utf8_lossy(line).into_owned());
+}
+
+/// The synchronous drain in [`LogPipe::take`] must never wait, so the pipe must not block.
+fn set_nonblocking(fd: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor owned by the borrowed `File`; F_GETFL/F_SETFL touch only the
+    // file status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The handler process's main loop.
+
+use std::any::Any;
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, BufReader, IsTerminal, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use ignite_protocol::{ErrorFrame, ErrorKind, Frame, FrameError, Hello, Response as ResponseFrame};
+
+use crate::{Context, Error, IntoResponse, Request};
+
+/// Exit status when the framing channel breaks (the agent reports the process as crashed).
+const EXIT_CHANNEL: i32 = 70;
+/// Exit status when the binary is started by hand on a terminal.
+const EXIT_USAGE: i32 = 64;
+
+/// Serves requests with `handler` until the agent closes the channel, then exits the process.
+pub fn run<H, Fut, R, E>(handler: H) -> !
+where
+    H: Fn(Request, Context) -> Fut,
+    Fut: Future<Output = Result<R, E>>,
+    R: IntoResponse,
+    E: Into<Error>,
+{
+    if io::stdin().is_terminal() {
+        eprintln!(
+            "this is an Ignite handler: it speaks the runtime protocol on stdin/stdout and is \
+             started by the platform. Deploy it with `dodil ignite draft save/compile/publish`, \
+             or try it locally with `dodil ignite run <dir> -p '{{...}}'`."
+        );
+        std::process::exit(EXIT_USAGE);
+    }
+    let code = match serve(&handler) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ignite: {e}");
+            EXIT_CHANNEL
+        }
+    };
+    std::process::exit(code)
+}
+
+struct Channel {
+    input: BufReader<File>,
+    output: Arc<Mutex<File>>,
+}
+
+/// Moves the framing channel off fds 0 and 1 before any user code runs: the channel goes to
+/// private close-on-exec descriptors, fd 1 becomes a second stderr (so `println!` is a log line,
+/// never a corrupt frame) and fd 0 an empty pipe.
+fn take_stdio() -> io::Result<Channel> {
+    let input = io::stdin().as_fd().try_clone_to_owned()?;
+    let output = io::stdout().as_fd().try_clone_to_owned()?;
+    // SAFETY: dup2 only replaces fd 1 with a duplicate of fd 2; both are open descriptors of this
+    // process, and no Rust object owns fd 1 exclusively (std's `Stdout` writes to whatever fd 1 is).
+    if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (empty, writer) = io::pipe()?;
+    drop(writer);
+    // SAFETY: as above, for fd 0, with `empty` alive for the duration of the call.
+    if unsafe { libc::dup2(empty.as_raw_fd(), libc::STDIN_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Channel {
+        input: BufReader::with_capacity(64 * 1024, File::from(input)),
+        output: Arc::new(Mutex::new(File::from(output))),
+    })
+}
+
+fn send(output: &Mutex<File>, frame: &Frame, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+    ignite_protocol::write_frame(&mut *out, frame, buf)
+}
+
+fn serve<H, Fut, R, E>(handler: &H) -> Result<(), FrameError>
+where
+    H: Fn(Request, Context) -> Fut,
+    Fut: Future<Output = Result<R, E>>,
+    R: IntoResponse,
+    E: Into<Error>,
+{
+    let Channel { mut input, output } = take_stdio()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut wbuf = Vec::with_capacity(16 * 1024);
+    let mut rbuf = Vec::with_capacity(16 * 1024);
+    let hello = Frame::Hello(Hello {
+        protocol_version: ignite_protocol::PROTOCOL_VERSION,
+        sdk_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    send(&output, &hello, &mut wbuf)?;
+
+    loop {
+        let frame = match ignite_protocol::read_frame(&mut input, &mut rbuf)? {
+            Some(frame) => frame,
+            None => return Ok(()),
+        };
+        let mut invoke = match frame {
+            Frame::Invoke(invoke) => invoke,
+            Frame::Shutdown => return Ok(()),
+            other => {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the agent sent a frame a handler does not expect: {other:?}"),
+                )))
+            }
+        };
+        let id = invoke.id;
+        let ctx = Context::from_invoke(&mut invoke, output.clone());
+        let req = Request::from_invoke(invoke);
+        let outcome = rt.block_on(CatchUnwind(Box::pin(async {
+            match handler(req, ctx).await {
+                Ok(r) => Ok(r.into_response()),
+                Err(e) => Err(e.into()),
+            }
+        })));
+        let reply = match outcome {
+            Ok(Ok(response)) => {
+                let (status, headers, body) = response.into_parts();
+                Frame::Response(ResponseFrame {
+                    id,
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Ok(Err(error)) => Frame::Error(ErrorFrame {
+                id,
+                kind: ErrorKind::Handler,
+                status: error.status(),
+                message: error.message().to_string(),
+            }),
+            Err(panic) => Frame::Error(ErrorFrame {
+                id,
+                kind: ErrorKind::Panic,
+                status: 500,
+                message: format!("the handler panicked: {}", panic_message(&*panic)),
+            }),
+        };
+        send(&output, &reply, &mut wbuf)?;
+        // Whatever the handler left in std's stderr buffer belongs to this request.
+        let _ = io::stderr().flush();
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic payload that is not a string)"
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err(payload)`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
