@@ -17,5 +17,7 @@
 mod instance;
 mod logs;
 
-pub use instance::{Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError};
+pub use instance::{
+    current_cpu, pin_to_cpu, Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError,
+};
 pub use logs::Logs;

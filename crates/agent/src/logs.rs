@@ -67,11 +67,15 @@ impl LogPipe {
         }
     }
 
-    /// Takes everything logged so far, including a last line without a newline.
-    pub(crate) fn take(&self) -> Logs {
+    /// Takes everything logged so far, including a last line without a newline. With `sync`,
+    /// first reads what the pipe holds right now (the caller knows the handler has written all
+    /// it is going to for a request); without, takes what the background reader has collected.
+    pub(crate) fn take(&self, sync: bool) -> Logs {
         let mut state = self.lock();
-        // An error here means the pipe is gone; what was read already is still returned.
-        let _ = Self::drain(self.fd.get_ref(), &mut state);
+        if sync {
+            // An error here means the pipe is gone; what was read already is still returned.
+            let _ = Self::drain(self.fd.get_ref(), &mut state);
+        }
         if !state.partial.is_empty() {
             let partial = std::mem::take(&mut state.partial);
             push_line(&mut state, &partial);

@@ -144,9 +144,10 @@ where
                 message: format!("the handler panicked: {}", panic_message(&*panic)),
             }),
         };
+        // What the handler left in std's stdout buffer (a `print!` without a newline) belongs to
+        // this request: it must reach the log pipe before the answer does.
+        let _ = io::stdout().flush();
         send(&output, &reply, &mut wbuf)?;
-        // Whatever the handler left in std's stderr buffer belongs to this request.
-        let _ = io::stderr().flush();
     }
 }
 
