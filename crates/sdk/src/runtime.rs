@@ -91,6 +91,10 @@ where
         .build()?;
     let mut wbuf = Vec::with_capacity(16 * 1024);
     let mut rbuf = Vec::with_capacity(16 * 1024);
+    // The previous answer is dropped only once the next one exists. musl's allocator unmaps a
+    // slab as soon as its last slot is freed; freeing each answer right after sending it cost
+    // an mmap/munmap pair (with a TLB shootdown) on every request.
+    let mut previous: Option<Frame> = None;
     let hello = Frame::Hello(Hello {
         protocol_version: ignite_protocol::PROTOCOL_VERSION,
         sdk_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -148,6 +152,7 @@ where
         // this request: it must reach the log pipe before the answer does.
         let _ = io::stdout().flush();
         send(&output, &reply, &mut wbuf)?;
+        drop(previous.replace(reply));
     }
 }
 
