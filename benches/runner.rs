@@ -136,7 +136,10 @@ async fn measure(config: &SpawnConfig) -> Measured {
         let reply = instance.invoke(invocation()).await;
         cold.push(started.elapsed());
         init.push(instance.init_duration());
-        assert!(matches!(reply.outcome, Outcome::Response { status: 200, .. }));
+        assert!(matches!(
+            reply.outcome,
+            Outcome::Response { status: 200, .. }
+        ));
         instance.shutdown(Duration::from_secs(1)).await;
     }
 
@@ -151,7 +154,10 @@ async fn measure(config: &SpawnConfig) -> Measured {
         let started = Instant::now();
         let reply = instance.invoke(invocation()).await;
         warm.push(started.elapsed());
-        assert!(matches!(reply.outcome, Outcome::Response { status: 200, .. }));
+        assert!(matches!(
+            reply.outcome,
+            Outcome::Response { status: 200, .. }
+        ));
     }
     let throughput = warm_n as f64 / all.elapsed().as_secs_f64();
     instance.shutdown(Duration::from_secs(1)).await;

@@ -76,12 +76,20 @@ async fn handler(_req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     .await;
     let mut instance = spawn(&bin).await;
     let reply = instance.invoke(invocation("")).await;
-    let Outcome::Response { status, headers, body } = reply.outcome else {
+    let Outcome::Response {
+        status,
+        headers,
+        body,
+    } = reply.outcome
+    else {
         panic!("{:?}", reply.outcome)
     };
     assert_eq!(status, 201);
     assert_eq!(body, b"plain words");
-    assert!(headers.contains(&("x-answer".into(), "42".into())), "{headers:?}");
+    assert!(
+        headers.contains(&("x-answer".into(), "42".into())),
+        "{headers:?}"
+    );
     assert!(
         headers.contains(&("content-type".into(), "text/plain; charset=utf-8".into())),
         "{headers:?}"
@@ -120,7 +128,10 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     // A body that does not match the struct: 400 that says what is wrong.
     let reply = instance.invoke(invocation(r#"{"item": "apple"}"#)).await;
     match reply.outcome {
-        Outcome::HandlerError { status: 400, message } => {
+        Outcome::HandlerError {
+            status: 400,
+            message,
+        } => {
             assert!(message.contains("quantity"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -129,7 +140,10 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     let mut inv = invocation(r#"{"other": 1}"#);
     inv.path = "/field".into();
     match instance.invoke(inv).await.outcome {
-        Outcome::HandlerError { status: 400, message } => {
+        Outcome::HandlerError {
+            status: 400,
+            message,
+        } => {
             assert_eq!(message, "missing field `count` in the request body")
         }
         other => panic!("{other:?}"),
@@ -137,7 +151,10 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     let mut inv = invocation(r#"{"count": "three"}"#);
     inv.path = "/field".into();
     match instance.invoke(inv).await.outcome {
-        Outcome::HandlerError { status: 400, message } => {
+        Outcome::HandlerError {
+            status: 400,
+            message,
+        } => {
             assert!(message.starts_with("invalid field `count`"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -274,7 +291,10 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     );
     // The process survived and serves the next request.
     let reply = instance.invoke(at("/")).await;
-    assert!(matches!(reply.outcome, Outcome::Response { status: 200, .. }));
+    assert!(matches!(
+        reply.outcome,
+        Outcome::Response { status: 200, .. }
+    ));
     assert_eq!(instance.pid(), pid);
 }
 
@@ -299,14 +319,27 @@ async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
     .await;
     let mut instance = spawn(&bin).await;
     for n in 1..=3 {
-        let reply = instance.invoke(invocation(&format!(r#"{{"n": {n}}}"#))).await;
+        let reply = instance
+            .invoke(invocation(&format!(r#"{{"n": {n}}}"#)))
+            .await;
         assert_eq!(json_body(&reply), json!({ "n": n }));
         let lines = &reply.logs.lines;
-        assert!(lines.contains(&format!("stdout line for request {n}")), "{lines:?}");
-        assert!(lines.contains(&format!("stderr line for request {n}")), "{lines:?}");
-        assert!(lines.contains(&format!("context line for request {n}")), "{lines:?}");
         assert!(
-            lines.iter().all(|l| !l.contains(&format!("request {}", n - 1))),
+            lines.contains(&format!("stdout line for request {n}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&format!("stderr line for request {n}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&format!("context line for request {n}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains(&format!("request {}", n - 1))),
             "a previous request's lines leaked into this one: {lines:?}"
         );
     }
@@ -314,8 +347,9 @@ async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
 
 #[tokio::test]
 async fn a_handler_in_main_rs_works_too() {
-    let manifest =
-        format!("[package]\nname = \"h-main\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]{HANDLER_DEPS}");
+    let manifest = format!(
+        "[package]\nname = \"h-main\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]{HANDLER_DEPS}"
+    );
     let dir = write_project(
         "h-main",
         &[
@@ -336,7 +370,9 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
     let bin = build_ok(&dir).await;
     let mut instance = spawn(&bin).await;
     match instance.invoke(invocation("")).await.outcome {
-        Outcome::Response { status: 200, body, .. } => {
+        Outcome::Response {
+            status: 200, body, ..
+        } => {
             assert_eq!(body, b"from main.rs, acme-corp/test")
         }
         other => panic!("{other:?}"),
@@ -359,7 +395,10 @@ fn handler(_req: Request, _ctx: Context) -> Result<Response> {
     match build(&dir).await {
         Ok(_) => panic!("a non-async handler compiled"),
         Err((e, log)) => {
-            assert!(matches!(e, ignite_builder::BuildError::Failed { .. }), "{e}");
+            assert!(
+                matches!(e, ignite_builder::BuildError::Failed { .. }),
+                "{e}"
+            );
             let log = log.join("\n");
             assert!(log.contains("#[ignite::main] needs an async fn"), "{log}");
         }
@@ -396,19 +435,25 @@ async fn a_binary_that_never_becomes_ready_is_killed_at_the_init_timeout() {
     match Instance::spawn(&config).await {
         Err(e @ SpawnError::InitTimeout { .. }) => {
             assert!(e.to_string().contains("did not become ready"), "{e}");
-            assert!(e.logs().unwrap().lines.contains(&"waiting for ever".to_string()));
+            assert!(
+                e.logs()
+                    .unwrap()
+                    .lines
+                    .contains(&"waiting for ever".to_string())
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "the timeout was not enforced");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout was not enforced"
+    );
     // No process of that binary is left.
     let name = bin.file_name().unwrap().to_string_lossy().to_string();
     let left: Vec<_> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
-        })
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
         .filter(|e| process_alive(e.file_name().to_string_lossy().parse().unwrap_or(0)))
         .collect();
     assert!(left.is_empty(), "the hung handler is still running");
@@ -475,7 +520,10 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
             reply.outcome
         );
         assert!(!instance.is_alive());
-        assert!(!process_alive(pid), "{path}: the timed-out handler is still running");
+        assert!(
+            !process_alive(pid),
+            "{path}: the timed-out handler is still running"
+        );
         // The dead instance does not pretend to serve.
         assert!(matches!(
             instance.invoke(at("/", 1000)).await.outcome,
@@ -495,7 +543,11 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
             exit: "killed by signal 6 (SIGABRT)".into()
         }
     );
-    assert!(reply.logs.lines.contains(&"about to abort".to_string()), "{:?}", reply.logs);
+    assert!(
+        reply.logs.lines.contains(&"about to abort".to_string()),
+        "{:?}",
+        reply.logs
+    );
 
     let mut instance = spawn(&bin).await;
     assert_eq!(

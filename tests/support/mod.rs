@@ -56,7 +56,9 @@ pub fn plain_project(name: &str, main_rs: &str) -> PathBuf {
 }
 
 /// Builds a project; on failure prints cargo's log and panics.
-pub async fn build(dir: &Path) -> Result<ignite_builder::Artifact, (ignite_builder::BuildError, Vec<String>)> {
+pub async fn build(
+    dir: &Path,
+) -> Result<ignite_builder::Artifact, (ignite_builder::BuildError, Vec<String>)> {
     let project = ignite_builder::prepare(dir).map_err(|e| (e, vec![]))?;
     let options = BuildOptions {
         sdk: Sdk::bundled(),
@@ -102,9 +104,14 @@ pub fn invocation(body: &str) -> Invocation {
 /// The response body of a reply as JSON; panics with the whole reply otherwise.
 pub fn json_body(reply: &Reply) -> serde_json::Value {
     match &reply.outcome {
-        ignite_agent::Outcome::Response { status: 200, body, .. } => serde_json::from_slice(body)
+        ignite_agent::Outcome::Response {
+            status: 200, body, ..
+        } => serde_json::from_slice(body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body))),
-        other => panic!("expected a 200 response, got {other:?}; logs: {:?}", reply.logs),
+        other => panic!(
+            "expected a 200 response, got {other:?}; logs: {:?}",
+            reply.logs
+        ),
     }
 }
 

@@ -454,7 +454,8 @@ pub fn current_cpu() -> Option<usize> {
 
 /// Restricts a process (0: the calling thread) to one CPU.
 pub fn pin_to_cpu(pid: u32, cpu: usize) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }

@@ -18,6 +18,6 @@ mod instance;
 mod logs;
 
 pub use instance::{
-    current_cpu, pin_to_cpu, Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError,
+    Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError, current_cpu, pin_to_cpu,
 };
 pub use logs::Logs;

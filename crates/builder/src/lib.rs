@@ -10,6 +10,8 @@
 //! The user's source is edited only in the copy the builder was handed; this crate never writes
 //! anywhere but that directory and the target directory it is given.
 
+pub mod archive;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

@@ -8,11 +8,31 @@ use serde_json::json;
 fn field_errors_name_the_key() {
     let cases: &[(&str, &str, Result<u32, ErrorKind>)] = &[
         ("present", r#"{"n": 3}"#, Ok(3)),
-        ("absent", r#"{"m": 3}"#, Err(ErrorKind::MissingField { key: "n".into() })),
-        ("empty body", "", Err(ErrorKind::MissingField { key: "n".into() })),
-        ("not an object", "[1]", Err(ErrorKind::MissingField { key: "n".into() })),
-        ("not json", "hello", Err(ErrorKind::MissingField { key: "n".into() })),
-        ("wrong type", r#"{"n": "x"}"#, Err(ErrorKind::InvalidField { key: "n".into() })),
+        (
+            "absent",
+            r#"{"m": 3}"#,
+            Err(ErrorKind::MissingField { key: "n".into() }),
+        ),
+        (
+            "empty body",
+            "",
+            Err(ErrorKind::MissingField { key: "n".into() }),
+        ),
+        (
+            "not an object",
+            "[1]",
+            Err(ErrorKind::MissingField { key: "n".into() }),
+        ),
+        (
+            "not json",
+            "hello",
+            Err(ErrorKind::MissingField { key: "n".into() }),
+        ),
+        (
+            "wrong type",
+            r#"{"n": "x"}"#,
+            Err(ErrorKind::InvalidField { key: "n".into() }),
+        ),
     ];
     for (name, body, expect) in cases {
         let req = Request::new("POST", "/", *body);
@@ -47,16 +67,49 @@ fn body_and_raw() {
 #[test]
 fn into_response_table() {
     let cases: Vec<(Response, u16, &str, &[u8])> = vec![
-        (json!({"a": 1}).into_response(), 200, "application/json", br#"{"a":1}"#),
-        ("hi".into_response(), 200, "text/plain; charset=utf-8", b"hi"),
-        (String::from("hi").into_response(), 200, "text/plain; charset=utf-8", b"hi"),
-        (vec![1u8, 2].into_response(), 200, "application/octet-stream", &[1, 2]),
-        ((201, "made").into_response(), 201, "text/plain; charset=utf-8", b"made"),
-        (Json(vec![1, 2]).into_response(), 200, "application/json", b"[1,2]"),
+        (
+            json!({"a": 1}).into_response(),
+            200,
+            "application/json",
+            br#"{"a":1}"#,
+        ),
+        (
+            "hi".into_response(),
+            200,
+            "text/plain; charset=utf-8",
+            b"hi",
+        ),
+        (
+            String::from("hi").into_response(),
+            200,
+            "text/plain; charset=utf-8",
+            b"hi",
+        ),
+        (
+            vec![1u8, 2].into_response(),
+            200,
+            "application/octet-stream",
+            &[1, 2],
+        ),
+        (
+            (201, "made").into_response(),
+            201,
+            "text/plain; charset=utf-8",
+            b"made",
+        ),
+        (
+            Json(vec![1, 2]).into_response(),
+            200,
+            "application/json",
+            b"[1,2]",
+        ),
     ];
     for (resp, status, ctype, body) in cases {
         assert_eq!(resp.status(), status);
-        assert_eq!(resp.headers(), &[("content-type".to_string(), ctype.to_string())]);
+        assert_eq!(
+            resp.headers(),
+            &[("content-type".to_string(), ctype.to_string())]
+        );
         assert_eq!(resp.body(), body);
     }
     assert_eq!(().into_response().status(), 204);

@@ -1,0 +1,76 @@
+//! Unpacking a user's uploaded source, which is hostile until proven otherwise.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(
+        "the archive entry {0:?} has an absolute path; archive the project directory with relative paths"
+    )]
+    Absolute(PathBuf),
+    #[error("the archive entry {0:?} climbs out of the project with `..`; remove it")]
+    ParentDir(PathBuf),
+    #[error("the archive entry {0:?} is a link; links are not accepted in uploaded source")]
+    Link(PathBuf),
+    #[error("the archive unpacks to more than {0} bytes; trim the upload (leave out target/)")]
+    TooLarge(u64),
+    #[error("the upload is not a readable .tar.gz archive: {0}")]
+    Corrupt(std::io::Error),
+    #[error("I/O error writing the unpacked source: {0}")]
+    Io(std::io::Error),
+}
+
+fn check_path(path: &Path) -> Result<(), ArchiveError> {
+    for c in path.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => {
+                return Err(ArchiveError::Absolute(path.to_owned()));
+            }
+            Component::ParentDir => return Err(ArchiveError::ParentDir(path.to_owned())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a gzip-compressed tar archive into `dest` (which must exist and be empty), refusing
+/// absolute paths, `..`, links of any kind, device files, and more than `cap` bytes unpacked.
+pub fn unpack_tar_gz(bytes: &[u8], dest: &Path, cap: u64) -> Result<(), ArchiveError> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(ArchiveError::Corrupt)? {
+        let mut entry = entry.map_err(ArchiveError::Corrupt)?;
+        let path = entry.path().map_err(ArchiveError::Corrupt)?.into_owned();
+        check_path(&path)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            return Err(ArchiveError::Link(path));
+        }
+        let out = dest.join(&path);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&out).map_err(ArchiveError::Io)?;
+            continue;
+        }
+        if !kind.is_file() {
+            // Devices, fifos and the like have no place in source; skip them.
+            continue;
+        }
+        total = total.saturating_add(entry.size());
+        if total > cap {
+            return Err(ArchiveError::TooLarge(cap));
+        }
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(ArchiveError::Io)?;
+        }
+        // Copy at most what the header announced, and count what really came.
+        let mut file = std::fs::File::create(&out).map_err(ArchiveError::Io)?;
+        let copied =
+            std::io::copy(&mut (&mut entry).take(cap + 1), &mut file).map_err(ArchiveError::Io)?;
+        if copied > entry.size() || total > cap {
+            return Err(ArchiveError::TooLarge(cap));
+        }
+    }
+    Ok(())
+}

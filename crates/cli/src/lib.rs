@@ -1,0 +1,748 @@
+//! The `dodil ignite …` command line: a clap derive tree with one function per command. Human
+//! output by default, `-o json` for machines; errors on stderr with what to do, and a non-zero
+//! exit (1: the platform refused or failed, 2: usage, 3: the server could not be reached).
+//!
+//! It must never print a token except the one `token create` just made.
+
+mod client;
+mod config;
+mod local;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use client::Client;
+
+#[derive(Parser)]
+#[command(name = "dodil", version, about = "The dodil command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Ignite: serverless Rust handlers compiled to tiny static binaries.
+    Ignite(IgniteArgs),
+}
+
+#[derive(Args)]
+struct IgniteArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// API token (overrides DODIL_TOKEN and the config file).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// API endpoint, host:port (overrides DODIL_API_ENDPOINT and the config file).
+    #[arg(long = "api-endpoint", global = true)]
+    api_endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Ignite,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Ignite {
+    /// Start the platform (API, builder, node agent, gateway) on embedded defaults.
+    Server(ServerArgs),
+    /// CLI settings.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Apps.
+    #[command(subcommand)]
+    App(AppCmd),
+    /// The mutable draft (version 0) of an app.
+    #[command(subcommand)]
+    Draft(DraftCmd),
+    /// Call an app's active version.
+    Invoke {
+        id: String,
+        /// The JSON payload.
+        #[arg(short = 'p', long = "payload", default_value = "")]
+        payload: String,
+    },
+    /// Executions.
+    #[command(subcommand)]
+    Execution(ExecutionCmd),
+    /// Published versions.
+    #[command(subcommand)]
+    Version(VersionCmd),
+    /// API tokens of your org.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Compile a handler project and invoke it locally, once (no server needed).
+    Run(local::RunArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where state and artifacts live.
+    #[arg(long, env = "IGNITE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The org created on first start.
+    #[arg(long, default_value = "acme-corp")]
+    org: String,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_listen: String,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    gateway_listen: String,
+    /// Public URLs are http://<app>-<org>.ignite.<domain>.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// The port shown in public URLs (default: the gateway's).
+    #[arg(long)]
+    public_port: Option<u16>,
+    /// The compile budget, in seconds.
+    #[arg(long, default_value_t = 2400)]
+    build_timeout: u64,
+    /// One cargo target directory for all apps (default: one per app).
+    #[arg(long)]
+    build_target_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Set `token` or `api_endpoint`.
+    Set { key: String, value: String },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Get {
+        id: String,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+    /// Set the app's environment variables (they travel with the next published version).
+    SetEnv {
+        id: String,
+        /// KEY=VALUE, repeatable.
+        #[arg(required = true)]
+        vars: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DraftCmd {
+    /// Upload source into the draft slot (overwrites it).
+    Save(SaveArgs),
+    /// Compile a Rust draft into a static binary.
+    Compile { id: String },
+    /// The compile's log, following it while it runs.
+    CompileLogs {
+        id: String,
+        /// Print what is there and return instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Cut a new immutable version from the compiled draft and make it active.
+    Publish { id: String },
+}
+
+#[derive(Args)]
+struct SaveArgs {
+    id: String,
+    /// A file (source) or a directory / .tar.gz archive (archive context: Cargo.toml + src/).
+    #[arg(long, conflicts_with_all = ["dockerfile_path", "git_url", "image_ref"])]
+    code: Option<PathBuf>,
+    #[arg(long)]
+    runtime: Option<String>,
+    /// native or wasm; required for Rust.
+    #[arg(long)]
+    rust_target: Option<String>,
+    /// A rustup toolchain to compile with.
+    #[arg(long)]
+    toolchain: Option<String>,
+    #[arg(long)]
+    dockerfile_path: Option<PathBuf>,
+    #[arg(long)]
+    git_url: Option<String>,
+    #[arg(long)]
+    image_ref: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ExecutionCmd {
+    Get {
+        id: String,
+    },
+    List {
+        /// Only this app's executions (`org:name`).
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum VersionCmd {
+    List {
+        id: String,
+    },
+    /// Make an older version active again.
+    Rollback {
+        id: String,
+        version: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    Create { name: String },
+    List,
+    Revoke { id: String },
+}
+
+/// The process entry of `dodil`.
+pub fn main() {
+    let cli = Cli::parse();
+    let Top::Ignite(args) = cli.command;
+    if let Err(e) = run(args) {
+        let code = if e.downcast_ref::<client::Unreachable>().is_some() {
+            3
+        } else {
+            1
+        };
+        eprintln!("error: {e:#}");
+        std::process::exit(code);
+    }
+}
+
+fn run(args: IgniteArgs) -> Result<()> {
+    let out = args.output;
+    let connect = || {
+        let cfg = config::Config::load()?;
+        Client::new(
+            args.api_endpoint
+                .clone()
+                .or_else(|| std::env::var("DODIL_API_ENDPOINT").ok())
+                .or(cfg.api_endpoint),
+            args.token
+                .clone()
+                .or_else(|| std::env::var("DODIL_TOKEN").ok())
+                .or(cfg.token),
+        )
+    };
+    match args.command {
+        Ignite::Server(s) => server(s),
+        Ignite::Run(r) => local::run(r),
+        Ignite::Config(ConfigCmd::Set { key, value }) => {
+            let mut cfg = config::Config::load()?;
+            match key.as_str() {
+                "token" => cfg.token = Some(value),
+                "api_endpoint" => cfg.api_endpoint = Some(value),
+                other => bail!("unknown setting {other:?}; settable: token, api_endpoint"),
+            }
+            let path = cfg.save()?;
+            print(out, &json!({ "key": key, "saved_to": path }), || {
+                format!("{key} saved to {}", path.display())
+            });
+            Ok(())
+        }
+        Ignite::App(cmd) => app(connect()?, out, cmd),
+        Ignite::Draft(cmd) => draft(connect()?, out, cmd),
+        Ignite::Invoke { id, payload } => {
+            let (org, name) = split_id(&id)?;
+            if !payload.is_empty() {
+                serde_json::from_str::<Value>(&payload)
+                    .with_context(|| format!("-p is not valid JSON: {payload}"))?;
+            }
+            let reply = connect()?.invoke(
+                &format!("/v1/apps/{org}/{name}/invoke"),
+                payload.into_bytes(),
+            )?;
+            if !reply.ok {
+                bail!(
+                    "{} (execution {})",
+                    client::error_message(&reply.body),
+                    reply.execution_id
+                );
+            }
+            let text = String::from_utf8_lossy(&reply.body).to_string();
+            match (out, serde_json::from_str::<Value>(&text)) {
+                (_, Ok(v)) => println!("{}", serde_json::to_string_pretty(&v)?),
+                (_, Err(_)) => println!("{text}"),
+            }
+            eprintln!("execution: {}", reply.execution_id);
+            Ok(())
+        }
+        Ignite::Execution(ExecutionCmd::Get { id }) => {
+            let v = connect()?.get(&format!("/v1/executions/{id}"))?;
+            print(out, &v, || {
+                let m = &v["metrics"];
+                let mut s = format!(
+                    "execution {}\n  app        {} (version {})\n  status     {}\n  cold start {} ms\n  duration   {} ms\n  billed     {} ms",
+                    v["id"].as_str().unwrap_or(""),
+                    v["app_id"].as_str().unwrap_or(""),
+                    v["version"],
+                    v["status"].as_str().unwrap_or(""),
+                    fmt_ms(&m["cold_start_ms"]),
+                    fmt_ms(&m["duration_ms"]),
+                    m["billed_duration_ms"],
+                );
+                if let Some(e) = v["error"].as_str() {
+                    s.push_str(&format!("\n  error      {e}"));
+                }
+                for line in v["logs"].as_array().into_iter().flatten() {
+                    s.push_str(&format!("\n  | {}", line.as_str().unwrap_or("")));
+                }
+                s
+            });
+            Ok(())
+        }
+        Ignite::Execution(ExecutionCmd::List { app, limit }) => {
+            let mut path = format!("/v1/executions?limit={limit}");
+            if let Some(app) = app {
+                path.push_str(&format!("&app={app}"));
+            }
+            let v = connect()?.get(&path)?;
+            print(out, &v, || {
+                let mut s = format!(
+                    "{:<28} {:<24} {:<4} {:<10} {:>10}",
+                    "ID", "APP", "VER", "STATUS", "DURATION"
+                );
+                for e in v["executions"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "\n{:<28} {:<24} {:<4} {:<10} {:>7} ms",
+                        e["id"].as_str().unwrap_or(""),
+                        e["app_id"].as_str().unwrap_or(""),
+                        e["version"],
+                        e["status"].as_str().unwrap_or(""),
+                        fmt_ms(&e["metrics"]["duration_ms"])
+                    ));
+                }
+                s
+            });
+            Ok(())
+        }
+        Ignite::Version(VersionCmd::List { id }) => {
+            let (org, name) = split_id(&id)?;
+            let v = connect()?.get(&format!("/v1/apps/{org}/{name}/versions"))?;
+            print(out, &v, || {
+                let active = v["active_version"].as_i64();
+                let mut s = format!(
+                    "{:<8} {:<10} {:<12} {}",
+                    "VERSION", "ACTIVE", "STATUS", "ARTIFACT"
+                );
+                for ver in v["versions"].as_array().into_iter().flatten() {
+                    let n = ver["version"].as_i64().unwrap_or(-1);
+                    s.push_str(&format!(
+                        "\n{:<8} {:<10} {:<12} {}",
+                        if n == 0 {
+                            "0 (draft)".to_string()
+                        } else {
+                            n.to_string()
+                        },
+                        if Some(n) == active { "*" } else { "" },
+                        ver["compile_status"].as_str().unwrap_or(""),
+                        ver["artifact_digest"].as_str().unwrap_or("-")
+                    ));
+                }
+                s
+            });
+            Ok(())
+        }
+        Ignite::Version(VersionCmd::Rollback { id, version }) => {
+            let (org, name) = split_id(&id)?;
+            let v = connect()?.post_json(
+                &format!("/v1/apps/{org}/{name}/rollback"),
+                &json!({ "version": version }),
+            )?;
+            print(out, &v, || {
+                format!("{org}:{name} now serves version {version}")
+            });
+            Ok(())
+        }
+        Ignite::Token(cmd) => token(connect()?, out, cmd),
+    }
+}
+
+fn fmt_ms(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |f| format!("{f:.3}"))
+}
+
+fn print(out: Output, v: &Value, human: impl FnOnce() -> String) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Table => println!("{}", human()),
+    }
+}
+
+/// `org:name` → `(org, name)`.
+fn split_id(id: &str) -> Result<(String, String)> {
+    match id.split_once(':') {
+        Some((org, name)) if !org.is_empty() && !name.is_empty() => Ok((org.into(), name.into())),
+        _ => bail!("invalid app id {id:?}: use the org:name form, e.g. acme-corp:tiny"),
+    }
+}
+
+fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
+    match cmd {
+        AppCmd::Create {
+            name,
+            runtime,
+            description,
+        } => {
+            let v = client.post_json(
+                "/v1/apps",
+                &json!({ "name": name, "runtime": runtime, "description": description }),
+            )?;
+            print(out, &v, || {
+                format!("The app id is now {}.", v["id"].as_str().unwrap_or(""))
+            });
+        }
+        AppCmd::Get { id } => {
+            let (org, name) = split_id(&id)?;
+            let v = client.get(&format!("/v1/apps/{org}/{name}"))?;
+            print(out, &v, || {
+                format!(
+                    "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  public urls    {}\n  draft          {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["runtime"].as_str().unwrap_or(""),
+                    v["description"].as_str().unwrap_or(""),
+                    v["active_version"]
+                        .as_i64()
+                        .map_or("none (publish the draft)".into(), |n| n.to_string()),
+                    v["public_urls"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(|u| u.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default(),
+                    v["draft"]["compile_status"].as_str().unwrap_or("empty"),
+                )
+            });
+        }
+        AppCmd::List => {
+            let v = client.get("/v1/apps")?;
+            print(out, &v, || {
+                let mut s = format!(
+                    "{:<32} {:<8} {:<8} {}",
+                    "ID", "RUNTIME", "ACTIVE", "DESCRIPTION"
+                );
+                for a in v["apps"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "\n{:<32} {:<8} {:<8} {}",
+                        a["id"].as_str().unwrap_or(""),
+                        a["runtime"].as_str().unwrap_or(""),
+                        a["active_version"]
+                            .as_i64()
+                            .map_or("-".into(), |n| n.to_string()),
+                        a["description"].as_str().unwrap_or("")
+                    ));
+                }
+                s
+            });
+        }
+        AppCmd::Delete { id } => {
+            let (org, name) = split_id(&id)?;
+            client.delete(&format!("/v1/apps/{org}/{name}"))?;
+            print(out, &json!({ "deleted": id }), || format!("deleted {id}"));
+        }
+        AppCmd::SetEnv { id, vars } => {
+            let (org, name) = split_id(&id)?;
+            let mut env = serde_json::Map::new();
+            for kv in &vars {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("{kv:?} is not KEY=VALUE"))?;
+                env.insert(k.into(), Value::String(v.into()));
+            }
+            let v = client.put_json(
+                &format!("/v1/apps/{org}/{name}/env"),
+                &json!({ "env": env }),
+            )?;
+            print(out, &v, || {
+                format!("environment of {id} set; it takes effect at the next draft publish")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
+    match cmd {
+        DraftCmd::Save(a) => {
+            let (org, name) = split_id(&a.id)?;
+            if a.dockerfile_path.is_some() || a.git_url.is_some() || a.image_ref.is_some() {
+                bail!(
+                    "--dockerfile-path, --git-url and --image-ref select the image build paths, which this platform does not offer; compile Rust with --code"
+                );
+            }
+            let code = a.code.context("--code is required: point it at the directory with Cargo.toml and src/ (or one source file)")?;
+            let (kind, bytes) = package(&code)?;
+            let mut query = vec![("kind", kind.to_string())];
+            if let Some(r) = a.runtime {
+                query.push(("runtime", r));
+            }
+            if let Some(t) = a.rust_target {
+                query.push(("rust_target", t));
+            }
+            if let Some(t) = a.toolchain {
+                query.push(("toolchain", t));
+            }
+            let qs: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect();
+            let v = client.put_bytes(
+                &format!("/v1/apps/{org}/{name}/draft?{}", qs.join("&")),
+                bytes,
+            )?;
+            print(out, &v, || {
+                format!(
+                    "saved the draft of {org}:{name} (version 0); next: dodil ignite draft compile {org}:{name}"
+                )
+            });
+        }
+        DraftCmd::Compile { id } => {
+            let (org, name) = split_id(&id)?;
+            let v =
+                client.post_json(&format!("/v1/apps/{org}/{name}/draft/compile"), &json!({}))?;
+            print(out, &v, || {
+                format!(
+                    "compiling {org}:{name} (build {}); follow it with: dodil ignite draft compile-logs {org}:{name}",
+                    v["build_id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        DraftCmd::CompileLogs { id, no_follow } => {
+            let (org, name) = split_id(&id)?;
+            let follow = !no_follow;
+            let mut last = Value::Null;
+            client.stream_lines(
+                &format!("/v1/apps/{org}/{name}/draft/compile-logs?follow={follow}"),
+                |line| {
+                    let v: Value =
+                        serde_json::from_str(line).unwrap_or_else(|_| json!({ "line": line }));
+                    match out {
+                        Output::Json => println!("{line}"),
+                        Output::Table => {
+                            if let Some(l) = v["line"].as_str() {
+                                println!("{l}");
+                            }
+                        }
+                    }
+                    if v.get("status").is_some() {
+                        last = v;
+                    }
+                },
+            )?;
+            match last["status"].as_str() {
+                Some("succeeded") => {
+                    if out == Output::Table {
+                        println!(
+                            "compile succeeded; next: dodil ignite draft publish {org}:{name}"
+                        );
+                    }
+                }
+                Some("running") => {}
+                Some(status) => bail!(
+                    "the compile {}: {}",
+                    if status == "timed_out" {
+                        "timed out"
+                    } else {
+                        "failed"
+                    },
+                    last["error"].as_str().unwrap_or("see the log above")
+                ),
+                None => {
+                    bail!("the log stream ended before the compile did; run compile-logs again")
+                }
+            }
+        }
+        DraftCmd::Publish { id } => {
+            let (org, name) = split_id(&id)?;
+            let v =
+                client.post_json(&format!("/v1/apps/{org}/{name}/draft/publish"), &json!({}))?;
+            print(out, &v, || {
+                format!(
+                    "published {org}:{name} version {}; it answers at {}",
+                    v["version"],
+                    v["public_urls"][0].as_str().unwrap_or("")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn token(client: Client, out: Output, cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Create { name } => {
+            let v = client.post_json("/v1/tokens", &json!({ "name": name }))?;
+            print(out, &v, || {
+                format!(
+                    "{}\n(shown once: store it now)",
+                    v["token"].as_str().unwrap_or("")
+                )
+            });
+        }
+        TokenCmd::List => {
+            let v = client.get("/v1/tokens")?;
+            print(out, &v, || {
+                let mut s = format!("{:<14} {:<20} {}", "ID", "NAME", "STATE");
+                for t in v["tokens"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "\n{:<14} {:<20} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["name"].as_str().unwrap_or(""),
+                        if t["revoked_at"].is_null() {
+                            "active"
+                        } else {
+                            "revoked"
+                        }
+                    ));
+                }
+                s
+            });
+        }
+        TokenCmd::Revoke { id } => {
+            client.delete(&format!("/v1/tokens/{id}"))?;
+            print(out, &json!({ "revoked": id }), || {
+                format!("revoked token {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `--code`: a directory is packed as .tar.gz (without target/ and .git/); a .tar.gz is sent as
+/// is; any other file is one source file.
+fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
+    let meta = std::fs::metadata(code)
+        .with_context(|| format!("--code {}: no such file or directory", code.display()))?;
+    if meta.is_file() {
+        let bytes = std::fs::read(code)?;
+        let name = code.to_string_lossy();
+        return Ok(if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            ("archive", bytes)
+        } else {
+            ("file", bytes)
+        });
+    }
+    if !code.join("Cargo.toml").is_file() {
+        bail!(
+            "{} has no Cargo.toml; point --code at the directory that holds Cargo.toml and src/",
+            code.display()
+        );
+    }
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    fn add(
+        tar: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+        root: &Path,
+        dir: &Path,
+    ) -> Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path.strip_prefix(root)?;
+            let name = entry.file_name();
+            if name == "target" || name == ".git" {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                add(tar, root, &path)?;
+            } else if kind.is_file() {
+                tar.append_path_with_name(&path, rel)?;
+            }
+        }
+        Ok(())
+    }
+    add(&mut tar, code, code)?;
+    let bytes = tar.into_inner()?.finish()?;
+    Ok(("archive", bytes))
+}
+
+fn server(a: ServerArgs) -> Result<()> {
+    let data_dir = a.data_dir.unwrap_or_else(config::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let config = ignite_server::Config {
+        data_dir: data_dir.clone(),
+        org: a.org.clone(),
+        api_addr: a
+            .api_listen
+            .parse()
+            .with_context(|| format!("--api-listen {:?} is not host:port", a.api_listen))?,
+        gateway_addr: a
+            .gateway_listen
+            .parse()
+            .with_context(|| format!("--gateway-listen {:?} is not host:port", a.gateway_listen))?,
+        domain: a.domain,
+        public_port: a.public_port,
+        build_timeout: Duration::from_secs(a.build_timeout),
+        shared_target_dir: a.build_target_dir,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            stop.cancel();
+        });
+        let org = a.org;
+        ignite_server::run(config, shutdown, move |started| {
+            println!("api listening on http://{}", started.api_addr);
+            println!("gateway listening on http://{}", started.gateway_addr);
+            println!("data in {}", data_dir.display());
+            if let Some(token) = &started.admin_token {
+                println!("created org {org}; admin token (shown once): {token}");
+                match config::Config::load() {
+                    Ok(cfg) if cfg.token.is_none() && cfg.api_endpoint.is_none() => {
+                        let cfg = config::Config { token: Some(token.clone()), api_endpoint: Some(started.api_addr.to_string()) };
+                        match cfg.save() {
+                            Ok(path) => println!("wrote {} so that `dodil ignite …` uses this server", path.display()),
+                            Err(e) => eprintln!("could not write the CLI config: {e:#}"),
+                        }
+                    }
+                    _ => println!("kept the existing CLI config; run `dodil ignite config set token <token>` to use this server"),
+                }
+            }
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        })
+        .await
+    })
+}

@@ -1,0 +1,134 @@
+//! `dodil ignite run`: compile a project and invoke it once, locally, without a server.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use ignite_agent::{Instance, Invocation, Outcome, SpawnConfig};
+use ignite_builder::{BuildOptions, Sdk};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The project directory (Cargo.toml and src/).
+    dir: PathBuf,
+    /// The JSON payload.
+    #[arg(short = 'p', long = "payload", default_value = "")]
+    payload: String,
+    /// An environment variable for the handler, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+}
+
+async fn run_async(args: RunArgs) -> Result<()> {
+    let env = args
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("--env {kv:?} is not KEY=VALUE"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cache = cache_dir().join("ignite");
+    let work = cache.join("run").join(
+        args.dir
+            .canonicalize()
+            .with_context(|| format!("{} does not exist", args.dir.display()))?
+            .file_name()
+            .unwrap_or_default(),
+    );
+    copy_source(&args.dir, &work)?;
+    let project = ignite_builder::prepare(&work)?;
+    let options = BuildOptions {
+        sdk: Sdk::bundled(),
+        target_dir: cache.join("target"),
+        toolchain: None,
+        timeout: Duration::from_secs(2400),
+    };
+    eprintln!("compiling {} …", project.package);
+    let artifact = ignite_builder::build(&project, &options, |line| eprintln!("  {line}")).await?;
+    eprintln!(
+        "built {} ({} KiB, {})",
+        artifact.path.display(),
+        artifact.size / 1024,
+        artifact.digest
+    );
+    let mut config = SpawnConfig::new(&artifact.path);
+    config.env = env.clone();
+    let started = Instant::now();
+    let mut instance = Instance::spawn(&config).await?;
+    let reply = instance
+        .invoke(Invocation {
+            execution_id: ulid::Ulid::new().to_string(),
+            function_id: format!("local/{}", project.package),
+            env,
+            deadline: Some(Instant::now() + Duration::from_secs(30)),
+            method: "POST".into(),
+            path: "/".into(),
+            body: args.payload.into_bytes(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            ..Invocation::default()
+        })
+        .await;
+    let total = started.elapsed();
+    for line in &reply.logs.lines {
+        eprintln!("log: {line}");
+    }
+    eprintln!(
+        "cold start: init {:.3} ms, first response {:.3} ms",
+        instance.init_duration().as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3
+    );
+    instance.shutdown(Duration::from_secs(1)).await;
+    match reply.outcome {
+        Outcome::Response { body, .. } => {
+            println!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
+        Outcome::HandlerError { status, message } => {
+            bail!("the handler failed ({status}): {message}")
+        }
+        Outcome::Panicked { message } => bail!("{message}"),
+        Outcome::TimedOut { after } => bail!("the handler timed out after {after:?}"),
+        Outcome::Crashed { exit } => bail!("the handler crashed: {exit}"),
+        Outcome::FramingError { message } => bail!("{message}"),
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Copies a project's source (not its `target/` or `.git/`) into `to`, replacing what was there.
+fn copy_source(from: &Path, to: &Path) -> Result<()> {
+    fn walk(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "target" || name == ".git" {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(&entry.path(), &to.join(&name))?;
+            } else if kind.is_file() {
+                std::fs::copy(entry.path(), to.join(&name))?;
+            }
+        }
+        Ok(())
+    }
+    let _ = std::fs::remove_dir_all(to.join("src"));
+    walk(from, to).with_context(|| format!("could not copy {} to {}", from.display(), to.display()))
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?
+        .block_on(run_async(args))
+}

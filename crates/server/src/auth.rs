@@ -1,0 +1,52 @@
+//! API tokens: `ign_<id>_<secret>`. Only a hash of the secret is stored; the secret is compared
+//! in constant time.
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::store::{self, Db};
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source failed");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new token: `(id, secret, token)`.
+pub fn mint_token() -> (String, String, String) {
+    let id = random_hex(6);
+    let secret = random_hex(24);
+    let token = format!("ign_{id}_{secret}");
+    (id, secret, token)
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    format!("{:x}", Sha256::digest(secret.as_bytes()))
+}
+
+/// The org of the request's bearer token.
+pub async fn org_of(db: &Db, headers: &HeaderMap) -> Result<String, ApiError> {
+    let missing = || {
+        ApiError::unauthorized(
+            "no valid API token; run `dodil ignite config set token <token>` or set DODIL_TOKEN",
+        )
+    };
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(missing)?;
+    let (id, secret) = value
+        .strip_prefix("ign_")
+        .and_then(|rest| rest.split_once('_'))
+        .ok_or_else(missing)?;
+    let (org, stored) = store::token(db, id).await?.ok_or_else(missing)?;
+    let given = hash_secret(secret);
+    if bool::from(given.as_bytes().ct_eq(stored.as_bytes())) {
+        Ok(org)
+    } else {
+        Err(missing())
+    }
+}

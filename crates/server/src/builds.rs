@@ -1,0 +1,188 @@
+//! Compile jobs: one per `draft compile`, run in the background, their log kept in memory while
+//! they run (for `compile-logs --follow`) and in the store when they end.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ignite_builder::{BuildError, BuildOptions, Sdk};
+use tokio::sync::Notify;
+
+use crate::State;
+use crate::store::{self, Built, Version};
+
+/// Upload cap for unpacked source.
+pub const SOURCE_CAP: u64 = 64 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct Builds {
+    live: Mutex<HashMap<String, Arc<LiveBuild>>>,
+}
+
+#[derive(Default)]
+pub struct LiveBuild {
+    pub lines: Mutex<Vec<String>>,
+    /// `(status, error)` once finished.
+    pub done: Mutex<Option<(String, Option<String>)>>,
+    pub changed: Notify,
+}
+
+impl LiveBuild {
+    fn push(&self, line: String) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Builds {
+    pub fn live(&self, id: &str) -> Option<Arc<LiveBuild>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+pub fn blob_path(state: &State, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    state.config.data_dir.join("blobs/sha256").join(hex)
+}
+
+/// Starts compiling the draft; returns the build id.
+pub async fn start(
+    state: Arc<State>,
+    org: &str,
+    app: &str,
+    draft: &Version,
+) -> sqlx::Result<String> {
+    let id = ulid::Ulid::new().to_string();
+    store::insert_build(&state.db, &id, org, app).await?;
+    store::draft_compile_started(&state.db, org, app, &id).await?;
+    let live = Arc::new(LiveBuild::default());
+    state
+        .builds
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), live.clone());
+    let (org, app, draft, build_id) = (org.to_string(), app.to_string(), draft.clone(), id.clone());
+    tokio::spawn(async move {
+        let result = compile(&state, &org, &app, &draft, &live).await;
+        let (status, error) = match &result {
+            Ok(_) => ("succeeded", None),
+            Err(BuildError::TimedOut(_)) => {
+                ("timed_out", result.as_ref().err().map(|e| e.to_string()))
+            }
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if let Some(error) = &error {
+            live.push(format!("error: {error}"));
+        }
+        let log = live
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n");
+        let recorded = match &result {
+            Ok(a) => Ok(Built {
+                digest: &a.digest,
+                size: a.size as i64,
+                target: &a.target,
+            }),
+            Err(_) => Err((status, error.as_deref().unwrap_or(""))),
+        };
+        if let Err(e) =
+            store::draft_compile_finished(&state.db, &org, &app, &build_id, recorded).await
+        {
+            tracing::error!("recording build {build_id}: {e}");
+        }
+        if let Err(e) =
+            store::finish_build(&state.db, &build_id, status, error.as_deref(), &log).await
+        {
+            tracing::error!("recording build {build_id}: {e}");
+        }
+        *live.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((status.to_string(), error));
+        live.changed.notify_waiters();
+        state
+            .builds
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&build_id);
+    });
+    Ok(id)
+}
+
+async fn compile(
+    state: &State,
+    org: &str,
+    app: &str,
+    draft: &Version,
+    live: &LiveBuild,
+) -> Result<ignite_builder::Artifact, BuildError> {
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| BuildError::Io { path, source }
+    };
+    let app_dir = state.config.data_dir.join("builds").join(org).join(app);
+    let src = app_dir.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).map_err(io(&src))?;
+    let digest = draft.source_digest.clone().unwrap_or_default();
+    let bytes = std::fs::read(blob_path(state, &digest)).map_err(io(&src))?;
+    match draft.source_kind.as_deref() == Some("file") {
+        true => {
+            std::fs::create_dir_all(src.join("src")).map_err(io(&src))?;
+            std::fs::write(src.join("src/lib.rs"), &bytes).map_err(io(&src))?;
+            std::fs::write(
+                src.join("Cargo.toml"),
+                format!(
+                    "[package]\nname = \"{app}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                     [dependencies]\nignite = \"*\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\
+                     serde_json = \"1.0\"\ntokio = {{ version = \"1.0\", features = [\"rt-multi-thread\", \"macros\"] }}\n"
+                ),
+            )
+            .map_err(io(&src))?;
+        }
+        false => ignite_builder::archive::unpack_tar_gz(&bytes, &src, SOURCE_CAP).map_err(|e| {
+            BuildError::Io {
+                path: src.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?,
+    }
+    live.push(format!(
+        "compiling {org}:{app} for {}",
+        ignite_builder::NATIVE_TARGET
+    ));
+    let project = ignite_builder::prepare(&src)?;
+    let options = BuildOptions {
+        sdk: Sdk::bundled(),
+        target_dir: state
+            .config
+            .shared_target_dir
+            .clone()
+            .unwrap_or_else(|| app_dir.join("target")),
+        toolchain: draft.toolchain.clone(),
+        timeout: state.config.build_timeout,
+    };
+    let artifact =
+        ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await?;
+    // Store the binary content-addressed; the version records its digest.
+    let blob = blob_path(state, &artifact.digest);
+    let tmp = blob.with_extension("tmp");
+    std::fs::copy(&artifact.path, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &blob).map_err(io(&blob))?;
+    live.push(format!(
+        "built {} ({} bytes, {})",
+        artifact.digest, artifact.size, artifact.target
+    ));
+    Ok(ignite_builder::Artifact {
+        path: blob,
+        ..artifact
+    })
+}

@@ -1,0 +1,124 @@
+//! The Ignite control plane in one process: the HTTP+JSON API, the store, the builder's job
+//! queue, a node agent and the public gateway.
+//!
+//! [`run`] binds the API and gateway listeners, reports the addresses it bound, and serves until
+//! the shutdown token fires. It must never let one org see another's objects: every query is
+//! scoped by the org of the caller's token, and a foreign object answers as a missing one.
+
+mod api;
+mod auth;
+mod builds;
+mod error;
+mod gateway;
+mod node;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{hash_secret, mint_token};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The org created on first start.
+    pub org: String,
+    pub api_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    /// Public URLs are `http://<app>-<org>.ignite.<domain>[:port]`.
+    pub domain: String,
+    /// The port shown in public URLs (the gateway's own when `None`).
+    pub public_port: Option<u16>,
+    /// The compile budget.
+    pub build_timeout: Duration,
+    /// One cargo target directory for every app instead of one per app (tests share one).
+    pub shared_target_dir: Option<PathBuf>,
+}
+
+/// What the server tells its caller once it is listening.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub api_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    /// The admin token, when this start created the org (shown once).
+    pub admin_token: Option<String>,
+}
+
+pub(crate) struct State {
+    pub db: store::Db,
+    pub config: Config,
+    pub gateway_port: u16,
+    pub builds: builds::Builds,
+    pub node: node::Node,
+}
+
+impl State {
+    pub fn public_url(&self, org: &str, app: &str) -> String {
+        let port = self.config.public_port.unwrap_or(self.gateway_port);
+        let host = format!("{app}-{org}.ignite.{}", self.config.domain);
+        if port == 80 {
+            format!("http://{host}")
+        } else {
+            format!("http://{host}:{port}")
+        }
+    }
+}
+
+/// Runs the platform until `shutdown` is cancelled. `started` hears the bound addresses.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    started: impl FnOnce(Started),
+) -> anyhow::Result<()> {
+    for dir in ["blobs/sha256", "builds"] {
+        std::fs::create_dir_all(config.data_dir.join(dir))?;
+    }
+    let oci_layout = config.data_dir.join("oci-layout");
+    if !oci_layout.exists() {
+        std::fs::write(&oci_layout, r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    }
+    let db = store::open(&config.data_dir).await?;
+    store::fail_interrupted_builds(&db).await?;
+    store::fail_interrupted_executions(&db).await?;
+    let admin_token = if store::org_exists(&db, &config.org).await? {
+        None
+    } else {
+        store::create_org(&db, &config.org).await?;
+        let (id, secret, token) = mint_token();
+        store::insert_token(&db, &id, &config.org, "admin", &hash_secret(&secret)).await?;
+        Some(token)
+    };
+
+    let api_listener = TcpListener::bind(config.api_addr).await?;
+    let gateway_listener = TcpListener::bind(config.gateway_addr).await?;
+    let api_addr = api_listener.local_addr()?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let state = Arc::new(State {
+        db,
+        gateway_port: gateway_addr.port(),
+        builds: builds::Builds::default(),
+        node: node::Node::default(),
+        config,
+    });
+    started(Started {
+        api_addr,
+        gateway_addr,
+        admin_token,
+    });
+
+    let api = axum::serve(api_listener, api::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let gateway = axum::serve(gateway_listener, gateway::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (a, g) = tokio::join!(api, gateway);
+    state.node.shutdown().await;
+    a?;
+    g?;
+    Ok(())
+}

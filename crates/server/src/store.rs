@@ -1,0 +1,596 @@
+//! Persistent state, through sqlx. The SQL is kept portable (SQLite today, PostgreSQL later).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+pub type Db = SqlitePool;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
+    let path = data_dir.join("ignite.db");
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    Ok(pool)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct App {
+    pub org: String,
+    pub name: String,
+    pub runtime: String,
+    pub description: String,
+    pub env: Vec<(String, String)>,
+    pub active_version: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    pub version: i64,
+    pub runtime: String,
+    pub rust_target: Option<String>,
+    pub toolchain: Option<String>,
+    pub source_digest: Option<String>,
+    pub source_kind: Option<String>,
+    pub compile_status: String,
+    pub compile_error: Option<String>,
+    pub build_id: Option<String>,
+    pub artifact_digest: Option<String>,
+    pub artifact_size: Option<i64>,
+    pub artifact_target: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    pub id: String,
+    pub org: String,
+    pub app: String,
+    pub version: i64,
+    pub status: String,
+    pub trigger: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub cold_start_ms: Option<f64>,
+    pub init_ms: Option<f64>,
+    pub duration_ms: Option<f64>,
+    pub billed_duration_ms: Option<i64>,
+    pub response_status: Option<i64>,
+    pub error: Option<String>,
+    pub logs: Vec<String>,
+}
+
+fn env_of(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn app_of(row: &sqlx::sqlite::SqliteRow) -> App {
+    App {
+        org: row.get("org"),
+        name: row.get("name"),
+        runtime: row.get("runtime"),
+        description: row.get("description"),
+        env: env_of(row.get::<&str, _>("env")),
+        active_version: row.get("active_version"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn version_of(row: &sqlx::sqlite::SqliteRow) -> Version {
+    Version {
+        version: row.get("version"),
+        runtime: row.get("runtime"),
+        rust_target: row.get("rust_target"),
+        toolchain: row.get("toolchain"),
+        source_digest: row.get("source_digest"),
+        source_kind: row.get("source_kind"),
+        compile_status: row.get("compile_status"),
+        compile_error: row.get("compile_error"),
+        build_id: row.get("build_id"),
+        artifact_digest: row.get("artifact_digest"),
+        artifact_size: row.get("artifact_size"),
+        artifact_target: row.get("artifact_target"),
+        env: env_of(row.get::<&str, _>("env")),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
+    Execution {
+        id: row.get("id"),
+        org: row.get("org"),
+        app: row.get("app"),
+        version: row.get("version"),
+        status: row.get("status"),
+        trigger: row.get("trigger"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        cold_start_ms: row.get("cold_start_ms"),
+        init_ms: row.get("init_ms"),
+        duration_ms: row.get("duration_ms"),
+        billed_duration_ms: row.get("billed_duration_ms"),
+        response_status: row.get("response_status"),
+        error: row.get("error"),
+        logs: serde_json::from_str(row.get::<&str, _>("logs")).unwrap_or_default(),
+    }
+}
+
+// ---- orgs and tokens ----
+
+pub async fn org_exists(db: &Db, org: &str) -> sqlx::Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM orgs WHERE name = ?")
+        .bind(org)
+        .fetch_optional(db)
+        .await?
+        .is_some())
+}
+
+pub async fn create_org(db: &Db, org: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+        .bind(org)
+        .bind(now_ms())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_token(
+    db: &Db,
+    id: &str,
+    org: &str,
+    name: &str,
+    hash: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO tokens (id, org, name, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(org)
+    .bind(name)
+    .bind(hash)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// `(org, secret_hash)` of a live token.
+pub async fn token(db: &Db, id: &str) -> sqlx::Result<Option<(String, String)>> {
+    let row =
+        sqlx::query("SELECT org, secret_hash FROM tokens WHERE id = ? AND revoked_at IS NULL")
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|r| (r.get("org"), r.get("secret_hash"))))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub async fn list_tokens(db: &Db, org: &str) -> sqlx::Result<Vec<TokenInfo>> {
+    let rows = sqlx::query(
+        "SELECT id, name, created_at, revoked_at FROM tokens WHERE org = ? ORDER BY created_at",
+    )
+    .bind(org)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TokenInfo {
+            id: r.get("id"),
+            name: r.get("name"),
+            created_at: r.get("created_at"),
+            revoked_at: r.get("revoked_at"),
+        })
+        .collect())
+}
+
+pub async fn revoke_token(db: &Db, org: &str, id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tokens SET revoked_at = ? WHERE org = ? AND id = ? AND revoked_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(org)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// ---- apps ----
+
+pub async fn create_app(
+    db: &Db,
+    org: &str,
+    name: &str,
+    runtime: &str,
+    description: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO apps (org, name, runtime, description, env, created_at) VALUES (?, ?, ?, ?, '[]', ?) \
+         ON CONFLICT (org, name) DO NOTHING",
+    )
+    .bind(org)
+    .bind(name)
+    .bind(runtime)
+    .bind(description)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get_app(db: &Db, org: &str, name: &str) -> sqlx::Result<Option<App>> {
+    let row = sqlx::query("SELECT * FROM apps WHERE org = ? AND name = ?")
+        .bind(org)
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(app_of))
+}
+
+pub async fn list_apps(db: &Db, org: &str) -> sqlx::Result<Vec<App>> {
+    let rows = sqlx::query("SELECT * FROM apps WHERE org = ? ORDER BY name")
+        .bind(org)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.iter().map(app_of).collect())
+}
+
+pub async fn delete_app(db: &Db, org: &str, name: &str) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM versions WHERE org = ? AND app = ?")
+        .bind(org)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let done = sqlx::query("DELETE FROM apps WHERE org = ? AND name = ?")
+        .bind(org)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_env(db: &Db, org: &str, name: &str, env: &[(String, String)]) -> sqlx::Result<()> {
+    let env = serde_json::to_string(env).unwrap_or_else(|_| "[]".into());
+    sqlx::query("UPDATE apps SET env = ? WHERE org = ? AND name = ?")
+        .bind(&env)
+        .bind(org)
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+// ---- versions ----
+
+pub struct DraftSource<'a> {
+    pub runtime: &'a str,
+    pub rust_target: &'a str,
+    pub toolchain: Option<&'a str>,
+    pub source_digest: &'a str,
+    pub source_kind: &'a str,
+}
+
+/// Overwrites the draft slot (version 0) with new source; it is not compiled until compiled.
+pub async fn save_draft(db: &Db, org: &str, app: &str, src: DraftSource<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO versions (org, app, version, runtime, rust_target, toolchain, source_digest, \
+         source_kind, compile_status, env, created_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, 'not_compiled', '[]', ?) \
+         ON CONFLICT (org, app, version) DO UPDATE SET runtime = excluded.runtime, \
+         rust_target = excluded.rust_target, toolchain = excluded.toolchain, \
+         source_digest = excluded.source_digest, source_kind = excluded.source_kind, \
+         compile_status = 'not_compiled', compile_error = NULL, build_id = NULL, \
+         artifact_digest = NULL, artifact_size = NULL, artifact_target = NULL, \
+         created_at = excluded.created_at",
+    )
+    .bind(org)
+    .bind(app)
+    .bind(src.runtime)
+    .bind(src.rust_target)
+    .bind(src.toolchain)
+    .bind(src.source_digest)
+    .bind(src.source_kind)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_version(
+    db: &Db,
+    org: &str,
+    app: &str,
+    version: i64,
+) -> sqlx::Result<Option<Version>> {
+    let row = sqlx::query("SELECT * FROM versions WHERE org = ? AND app = ? AND version = ?")
+        .bind(org)
+        .bind(app)
+        .bind(version)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(version_of))
+}
+
+pub async fn list_versions(db: &Db, org: &str, app: &str) -> sqlx::Result<Vec<Version>> {
+    let rows = sqlx::query("SELECT * FROM versions WHERE org = ? AND app = ? ORDER BY version")
+        .bind(org)
+        .bind(app)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.iter().map(version_of).collect())
+}
+
+/// Marks the draft's compile as started, if its source is still `source_digest`.
+pub async fn draft_compile_started(
+    db: &Db,
+    org: &str,
+    app: &str,
+    build_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE versions SET compile_status = 'compiling', compile_error = NULL, build_id = ? \
+         WHERE org = ? AND app = ? AND version = 0",
+    )
+    .bind(build_id)
+    .bind(org)
+    .bind(app)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub struct Built<'a> {
+    pub digest: &'a str,
+    pub size: i64,
+    pub target: &'a str,
+}
+
+/// Records a finished compile on the draft, unless the draft was saved again meanwhile.
+pub async fn draft_compile_finished(
+    db: &Db,
+    org: &str,
+    app: &str,
+    build_id: &str,
+    result: Result<Built<'_>, (&str, &str)>,
+) -> sqlx::Result<()> {
+    let q = match result {
+        Ok(b) => sqlx::query(
+            "UPDATE versions SET compile_status = 'compiled', artifact_digest = ?, artifact_size = ?, \
+             artifact_target = ? WHERE org = ? AND app = ? AND version = 0 AND build_id = ?",
+        )
+        .bind(b.digest.to_string())
+        .bind(b.size)
+        .bind(b.target.to_string()),
+        Err((status, error)) => sqlx::query(
+            "UPDATE versions SET compile_status = ?, compile_error = ? \
+             WHERE org = ? AND app = ? AND version = 0 AND build_id = ?",
+        )
+        .bind(status.to_string())
+        .bind(error.to_string()),
+    };
+    q.bind(org).bind(app).bind(build_id).execute(db).await?;
+    Ok(())
+}
+
+/// Copies the compiled draft into version `max + 1` and makes it active. Returns the new number.
+pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) -> sqlx::Result<i64> {
+    let mut tx = db.begin().await?;
+    let next: i64 = sqlx::query(
+        "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE org = ? AND app = ?",
+    )
+    .bind(org)
+    .bind(app)
+    .fetch_one(&mut *tx)
+    .await?
+    .get("n");
+    let env = serde_json::to_string(env).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO versions (org, app, version, runtime, rust_target, toolchain, source_digest, \
+         source_kind, compile_status, compile_error, build_id, artifact_digest, artifact_size, \
+         artifact_target, env, created_at) \
+         SELECT org, app, ?, runtime, rust_target, toolchain, source_digest, source_kind, \
+         compile_status, compile_error, build_id, artifact_digest, artifact_size, artifact_target, ?, ? \
+         FROM versions WHERE org = ? AND app = ? AND version = 0",
+    )
+    .bind(next)
+    .bind(&env)
+    .bind(now_ms())
+    .bind(org)
+    .bind(app)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE apps SET active_version = ? WHERE org = ? AND name = ?")
+        .bind(next)
+        .bind(org)
+        .bind(app)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
+pub async fn set_active(db: &Db, org: &str, app: &str, version: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE apps SET active_version = ? WHERE org = ? AND name = ?")
+        .bind(version)
+        .bind(org)
+        .bind(app)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+// ---- builds ----
+
+pub async fn insert_build(db: &Db, id: &str, org: &str, app: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO builds (id, org, app, status, log, started_at) VALUES (?, ?, ?, 'running', '', ?)",
+    )
+    .bind(id)
+    .bind(org)
+    .bind(app)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn finish_build(
+    db: &Db,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+    log: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE builds SET status = ?, error = ?, log = ?, finished_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(error)
+        .bind(log)
+        .bind(now_ms())
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// `(status, error, log)` of a build.
+pub async fn get_build(
+    db: &Db,
+    id: &str,
+) -> sqlx::Result<Option<(String, Option<String>, String)>> {
+    let row = sqlx::query("SELECT status, error, log FROM builds WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| (r.get("status"), r.get("error"), r.get("log"))))
+}
+
+/// Builds that were running when the server stopped did not finish.
+pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE builds SET status = 'failed', error = 'the server stopped during the compile; run draft compile again', \
+         finished_at = ? WHERE status = 'running'",
+    )
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    sqlx::query(
+        "UPDATE versions SET compile_status = 'failed', \
+         compile_error = 'the server stopped during the compile; run draft compile again' \
+         WHERE compile_status = 'compiling'",
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+// ---- executions ----
+
+pub async fn insert_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \
+         cold_start_ms, init_ms, duration_ms, billed_duration_ms, response_status, error, logs) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&e.id)
+    .bind(&e.org)
+    .bind(&e.app)
+    .bind(e.version)
+    .bind(&e.status)
+    .bind(&e.trigger)
+    .bind(e.started_at)
+    .bind(e.finished_at)
+    .bind(e.cold_start_ms)
+    .bind(e.init_ms)
+    .bind(e.duration_ms)
+    .bind(e.billed_duration_ms)
+    .bind(e.response_status)
+    .bind(&e.error)
+    .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn finish_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE executions SET status = ?, finished_at = ?, cold_start_ms = ?, init_ms = ?, \
+         duration_ms = ?, billed_duration_ms = ?, response_status = ?, error = ?, logs = ? WHERE id = ?",
+    )
+    .bind(&e.status)
+    .bind(e.finished_at)
+    .bind(e.cold_start_ms)
+    .bind(e.init_ms)
+    .bind(e.duration_ms)
+    .bind(e.billed_duration_ms)
+    .bind(e.response_status)
+    .bind(&e.error)
+    .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
+    .bind(&e.id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Executions left `running` by a server that stopped are marked as such.
+pub async fn fail_interrupted_executions(db: &Db) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE executions SET status = 'failed', error = 'the server stopped during the execution', \
+         finished_at = ? WHERE status = 'running'",
+    )
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_execution(db: &Db, org: &str, id: &str) -> sqlx::Result<Option<Execution>> {
+    let row = sqlx::query("SELECT * FROM executions WHERE org = ? AND id = ?")
+        .bind(org)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(execution_of))
+}
+
+pub async fn list_executions(
+    db: &Db,
+    org: &str,
+    app: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Execution>> {
+    let rows = sqlx::query(
+        "SELECT * FROM executions WHERE org = ? AND (? IS NULL OR app = ?) ORDER BY started_at DESC, id DESC LIMIT ?",
+    )
+    .bind(org)
+    .bind(app)
+    .bind(app)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(execution_of).collect())
+}

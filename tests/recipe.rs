@@ -1,0 +1,474 @@
+//! The recipe (`shared/seed/compile-for-fast-cold-starts.txt`) word for word: the real server,
+//! the real `dodil` binary, real cargo builds; only the endpoint differs.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    api: String,
+    gateway: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("recipe")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `dodil ignite server` on port 0 and reads back the addresses it bound.
+fn start_server(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args([
+            "ignite",
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--build-target-dir")
+        .arg(support::target_dir())
+        .env("DODIL_CONFIG", dir.join("config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start dodil ignite server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut api, mut gateway) = (None, None);
+    while api.is_none() || gateway.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not report its addresses within 30 s");
+        if let Some(a) = line.strip_prefix("api listening on http://") {
+            api = Some(a.to_string());
+        }
+        if let Some(g) = line.strip_prefix("gateway listening on http://") {
+            gateway = Some(g.to_string());
+        }
+    }
+    Server {
+        child,
+        dir: dir.to_path_buf(),
+        api: api.unwrap(),
+        gateway: gateway.unwrap(),
+    }
+}
+
+/// Runs `dodil ignite <args>` in `cwd` against `server`.
+fn dodil(server: &Server, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .arg("ignite")
+        .args(args)
+        .current_dir(cwd)
+        .env("DODIL_CONFIG", server.dir.join("config.toml"))
+        .env_remove("DODIL_TOKEN")
+        .env_remove("DODIL_API_ENDPOINT")
+        .output()
+        .expect("run dodil")
+}
+
+fn ok(server: &Server, cwd: &Path, args: &[&str]) -> String {
+    let out = dodil(server, cwd, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "dodil ignite {} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails(server: &Server, cwd: &Path, args: &[&str]) -> String {
+    let out = dodil(server, cwd, args);
+    assert!(
+        !out.status.success(),
+        "dodil ignite {} should have failed",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A plain HTTP/1.1 request to the gateway with this Host header: `(status, body)`.
+fn http(gateway: &str, host: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /hello?x=1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn copy_tiny(to: &Path) {
+    std::fs::create_dir_all(to.join("src")).unwrap();
+    let from = support::workspace_dir().join("examples/tiny");
+    std::fs::copy(from.join("Cargo.toml"), to.join("Cargo.toml")).unwrap();
+    std::fs::copy(from.join("src/lib.rs"), to.join("src/lib.rs")).unwrap();
+}
+
+#[test]
+fn the_recipe_word_for_word() {
+    let dir = scratch("word-for-word");
+    let server = start_server(&dir);
+    let project = dir.join("tiny");
+    copy_tiny(&project);
+    let p = project.as_path();
+
+    // 2. Create the app.
+    let out = ok(
+        &server,
+        p,
+        &[
+            "app",
+            "create",
+            "tiny",
+            "--runtime",
+            "rust",
+            "--description",
+            "Tiny compiled Rust handler",
+        ],
+    );
+    assert!(out.contains("acme-corp:tiny"), "{out}");
+
+    // Gotcha: --rust-target is required for Rust.
+    let err = fails(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+        ],
+    );
+    assert!(err.contains("--rust-target is required for Rust"), "{err}");
+    assert!(err.contains("--rust-target native"), "{err}");
+
+    // 3. Save the source.
+    ok(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+
+    // Gotcha: publishing an uncompiled Rust draft.
+    let err = fails(&server, p, &["draft", "publish", "acme-corp:tiny"]);
+    assert!(err.contains("isn't compiled"), "{err}");
+    assert!(
+        err.contains("dodil ignite draft compile acme-corp:tiny"),
+        "{err}"
+    );
+
+    // 4. Compile, and follow the logs.
+    ok(&server, p, &["draft", "compile", "acme-corp:tiny"]);
+    let logs = ok(&server, p, &["draft", "compile-logs", "acme-corp:tiny"]);
+    assert!(logs.contains("Compiling tiny"), "{logs}");
+    assert!(logs.contains("compile succeeded"), "{logs}");
+
+    // 5. Publish, and the app gets its public URL.
+    ok(&server, p, &["draft", "publish", "acme-corp:tiny"]);
+    let app = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(app["active_version"], 1);
+    let url = app["public_urls"][0].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with("http://tiny-acme-corp.ignite.localhost"),
+        "{url}"
+    );
+    assert_eq!(app["artifact"]["target"], "x86_64-unknown-linux-musl");
+
+    // 6. Invoke.
+    let out = dodil(
+        &server,
+        p,
+        &[
+            "invoke",
+            "acme-corp:tiny",
+            "-p",
+            r#"{"message": "hi there"}"#,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(answer["message"], "hi there");
+    assert_eq!(answer["function_id"], "acme-corp/tiny");
+    let first = answer["execution_id"].as_str().unwrap().to_string();
+    assert!(first.starts_with("01"), "{first}");
+
+    // 7. The first call was cold, the next one warm.
+    let answer = json(&ok(&server, p, &["invoke", "acme-corp:tiny", "-p", "{}"]));
+    assert_eq!(answer["message"], "Hello from Rust!");
+    let second = answer["execution_id"].as_str().unwrap().to_string();
+    let cold = json(&ok(&server, p, &["execution", "get", &first, "-o", "json"]));
+    let warm = json(&ok(
+        &server,
+        p,
+        &["execution", "get", &second, "-o", "json"],
+    ));
+    assert_eq!(cold["status"], "succeeded");
+    assert!(
+        cold["metrics"]["cold_start_ms"].as_f64().unwrap() > 0.0,
+        "{cold}"
+    );
+    assert_eq!(
+        warm["metrics"]["cold_start_ms"].as_f64(),
+        Some(0.0),
+        "{warm}"
+    );
+    assert!(
+        warm["metrics"]["billed_duration_ms"].as_i64().unwrap() >= 1,
+        "{warm}"
+    );
+
+    // The public URL answers too, with the request's path reaching the handler.
+    let host = url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, body) = http(&server.gateway, &host, r#"{"message": "via the URL"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["message"], "via the URL");
+    let (status, body) = http(&server.gateway, "nope-acme-corp.ignite.localhost", "{}");
+    assert_eq!(status, 404);
+    assert!(body.contains("no app answers"), "{body}");
+
+    // Iterating: edit, save, compile, publish → version 2; roll back → version 1 again.
+    let lib = std::fs::read_to_string(p.join("src/lib.rs")).unwrap();
+    std::fs::write(
+        p.join("src/lib.rs"),
+        lib.replace("Hello from Rust!", "Hello again!"),
+    )
+    .unwrap();
+    ok(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, p, &["draft", "compile", "acme-corp:tiny"]);
+    ok(&server, p, &["draft", "compile-logs", "acme-corp:tiny"]);
+    ok(&server, p, &["draft", "publish", "acme-corp:tiny"]);
+    let app = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(app["active_version"], 2);
+    assert_eq!(
+        json(&ok(&server, p, &["invoke", "acme-corp:tiny", "-p", "{}"]))["message"],
+        "Hello again!"
+    );
+    ok(&server, p, &["version", "rollback", "acme-corp:tiny", "1"]);
+    assert_eq!(
+        json(&ok(&server, p, &["invoke", "acme-corp:tiny", "-p", "{}"]))["message"],
+        "Hello from Rust!"
+    );
+    let err = fails(&server, p, &["version", "rollback", "acme-corp:tiny", "7"]);
+    assert!(
+        err.contains("has no version 7") && err.contains("1, 2"),
+        "{err}"
+    );
+
+    // Nothing is lost on restart: the app, its versions and executions, the token.
+    drop(server);
+    let server = start_server(&dir);
+    // Port 0 gave the restarted server a new port; the token in the config still holds.
+    ok(
+        &server,
+        p,
+        &["config", "set", "api_endpoint", &server.api.clone()],
+    );
+    let app = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(app["active_version"], 1);
+    let cold = json(&ok(&server, p, &["execution", "get", &first, "-o", "json"]));
+    assert_eq!(cold["status"], "succeeded");
+    assert_eq!(
+        json(&ok(
+            &server,
+            p,
+            &[
+                "invoke",
+                "acme-corp:tiny",
+                "-p",
+                r#"{"message": "after restart"}"#
+            ]
+        ))["message"],
+        "after restart"
+    );
+}
+
+#[test]
+fn a_compile_error_shows_rustcs_message_and_blocks_publish() {
+    let dir = scratch("compile-error");
+    let server = start_server(&dir);
+    let project = dir.join("broken");
+    copy_tiny(&project);
+    std::fs::write(
+        project.join("Cargo.toml"),
+        std::fs::read_to_string(project.join("Cargo.toml"))
+            .unwrap()
+            .replace("\"tiny\"", "\"broken\""),
+    )
+    .unwrap();
+    std::fs::write(project.join("src/lib.rs"), "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> { Ok(undefined_thing) }\n").unwrap();
+    let p = project.as_path();
+    ok(
+        &server,
+        p,
+        &["app", "create", "broken", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:broken",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, p, &["draft", "compile", "acme-corp:broken"]);
+    let out = dodil(&server, p, &["draft", "compile-logs", "acme-corp:broken"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cannot find value `undefined_thing`"),
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the compile failed"), "{err}");
+    let err = fails(&server, p, &["draft", "publish", "acme-corp:broken"]);
+    assert!(
+        err.contains("isn't compiled") && err.contains("failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn orgs_cannot_see_each_other_and_tokens_are_required() {
+    let dir = scratch("isolation");
+    let a = start_server(&dir);
+    let p = dir.as_path();
+    ok(&a, p, &["app", "create", "secret", "--runtime", "rust"]);
+    // No token: refused with how to fix it.
+    let out = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "app", "list", "--api-endpoint", &a.api])
+        .env("DODIL_CONFIG", dir.join("none.toml"))
+        .env_remove("DODIL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config set token"));
+    // A wrong token is refused the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "app", "list", "--api-endpoint", &a.api])
+        .env("DODIL_CONFIG", dir.join("none.toml"))
+        .env("DODIL_TOKEN", "ign_000000000000_0000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // Another org's id answers as if the app did not exist.
+    let err = fails(&a, p, &["app", "get", "other-org:secret"]);
+    assert!(err.contains("app other-org:secret not found"), "{err}");
+    // A revoked token stops working.
+    let created = json(&ok(&a, p, &["token", "create", "ci", "-o", "json"]));
+    let token = created["token"].as_str().unwrap().to_string();
+    let with = |t: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dodil"))
+            .args(["ignite", "app", "list", "--api-endpoint", &a.api])
+            .env("DODIL_CONFIG", dir.join("none.toml"))
+            .env("DODIL_TOKEN", t)
+            .output()
+            .unwrap()
+    };
+    assert!(with(&token).status.success());
+    ok(&a, p, &["token", "revoke", created["id"].as_str().unwrap()]);
+    assert!(!with(&token).status.success());
+}
