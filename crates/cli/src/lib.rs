@@ -326,7 +326,7 @@ fn run(args: IgniteArgs) -> Result<()> {
                         "\n{:<28} {:<24} {:<4} {:<10} {:>7} ms",
                         e["id"].as_str().unwrap_or(""),
                         e["app_id"].as_str().unwrap_or(""),
-                        e["version"],
+                        e["version"].to_string(),
                         e["status"].as_str().unwrap_or(""),
                         fmt_ms(&e["metrics"]["duration_ms"])
                     ));
