@@ -37,6 +37,10 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Starts `dodil ignite server` on port 0 and reads back the addresses it bound.
 fn start_server(dir: &Path) -> Server {
+    start_server_with(dir, &[])
+}
+
+fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
         .args([
             "ignite",
@@ -46,6 +50,7 @@ fn start_server(dir: &Path) -> Server {
             "--gateway-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--build-target-dir")
@@ -124,11 +129,15 @@ fn json(text: &str) -> Value {
 
 /// A plain HTTP/1.1 request to the gateway with this Host header: `(status, body)`.
 fn http(gateway: &str, host: &str, body: &str) -> (u16, String) {
+    http_path(gateway, host, "/hello?x=1", body)
+}
+
+fn http_path(gateway: &str, host: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(gateway).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /hello?x=1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -471,4 +480,244 @@ fn orgs_cannot_see_each_other_and_tokens_are_required() {
     assert!(with(&token).status.success());
     ok(&a, p, &["token", "revoke", created["id"].as_str().unwrap()]);
     assert!(!with(&token).status.success());
+}
+
+/// A project named `name` with the shared test dependencies and this `src/lib.rs`.
+fn project(dir: &Path, name: &str, lib_rs: &str) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]{}",
+            support::HANDLER_DEPS
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("src/lib.rs"), lib_rs).unwrap();
+    root
+}
+
+fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
+    let name = id.split(':').nth(1).unwrap();
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    ok(
+        server,
+        p,
+        &[
+            "draft",
+            "save",
+            id,
+            "--code",
+            code,
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(server, p, &["draft", "compile", id]);
+    ok(server, p, &["draft", "compile-logs", id]);
+    ok(server, p, &["draft", "publish", id]);
+}
+
+#[test]
+fn crashes_and_deadlines_answer_502_and_504_and_are_recorded() {
+    let dir = scratch("failures");
+    let server = start_server_with(&dir, &["--request-timeout", "2"]);
+    let p = project(
+        &dir,
+        "flaky",
+        r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    if req.field::<bool>("crash").unwrap_or(false) {
+        std::process::abort()
+    }
+    match req.path() {
+        "/crash" => { eprintln!("going down"); std::process::abort() }
+        "/slow" => { tokio::time::sleep(std::time::Duration::from_secs(60)).await; Ok("late") }
+        "/fail" => Err(Error::new(422, "that will not do")),
+        _ => Ok("fine"),
+    }
+}
+"#,
+    );
+    deploy(&server, &p, "acme-corp:flaky", "./");
+    let host = "flaky-acme-corp.ignite.localhost";
+    let (status, body) = http_path(&server.gateway, host, "/crash", "{}");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("crashed") && body.contains("SIGABRT"),
+        "{body}"
+    );
+    let (status, body) = http_path(&server.gateway, host, "/slow", "{}");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("deadline"), "{body}");
+    let (status, body) = http_path(&server.gateway, host, "/fail", "{}");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("that will not do"), "{body}");
+    // The app recovers: a fresh instance answers.
+    let (status, body) = http_path(&server.gateway, host, "/", "{}");
+    assert_eq!((status, body.as_str()), (200, "fine"));
+
+    // Every request left one record, with its status, filterable.
+    let list = |status: &str| {
+        json(&ok(
+            &server,
+            &p,
+            &[
+                "execution",
+                "list",
+                "--app",
+                "acme-corp:flaky",
+                "--status",
+                status,
+                "--since",
+                "1h",
+                "-o",
+                "json",
+            ],
+        ))
+    };
+    let crashed = list("crashed");
+    assert_eq!(
+        crashed["executions"].as_array().unwrap().len(),
+        1,
+        "{crashed}"
+    );
+    let crash = &crashed["executions"][0];
+    assert_eq!(crash["response_status"], 502);
+    assert!(
+        crash["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "going down"),
+        "{crash}"
+    );
+    assert_eq!(list("timeout")["executions"].as_array().unwrap().len(), 1);
+    assert_eq!(list("failed")["executions"].as_array().unwrap().len(), 1);
+    assert_eq!(list("succeeded")["executions"].as_array().unwrap().len(), 1);
+    let all = json(&ok(
+        &server,
+        &p,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:flaky",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(all["executions"].as_array().unwrap().len(), 4);
+    assert!(
+        all["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["status"] != "running")
+    );
+
+    // Through the CLI, a crash is a clear non-zero exit naming the execution.
+    let err = fails(
+        &server,
+        &p,
+        &["invoke", "acme-corp:flaky", "-p", r#"{"crash": true}"#],
+    );
+    assert!(
+        err.contains("crashed") && err.contains("execution 01"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_compile_past_its_budget_is_stopped_and_says_so() {
+    let dir = scratch("budget");
+    let server = start_server_with(&dir, &["--build-timeout", "3"]);
+    let p = project(
+        &dir,
+        "slowbuild",
+        "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(_r: Request, _c: Context) -> Result<impl IntoResponse> { Ok(\"x\") }\n",
+    );
+    std::fs::write(
+        p.join("build.rs"),
+        "fn main() { std::thread::sleep(std::time::Duration::from_secs(120)); }\n",
+    )
+    .unwrap();
+    ok(
+        &server,
+        &p,
+        &["app", "create", "slowbuild", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:slowbuild",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, &p, &["draft", "compile", "acme-corp:slowbuild"]);
+    let out = dodil(
+        &server,
+        &p,
+        &["draft", "compile-logs", "acme-corp:slowbuild"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timed out") && err.contains("budget"), "{err}");
+    let err = fails(&server, &p, &["draft", "publish", "acme-corp:slowbuild"]);
+    assert!(err.contains("timed out"), "{err}");
+    // The sleeping build script was killed with the compile.
+    std::thread::sleep(Duration::from_millis(500));
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains("slowbuild") && c.contains("build-script-build"))
+        })
+        .count();
+    assert_eq!(left, 0, "the build script outlived its compile");
+}
+
+#[test]
+fn a_zip_archive_is_accepted_as_source() {
+    let dir = scratch("zip");
+    let server = start_server(&dir);
+    let p = project(
+        &dir,
+        "zipped",
+        "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(_r: Request, ctx: Context) -> Result<impl IntoResponse> { Ok(format!(\"zipped {}\", ctx.function_id())) }\n",
+    );
+    let zip_path = dir.join("zipped.zip");
+    {
+        let file = std::fs::File::create(&zip_path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let opts = zip::write::SimpleFileOptions::default();
+        for rel in ["Cargo.toml", "src/lib.rs"] {
+            zip.start_file(rel, opts).unwrap();
+            zip.write_all(&std::fs::read(p.join(rel)).unwrap()).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    deploy(
+        &server,
+        &dir,
+        "acme-corp:zipped",
+        zip_path.to_str().unwrap(),
+    );
+    let out = ok(&server, &dir, &["invoke", "acme-corp:zipped", "-p", "{}"]);
+    assert!(out.contains("zipped acme-corp/zipped"), "{out}");
 }

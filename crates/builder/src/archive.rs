@@ -16,7 +16,7 @@ pub enum ArchiveError {
     Link(PathBuf),
     #[error("the archive unpacks to more than {0} bytes; trim the upload (leave out target/)")]
     TooLarge(u64),
-    #[error("the upload is not a readable .tar.gz archive: {0}")]
+    #[error("the upload is not a readable .tar.gz or .zip archive: {0}")]
     Corrupt(std::io::Error),
     #[error("I/O error writing the unpacked source: {0}")]
     Io(std::io::Error),
@@ -30,6 +30,49 @@ fn check_path(path: &Path) -> Result<(), ArchiveError> {
             }
             Component::ParentDir => return Err(ArchiveError::ParentDir(path.to_owned())),
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a `.tar.gz` or `.zip` upload (told apart by their first bytes) with the checks of
+/// [`unpack_tar_gz`].
+pub fn unpack(bytes: &[u8], dest: &Path, cap: u64) -> Result<(), ArchiveError> {
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        unpack_zip(bytes, dest, cap)
+    } else {
+        unpack_tar_gz(bytes, dest, cap)
+    }
+}
+
+/// Unpacks a `.zip` archive with the same refusals as [`unpack_tar_gz`]. Sizes are counted as
+/// the entries are inflated, not taken from the (forgeable) central directory.
+pub fn unpack_zip(bytes: &[u8], dest: &Path, cap: u64) -> Result<(), ArchiveError> {
+    let corrupt = |e: zip::result::ZipError| ArchiveError::Corrupt(std::io::Error::other(e));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(corrupt)?;
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(corrupt)?;
+        let path = PathBuf::from(entry.name().map_err(corrupt)?.as_ref());
+        check_path(&path)?;
+        if entry.is_symlink() {
+            return Err(ArchiveError::Link(path));
+        }
+        let out = dest.join(&path);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&out).map_err(ArchiveError::Io)?;
+            continue;
+        }
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(ArchiveError::Io)?;
+        }
+        let mut file = std::fs::File::create(&out).map_err(ArchiveError::Io)?;
+        let room = cap.saturating_sub(total);
+        let copied =
+            std::io::copy(&mut (&mut entry).take(room + 1), &mut file).map_err(ArchiveError::Io)?;
+        total += copied;
+        if total > cap {
+            return Err(ArchiveError::TooLarge(cap));
         }
     }
     Ok(())

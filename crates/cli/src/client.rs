@@ -89,6 +89,12 @@ impl Client {
         serde_json::from_slice(&body).context("the API answered something that is not JSON")
     }
 
+    /// GET, read as one of the API's types.
+    pub fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        serde_json::from_value(self.get(path)?)
+            .context("the API answered in a shape this dodil does not know; update dodil")
+    }
+
     pub fn get(&self, path: &str) -> Result<Value> {
         let r = self
             .agent

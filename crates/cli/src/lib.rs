@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use client::Client;
+use ignite_api as api;
 
 #[derive(Parser)]
 #[command(name = "dodil", version, about = "The dodil command line")]
@@ -105,6 +106,10 @@ struct ServerArgs {
     /// The compile budget, in seconds.
     #[arg(long, default_value_t = 2400)]
     build_timeout: u64,
+    /// The per-request deadline, in seconds; past it the handler is stopped and the caller gets
+    /// 504.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
     /// One cargo target directory for all apps (default: one per app).
     #[arg(long)]
     build_target_dir: Option<PathBuf>,
@@ -189,6 +194,12 @@ enum ExecutionCmd {
         /// Only this app's executions (`org:name`).
         #[arg(long)]
         app: Option<String>,
+        /// Only executions with this status (succeeded, failed, timeout, crashed, running).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only executions started within this long, e.g. 30s, 15m, 2h, 1d.
+        #[arg(long, value_parser = parse_age)]
+        since: Option<Duration>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -287,48 +298,62 @@ fn run(args: IgniteArgs) -> Result<()> {
             Ok(())
         }
         Ignite::Execution(ExecutionCmd::Get { id }) => {
-            let v = connect()?.get(&format!("/v1/executions/{id}"))?;
-            print(out, &v, || {
-                let m = &v["metrics"];
+            let e: api::Execution = connect()?.get_as(&format!("/v1/executions/{id}"))?;
+            print(out, &e, || {
+                let m = &e.metrics;
                 let mut s = format!(
                     "execution {}\n  app        {} (version {})\n  status     {}\n  cold start {} ms\n  duration   {} ms\n  billed     {} ms",
-                    v["id"].as_str().unwrap_or(""),
-                    v["app_id"].as_str().unwrap_or(""),
-                    v["version"],
-                    v["status"].as_str().unwrap_or(""),
-                    fmt_ms(&m["cold_start_ms"]),
-                    fmt_ms(&m["duration_ms"]),
-                    m["billed_duration_ms"],
+                    e.id,
+                    e.app_id,
+                    e.version,
+                    e.status,
+                    fmt_ms(m.cold_start_ms),
+                    fmt_ms(m.duration_ms),
+                    m.billed_duration_ms.map_or("-".into(), |b| b.to_string()),
                 );
-                if let Some(e) = v["error"].as_str() {
-                    s.push_str(&format!("\n  error      {e}"));
+                if let Some(err) = &e.error {
+                    s.push_str(&format!("\n  error      {err}"));
                 }
-                for line in v["logs"].as_array().into_iter().flatten() {
-                    s.push_str(&format!("\n  | {}", line.as_str().unwrap_or("")));
+                for line in &e.logs {
+                    s.push_str(&format!("\n  | {line}"));
                 }
                 s
             });
             Ok(())
         }
-        Ignite::Execution(ExecutionCmd::List { app, limit }) => {
+        Ignite::Execution(ExecutionCmd::List {
+            app,
+            status,
+            since,
+            limit,
+        }) => {
             let mut path = format!("/v1/executions?limit={limit}");
             if let Some(app) = app {
-                path.push_str(&format!("&app={app}"));
+                path.push_str(&format!("&app={}", urlencode(&app)));
             }
-            let v = connect()?.get(&path)?;
-            print(out, &v, || {
+            if let Some(status) = status {
+                path.push_str(&format!("&status={}", urlencode(&status)));
+            }
+            if let Some(since) = since {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                path.push_str(&format!("&since={}", now.saturating_sub(since).as_millis()));
+            }
+            let list: api::ExecutionList = connect()?.get_as(&path)?;
+            print(out, &list, || {
                 let mut s = format!(
                     "{:<28} {:<24} {:<4} {:<10} {:>10}",
                     "ID", "APP", "VER", "STATUS", "DURATION"
                 );
-                for e in v["executions"].as_array().into_iter().flatten() {
+                for e in &list.executions {
                     s.push_str(&format!(
                         "\n{:<28} {:<24} {:<4} {:<10} {:>7} ms",
-                        e["id"].as_str().unwrap_or(""),
-                        e["app_id"].as_str().unwrap_or(""),
-                        e["version"].to_string(),
-                        e["status"].as_str().unwrap_or(""),
-                        fmt_ms(&e["metrics"]["duration_ms"])
+                        e.id,
+                        e.app_id,
+                        e.version,
+                        e.status,
+                        fmt_ms(e.metrics.duration_ms)
                     ));
                 }
                 s
@@ -377,11 +402,27 @@ fn run(args: IgniteArgs) -> Result<()> {
     }
 }
 
-fn fmt_ms(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |f| format!("{f:.3}"))
+/// `30s`, `15m`, `2h`, `1d` (a bare number is seconds).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 2h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?} is not a duration like 30s, 15m, 2h or 1d")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
-fn print(out: Output, v: &Value, human: impl FnOnce() -> String) {
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |f| format!("{f:.3}"))
+}
+
+fn print(out: Output, v: &impl serde::Serialize, human: impl FnOnce() -> String) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Table => println!("{}", human()),
@@ -413,25 +454,19 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
         }
         AppCmd::Get { id } => {
             let (org, name) = split_id(&id)?;
-            let v = client.get(&format!("/v1/apps/{org}/{name}"))?;
-            print(out, &v, || {
+            let app: api::App = client.get_as(&format!("/v1/apps/{org}/{name}"))?;
+            print(out, &app, || {
                 format!(
                     "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  public urls    {}\n  draft          {}",
-                    v["id"].as_str().unwrap_or(""),
-                    v["runtime"].as_str().unwrap_or(""),
-                    v["description"].as_str().unwrap_or(""),
-                    v["active_version"]
-                        .as_i64()
+                    app.id,
+                    app.runtime,
+                    app.description,
+                    app.active_version
                         .map_or("none (publish the draft)".into(), |n| n.to_string()),
-                    v["public_urls"]
-                        .as_array()
-                        .map(|a| a
-                            .iter()
-                            .filter_map(|u| u.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default(),
-                    v["draft"]["compile_status"].as_str().unwrap_or("empty"),
+                    app.public_urls.join(", "),
+                    app.draft
+                        .as_ref()
+                        .map_or("empty", |d| d.compile_status.as_str()),
                 )
             });
         }
@@ -531,26 +566,26 @@ fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
         DraftCmd::CompileLogs { id, no_follow } => {
             let (org, name) = split_id(&id)?;
             let follow = !no_follow;
-            let mut last = Value::Null;
+            let mut last = api::LogEvent::default();
             client.stream_lines(
                 &format!("/v1/apps/{org}/{name}/draft/compile-logs?follow={follow}"),
                 |line| {
-                    let v: Value =
-                        serde_json::from_str(line).unwrap_or_else(|_| json!({ "line": line }));
-                    match out {
-                        Output::Json => println!("{line}"),
-                        Output::Table => {
-                            if let Some(l) = v["line"].as_str() {
-                                println!("{l}");
-                            }
-                        }
+                    let event: api::LogEvent =
+                        serde_json::from_str(line).unwrap_or_else(|_| api::LogEvent {
+                            line: Some(line.to_string()),
+                            ..Default::default()
+                        });
+                    match (out, &event.line) {
+                        (Output::Json, _) => println!("{line}"),
+                        (Output::Table, Some(l)) => println!("{l}"),
+                        (Output::Table, None) => {}
                     }
-                    if v.get("status").is_some() {
-                        last = v;
+                    if event.status.is_some() {
+                        last = event;
                     }
                 },
             )?;
-            match last["status"].as_str() {
+            match last.status.as_deref() {
                 Some("succeeded") => {
                     if out == Output::Table {
                         println!(
@@ -566,7 +601,7 @@ fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
                     } else {
                         "failed"
                     },
-                    last["error"].as_str().unwrap_or("see the log above")
+                    last.error.as_deref().unwrap_or("see the log above")
                 ),
                 None => {
                     bail!("the log stream ended before the compile did; run compile-logs again")
@@ -640,15 +675,18 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// `--code`: a directory is packed as .tar.gz (without target/ and .git/); a .tar.gz is sent as
-/// is; any other file is one source file.
+/// `--code`: a directory is packed as .tar.gz (without target/ and .git/); a .tar.gz or .zip is
+/// sent as is; any other file is one source file.
 fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
     let meta = std::fs::metadata(code)
         .with_context(|| format!("--code {}: no such file or directory", code.display()))?;
     if meta.is_file() {
         let bytes = std::fs::read(code)?;
         let name = code.to_string_lossy();
-        return Ok(if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        let archive = [".tar.gz", ".tgz", ".zip"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        return Ok(if archive {
             ("archive", bytes)
         } else {
             ("file", bytes)
@@ -708,6 +746,7 @@ fn server(a: ServerArgs) -> Result<()> {
         domain: a.domain,
         public_port: a.public_port,
         build_timeout: Duration::from_secs(a.build_timeout),
+        request_timeout: Duration::from_secs(a.request_timeout),
         shared_target_dir: a.build_target_dir,
     };
     let rt = tokio::runtime::Runtime::new()?;

@@ -1,6 +1,7 @@
 //! The HTTP+JSON API (`/v1/...`). Every route but `/healthz` needs a bearer token, and every
 //! object is looked up within the token's org.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,11 +9,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use ignite_agent::{Invocation, Outcome, SpawnConfig};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ignite_api as api;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::State;
 use crate::auth::org_of;
@@ -25,32 +29,68 @@ type S = AxState<Arc<State>>;
 /// Largest upload (`draft save`) and invoke payload.
 const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
 const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
-/// Per-request deadline until apps carry their own.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ignite control plane",
+        description = "Apps, drafts, compiles, versions, invocations, executions and tokens. \
+                       Every route needs `Authorization: Bearer <token>`."
+    ),
+    modifiers(&BearerToken),
+    tags(
+        (name = "apps"), (name = "drafts"), (name = "versions"), (name = "invoke"),
+        (name = "executions"), (name = "tokens")
+    )
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "token",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+fn api_router() -> OpenApiRouter<Arc<State>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_app, list_apps))
+        .routes(routes!(get_app, delete_app))
+        .routes(routes!(set_env))
+        .routes(routes!(save_draft))
+        .routes(routes!(compile))
+        .routes(routes!(compile_logs))
+        .routes(routes!(publish))
+        .routes(routes!(list_versions))
+        .routes(routes!(rollback))
+        .routes(routes!(invoke))
+        .routes(routes!(list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+}
+
+/// The OpenAPI document of the API, generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
 
 pub fn router(state: Arc<State>) -> Router {
-    Router::new()
+    let (router, doc) = api_router().split_for_parts();
+    let doc = Arc::new(doc);
+    router
         .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/apps", post(create_app).get(list_apps))
-        .route("/v1/apps/{org}/{app}", get(get_app).delete(delete_app))
-        .route("/v1/apps/{org}/{app}/env", put(set_env))
         .route(
-            "/v1/apps/{org}/{app}/draft",
-            put(save_draft).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+            "/v1/openapi.json",
+            get(move || async move { Json((*doc).clone()) }),
         )
-        .route("/v1/apps/{org}/{app}/draft/compile", post(compile))
-        .route("/v1/apps/{org}/{app}/draft/compile-logs", get(compile_logs))
-        .route("/v1/apps/{org}/{app}/draft/publish", post(publish))
-        .route("/v1/apps/{org}/{app}/versions", get(list_versions))
-        .route("/v1/apps/{org}/{app}/rollback", post(rollback))
-        .route(
-            "/v1/apps/{org}/{app}/invoke",
-            post(invoke).layer(DefaultBodyLimit::max(PAYLOAD_LIMIT)),
-        )
-        .route("/v1/executions", get(list_executions))
-        .route("/v1/executions/{id}", get(get_execution))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
         .with_state(state)
 }
 
@@ -80,47 +120,71 @@ async fn owned_app(state: &State, headers: &HeaderMap, org: &str, app: &str) -> 
         .ok_or_else(|| app_not_found(org, app))
 }
 
+fn env_map(env: &[(String, String)]) -> BTreeMap<String, String> {
+    env.iter().cloned().collect()
+}
+
+pub fn version_view(v: &store::Version) -> api::Version {
+    api::Version {
+        version: v.version,
+        runtime: v.runtime.clone(),
+        rust_target: v.rust_target.clone(),
+        toolchain: v.toolchain.clone(),
+        source_digest: v.source_digest.clone(),
+        source_kind: v.source_kind.clone(),
+        compile_status: v.compile_status.clone(),
+        compile_error: v.compile_error.clone(),
+        build_id: v.build_id.clone(),
+        artifact_digest: v.artifact_digest.clone(),
+        artifact_size: v.artifact_size,
+        artifact_target: v.artifact_target.clone(),
+        env: env_map(&v.env),
+        created_at: v.created_at,
+    }
+}
+
 fn app_view(
     state: &State,
     app: &App,
     draft: Option<&store::Version>,
     active: Option<&store::Version>,
-) -> Value {
-    let public_urls: Vec<String> = if app.active_version.is_some() {
-        vec![state.public_url(&app.org, &app.name)]
-    } else {
-        vec![]
-    };
-    json!({
-        "id": format!("{}:{}", app.org, app.name),
-        "org": app.org,
-        "name": app.name,
-        "runtime": app.runtime,
-        "description": app.description,
-        "active_version": app.active_version,
-        "public_urls": public_urls,
-        "env": app.env.iter().cloned().collect::<std::collections::BTreeMap<String, String>>(),
-        "draft": draft,
-        "artifact": active.map(|v| json!({
-            "digest": v.artifact_digest, "size": v.artifact_size, "target": v.artifact_target,
-        })),
-        "created_at": app.created_at,
-    })
+) -> api::App {
+    api::App {
+        id: format!("{}:{}", app.org, app.name),
+        org: app.org.clone(),
+        name: app.name.clone(),
+        runtime: app.runtime.clone(),
+        description: app.description.clone(),
+        active_version: app.active_version,
+        public_urls: if app.active_version.is_some() {
+            vec![state.public_url(&app.org, &app.name)]
+        } else {
+            vec![]
+        },
+        env: env_map(&app.env),
+        draft: draft.map(version_view),
+        artifact: active.map(|v| api::Artifact {
+            digest: v.artifact_digest.clone(),
+            size: v.artifact_size,
+            target: v.artifact_target.clone(),
+        }),
+        created_at: app.created_at,
+    }
 }
 
-#[derive(Deserialize)]
-struct CreateApp {
-    name: String,
-    runtime: String,
-    #[serde(default)]
-    description: String,
-}
-
+/// Create an app in the caller's org.
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", security(("token" = [])),
+    request_body = api::CreateApp,
+    responses(
+        (status = 201, body = api::App),
+        (status = 400, body = api::ErrorBody, description = "invalid name or runtime"),
+        (status = 409, body = api::ErrorBody, description = "the app exists"),
+    ))]
 async fn create_app(
     AxState(state): S,
     headers: HeaderMap,
-    Json(body): Json<CreateApp>,
-) -> ApiResult<Response> {
+    Json(body): Json<api::CreateApp>,
+) -> ApiResult<(StatusCode, Json<api::App>)> {
     let org = org_of(&state.db, &headers).await?;
     if !valid_name(&body.name) {
         return Err(ApiError::bad_request(format!(
@@ -155,23 +219,32 @@ async fn create_app(
     Ok((
         StatusCode::CREATED,
         Json(app_view(&state, &app, None, None)),
-    )
-        .into_response())
+    ))
 }
 
-async fn list_apps(AxState(state): S, headers: HeaderMap) -> ApiResult<Json<Value>> {
+/// The caller's org's apps.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("token" = [])),
+    responses((status = 200, body = api::AppList)))]
+async fn list_apps(AxState(state): S, headers: HeaderMap) -> ApiResult<Json<api::AppList>> {
     let org = org_of(&state.db, &headers).await?;
     let apps = store::list_apps(&state.db, &org).await?;
-    Ok(Json(json!({
-        "apps": apps.iter().map(|a| app_view(&state, a, None, None)).collect::<Vec<_>>()
-    })))
+    Ok(Json(api::AppList {
+        apps: apps
+            .iter()
+            .map(|a| app_view(&state, a, None, None))
+            .collect(),
+    }))
 }
 
+/// One app, with its draft and the active version's artifact.
+#[utoipa::path(get, path = "/v1/apps/{org}/{app}", tag = "apps", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 200, body = api::App), (status = 404, body = api::ErrorBody)))]
 async fn get_app(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::App>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let draft = store::get_version(&state.db, &org, &name, 0).await?;
     let active = match app.active_version {
@@ -186,6 +259,10 @@ async fn get_app(
     )))
 }
 
+/// Delete an app, its versions and its running instances.
+#[utoipa::path(delete, path = "/v1/apps/{org}/{app}", tag = "apps", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 204), (status = 404, body = api::ErrorBody)))]
 async fn delete_app(
     AxState(state): S,
     headers: HeaderMap,
@@ -197,17 +274,17 @@ async fn delete_app(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct SetEnv {
-    env: std::collections::BTreeMap<String, String>,
-}
-
+/// Set the app's environment; it travels with the next published version.
+#[utoipa::path(put, path = "/v1/apps/{org}/{app}/env", tag = "apps", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    request_body = api::SetEnv,
+    responses((status = 200, body = api::EnvSet), (status = 400, body = api::ErrorBody)))]
 async fn set_env(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Json(body): Json<SetEnv>,
-) -> ApiResult<Json<Value>> {
+    Json(body): Json<api::SetEnv>,
+) -> ApiResult<Json<api::EnvSet>> {
     owned_app(&state, &headers, &org, &name).await?;
     for key in body.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -216,30 +293,28 @@ async fn set_env(
             )));
         }
     }
-    let env: Vec<(String, String)> = body.env.into_iter().collect();
+    let env: Vec<(String, String)> = body.env.clone().into_iter().collect();
     store::set_env(&state.db, &org, &name, &env).await?;
-    Ok(Json(
-        json!({ "env": env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-                    "note": "environment changes take effect at the next draft publish" }),
-    ))
+    Ok(Json(api::EnvSet {
+        env: body.env,
+        note: "environment changes take effect at the next draft publish".into(),
+    }))
 }
 
-#[derive(Deserialize)]
-struct SaveDraft {
-    runtime: Option<String>,
-    rust_target: Option<String>,
-    toolchain: Option<String>,
-    /// `archive` (a .tar.gz of the project) or `file` (one source file: src/lib.rs).
-    kind: Option<String>,
-}
-
+/// Upload source into the draft slot (version 0), replacing what was there.
+#[utoipa::path(put, path = "/v1/apps/{org}/{app}/draft", tag = "drafts", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path), api::SaveDraftParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "a .tar.gz or .zip of the project (Cargo.toml and src/), or one source file"),
+    responses((status = 200, body = api::DraftSaved), (status = 400, body = api::ErrorBody),
+        (status = 413, body = api::ErrorBody)))]
 async fn save_draft(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Query(q): Query<SaveDraft>,
+    Query(q): Query<api::SaveDraftParams>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::DraftSaved>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
     if runtime != "rust" {
@@ -278,7 +353,7 @@ async fn save_draft(
         // Refuse a hostile or broken archive now, not at compile time.
         let probe = tempdir_in(&state.config.data_dir.join("builds"))
             .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
-        let checked = ignite_builder::archive::unpack_tar_gz(&body, &probe, builds::SOURCE_CAP);
+        let checked = ignite_builder::archive::unpack(&body, &probe, builds::SOURCE_CAP);
         let _ = std::fs::remove_dir_all(&probe);
         checked.map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
@@ -304,9 +379,11 @@ async fn save_draft(
     )
     .await?;
     let draft = store::get_version(&state.db, &org, &name, 0).await?;
-    Ok(Json(
-        json!({ "id": format!("{org}:{name}"), "version": 0, "draft": draft }),
-    ))
+    Ok(Json(api::DraftSaved {
+        id: format!("{org}:{name}"),
+        version: 0,
+        draft: draft.as_ref().map(version_view),
+    }))
 }
 
 fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
@@ -339,19 +416,27 @@ async fn check_toolchain(toolchain: &str) -> ApiResult<()> {
     }
 }
 
+fn no_source(org: &str, name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "the draft of {org}:{name} has no source; run `dodil ignite draft save {org}:{name} --code ./ --runtime rust --rust-target native` first"
+    ))
+}
+
+/// Compile the Rust draft in the background; follow it with `compile-logs`.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/draft/compile", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 202, body = api::CompileStarted), (status = 409, body = api::ErrorBody),
+        (status = 501, body = api::ErrorBody, description = "--rust-target wasm")))]
 async fn compile(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<api::CompileStarted>)> {
     owned_app(&state, &headers, &org, &name).await?;
     let draft = store::get_version(&state.db, &org, &name, 0)
         .await?
-        .ok_or_else(|| {
-            ApiError::conflict(format!(
-                "the draft of {org}:{name} has no source; run `dodil ignite draft save {org}:{name} --code ./ --runtime rust --rust-target native` first"
-            ))
-        })?;
+        .ok_or_else(|| no_source(&org, &name))?;
     if draft.rust_target.as_deref() == Some("wasm") {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -367,22 +452,26 @@ async fn compile(
     let build_id = builds::start(state.clone(), &org, &name, &draft).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": format!("{org}:{name}"), "build_id": build_id, "status": "compiling" })),
-    )
-        .into_response())
+        Json(api::CompileStarted {
+            id: format!("{org}:{name}"),
+            build_id,
+            status: "compiling".into(),
+        }),
+    ))
 }
 
-#[derive(Deserialize)]
-struct LogsQuery {
-    follow: Option<bool>,
-}
-
-/// Newline-delimited JSON: `{"line": "..."}` per log line, then `{"status": ..., "error": ...}`.
+/// The draft's latest compile log as newline-delimited JSON: a `{"line"}` per log line, then
+/// `{"status", "error"}`. With `follow=true` the stream stays open until the compile ends.
+#[utoipa::path(get, path = "/v1/apps/{org}/{app}/draft/compile-logs", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path), api::LogsParams),
+    responses((status = 200, content_type = "application/x-ndjson", body = api::LogEvent),
+        (status = 404, body = api::ErrorBody)))]
 async fn compile_logs(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<api::LogsParams>,
 ) -> ApiResult<Response> {
     owned_app(&state, &headers, &org, &name).await?;
     let draft = store::get_version(&state.db, &org, &name, 0).await?;
@@ -392,6 +481,10 @@ async fn compile_logs(
         )));
     };
     let follow = q.follow.unwrap_or(false);
+    let line = |l: String| api::LogEvent {
+        line: Some(l),
+        ..Default::default()
+    };
     if let Some(live) = state.builds.live(&build_id) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         tokio::spawn(async move {
@@ -404,26 +497,28 @@ async fn compile_logs(
                     (lines[sent..].to_vec(), done)
                 };
                 sent += lines.len();
-                for line in lines {
-                    if tx.send(Ok(ndjson(&json!({ "line": line })))).await.is_err() {
+                for l in lines {
+                    if tx.send(Ok(ndjson(&line(l)))).await.is_err() {
                         return;
                     }
                 }
-                match done {
-                    Some((status, error)) => {
-                        let _ = tx
-                            .send(Ok(ndjson(&json!({ "status": status, "error": error }))))
-                            .await;
-                        return;
-                    }
-                    None if !follow => {
-                        let _ = tx.send(Ok(ndjson(&json!({ "status": "running" })))).await;
-                        return;
-                    }
+                let end = match done {
+                    Some((status, error)) => api::LogEvent {
+                        status: Some(status),
+                        error,
+                        ..Default::default()
+                    },
+                    None if !follow => api::LogEvent {
+                        status: Some("running".into()),
+                        ..Default::default()
+                    },
                     None => {
                         let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                        continue;
                     }
-                }
+                };
+                let _ = tx.send(Ok(ndjson(&end))).await;
+                return;
             }
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -439,30 +534,38 @@ async fn compile_logs(
         .await?
         .ok_or_else(|| ApiError::internal("the build record is missing"))?;
     let mut out = Vec::new();
-    for line in log.lines() {
-        out.extend_from_slice(&ndjson(&json!({ "line": line })));
+    for l in log.lines() {
+        out.extend_from_slice(&ndjson(&line(l.to_string())));
     }
-    out.extend_from_slice(&ndjson(&json!({ "status": status, "error": error })));
+    out.extend_from_slice(&ndjson(&api::LogEvent {
+        status: Some(status),
+        error,
+        ..Default::default()
+    }));
     Ok(([("content-type", "application/x-ndjson")], out).into_response())
 }
 
-fn ndjson(v: &Value) -> Bytes {
+fn ndjson(v: &impl serde::Serialize) -> Bytes {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
 
+/// Cut a new immutable version from the compiled draft and make it active.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/draft/publish", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 200, body = api::Published),
+        (status = 409, body = api::ErrorBody, description = "the draft isn't compiled")))]
 async fn publish(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Published>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
-    let draft = store::get_version(&state.db, &org, &name, 0).await?.ok_or_else(|| {
-        ApiError::conflict(format!(
-            "the draft of {org}:{name} has no source; run `dodil ignite draft save {org}:{name} --code ./ --runtime rust --rust-target native` first"
-        ))
-    })?;
+    let draft = store::get_version(&state.db, &org, &name, 0)
+        .await?
+        .ok_or_else(|| no_source(&org, &name))?;
     match draft.compile_status.as_str() {
         "compiled" => {}
         "compiling" => {
@@ -488,37 +591,45 @@ async fn publish(
         }
     }
     let version = store::publish(&state.db, &org, &name, &app.env).await?;
-    Ok(Json(json!({
-        "id": format!("{org}:{name}"),
-        "version": version,
-        "active_version": version,
-        "public_urls": [state.public_url(&org, &name)],
-    })))
+    Ok(Json(api::Published {
+        id: format!("{org}:{name}"),
+        version,
+        active_version: version,
+        public_urls: vec![state.public_url(&org, &name)],
+    }))
 }
 
+/// The draft and every published version.
+#[utoipa::path(get, path = "/v1/apps/{org}/{app}/versions", tag = "versions",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 200, body = api::VersionList), (status = 404, body = api::ErrorBody)))]
 async fn list_versions(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::VersionList>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let versions = store::list_versions(&state.db, &org, &name).await?;
-    Ok(Json(
-        json!({ "active_version": app.active_version, "versions": versions }),
-    ))
+    Ok(Json(api::VersionList {
+        active_version: app.active_version,
+        versions: versions.iter().map(version_view).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
-struct Rollback {
-    version: i64,
-}
-
+/// Make a published version active again.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/rollback", tag = "versions",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    request_body = api::Rollback,
+    responses((status = 200, body = api::RolledBack), (status = 400, body = api::ErrorBody),
+        (status = 404, body = api::ErrorBody)))]
 async fn rollback(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Json(body): Json<Rollback>,
-) -> ApiResult<Json<Value>> {
+    Json(body): Json<api::Rollback>,
+) -> ApiResult<Json<api::RolledBack>> {
     owned_app(&state, &headers, &org, &name).await?;
     if body.version < 1 {
         return Err(ApiError::bad_request(
@@ -546,9 +657,10 @@ async fn rollback(
         )));
     }
     store::set_active(&state.db, &org, &name, body.version).await?;
-    Ok(Json(
-        json!({ "id": format!("{org}:{name}"), "active_version": body.version }),
-    ))
+    Ok(Json(api::RolledBack {
+        id: format!("{org}:{name}"),
+        active_version: body.version,
+    }))
 }
 
 /// The request as the handler will see it.
@@ -609,7 +721,7 @@ pub async fn execute(state: &State, app: &App, req: HttpRequest, trigger: &str) 
                 execution_id: id.clone(),
                 function_id: format!("{org}/{name}"),
                 env: version.env.clone(),
-                deadline: Some(started + DEFAULT_TIMEOUT),
+                deadline: Some(started + state.config.request_timeout),
                 method: req.method,
                 path: req.path,
                 query: req.query,
@@ -735,6 +847,20 @@ fn error_body(status: StatusCode, code: &'static str, message: String) -> Respon
     ApiError::new(status, code, message).into_response()
 }
 
+/// Call the app's active version with a JSON payload. The answer is the handler's own (status,
+/// headers, body) with `x-ignite-execution-id`; 502 when it crashed, 504 past its deadline.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/invoke", tag = "invoke",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/json", description = "the payload"),
+    responses(
+        (status = 200, description = "the handler's response"),
+        (status = 404, body = api::ErrorBody),
+        (status = 409, body = api::ErrorBody, description = "nothing published yet"),
+        (status = 413, body = api::ErrorBody),
+        (status = 502, body = api::ErrorBody, description = "the handler crashed"),
+        (status = 504, body = api::ErrorBody, description = "the handler passed its deadline"),
+    ))]
 async fn invoke(
     AxState(state): S,
     headers: HeaderMap,
@@ -742,6 +868,16 @@ async fn invoke(
     body: Bytes,
 ) -> ApiResult<Response> {
     let app = owned_app(&state, &headers, &org, &name).await?;
+    if body.len() > PAYLOAD_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the payload is {} bytes; the limit is {PAYLOAD_LIMIT} bytes",
+                body.len()
+            ),
+        ));
+    }
     let req = HttpRequest {
         method: "POST".into(),
         path: "/".into(),
@@ -752,11 +888,15 @@ async fn invoke(
     Ok(execute(&state, &app, req, "api").await)
 }
 
+/// One execution: status, metrics and logs.
+#[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions", security(("token" = [])),
+    params(("id" = String, Path, description = "the execution's ULID")),
+    responses((status = 200, body = api::Execution), (status = 404, body = api::ErrorBody)))]
 async fn get_execution(
     AxState(state): S,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Execution>> {
     let org = org_of(&state.db, &headers).await?;
     let e = store::get_execution(&state.db, &org, &id)
         .await?
@@ -768,58 +908,64 @@ async fn get_execution(
     Ok(Json(execution_view(&e)))
 }
 
-pub fn execution_view(e: &Execution) -> Value {
-    json!({
-        "id": e.id,
-        "app_id": format!("{}:{}", e.org, e.app),
-        "function_id": format!("{}/{}", e.org, e.app),
-        "version": e.version,
-        "status": e.status,
-        "trigger": e.trigger,
-        "started_at": e.started_at,
-        "finished_at": e.finished_at,
-        "response_status": e.response_status,
-        "error": e.error,
-        "metrics": {
-            "cold_start_ms": e.cold_start_ms,
-            "init_ms": e.init_ms,
-            "duration_ms": e.duration_ms,
-            "billed_duration_ms": e.billed_duration_ms,
+pub fn execution_view(e: &Execution) -> api::Execution {
+    api::Execution {
+        id: e.id.clone(),
+        app_id: format!("{}:{}", e.org, e.app),
+        function_id: format!("{}/{}", e.org, e.app),
+        version: e.version,
+        status: e.status.clone(),
+        trigger: e.trigger.clone(),
+        started_at: e.started_at,
+        finished_at: e.finished_at,
+        response_status: e.response_status,
+        error: e.error.clone(),
+        metrics: api::Metrics {
+            cold_start_ms: e.cold_start_ms,
+            init_ms: e.init_ms,
+            duration_ms: e.duration_ms,
+            billed_duration_ms: e.billed_duration_ms,
         },
-        "logs": e.logs,
-    })
+        logs: e.logs.clone(),
+    }
 }
 
-#[derive(Deserialize)]
-struct ListExecutions {
-    app: Option<String>,
-    limit: Option<i64>,
-}
-
+/// Recent executions, newest first, filtered by app, status and start time.
+#[utoipa::path(get, path = "/v1/executions", tag = "executions", security(("token" = [])),
+    params(api::ListExecutionsParams),
+    responses((status = 200, body = api::ExecutionList)))]
 async fn list_executions(
     AxState(state): S,
     headers: HeaderMap,
-    Query(q): Query<ListExecutions>,
-) -> ApiResult<Json<Value>> {
+    Query(q): Query<api::ListExecutionsParams>,
+) -> ApiResult<Json<api::ExecutionList>> {
     let org = org_of(&state.db, &headers).await?;
     let app = q.app.as_deref().map(|a| a.rsplit(':').next().unwrap_or(a));
-    let list =
-        store::list_executions(&state.db, &org, app, q.limit.unwrap_or(50).clamp(1, 1000)).await?;
-    Ok(Json(
-        json!({ "executions": list.iter().map(execution_view).collect::<Vec<_>>() }),
-    ))
+    let list = store::list_executions(
+        &state.db,
+        &org,
+        store::ExecutionFilter {
+            app,
+            status: q.status.as_deref(),
+            since: q.since,
+            limit: q.limit.unwrap_or(50).clamp(1, 1000),
+        },
+    )
+    .await?;
+    Ok(Json(api::ExecutionList {
+        executions: list.iter().map(execution_view).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
-struct CreateToken {
-    name: String,
-}
-
+/// Mint a token for the caller's org (shown once).
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("token" = [])),
+    request_body = api::CreateToken,
+    responses((status = 201, body = api::TokenCreated)))]
 async fn create_token(
     AxState(state): S,
     headers: HeaderMap,
-    Json(body): Json<CreateToken>,
-) -> ApiResult<Response> {
+    Json(body): Json<api::CreateToken>,
+) -> ApiResult<(StatusCode, Json<api::TokenCreated>)> {
     let org = org_of(&state.db, &headers).await?;
     let (id, secret, token) = crate::auth::mint_token();
     store::insert_token(
@@ -832,18 +978,37 @@ async fn create_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "name": body.name, "token": token })),
-    )
-        .into_response())
-}
-
-async fn list_tokens(AxState(state): S, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    let org = org_of(&state.db, &headers).await?;
-    Ok(Json(
-        json!({ "tokens": store::list_tokens(&state.db, &org).await? }),
+        Json(api::TokenCreated {
+            id,
+            name: body.name,
+            token,
+        }),
     ))
 }
 
+/// The org's tokens (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("token" = [])),
+    responses((status = 200, body = api::TokenList)))]
+async fn list_tokens(AxState(state): S, headers: HeaderMap) -> ApiResult<Json<api::TokenList>> {
+    let org = org_of(&state.db, &headers).await?;
+    let tokens = store::list_tokens(&state.db, &org).await?;
+    Ok(Json(api::TokenList {
+        tokens: tokens
+            .into_iter()
+            .map(|t| api::Token {
+                id: t.id,
+                name: t.name,
+                created_at: t.created_at,
+                revoked_at: t.revoked_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Revoke a token of the caller's org.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("token" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = api::ErrorBody)))]
 async fn revoke_token(
     AxState(state): S,
     headers: HeaderMap,

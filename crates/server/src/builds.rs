@@ -148,7 +148,7 @@ async fn compile(
             )
             .map_err(io(&src))?;
         }
-        false => ignite_builder::archive::unpack_tar_gz(&bytes, &src, SOURCE_CAP).map_err(|e| {
+        false => ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
             BuildError::Io {
                 path: src.clone(),
                 source: std::io::Error::other(e.to_string()),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::openapi;
 pub use auth::{hash_secret, mint_token};
 
 /// How to run the server.
@@ -37,6 +38,8 @@ pub struct Config {
     pub public_port: Option<u16>,
     /// The compile budget.
     pub build_timeout: Duration,
+    /// The per-request deadline (until apps carry their own in their scaling config).
+    pub request_timeout: Duration,
     /// One cargo target directory for every app instead of one per app (tests share one).
     pub shared_target_dir: Option<PathBuf>,
 }

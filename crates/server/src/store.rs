@@ -577,19 +577,33 @@ pub async fn get_execution(db: &Db, org: &str, id: &str) -> sqlx::Result<Option<
     Ok(row.as_ref().map(execution_of))
 }
 
+/// Which executions `list_executions` returns.
+pub struct ExecutionFilter<'a> {
+    pub app: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Started at or after (ms since the epoch).
+    pub since: Option<i64>,
+    pub limit: i64,
+}
+
 pub async fn list_executions(
     db: &Db,
     org: &str,
-    app: Option<&str>,
-    limit: i64,
+    filter: ExecutionFilter<'_>,
 ) -> sqlx::Result<Vec<Execution>> {
     let rows = sqlx::query(
-        "SELECT * FROM executions WHERE org = ? AND (? IS NULL OR app = ?) ORDER BY started_at DESC, id DESC LIMIT ?",
+        "SELECT * FROM executions WHERE org = ? AND (? IS NULL OR app = ?) \
+         AND (? IS NULL OR status = ?) AND (? IS NULL OR started_at >= ?) \
+         ORDER BY started_at DESC, id DESC LIMIT ?",
     )
     .bind(org)
-    .bind(app)
-    .bind(app)
-    .bind(limit)
+    .bind(filter.app)
+    .bind(filter.app)
+    .bind(filter.status)
+    .bind(filter.status)
+    .bind(filter.since)
+    .bind(filter.since)
+    .bind(filter.limit)
     .fetch_all(db)
     .await?;
     Ok(rows.iter().map(execution_of).collect())

@@ -1,0 +1,254 @@
+//! The control plane's API as types: every request and response body of `/v1`, with their
+//! OpenAPI schemas. The server answers with these types and the CLI reads them, so the two (and
+//! the checked-in `openapi.json`) cannot drift apart.
+//!
+//! This crate holds data only: no I/O, no behaviour.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Every error: `{"error": {"code": "...", "message": "..."}}`. The message says how to fix it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_argument`, `not_found`, `already_exists`, `failed_precondition`,
+    /// `unauthenticated`, `payload_too_large`, `handler_error`, `handler_crashed`, …
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateApp {
+    /// 1–63 lowercase letters, digits and `-`.
+    pub name: String,
+    /// `rust`.
+    pub runtime: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An app: `app get -o json`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    /// `<org>:<name>`.
+    pub id: String,
+    pub org: String,
+    pub name: String,
+    pub runtime: String,
+    pub description: String,
+    /// The version that serves traffic; none before the first publish.
+    pub active_version: Option<i64>,
+    /// `http://<name>-<org>.ignite.<domain>` once published.
+    pub public_urls: Vec<String>,
+    /// The environment the next published version will carry.
+    pub env: BTreeMap<String, String>,
+    /// The draft (version 0), when one was saved.
+    pub draft: Option<Version>,
+    /// The active version's artifact.
+    pub artifact: Option<Artifact>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub apps: Vec<App>,
+}
+
+/// A built handler binary, stored content-addressed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Artifact {
+    /// `sha256:<hex>`.
+    pub digest: Option<String>,
+    pub size: Option<i64>,
+    /// e.g. `x86_64-unknown-linux-musl`.
+    pub target: Option<String>,
+}
+
+/// A version: 0 is the mutable draft, 1, 2, 3, … are immutable.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Version {
+    pub version: i64,
+    pub runtime: String,
+    /// `native` or `wasm`.
+    pub rust_target: Option<String>,
+    pub toolchain: Option<String>,
+    pub source_digest: Option<String>,
+    /// `archive` or `file`.
+    pub source_kind: Option<String>,
+    /// `not_compiled`, `compiling`, `compiled`, `failed`, `timed_out`.
+    pub compile_status: String,
+    pub compile_error: Option<String>,
+    pub build_id: Option<String>,
+    pub artifact_digest: Option<String>,
+    pub artifact_size: Option<i64>,
+    pub artifact_target: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    pub active_version: Option<i64>,
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetEnv {
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvSet {
+    pub env: BTreeMap<String, String>,
+    pub note: String,
+}
+
+/// `draft save`: the body is the source (a `.tar.gz` or `.zip` of the project, or one file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SaveDraftParams {
+    /// Defaults to the app's runtime.
+    pub runtime: Option<String>,
+    /// `native` or `wasm`; required for Rust.
+    pub rust_target: Option<String>,
+    /// An installed rustup toolchain.
+    pub toolchain: Option<String>,
+    /// `archive` (default) or `file`.
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DraftSaved {
+    pub id: String,
+    pub version: i64,
+    pub draft: Option<Version>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompileStarted {
+    pub id: String,
+    pub build_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsParams {
+    /// Keep the stream open until the compile ends.
+    pub follow: Option<bool>,
+}
+
+/// One line of `compile-logs` (newline-delimited JSON): a log line, or, last, the outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LogEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    /// `running` (not following), `succeeded`, `failed`, `timed_out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Published {
+    pub id: String,
+    pub version: i64,
+    pub active_version: i64,
+    pub public_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Rollback {
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolledBack {
+    pub id: String,
+    pub active_version: i64,
+}
+
+/// What one execution cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Metrics {
+    /// Wake-from-zero wait: spawn to ready when no warm instance was there; 0 when warm.
+    pub cold_start_ms: Option<f64>,
+    /// Spawn to ready, when the call was cold.
+    pub init_ms: Option<f64>,
+    /// The handler's run time.
+    pub duration_ms: Option<f64>,
+    /// Duration plus init when cold, rounded up to a whole millisecond.
+    pub billed_duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Execution {
+    /// A ULID.
+    pub id: String,
+    pub app_id: String,
+    pub function_id: String,
+    pub version: i64,
+    /// `running`, `succeeded`, `failed`, `timeout`, `crashed`.
+    pub status: String,
+    /// `api` or `http`.
+    pub trigger: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub response_status: Option<i64>,
+    pub error: Option<String>,
+    pub metrics: Metrics,
+    /// The handler's stderr (and `ctx.log`) lines.
+    pub logs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionList {
+    pub executions: Vec<Execution>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListExecutionsParams {
+    /// `org:name` or `name`.
+    pub app: Option<String>,
+    /// Only executions with this status.
+    pub status: Option<String>,
+    /// Only executions started at or after this time (ms since the Unix epoch).
+    pub since: Option<i64>,
+    /// At most this many (1–1000, default 50), newest first.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateToken {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: String,
+    pub name: String,
+    /// Shown once.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
+}
