@@ -248,6 +248,39 @@ fn the_recipe_word_for_word() {
         "{url}"
     );
     assert_eq!(app["artifact"]["target"], "x86_64-unknown-linux-musl");
+    // The artifact is stored content-addressed in the data directory's OCI image layout.
+    let digest = app["artifact"]["digest"].as_str().unwrap().to_string();
+    let data = server.dir.join("data");
+    let blob = std::fs::read(
+        data.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert_eq!(blob.len() as i64, app["artifact"]["size"].as_i64().unwrap());
+    assert_eq!(&blob[..4], b"\x7fELF");
+    let index = json(&std::fs::read_to_string(data.join("index.json")).unwrap());
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("acme-corp/tiny:"))
+        })
+        .unwrap_or_else(|| panic!("no manifest for acme-corp/tiny in {index}"));
+    assert_eq!(
+        entry["artifactType"],
+        "application/vnd.ignite.handler.native.v1"
+    );
+    let manifest_blob = data.join("blobs/sha256").join(
+        entry["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let manifest = json(&std::fs::read_to_string(manifest_blob).unwrap());
+    assert_eq!(manifest["layers"][0]["digest"], digest.as_str());
 
     // 6. Invoke.
     let out = dodil(
@@ -693,13 +726,21 @@ fn a_compile_past_its_budget_is_stopped_and_says_so() {
 }
 
 #[test]
-fn a_zip_archive_is_accepted_as_source() {
+fn a_zip_archive_env_vars_println_and_toolchains() {
     let dir = scratch("zip");
     let server = start_server(&dir);
     let p = project(
         &dir,
         "zipped",
-        "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(_r: Request, ctx: Context) -> Result<impl IntoResponse> { Ok(format!(\"zipped {}\", ctx.function_id())) }\n",
+        r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
+    println!("a stray println in the handler");
+    Ok(format!("zipped {} {}", ctx.function_id(), ctx.env().get("GREETING").map_or("-", |s| s.as_str())))
+}
+"#,
     );
     let zip_path = dir.join("zipped.zip");
     {
@@ -712,12 +753,107 @@ fn a_zip_archive_is_accepted_as_source() {
         }
         zip.finish().unwrap();
     }
-    deploy(
+    let zip_arg = zip_path.to_str().unwrap();
+    // An unknown toolchain is refused, naming the installed ones.
+    ok(
         &server,
         &dir,
-        "acme-corp:zipped",
-        zip_path.to_str().unwrap(),
+        &["app", "create", "zipped", "--runtime", "rust"],
     );
+    let err = fails(
+        &server,
+        &dir,
+        &[
+            "draft",
+            "save",
+            "acme-corp:zipped",
+            "--code",
+            zip_arg,
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+            "--toolchain",
+            "0.0.1",
+        ],
+    );
+    assert!(
+        err.contains("toolchain \"0.0.1\" is not installed") && err.contains("installed: "),
+        "{err}"
+    );
+    // The image-build flags are not combined with --code.
+    let err = fails(
+        &server,
+        &dir,
+        &[
+            "draft",
+            "save",
+            "acme-corp:zipped",
+            "--code",
+            zip_arg,
+            "--rust-target",
+            "native",
+            "--image-ref",
+            "x",
+        ],
+    );
+    assert!(err.contains("--image-ref"), "{err}");
+
+    ok(
+        &server,
+        &dir,
+        &[
+            "draft",
+            "save",
+            "acme-corp:zipped",
+            "--code",
+            zip_arg,
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, &dir, &["draft", "compile", "acme-corp:zipped"]);
+    ok(
+        &server,
+        &dir,
+        &["draft", "compile-logs", "acme-corp:zipped"],
+    );
+    ok(&server, &dir, &["draft", "publish", "acme-corp:zipped"]);
     let out = ok(&server, &dir, &["invoke", "acme-corp:zipped", "-p", "{}"]);
-    assert!(out.contains("zipped acme-corp/zipped"), "{out}");
+    assert_eq!(out.trim(), "zipped acme-corp/zipped -");
+
+    // Env vars travel with the next published version; the running one keeps its own.
+    ok(
+        &server,
+        &dir,
+        &["app", "set-env", "acme-corp:zipped", "GREETING=hej"],
+    );
+    assert_eq!(
+        ok(&server, &dir, &["invoke", "acme-corp:zipped", "-p", "{}"]).trim(),
+        "zipped acme-corp/zipped -"
+    );
+    ok(&server, &dir, &["draft", "publish", "acme-corp:zipped"]);
+    let out = dodil(&server, &dir, &["invoke", "acme-corp:zipped", "-p", "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "zipped acme-corp/zipped hej"
+    );
+    // The println became a log line of that execution; the response stayed intact.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let exec = stderr.split_whitespace().last().unwrap().to_string();
+    let e = json(&ok(
+        &server,
+        &dir,
+        &["execution", "get", &exec, "-o", "json"],
+    ));
+    assert!(
+        e["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "a stray println in the handler"),
+        "{e}"
+    );
 }

@@ -11,6 +11,7 @@
 //! anywhere but that directory and the target directory it is given.
 
 pub mod archive;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

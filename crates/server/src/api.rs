@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 
 use crate::State;
 use crate::auth::org_of;
-use crate::builds::{self, blob_path};
+use crate::builds;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{self, App, Execution};
 
@@ -357,14 +357,10 @@ async fn save_draft(
         let _ = std::fs::remove_dir_all(&probe);
         checked.map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
-    let blob = blob_path(&state, &digest);
-    if !blob.exists() {
-        let tmp = blob.with_extension(format!("{}.tmp", ulid::Ulid::new()));
-        std::fs::write(&tmp, &body)
-            .and_then(|()| std::fs::rename(&tmp, &blob))
-            .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
-    }
+    let digest = state
+        .oci
+        .put_blob(&body)
+        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
     store::save_draft(
         &state.db,
         &org,
@@ -709,7 +705,7 @@ pub async fn execute(state: &State, app: &App, req: HttpRequest, trigger: &str) 
         return ApiError::from(e).into_response();
     }
     let digest = version.artifact_digest.clone().unwrap_or_default();
-    let mut config = SpawnConfig::new(blob_path(state, &digest));
+    let mut config = SpawnConfig::new(state.oci.blob_path(&digest));
     config.env = version.env.clone();
     let started = Instant::now();
     let served = state

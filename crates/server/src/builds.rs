@@ -47,11 +47,6 @@ impl Builds {
     }
 }
 
-pub fn blob_path(state: &State, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    state.config.data_dir.join("blobs/sha256").join(hex)
-}
-
 /// Starts compiling the draft; returns the build id.
 pub async fn start(
     state: Arc<State>,
@@ -71,7 +66,7 @@ pub async fn start(
         .insert(id.clone(), live.clone());
     let (org, app, draft, build_id) = (org.to_string(), app.to_string(), draft.clone(), id.clone());
     tokio::spawn(async move {
-        let result = compile(&state, &org, &app, &draft, &live).await;
+        let result = compile(&state, &org, &app, &draft, &build_id, &live).await;
         let (status, error) = match &result {
             Ok(_) => ("succeeded", None),
             Err(BuildError::TimedOut(_)) => {
@@ -122,6 +117,7 @@ async fn compile(
     org: &str,
     app: &str,
     draft: &Version,
+    build_id: &str,
     live: &LiveBuild,
 ) -> Result<ignite_builder::Artifact, BuildError> {
     let io = |path: &PathBuf| {
@@ -133,7 +129,7 @@ async fn compile(
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
-    let bytes = std::fs::read(blob_path(state, &digest)).map_err(io(&src))?;
+    let bytes = std::fs::read(state.oci.blob_path(&digest)).map_err(io(&src))?;
     match draft.source_kind.as_deref() == Some("file") {
         true => {
             std::fs::create_dir_all(src.join("src")).map_err(io(&src))?;
@@ -172,14 +168,16 @@ async fn compile(
     };
     let artifact =
         ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await?;
-    // Store the binary content-addressed; the version records its digest.
-    let blob = blob_path(state, &artifact.digest);
-    let tmp = blob.with_extension("tmp");
-    std::fs::copy(&artifact.path, &tmp).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &blob).map_err(io(&blob))?;
+    // Store the binary as an OCI artifact; the version records the binary's digest.
+    let reference = format!("{org}/{app}:{build_id}");
+    let stored = state
+        .oci
+        .add_handler(&artifact.path, &artifact.target, &reference)
+        .map_err(io(&artifact.path))?;
+    let blob = state.oci.blob_path(&stored.binary.digest);
     live.push(format!(
-        "built {} ({} bytes, {})",
-        artifact.digest, artifact.size, artifact.target
+        "built {} ({} bytes, {}); artifact manifest {}",
+        artifact.digest, artifact.size, artifact.target, stored.manifest.digest
     ));
     Ok(ignite_builder::Artifact {
         path: blob,

@@ -55,6 +55,7 @@ pub struct Started {
 
 pub(crate) struct State {
     pub db: store::Db,
+    pub oci: ignite_builder::oci::OciLayout,
     pub config: Config,
     pub gateway_port: u16,
     pub builds: builds::Builds,
@@ -79,13 +80,9 @@ pub async fn run(
     shutdown: CancellationToken,
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
-    for dir in ["blobs/sha256", "builds"] {
-        std::fs::create_dir_all(config.data_dir.join(dir))?;
-    }
-    let oci_layout = config.data_dir.join("oci-layout");
-    if !oci_layout.exists() {
-        std::fs::write(&oci_layout, r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    }
+    std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
+    let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
     store::fail_interrupted_builds(&db).await?;
     store::fail_interrupted_executions(&db).await?;
@@ -104,6 +101,7 @@ pub async fn run(
     let gateway_addr = gateway_listener.local_addr()?;
     let state = Arc::new(State {
         db,
+        oci,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
         node: node::Node::default(),

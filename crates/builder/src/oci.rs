@@ -1,0 +1,181 @@
+//! The artifact store: an OCI image layout directory (`oci-layout`, `index.json`,
+//! `blobs/sha256/<hex>`). Each built handler is an OCI artifact: a manifest whose one layer is the
+//! static binary, named in `index.json` by `<org>/<app>:<build id>`. Blobs are content-addressed
+//! and written atomically, so a half-written file is never visible under its digest.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The artifact type of a native handler manifest.
+pub const NATIVE_ARTIFACT_TYPE: &str = "application/vnd.ignite.handler.native.v1";
+/// The media type of the handler binary layer.
+pub const BINARY_MEDIA_TYPE: &str = "application/vnd.ignite.handler.binary.v1";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    schema_version: u32,
+    media_type: String,
+    artifact_type: String,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+/// What [`OciLayout::add_handler`] stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The binary layer: what the agent executes.
+    pub binary: Descriptor,
+    /// The artifact's manifest, listed in `index.json`.
+    pub manifest: Descriptor,
+}
+
+/// An OCI image layout on disk.
+#[derive(Debug)]
+pub struct OciLayout {
+    root: PathBuf,
+    index: Mutex<()>,
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+impl OciLayout {
+    /// Opens (creating if needed) the layout at `root`.
+    pub fn open(root: &Path) -> io::Result<OciLayout> {
+        std::fs::create_dir_all(root.join("blobs/sha256"))?;
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            write_atomic(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
+        }
+        Ok(OciLayout {
+            root: root.to_path_buf(),
+            index: Mutex::new(()),
+        })
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.root.join("blobs/sha256").join(hex)
+    }
+
+    /// Stores bytes as a blob; returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> io::Result<String> {
+        let digest = digest_of(bytes);
+        let path = self.blob_path(&digest);
+        if !path.exists() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores a handler binary as an artifact named `reference` and lists it in `index.json`.
+    pub fn add_handler(&self, binary: &Path, target: &str, reference: &str) -> io::Result<Stored> {
+        let bytes = std::fs::read(binary)?;
+        let digest = self.put_blob(&bytes)?;
+        // The executable bit matters: the agent runs the blob directly.
+        set_executable(&self.blob_path(&digest))?;
+        let empty = self.put_blob(b"{}")?;
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert("dev.ignite.target".to_string(), target.to_string());
+        let layer = Descriptor {
+            media_type: BINARY_MEDIA_TYPE.into(),
+            digest,
+            size: bytes.len() as u64,
+            artifact_type: None,
+            annotations,
+        };
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: MANIFEST_MEDIA_TYPE.into(),
+            artifact_type: NATIVE_ARTIFACT_TYPE.into(),
+            config: Descriptor {
+                media_type: EMPTY_MEDIA_TYPE.into(),
+                digest: empty,
+                size: 2,
+                artifact_type: None,
+                annotations: Default::default(),
+            },
+            layers: vec![layer.clone()],
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+        let manifest_digest = self.put_blob(&manifest_bytes)?;
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            "org.opencontainers.image.ref.name".to_string(),
+            reference.to_string(),
+        );
+        let descriptor = Descriptor {
+            media_type: MANIFEST_MEDIA_TYPE.into(),
+            digest: manifest_digest,
+            size: manifest_bytes.len() as u64,
+            artifact_type: Some(NATIVE_ARTIFACT_TYPE.into()),
+            annotations,
+        };
+        let _guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.root.join("index.json");
+        let mut index: Index = serde_json::from_slice(&std::fs::read(&path)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        index.manifests.push(descriptor.clone());
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(&index).map_err(io::Error::other)?,
+        )?;
+        Ok(Stored {
+            binary: layer,
+            manifest: descriptor,
+        })
+    }
+
+    /// The manifests listed in `index.json`.
+    pub fn manifests(&self) -> io::Result<Vec<Descriptor>> {
+        let index: Index = serde_json::from_slice(&std::fs::read(self.root.join("index.json"))?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(index.manifests)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn set_executable(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
