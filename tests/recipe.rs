@@ -186,23 +186,6 @@ fn the_recipe_word_for_word() {
     );
     assert!(out.contains("acme-corp:tiny"), "{out}");
 
-    // Gotcha: --rust-target is required for Rust.
-    let err = fails(
-        &server,
-        p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:tiny",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-        ],
-    );
-    assert!(err.contains("--rust-target is required for Rust"), "{err}");
-    assert!(err.contains("--rust-target native"), "{err}");
-
     // 3. Save the source.
     ok(
         &server,
@@ -218,14 +201,6 @@ fn the_recipe_word_for_word() {
             "--rust-target",
             "native",
         ],
-    );
-
-    // Gotcha: publishing an uncompiled Rust draft.
-    let err = fails(&server, p, &["draft", "publish", "acme-corp:tiny"]);
-    assert!(err.contains("isn't compiled"), "{err}");
-    assert!(
-        err.contains("dodil ignite draft compile acme-corp:tiny"),
-        "{err}"
     );
 
     // 4. Compile, and follow the logs.
@@ -298,7 +273,14 @@ fn the_recipe_word_for_word() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let answer = json(&String::from_utf8_lossy(&out.stdout));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    // The keys come out in the order the handler wrote them, as the recipe shows.
+    let at = |k: &str| printed.find(&format!("\"{k}\"")).unwrap_or(usize::MAX);
+    assert!(
+        at("message") < at("execution_id") && at("execution_id") < at("function_id"),
+        "{printed}"
+    );
+    let answer = json(&printed);
     assert_eq!(answer["message"], "hi there");
     assert_eq!(answer["function_id"], "acme-corp/tiny");
     let first = answer["execution_id"].as_str().unwrap().to_string();
@@ -387,37 +369,6 @@ fn the_recipe_word_for_word() {
     assert!(
         err.contains("has no version 7") && err.contains("1, 2"),
         "{err}"
-    );
-
-    // Nothing is lost on restart: the app, its versions and executions, the token.
-    drop(server);
-    let server = start_server(&dir);
-    // Port 0 gave the restarted server a new port; the token in the config still holds.
-    ok(
-        &server,
-        p,
-        &["config", "set", "api_endpoint", &server.api.clone()],
-    );
-    let app = json(&ok(
-        &server,
-        p,
-        &["app", "get", "acme-corp:tiny", "-o", "json"],
-    ));
-    assert_eq!(app["active_version"], 1);
-    let cold = json(&ok(&server, p, &["execution", "get", &first, "-o", "json"]));
-    assert_eq!(cold["status"], "succeeded");
-    assert_eq!(
-        json(&ok(
-            &server,
-            p,
-            &[
-                "invoke",
-                "acme-corp:tiny",
-                "-p",
-                r#"{"message": "after restart"}"#
-            ]
-        ))["message"],
-        "after restart"
     );
 }
 
@@ -760,6 +711,27 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
         &dir,
         &["app", "create", "zipped", "--runtime", "rust"],
     );
+    // --rust-target wasm is accepted on save and refused, clearly, at compile.
+    ok(
+        &server,
+        &dir,
+        &[
+            "draft",
+            "save",
+            "acme-corp:zipped",
+            "--code",
+            zip_arg,
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    let err = fails(&server, &dir, &["draft", "compile", "acme-corp:zipped"]);
+    assert!(
+        err.contains("wasm is not supported yet") && err.contains("--rust-target native"),
+        "{err}"
+    );
     let err = fails(
         &server,
         &dir,
@@ -855,5 +827,161 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
             .iter()
             .any(|l| l == "a stray println in the handler"),
         "{e}"
+    );
+}
+
+#[test]
+fn the_recipes_gotchas_and_a_hostile_archive() {
+    let dir = scratch("gotchas");
+    let server = start_server(&dir);
+    let project = dir.join("tiny");
+    copy_tiny(&project);
+    let p = project.as_path();
+    ok(&server, p, &["app", "create", "tiny", "--runtime", "rust"]);
+
+    // Gotcha: --rust-target is required for Rust.
+    let err = fails(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+        ],
+    );
+    assert!(err.contains("--rust-target is required for Rust"), "{err}");
+    assert!(err.contains("--rust-target native"), "{err}");
+
+    ok(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    // Gotcha: publishing an uncompiled Rust draft.
+    let err = fails(&server, p, &["draft", "publish", "acme-corp:tiny"]);
+    assert!(err.contains("isn't compiled"), "{err}");
+    assert!(
+        err.contains("dodil ignite draft compile acme-corp:tiny"),
+        "{err}"
+    );
+
+    // An archive that climbs out of its directory is refused before anything is stored.
+    let evil = dir.join("evil.tar.gz");
+    {
+        let mut header = tar::Header::new_old();
+        let name = b"../../outside.rs";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        b.append(&header, &b"x\n"[..]).unwrap();
+        std::fs::write(&evil, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    }
+    let err = fails(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            evil.to_str().unwrap(),
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    assert!(err.contains("climbs out of the project"), "{err}");
+    assert!(!dir.join("data/outside.rs").exists() && !dir.join("outside.rs").exists());
+}
+
+#[test]
+fn nothing_is_lost_on_restart() {
+    let dir = scratch("restart");
+    let server = start_server(&dir);
+    let p = project(
+        &dir,
+        "keeper",
+        "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(req: Request, _c: Context) -> Result<impl IntoResponse> { Ok(req.field::<String>(\"say\").unwrap_or_default()) }\n",
+    );
+    deploy(&server, &p, "acme-corp:keeper", "./");
+    let out = dodil(
+        &server,
+        &p,
+        &["invoke", "acme-corp:keeper", "-p", r#"{"say": "before"}"#],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before");
+    let exec = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let token = json(&ok(&server, &p, &["token", "create", "kept", "-o", "json"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    drop(server);
+    let server = start_server(&dir);
+    // Port 0 gave the restarted server a new port; the token in the config still holds.
+    ok(
+        &server,
+        &p,
+        &["config", "set", "api_endpoint", &server.api.clone()],
+    );
+    let app = json(&ok(
+        &server,
+        &p,
+        &["app", "get", "acme-corp:keeper", "-o", "json"],
+    ));
+    assert_eq!(app["active_version"], 1);
+    let versions = json(&ok(
+        &server,
+        &p,
+        &["version", "list", "acme-corp:keeper", "-o", "json"],
+    ));
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+    let e = json(&ok(&server, &p, &["execution", "get", &exec, "-o", "json"]));
+    assert_eq!(e["status"], "succeeded");
+    let out = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "app", "list", "--api-endpoint", &server.api])
+        .env("DODIL_CONFIG", dir.join("none.toml"))
+        .env("DODIL_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a token minted before the restart was refused"
+    );
+    // The artifact is still on disk and the app answers (cold, from the stored binary).
+    assert_eq!(
+        ok(
+            &server,
+            &p,
+            &["invoke", "acme-corp:keeper", "-p", r#"{"say": "after"}"#]
+        )
+        .trim(),
+        "after"
     );
 }

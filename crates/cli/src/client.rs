@@ -42,14 +42,7 @@ impl Client {
         let endpoint = endpoint.context(
             "no API endpoint configured; run `dodil ignite config set api_endpoint <host:port>`",
         )?;
-        // `host:port` as in the recipe: https on 443 or when the value says so.
-        let base = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-            endpoint.trim_end_matches('/').to_string()
-        } else if endpoint.ends_with(":443") {
-            format!("https://{endpoint}")
-        } else {
-            format!("http://{endpoint}")
-        };
+        let base = base_url(&endpoint);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -190,5 +183,31 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// `host:port` as in the recipe: https on port 443 or when the value says so, http otherwise.
+fn base_url(endpoint: &str) -> String {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.trim_end_matches('/').to_string()
+    } else if endpoint.ends_with(":443") {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_endpoint_forms() {
+        for (endpoint, base) in [
+            ("rpc.dev.dodil.io:443", "https://rpc.dev.dodil.io:443"),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("https://api.example:8443/", "https://api.example:8443"),
+            ("http://localhost:80", "http://localhost:80"),
+        ] {
+            assert_eq!(super::base_url(endpoint), base, "{endpoint}");
+        }
     }
 }
