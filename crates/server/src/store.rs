@@ -135,7 +135,7 @@ fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
 // ---- orgs and tokens ----
 
 pub async fn org_exists(db: &Db, org: &str) -> sqlx::Result<bool> {
-    Ok(sqlx::query("SELECT 1 FROM orgs WHERE name = ?")
+    Ok(sqlx::query("SELECT 1 FROM orgs WHERE name = $1")
         .bind(org)
         .fetch_optional(db)
         .await?
@@ -143,7 +143,7 @@ pub async fn org_exists(db: &Db, org: &str) -> sqlx::Result<bool> {
 }
 
 pub async fn create_org(db: &Db, org: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+    sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
         .bind(org)
         .bind(now_ms())
         .execute(db)
@@ -159,7 +159,7 @@ pub async fn insert_token(
     hash: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO tokens (id, org, name, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO tokens (id, org, name, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(org)
@@ -174,7 +174,7 @@ pub async fn insert_token(
 /// `(org, secret_hash)` of a live token.
 pub async fn token(db: &Db, id: &str) -> sqlx::Result<Option<(String, String)>> {
     let row =
-        sqlx::query("SELECT org, secret_hash FROM tokens WHERE id = ? AND revoked_at IS NULL")
+        sqlx::query("SELECT org, secret_hash FROM tokens WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .fetch_optional(db)
             .await?;
@@ -191,7 +191,7 @@ pub struct TokenInfo {
 
 pub async fn list_tokens(db: &Db, org: &str) -> sqlx::Result<Vec<TokenInfo>> {
     let rows = sqlx::query(
-        "SELECT id, name, created_at, revoked_at FROM tokens WHERE org = ? ORDER BY created_at",
+        "SELECT id, name, created_at, revoked_at FROM tokens WHERE org = $1 ORDER BY created_at",
     )
     .bind(org)
     .fetch_all(db)
@@ -209,7 +209,7 @@ pub async fn list_tokens(db: &Db, org: &str) -> sqlx::Result<Vec<TokenInfo>> {
 
 pub async fn revoke_token(db: &Db, org: &str, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE tokens SET revoked_at = ? WHERE org = ? AND id = ? AND revoked_at IS NULL",
+        "UPDATE tokens SET revoked_at = $1 WHERE org = $2 AND id = $3 AND revoked_at IS NULL",
     )
     .bind(now_ms())
     .bind(org)
@@ -229,7 +229,7 @@ pub async fn create_app(
     description: &str,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO apps (org, name, runtime, description, env, created_at) VALUES (?, ?, ?, ?, '[]', ?) \
+        "INSERT INTO apps (org, name, runtime, description, env, created_at) VALUES ($1, $2, $3, $4, '[]', $5) \
          ON CONFLICT (org, name) DO NOTHING",
     )
     .bind(org)
@@ -243,7 +243,7 @@ pub async fn create_app(
 }
 
 pub async fn get_app(db: &Db, org: &str, name: &str) -> sqlx::Result<Option<App>> {
-    let row = sqlx::query("SELECT * FROM apps WHERE org = ? AND name = ?")
+    let row = sqlx::query("SELECT * FROM apps WHERE org = $1 AND name = $2")
         .bind(org)
         .bind(name)
         .fetch_optional(db)
@@ -252,7 +252,7 @@ pub async fn get_app(db: &Db, org: &str, name: &str) -> sqlx::Result<Option<App>
 }
 
 pub async fn list_apps(db: &Db, org: &str) -> sqlx::Result<Vec<App>> {
-    let rows = sqlx::query("SELECT * FROM apps WHERE org = ? ORDER BY name")
+    let rows = sqlx::query("SELECT * FROM apps WHERE org = $1 ORDER BY name")
         .bind(org)
         .fetch_all(db)
         .await?;
@@ -261,12 +261,12 @@ pub async fn list_apps(db: &Db, org: &str) -> sqlx::Result<Vec<App>> {
 
 pub async fn delete_app(db: &Db, org: &str, name: &str) -> sqlx::Result<bool> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM versions WHERE org = ? AND app = ?")
+    sqlx::query("DELETE FROM versions WHERE org = $1 AND app = $2")
         .bind(org)
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    let done = sqlx::query("DELETE FROM apps WHERE org = ? AND name = ?")
+    let done = sqlx::query("DELETE FROM apps WHERE org = $1 AND name = $2")
         .bind(org)
         .bind(name)
         .execute(&mut *tx)
@@ -277,7 +277,7 @@ pub async fn delete_app(db: &Db, org: &str, name: &str) -> sqlx::Result<bool> {
 
 pub async fn set_env(db: &Db, org: &str, name: &str, env: &[(String, String)]) -> sqlx::Result<()> {
     let env = serde_json::to_string(env).unwrap_or_else(|_| "[]".into());
-    sqlx::query("UPDATE apps SET env = ? WHERE org = ? AND name = ?")
+    sqlx::query("UPDATE apps SET env = $1 WHERE org = $2 AND name = $3")
         .bind(&env)
         .bind(org)
         .bind(name)
@@ -300,7 +300,7 @@ pub struct DraftSource<'a> {
 pub async fn save_draft(db: &Db, org: &str, app: &str, src: DraftSource<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO versions (org, app, version, runtime, rust_target, toolchain, source_digest, \
-         source_kind, compile_status, env, created_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, 'not_compiled', '[]', ?) \
+         source_kind, compile_status, env, created_at) VALUES ($1, $2, 0, $3, $4, $5, $6, $7, 'not_compiled', '[]', $8) \
          ON CONFLICT (org, app, version) DO UPDATE SET runtime = excluded.runtime, \
          rust_target = excluded.rust_target, toolchain = excluded.toolchain, \
          source_digest = excluded.source_digest, source_kind = excluded.source_kind, \
@@ -327,7 +327,7 @@ pub async fn get_version(
     app: &str,
     version: i64,
 ) -> sqlx::Result<Option<Version>> {
-    let row = sqlx::query("SELECT * FROM versions WHERE org = ? AND app = ? AND version = ?")
+    let row = sqlx::query("SELECT * FROM versions WHERE org = $1 AND app = $2 AND version = $3")
         .bind(org)
         .bind(app)
         .bind(version)
@@ -337,7 +337,7 @@ pub async fn get_version(
 }
 
 pub async fn list_versions(db: &Db, org: &str, app: &str) -> sqlx::Result<Vec<Version>> {
-    let rows = sqlx::query("SELECT * FROM versions WHERE org = ? AND app = ? ORDER BY version")
+    let rows = sqlx::query("SELECT * FROM versions WHERE org = $1 AND app = $2 ORDER BY version")
         .bind(org)
         .bind(app)
         .fetch_all(db)
@@ -353,8 +353,8 @@ pub async fn draft_compile_started(
     build_id: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE versions SET compile_status = 'compiling', compile_error = NULL, build_id = ? \
-         WHERE org = ? AND app = ? AND version = 0",
+        "UPDATE versions SET compile_status = 'compiling', compile_error = NULL, build_id = $1 \
+         WHERE org = $2 AND app = $3 AND version = 0",
     )
     .bind(build_id)
     .bind(org)
@@ -380,15 +380,15 @@ pub async fn draft_compile_finished(
 ) -> sqlx::Result<()> {
     let q = match result {
         Ok(b) => sqlx::query(
-            "UPDATE versions SET compile_status = 'compiled', artifact_digest = ?, artifact_size = ?, \
-             artifact_target = ? WHERE org = ? AND app = ? AND version = 0 AND build_id = ?",
+            "UPDATE versions SET compile_status = 'compiled', artifact_digest = $1, artifact_size = $2, \
+             artifact_target = $3 WHERE org = $4 AND app = $5 AND version = 0 AND build_id = $6",
         )
         .bind(b.digest.to_string())
         .bind(b.size)
         .bind(b.target.to_string()),
         Err((status, error)) => sqlx::query(
-            "UPDATE versions SET compile_status = ?, compile_error = ? \
-             WHERE org = ? AND app = ? AND version = 0 AND build_id = ?",
+            "UPDATE versions SET compile_status = $1, compile_error = $2 \
+             WHERE org = $3 AND app = $4 AND version = 0 AND build_id = $5",
         )
         .bind(status.to_string())
         .bind(error.to_string()),
@@ -401,7 +401,7 @@ pub async fn draft_compile_finished(
 pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) -> sqlx::Result<i64> {
     let mut tx = db.begin().await?;
     let next: i64 = sqlx::query(
-        "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE org = ? AND app = ?",
+        "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE org = $1 AND app = $2",
     )
     .bind(org)
     .bind(app)
@@ -413,9 +413,9 @@ pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) ->
         "INSERT INTO versions (org, app, version, runtime, rust_target, toolchain, source_digest, \
          source_kind, compile_status, compile_error, build_id, artifact_digest, artifact_size, \
          artifact_target, env, created_at) \
-         SELECT org, app, ?, runtime, rust_target, toolchain, source_digest, source_kind, \
-         compile_status, compile_error, build_id, artifact_digest, artifact_size, artifact_target, ?, ? \
-         FROM versions WHERE org = ? AND app = ? AND version = 0",
+         SELECT org, app, $1, runtime, rust_target, toolchain, source_digest, source_kind, \
+         compile_status, compile_error, build_id, artifact_digest, artifact_size, artifact_target, $2, $3 \
+         FROM versions WHERE org = $4 AND app = $5 AND version = 0",
     )
     .bind(next)
     .bind(&env)
@@ -424,7 +424,7 @@ pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) ->
     .bind(app)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE apps SET active_version = ? WHERE org = ? AND name = ?")
+    sqlx::query("UPDATE apps SET active_version = $1 WHERE org = $2 AND name = $3")
         .bind(next)
         .bind(org)
         .bind(app)
@@ -435,7 +435,7 @@ pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) ->
 }
 
 pub async fn set_active(db: &Db, org: &str, app: &str, version: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE apps SET active_version = ? WHERE org = ? AND name = ?")
+    sqlx::query("UPDATE apps SET active_version = $1 WHERE org = $2 AND name = $3")
         .bind(version)
         .bind(org)
         .bind(app)
@@ -448,7 +448,7 @@ pub async fn set_active(db: &Db, org: &str, app: &str, version: i64) -> sqlx::Re
 
 pub async fn insert_build(db: &Db, id: &str, org: &str, app: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO builds (id, org, app, status, log, started_at) VALUES (?, ?, ?, 'running', '', ?)",
+        "INSERT INTO builds (id, org, app, status, log, started_at) VALUES ($1, $2, $3, 'running', '', $4)",
     )
     .bind(id)
     .bind(org)
@@ -466,14 +466,16 @@ pub async fn finish_build(
     error: Option<&str>,
     log: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE builds SET status = ?, error = ?, log = ?, finished_at = ? WHERE id = ?")
-        .bind(status)
-        .bind(error)
-        .bind(log)
-        .bind(now_ms())
-        .bind(id)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "UPDATE builds SET status = $1, error = $2, log = $3, finished_at = $4 WHERE id = $5",
+    )
+    .bind(status)
+    .bind(error)
+    .bind(log)
+    .bind(now_ms())
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -482,7 +484,7 @@ pub async fn get_build(
     db: &Db,
     id: &str,
 ) -> sqlx::Result<Option<(String, Option<String>, String)>> {
-    let row = sqlx::query("SELECT status, error, log FROM builds WHERE id = ?")
+    let row = sqlx::query("SELECT status, error, log FROM builds WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await?;
@@ -493,7 +495,7 @@ pub async fn get_build(
 pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE builds SET status = 'failed', error = 'the server stopped during the compile; run draft compile again', \
-         finished_at = ? WHERE status = 'running'",
+         finished_at = $1 WHERE status = 'running'",
     )
     .bind(now_ms())
     .execute(db)
@@ -514,7 +516,7 @@ pub async fn insert_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \
          cold_start_ms, init_ms, duration_ms, billed_duration_ms, response_status, error, logs) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&e.id)
     .bind(&e.org)
@@ -538,8 +540,8 @@ pub async fn insert_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
 
 pub async fn finish_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE executions SET status = ?, finished_at = ?, cold_start_ms = ?, init_ms = ?, \
-         duration_ms = ?, billed_duration_ms = ?, response_status = ?, error = ?, logs = ? WHERE id = ?",
+        "UPDATE executions SET status = $1, finished_at = $2, cold_start_ms = $3, init_ms = $4, \
+         duration_ms = $5, billed_duration_ms = $6, response_status = $7, error = $8, logs = $9 WHERE id = $10",
     )
     .bind(&e.status)
     .bind(e.finished_at)
@@ -560,7 +562,7 @@ pub async fn finish_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
 pub async fn fail_interrupted_executions(db: &Db) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE executions SET status = 'failed', error = 'the server stopped during the execution', \
-         finished_at = ? WHERE status = 'running'",
+         finished_at = $1 WHERE status = 'running'",
     )
     .bind(now_ms())
     .execute(db)
@@ -569,7 +571,7 @@ pub async fn fail_interrupted_executions(db: &Db) -> sqlx::Result<()> {
 }
 
 pub async fn get_execution(db: &Db, org: &str, id: &str) -> sqlx::Result<Option<Execution>> {
-    let row = sqlx::query("SELECT * FROM executions WHERE org = ? AND id = ?")
+    let row = sqlx::query("SELECT * FROM executions WHERE org = $1 AND id = $2")
         .bind(org)
         .bind(id)
         .fetch_optional(db)
@@ -592,9 +594,9 @@ pub async fn list_executions(
     filter: ExecutionFilter<'_>,
 ) -> sqlx::Result<Vec<Execution>> {
     let rows = sqlx::query(
-        "SELECT * FROM executions WHERE org = ? AND (? IS NULL OR app = ?) \
-         AND (? IS NULL OR status = ?) AND (? IS NULL OR started_at >= ?) \
-         ORDER BY started_at DESC, id DESC LIMIT ?",
+        "SELECT * FROM executions WHERE org = $1 AND (CAST($2 AS TEXT) IS NULL OR app = $3) \
+         AND (CAST($4 AS TEXT) IS NULL OR status = $5) AND (CAST($6 AS BIGINT) IS NULL OR started_at >= $7) \
+         ORDER BY started_at DESC, id DESC LIMIT $8",
     )
     .bind(org)
     .bind(filter.app)
