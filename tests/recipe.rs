@@ -522,9 +522,17 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     }
     match req.path() {
         "/crash" => { eprintln!("going down"); std::process::abort() }
-        "/slow" => { tokio::time::sleep(std::time::Duration::from_secs(60)).await; Ok("late") }
+        "/slow" => { tokio::time::sleep(std::time::Duration::from_secs(60)).await; Ok("late".to_string()) }
         "/fail" => Err(Error::new(422, "that will not do")),
-        _ => Ok("fine"),
+        "/echo" => Ok(format!(
+            "{} {} {} {} {}",
+            req.method(),
+            req.path(),
+            req.query(),
+            req.header("x-custom").unwrap_or("-"),
+            String::from_utf8_lossy(req.raw())
+        )),
+        _ => Ok("fine".to_string()),
     }
 }
 "#,
@@ -606,6 +614,16 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
             .all(|e| e["status"] != "running")
     );
 
+    // Method, path, query, headers and body reach the handler through the public URL.
+    let mut sock = TcpStream::connect(&server.gateway).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(sock, "PUT /echo?a=1&b=two HTTP/1.1\r\nHost: {host}\r\nX-Custom: yes\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody").unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("PUT /echo a=1&b=two yes body"), "{raw}");
+
     // Through the CLI, a crash is a clear non-zero exit naming the execution.
     let err = fails(
         &server,
@@ -616,6 +634,34 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         err.contains("crashed") && err.contains("execution 01"),
         "{err}"
     );
+
+    // A deleted app is gone from the API and the public URL.
+    ok(&server, &p, &["app", "delete", "acme-corp:flaky"]);
+    let err = fails(&server, &p, &["app", "get", "acme-corp:flaky"]);
+    assert!(err.contains("not found"), "{err}");
+    let (status, _) = http_path(&server.gateway, host, "/", "{}");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn one_source_file_is_enough() {
+    let dir = scratch("single");
+    let server = start_server(&dir);
+    std::fs::write(
+        dir.join("handler.rs"),
+        "use ignite::prelude::*;\n#[ignite::main]\nasync fn handler(req: Request, _c: Context) -> Result<impl IntoResponse> {\n    let n: u64 = req.field(\"n\")?;\n    Ok(serde_json::json!({ \"double\": n * 2 }))\n}\n",
+    )
+    .unwrap();
+    deploy(&server, &dir, "acme-corp:single", "./handler.rs");
+    let out = ok(
+        &server,
+        &dir,
+        &["invoke", "acme-corp:single", "-p", r#"{"n": 21}"#],
+    );
+    assert_eq!(json(&out)["double"], 42);
+    // A request error from the handler is a 400 that names the field.
+    let err = fails(&server, &dir, &["invoke", "acme-corp:single", "-p", "{}"]);
+    assert!(err.contains("missing field `n`"), "{err}");
 }
 
 #[test]

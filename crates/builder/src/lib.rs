@@ -57,8 +57,8 @@ pub enum BuildError {
     #[error("the compile failed (cargo {status}); the compile logs show rustc's messages")]
     Failed { status: String },
     #[error(
-        "the compile ran past its {0:?} budget and was stopped; trim dependencies and check the \
-         compile logs for where it stalled"
+        "the compile timed out: it ran past its {0:?} budget and was stopped; trim dependencies and \
+         check the compile logs for where it stalled"
     )]
     TimedOut(Duration),
     #[error("cargo finished but produced no binary for package `{0}`")]

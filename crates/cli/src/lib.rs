@@ -594,15 +594,14 @@ fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
                     }
                 }
                 Some("running") => {}
-                Some(status) => bail!(
-                    "the compile {}: {}",
-                    if status == "timed_out" {
-                        "timed out"
-                    } else {
-                        "failed"
-                    },
-                    last.error.as_deref().unwrap_or("see the log above")
-                ),
+                Some(status) => match &last.error {
+                    // The server's message already says what happened and what to do.
+                    Some(error) => bail!("{error}"),
+                    None if status == "timed_out" => {
+                        bail!("the compile timed out; see the log above")
+                    }
+                    None => bail!("the compile failed; see the log above"),
+                },
                 None => {
                     bail!("the log stream ended before the compile did; run compile-logs again")
                 }
@@ -763,22 +762,38 @@ fn server(a: ServerArgs) -> Result<()> {
         });
         let org = a.org;
         ignite_server::run(config, shutdown, move |started| {
-            println!("api listening on http://{}", started.api_addr);
-            println!("gateway listening on http://{}", started.gateway_addr);
-            println!("data in {}", data_dir.display());
+            // The CLI config is written before the addresses are announced, so that whoever
+            // waits for them can use `dodil ignite …` at once.
+            let mut notes = Vec::new();
             if let Some(token) = &started.admin_token {
-                println!("created org {org}; admin token (shown once): {token}");
+                notes.push(format!("created org {org}; admin token (shown once): {token}"));
                 match config::Config::load() {
                     Ok(cfg) if cfg.token.is_none() && cfg.api_endpoint.is_none() => {
-                        let cfg = config::Config { token: Some(token.clone()), api_endpoint: Some(started.api_addr.to_string()) };
+                        let cfg = config::Config {
+                            token: Some(token.clone()),
+                            api_endpoint: Some(started.api_addr.to_string()),
+                        };
                         match cfg.save() {
-                            Ok(path) => println!("wrote {} so that `dodil ignite …` uses this server", path.display()),
+                            Ok(path) => notes.push(format!(
+                                "wrote {} so that `dodil ignite …` uses this server",
+                                path.display()
+                            )),
                             Err(e) => eprintln!("could not write the CLI config: {e:#}"),
                         }
                     }
-                    _ => println!("kept the existing CLI config; run `dodil ignite config set token <token>` to use this server"),
+                    _ => notes.push(
+                        "kept the existing CLI config; run `dodil ignite config set token <token>` \
+                         to use this server"
+                            .into(),
+                    ),
                 }
             }
+            println!("data in {}", data_dir.display());
+            for note in notes {
+                println!("{note}");
+            }
+            println!("gateway listening on http://{}", started.gateway_addr);
+            println!("api listening on http://{}", started.api_addr);
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
         })
