@@ -508,7 +508,7 @@ fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
 #[test]
 fn crashes_and_deadlines_answer_502_and_504_and_are_recorded() {
     let dir = scratch("failures");
-    let server = start_server_with(&dir, &["--request-timeout", "2"]);
+    let server = start_server(&dir);
     let p = project(
         &dir,
         "flaky",
@@ -538,6 +538,11 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
 "#,
     );
     deploy(&server, &p, "acme-corp:flaky", "./");
+    ok(
+        &server,
+        &p,
+        &["app", "scale", "acme-corp:flaky", "--timeout", "2"],
+    );
     let host = "flaky-acme-corp.ignite.localhost";
     let (status, body) = http_path(&server.gateway, host, "/crash", "{}");
     assert_eq!(status, 502, "{body}");

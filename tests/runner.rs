@@ -520,15 +520,17 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
             reply.outcome
         );
         assert!(!instance.is_alive());
-        assert!(
-            !process_alive(pid),
-            "{path}: the timed-out handler is still running"
-        );
         // The dead instance does not pretend to serve.
         assert!(matches!(
             instance.invoke(at("/", 1000)).await.outcome,
             Outcome::Crashed { .. }
         ));
+        // It got SIGTERM at the deadline; stopping it reaps it (SIGKILL after the grace).
+        instance.shutdown(Duration::from_secs(1)).await;
+        assert!(
+            !process_alive(pid),
+            "{path}: the timed-out handler is still running"
+        );
     }
 
     let mut instance = spawn(&bin).await;

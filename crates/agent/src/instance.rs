@@ -157,6 +157,7 @@ pub struct Instance {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     next_id: u64,
+    spawn: Duration,
     init: Duration,
     alive: bool,
 }
@@ -179,6 +180,7 @@ impl Instance {
                 program: config.program.clone(),
                 source,
             })?;
+        let spawned = started.elapsed();
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (Some(input), Some(output), Some(stderr)) = pipes else {
             unreachable!("all three stdio streams were requested as pipes");
@@ -207,6 +209,7 @@ impl Instance {
             rbuf: Vec::with_capacity(16 * 1024),
             wbuf: Vec::with_capacity(16 * 1024),
             next_id: 1,
+            spawn: spawned,
             init: Duration::ZERO,
             alive: true,
         };
@@ -270,6 +273,20 @@ impl Instance {
         self.init
     }
 
+    /// How much of [`Instance::init_duration`] creating the process took (the rest is the
+    /// handler's own start-up until its handshake).
+    pub fn spawn_duration(&self) -> Duration {
+        self.spawn
+    }
+
+    /// Whether the process has exited (it is then reaped and the instance dead).
+    pub fn has_exited(&mut self) -> bool {
+        if self.alive && matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.alive = false;
+        }
+        !self.alive
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -316,7 +333,9 @@ impl Instance {
                 }
             }
             Err(_) => {
-                self.kill().await;
+                // SIGTERM now; `shutdown` gives the process its grace period and then SIGKILL.
+                self.alive = false;
+                self.signal(libc::SIGTERM);
                 Outcome::TimedOut {
                     after: started.elapsed(),
                 }
@@ -332,7 +351,8 @@ impl Instance {
         }
     }
 
-    /// Asks the handler to exit, waits up to `grace`, then kills it.
+    /// Asks the handler to exit (a `Shutdown` frame, or the SIGTERM a timed-out instance already
+    /// got), waits up to `grace`, then kills it; the process is reaped either way.
     pub async fn shutdown(mut self, grace: Duration) {
         if self.alive {
             self.wbuf.clear();
@@ -435,6 +455,18 @@ impl Instance {
             Err(_) => {
                 self.kill().await;
                 "it closed the runtime channel and was killed".into()
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Ok(pid) = libc::pid_t::try_from(self.pid)
+            && pid > 0
+        {
+            // SAFETY: kill(2) has no memory-safety preconditions. The pid is our child's, which
+            // has not been reaped (we have not waited on it), so it cannot name another process.
+            unsafe {
+                libc::kill(pid, signal);
             }
         }
     }

@@ -52,6 +52,7 @@ pub struct App {
     pub draft: Option<Version>,
     /// The active version's artifact.
     pub artifact: Option<Artifact>,
+    pub scaling: ScalingConfig,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -187,6 +188,21 @@ pub struct Metrics {
     pub duration_ms: Option<f64>,
     /// Duration plus init when cold, rounded up to a whole millisecond.
     pub billed_duration_ms: Option<i64>,
+    /// Where a cold start's time went (absent on a warm call).
+    pub cold_start_phases: Option<ColdStartPhases>,
+    /// Time spent waiting for a free instance (all were busy).
+    pub queue_ms: Option<f64>,
+}
+
+/// The parts of a cold start, in the order they happen.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ColdStartPhases {
+    /// Locating the artifact on the node.
+    pub fetch_ms: f64,
+    /// Creating the process (posix_spawn).
+    pub spawn_ms: f64,
+    /// From the process existing to the SDK's ready handshake.
+    pub init_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -251,4 +267,99 @@ pub struct Token {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<Token>,
+}
+
+/// How an app scales. Every field has a default; `PUT …/scaling` changes only the fields given.
+///
+/// Note for Lambda users: `reserved_capacity` keeps instances *warm* (Lambda's "provisioned
+/// concurrency"); it is not a cap like Lambda's "reserved concurrency". The cap is
+/// `max_instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ScalingConfig {
+    /// Instances kept running at all times, exempt from idle teardown, started at publish and
+    /// rollback and replaced when they die. The first call is then warm.
+    pub reserved_capacity: u32,
+    /// The most instances of the app that run at once; past it requests queue.
+    pub max_instances: u32,
+    /// Requests one instance serves at once (1, like Lambda).
+    pub concurrency: u32,
+    /// An idle instance is stopped after this many seconds (scale to zero); 0 stops it as soon as
+    /// its request ends.
+    pub idle_timeout_s: u32,
+    /// The per-request deadline, in seconds: past it the request answers 504 and its instance is
+    /// stopped (SIGTERM, then SIGKILL).
+    pub timeout_s: u32,
+    /// The memory limit of one instance, in MiB.
+    pub memory_mb: u32,
+    /// Requests that may wait for an instance when all are busy; past it the answer is 429.
+    pub queue_depth: u32,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            reserved_capacity: 0,
+            max_instances: 10,
+            concurrency: 1,
+            idle_timeout_s: 300,
+            timeout_s: 30,
+            memory_mb: 128,
+            queue_depth: 100,
+        }
+    }
+}
+
+/// A partial update of [`ScalingConfig`]: the fields given replace the app's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ScalingUpdate {
+    pub reserved_capacity: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub idle_timeout_s: Option<u32>,
+    pub timeout_s: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub queue_depth: Option<u32>,
+}
+
+impl ScalingUpdate {
+    /// `base` with these fields replaced.
+    pub fn apply(&self, base: &ScalingConfig) -> ScalingConfig {
+        ScalingConfig {
+            reserved_capacity: self.reserved_capacity.unwrap_or(base.reserved_capacity),
+            max_instances: self.max_instances.unwrap_or(base.max_instances),
+            concurrency: self.concurrency.unwrap_or(base.concurrency),
+            idle_timeout_s: self.idle_timeout_s.unwrap_or(base.idle_timeout_s),
+            timeout_s: self.timeout_s.unwrap_or(base.timeout_s),
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            queue_depth: self.queue_depth.unwrap_or(base.queue_depth),
+        }
+    }
+}
+
+impl ScalingConfig {
+    /// Why this configuration cannot be used, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.max_instances == 0 {
+            return Some("max_instances must be at least 1".into());
+        }
+        if self.reserved_capacity > self.max_instances {
+            return Some(format!(
+                "reserved_capacity ({}) cannot exceed max_instances ({}); raise --max-instances",
+                self.reserved_capacity, self.max_instances
+            ));
+        }
+        if self.concurrency != 1 {
+            return Some(
+                "concurrency other than 1 is not supported yet: one instance serves one request at a time".into(),
+            );
+        }
+        if self.timeout_s == 0 || self.timeout_s > 900 {
+            return Some("timeout_s must be between 1 and 900 seconds".into());
+        }
+        if self.memory_mb < 16 {
+            return Some("memory_mb must be at least 16".into());
+        }
+        None
+    }
 }

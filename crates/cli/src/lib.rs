@@ -106,10 +106,6 @@ struct ServerArgs {
     /// The compile budget, in seconds.
     #[arg(long, default_value_t = 2400)]
     build_timeout: u64,
-    /// The per-request deadline, in seconds; past it the handler is stopped and the caller gets
-    /// 504.
-    #[arg(long, default_value_t = 30)]
-    request_timeout: u64,
     /// One cargo target directory for all apps (default: one per app).
     #[arg(long)]
     build_target_dir: Option<PathBuf>,
@@ -136,6 +132,34 @@ enum AppCmd {
     List,
     Delete {
         id: String,
+    },
+    /// Change how the app scales; only the flags given change. Takes effect at once.
+    ///
+    /// --reserved-capacity keeps instances warm (Lambda's provisioned concurrency), it is not a
+    /// cap: the cap is --max-instances.
+    Scale {
+        id: String,
+        /// Instances kept running at all times (exempt from idle teardown).
+        #[arg(long)]
+        reserved_capacity: Option<u32>,
+        /// The most instances that run at once; past it requests queue.
+        #[arg(long)]
+        max_instances: Option<u32>,
+        /// Requests one instance serves at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Seconds an idle instance lives before it is stopped (scale to zero).
+        #[arg(long = "idle-timeout")]
+        idle_timeout_s: Option<u32>,
+        /// The per-request deadline, in seconds.
+        #[arg(long = "timeout")]
+        timeout_s: Option<u32>,
+        /// Memory per instance, in MiB.
+        #[arg(long = "memory")]
+        memory_mb: Option<u32>,
+        /// Requests that may wait when every instance is busy; past it, 429.
+        #[arg(long)]
+        queue_depth: Option<u32>,
     },
     /// Set the app's environment variables (they travel with the next published version).
     SetEnv {
@@ -496,6 +520,42 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
             client.delete(&format!("/v1/apps/{org}/{name}"))?;
             print(out, &json!({ "deleted": id }), || format!("deleted {id}"));
         }
+        AppCmd::Scale {
+            id,
+            reserved_capacity,
+            max_instances,
+            concurrency,
+            idle_timeout_s,
+            timeout_s,
+            memory_mb,
+            queue_depth,
+        } => {
+            let (org, name) = split_id(&id)?;
+            let update = api::ScalingUpdate {
+                reserved_capacity,
+                max_instances,
+                concurrency,
+                idle_timeout_s,
+                timeout_s,
+                memory_mb,
+                queue_depth,
+            };
+            let body = serde_json::to_value(&update)?;
+            let v = client.put_json(&format!("/v1/apps/{org}/{name}/scaling"), &body)?;
+            let s: api::ScalingConfig = serde_json::from_value(v)?;
+            print(out, &s, || {
+                format!(
+                    "{id} scaling: reserved {} · max {} · concurrency {} · idle timeout {}s · timeout {}s · memory {} MiB · queue {}",
+                    s.reserved_capacity,
+                    s.max_instances,
+                    s.concurrency,
+                    s.idle_timeout_s,
+                    s.timeout_s,
+                    s.memory_mb,
+                    s.queue_depth
+                )
+            });
+        }
         AppCmd::SetEnv { id, vars } => {
             let (org, name) = split_id(&id)?;
             let mut env = serde_json::Map::new();
@@ -745,7 +805,6 @@ fn server(a: ServerArgs) -> Result<()> {
         domain: a.domain,
         public_port: a.public_port,
         build_timeout: Duration::from_secs(a.build_timeout),
-        request_timeout: Duration::from_secs(a.request_timeout),
         shared_target_dir: a.build_target_dir,
     };
     let rt = tokio::runtime::Runtime::new()?;

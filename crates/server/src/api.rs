@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ignite_agent::{Invocation, Outcome, SpawnConfig};
+use ignite_agent::{Invocation, Outcome};
 use ignite_api as api;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -22,6 +22,8 @@ use crate::State;
 use crate::auth::org_of;
 use crate::builds;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::app_label;
+use crate::node::{AcquireError, Route};
 use crate::store::{self, App, Execution};
 
 type S = AxState<Arc<State>>;
@@ -63,6 +65,7 @@ fn api_router() -> OpenApiRouter<Arc<State>> {
         .routes(routes!(create_app, list_apps))
         .routes(routes!(get_app, delete_app))
         .routes(routes!(set_env))
+        .routes(routes!(set_scaling))
         .routes(routes!(save_draft))
         .routes(routes!(compile))
         .routes(routes!(compile_logs))
@@ -86,12 +89,26 @@ pub fn router(state: Arc<State>) -> Router {
     let doc = Arc::new(doc);
     router
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/openapi.json",
             get(move || async move { Json((*doc).clone()) }),
         )
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
         .with_state(state)
+}
+
+/// Prometheus text exposition of the node's metrics (no token: scrape it from the operator's
+/// network).
+async fn metrics(AxState(state): S) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.node.metrics.render(),
+    )
+        .into_response()
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -168,6 +185,7 @@ fn app_view(
             size: v.artifact_size,
             target: v.artifact_target.clone(),
         }),
+        scaling: app.scaling.clone(),
         created_at: app.created_at,
     }
 }
@@ -270,7 +288,9 @@ async fn delete_app(
 ) -> ApiResult<StatusCode> {
     owned_app(&state, &headers, &org, &name).await?;
     store::delete_app(&state.db, &org, &name).await?;
-    state.node.evict_app(&org, &name).await;
+    state.node.invalidate(&org, &name);
+    // Its pools are no longer wanted: the reconciler stops their instances.
+    state.node.reconcile(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,10 +315,33 @@ async fn set_env(
     }
     let env: Vec<(String, String)> = body.env.clone().into_iter().collect();
     store::set_env(&state.db, &org, &name, &env).await?;
+    state.node.invalidate(&org, &name);
     Ok(Json(api::EnvSet {
         env: body.env,
         note: "environment changes take effect at the next draft publish".into(),
     }))
+}
+
+/// Change how the app scales (only the fields given); takes effect at once.
+#[utoipa::path(put, path = "/v1/apps/{org}/{app}/scaling", tag = "apps", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    request_body = api::ScalingUpdate,
+    responses((status = 200, body = api::ScalingConfig), (status = 400, body = api::ErrorBody)))]
+async fn set_scaling(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+    Json(body): Json<api::ScalingUpdate>,
+) -> ApiResult<Json<api::ScalingConfig>> {
+    let app = owned_app(&state, &headers, &org, &name).await?;
+    let scaling = body.apply(&app.scaling);
+    if let Some(problem) = scaling.problem() {
+        return Err(ApiError::bad_request(problem));
+    }
+    store::set_scaling(&state.db, &org, &name, &scaling).await?;
+    state.node.invalidate(&org, &name);
+    state.node.reconcile(&state).await;
+    Ok(Json(scaling))
 }
 
 /// Upload source into the draft slot (version 0), replacing what was there.
@@ -587,6 +630,9 @@ async fn publish(
         }
     }
     let version = store::publish(&state.db, &org, &name, &app.env).await?;
+    state.node.invalidate(&org, &name);
+    // New requests go to the new version now; the old one drains; reserved capacity starts.
+    state.node.reconcile(&state).await;
     Ok(Json(api::Published {
         id: format!("{org}:{name}"),
         version,
@@ -653,6 +699,8 @@ async fn rollback(
         )));
     }
     store::set_active(&state.db, &org, &name, body.version).await?;
+    state.node.invalidate(&org, &name);
+    state.node.reconcile(&state).await;
     Ok(Json(api::RolledBack {
         id: format!("{org}:{name}"),
         active_version: body.version,
@@ -670,170 +718,245 @@ pub struct HttpRequest {
 
 /// Runs one request on the app's active version and records its execution. The response is the
 /// handler's, or an error response that says what happened.
-pub async fn execute(state: &State, app: &App, req: HttpRequest, trigger: &str) -> Response {
+pub async fn execute(state: &State, route: &Route, req: HttpRequest, trigger: &str) -> Response {
+    let app = &route.app;
     let (org, name) = (app.org.as_str(), app.name.as_str());
-    let Some(version_no) = app.active_version else {
+    let Some(version) = route.version.as_ref() else {
         return ApiError::conflict(format!(
             "{org}:{name} has no published version yet; run `dodil ignite draft publish {org}:{name}`"
         ))
         .into_response();
     };
-    let version = match store::get_version(&state.db, org, name, version_no).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return ApiError::internal("the active version is missing").into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    let label = app_label(org, name);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(u64::from(app.scaling.timeout_s));
     let id = ulid::Ulid::new().to_string();
     let mut record = Execution {
         id: id.clone(),
         org: org.into(),
         app: name.into(),
-        version: version_no,
+        version: version.version,
         status: "running".into(),
         trigger: trigger.into(),
         started_at: store::now_ms(),
         finished_at: None,
         cold_start_ms: None,
         init_ms: None,
+        queue_ms: None,
+        fetch_ms: None,
+        spawn_ms: None,
         duration_ms: None,
         billed_duration_ms: None,
         response_status: None,
         error: None,
         logs: vec![],
     };
-    if let Err(e) = store::insert_execution(&state.db, &record).await {
-        return ApiError::from(e).into_response();
-    }
-    let digest = version.artifact_digest.clone().unwrap_or_default();
-    let mut config = SpawnConfig::new(state.oci.blob_path(&digest));
-    config.env = version.env.clone();
-    let started = Instant::now();
-    let served = state
-        .node
-        .invoke(
-            (org.into(), name.into(), version_no),
-            config,
-            Invocation {
-                execution_id: id.clone(),
-                function_id: format!("{org}/{name}"),
-                env: version.env.clone(),
-                deadline: Some(started + state.config.request_timeout),
-                method: req.method,
-                path: req.path,
-                query: req.query,
-                headers: req.headers,
-                body: req.body,
-            },
-        )
-        .await;
-    let total = started.elapsed();
-    let init_ms = served.init.map(|d| d.as_secs_f64() * 1e3);
-    record.cold_start_ms = Some(init_ms.unwrap_or(0.0));
-    record.init_ms = init_ms;
-    record.finished_at = Some(store::now_ms());
-    let (status, response) = match served.reply {
-        Err(e) => {
-            record.status = "crashed".into();
-            record.error = Some(format!("the instance did not start: {e}"));
-            record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
-            record.duration_ms = Some(0.0);
-            (
-                StatusCode::BAD_GATEWAY,
-                error_body(
-                    StatusCode::BAD_GATEWAY,
-                    "handler_crashed",
-                    record.error.clone().unwrap_or_default(),
+    let lease = match state.node.acquire(state, route, version, deadline).await {
+        Ok(lease) => lease,
+        Err(AcquireError::QueueFull { depth }) => {
+            // Not accepted, so not an execution (like a Lambda throttle).
+            state.node.metrics.throttled.get_or_create(&label).inc();
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_exhausted",
+                format!(
+                    "{org}:{name} is at max_instances ({}) and {depth} requests are already \
+                     waiting; retry shortly, or raise its limits with `dodil ignite app scale`",
+                    app.scaling.max_instances
                 ),
             )
+            .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return response;
         }
-        Ok(reply) => {
-            record.logs = reply.logs.lines.clone();
-            if reply.logs.dropped_bytes > 0 {
-                record.logs.push(format!(
-                    "[{} bytes of log dropped: over the per-execution limit]",
-                    reply.logs.dropped_bytes
-                ));
-            }
-            let duration = reply.duration.as_secs_f64() * 1e3;
-            record.duration_ms = Some(duration);
-            match reply.outcome {
-                Outcome::Response {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    record.status = "succeeded".into();
-                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                    let mut resp = Response::builder().status(code);
-                    for (k, v) in headers {
-                        resp = resp.header(k, v);
-                    }
-                    (
-                        code,
-                        resp.body(Body::from(body))
-                            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()),
-                    )
-                }
-                Outcome::HandlerError { status, message } => {
-                    record.status = "failed".into();
-                    record.error = Some(message.clone());
-                    let code =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    (code, error_body(code, "handler_error", message))
-                }
-                Outcome::Panicked { message } => {
-                    record.status = "failed".into();
-                    record.error = Some(message.clone());
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        error_body(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "handler_panicked",
-                            message,
-                        ),
-                    )
-                }
-                Outcome::TimedOut { after } => {
-                    let msg = format!(
-                        "the handler did not answer within its {:?} deadline and was stopped",
-                        after
-                    );
-                    record.status = "timeout".into();
-                    record.error = Some(msg.clone());
-                    (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        error_body(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", msg),
-                    )
-                }
-                Outcome::Crashed { exit } => {
-                    let msg = format!("the handler crashed ({exit})");
-                    record.status = "crashed".into();
-                    record.error = Some(msg.clone());
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        error_body(StatusCode::BAD_GATEWAY, "handler_crashed", msg),
-                    )
-                }
-                Outcome::FramingError { message } => {
-                    record.status = "crashed".into();
-                    record.error = Some(message.clone());
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        error_body(StatusCode::BAD_GATEWAY, "framing_error", message),
-                    )
-                }
-            }
+        Err(AcquireError::Deadline { waited }) => {
+            let msg = format!(
+                "no instance of {org}:{name} became free within the {}s deadline (waited {:.0} ms; \
+                 all {} instances were busy)",
+                app.scaling.timeout_s,
+                waited.as_secs_f64() * 1e3,
+                app.scaling.max_instances
+            );
+            record.status = "timeout".into();
+            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
+            return finish(
+                state,
+                record,
+                started,
+                None,
+                StatusCode::GATEWAY_TIMEOUT,
+                error_body(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline_exceeded",
+                    msg.clone(),
+                ),
+                Some(msg),
+            );
+        }
+        Err(AcquireError::Spawn(e)) => {
+            let msg = format!("the instance did not start: {e}");
+            record.status = "crashed".into();
+            record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
+            return finish(
+                state,
+                record,
+                started,
+                None,
+                StatusCode::BAD_GATEWAY,
+                error_body(StatusCode::BAD_GATEWAY, "handler_crashed", msg.clone()),
+                Some(msg),
+            );
         }
     };
-    let billed = record.duration_ms.unwrap_or(0.0) + init_ms.unwrap_or(0.0);
-    record.billed_duration_ms = Some(billed.ceil().max(1.0) as i64);
-    record.response_status = Some(i64::from(status.as_u16()));
-    if let Err(e) = store::finish_execution(&state.db, &record).await {
-        tracing::error!("recording execution {id}: {e}");
+    record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
+    if let Some(cold) = &lease.cold {
+        state.node.metrics.cold_starts.get_or_create(&label).inc();
+        state
+            .node
+            .metrics
+            .cold_start
+            .get_or_create(&label)
+            .observe(cold.total().as_secs_f64());
+        record.fetch_ms = Some(cold.fetch.as_secs_f64() * 1e3);
+        record.spawn_ms = Some(cold.spawn.as_secs_f64() * 1e3);
+        record.init_ms = Some(cold.init.as_secs_f64() * 1e3);
     }
-    tracing::debug!(%id, total_ms = total.as_secs_f64() * 1e3, "executed");
-    let mut response = response;
-    if let Ok(v) = id.parse() {
+    record.cold_start_ms = Some(lease.cold.map_or(0.0, |c| c.total().as_secs_f64() * 1e3));
+    // The running record is written behind the request; it is final once the answer is.
+    state.recorder.record(&record);
+    let mut lease = lease;
+    let reply = lease
+        .instance
+        .invoke(Invocation {
+            execution_id: id.clone(),
+            function_id: format!("{org}/{name}"),
+            env: version.env.clone(),
+            deadline: Some(deadline),
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            body: req.body,
+        })
+        .await;
+    state.node.release(lease);
+    record.logs = reply.logs.lines;
+    if reply.logs.dropped_bytes > 0 {
+        record.logs.push(format!(
+            "[{} bytes of log dropped: over the per-execution limit]",
+            reply.logs.dropped_bytes
+        ));
+    }
+    state
+        .node
+        .metrics
+        .duration
+        .get_or_create(&label)
+        .observe(reply.duration.as_secs_f64());
+    let duration = Some(reply.duration);
+    let (status, response, error) = match reply.outcome {
+        Outcome::Response {
+            status,
+            headers,
+            body,
+        } => {
+            record.status = "succeeded".into();
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = Response::builder().status(code);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            let resp = resp
+                .body(Body::from(body))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+            (code, resp, None)
+        }
+        Outcome::HandlerError { status, message } => {
+            record.status = "failed".into();
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (
+                code,
+                error_body(code, "handler_error", message.clone()),
+                Some(message),
+            )
+        }
+        Outcome::Panicked { message } => {
+            record.status = "failed".into();
+            let code = StatusCode::INTERNAL_SERVER_ERROR;
+            (
+                code,
+                error_body(code, "handler_panicked", message.clone()),
+                Some(message),
+            )
+        }
+        Outcome::TimedOut { after } => {
+            let msg = format!(
+                "the handler did not answer within its {}s deadline and was stopped (after {:.0} ms)",
+                app.scaling.timeout_s,
+                after.as_secs_f64() * 1e3
+            );
+            record.status = "timeout".into();
+            let code = StatusCode::GATEWAY_TIMEOUT;
+            (
+                code,
+                error_body(code, "deadline_exceeded", msg.clone()),
+                Some(msg),
+            )
+        }
+        Outcome::Crashed { exit } => {
+            let msg = format!("the handler crashed ({exit})");
+            record.status = "crashed".into();
+            let code = StatusCode::BAD_GATEWAY;
+            (
+                code,
+                error_body(code, "handler_crashed", msg.clone()),
+                Some(msg),
+            )
+        }
+        Outcome::FramingError { message } => {
+            record.status = "crashed".into();
+            let code = StatusCode::BAD_GATEWAY;
+            (
+                code,
+                error_body(code, "framing_error", message.clone()),
+                Some(message),
+            )
+        }
+    };
+    finish(state, record, started, duration, status, response, error)
+}
+
+/// Completes an execution record, hands it to the recorder and stamps the response.
+fn finish(
+    state: &State,
+    mut record: Execution,
+    started: Instant,
+    duration: Option<Duration>,
+    status: StatusCode,
+    mut response: Response,
+    error: Option<String>,
+) -> Response {
+    let label = app_label(&record.org, &record.app);
+    let duration_ms = duration.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    record.duration_ms = Some(duration_ms);
+    record.finished_at = Some(store::now_ms());
+    record.error = error;
+    record.response_status = Some(i64::from(status.as_u16()));
+    let billed = duration_ms + record.init_ms.unwrap_or(0.0);
+    record.billed_duration_ms = Some(billed.ceil().max(1.0) as i64);
+    let mut status_label = label;
+    status_label.push(("status".into(), record.status.clone()));
+    state
+        .node
+        .metrics
+        .invocations
+        .get_or_create(&status_label)
+        .inc();
+    state.recorder.record(&record);
+    tracing::debug!(id = %record.id, total_ms = started.elapsed().as_secs_f64() * 1e3, "executed");
+    if let Ok(v) = record.id.parse() {
         response.headers_mut().insert("x-ignite-execution-id", v);
     }
     response
@@ -863,7 +986,12 @@ async fn invoke(
     Path((org, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let app = owned_app(&state, &headers, &org, &name).await?;
+    owned_app(&state, &headers, &org, &name).await?;
+    let route = state
+        .node
+        .route(&state.db, &org, &name)
+        .await?
+        .ok_or_else(|| app_not_found(&org, &name))?;
     if body.len() > PAYLOAD_LIMIT {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -881,7 +1009,7 @@ async fn invoke(
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.to_vec(),
     };
-    Ok(execute(&state, &app, req, "api").await)
+    Ok(execute(&state, &route, req, "api").await)
 }
 
 /// One execution: status, metrics and logs.
@@ -894,13 +1022,16 @@ async fn get_execution(
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Execution>> {
     let org = org_of(&state.db, &headers).await?;
-    let e = store::get_execution(&state.db, &org, &id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "execution {id} not found; list recent ones with `dodil ignite execution list`"
-            ))
-        })?;
+    let pending = state.recorder.get(&org, &id);
+    let stored = match pending {
+        Some(e) => Some(e),
+        None => store::get_execution(&state.db, &org, &id).await?,
+    };
+    let e = stored.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "execution {id} not found; list recent ones with `dodil ignite execution list`"
+        ))
+    })?;
     Ok(Json(execution_view(&e)))
 }
 
@@ -921,6 +1052,15 @@ pub fn execution_view(e: &Execution) -> api::Execution {
             init_ms: e.init_ms,
             duration_ms: e.duration_ms,
             billed_duration_ms: e.billed_duration_ms,
+            cold_start_phases: match (e.fetch_ms, e.spawn_ms, e.init_ms) {
+                (Some(fetch_ms), Some(spawn_ms), Some(init_ms)) => Some(api::ColdStartPhases {
+                    fetch_ms,
+                    spawn_ms,
+                    init_ms,
+                }),
+                _ => None,
+            },
+            queue_ms: e.queue_ms,
         },
         logs: e.logs.clone(),
     }

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use crate::State;
 use crate::api::{HttpRequest, execute};
 use crate::error::ApiError;
-use crate::store;
 
 const BODY_LIMIT: usize = 6 * 1024 * 1024;
 
@@ -42,16 +41,16 @@ async fn serve(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
     let mut found = None;
     for (i, _) in label.match_indices('-') {
         let (app, org) = (&label[..i], &label[i + 1..]);
-        match store::get_app(&state.db, org, app).await {
-            Ok(Some(a)) => {
-                found = Some(a);
+        match state.node.route(&state.db, org, app).await {
+            Ok(Some(route)) => {
+                found = Some(route);
                 break;
             }
             Ok(None) => {}
             Err(e) => return ApiError::from(e).into_response(),
         }
     }
-    let Some(app) = found.filter(|a| a.active_version.is_some()) else {
+    let Some(route) = found.filter(|r| r.version.is_some()) else {
         return not_found();
     };
     let (parts, body) = req.into_parts();
@@ -78,5 +77,5 @@ async fn serve(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
         headers,
         body: body.to_vec(),
     };
-    execute(&state, &app, http, "http").await
+    execute(&state, &route, http, "http").await
 }

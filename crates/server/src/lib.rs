@@ -10,7 +10,9 @@ mod auth;
 mod builds;
 mod error;
 mod gateway;
+mod metrics;
 mod node;
+mod recorder;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -38,8 +40,6 @@ pub struct Config {
     pub public_port: Option<u16>,
     /// The compile budget.
     pub build_timeout: Duration,
-    /// The per-request deadline (until apps carry their own in their scaling config).
-    pub request_timeout: Duration,
     /// One cargo target directory for every app instead of one per app (tests share one).
     pub shared_target_dir: Option<PathBuf>,
 }
@@ -60,6 +60,7 @@ pub(crate) struct State {
     pub gateway_port: u16,
     pub builds: builds::Builds,
     pub node: node::Node,
+    pub recorder: recorder::Recorder,
 }
 
 impl State {
@@ -99,9 +100,11 @@ pub async fn run(
     let gateway_listener = TcpListener::bind(config.gateway_addr).await?;
     let api_addr = api_listener.local_addr()?;
     let gateway_addr = gateway_listener.local_addr()?;
+    let (recorder, records) = recorder::Recorder::new();
     let state = Arc::new(State {
         db,
         oci,
+        recorder,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
         node: node::Node::default(),
@@ -113,12 +116,35 @@ pub async fn run(
         admin_token,
     });
 
+    let writer = {
+        let state = state.clone();
+        tokio::spawn(async move { state.recorder.run(state.db.clone(), records).await })
+    };
+    let maintenance = {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { state.node.maintain(&state, shutdown).await })
+    };
     let api = axum::serve(api_listener, api::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let gateway = axum::serve(gateway_listener, gateway::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (a, g) = tokio::join!(api, gateway);
+    let _ = maintenance.await;
     state.node.shutdown().await;
+    // Every execution answered so far is written before the process ends.
+    let flushed = async {
+        while !state.recorder.is_flushed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), flushed)
+        .await
+        .is_err()
+    {
+        tracing::error!("some execution records could not be written before stopping");
+    }
+    writer.abort();
     a?;
     g?;
     Ok(())

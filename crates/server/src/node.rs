@@ -1,93 +1,524 @@
-//! The node agent inside the server: warm instances per (app, version), spawned on demand.
-//! (Scale to zero, reserved capacity and pools with limits come with the scaling work.)
+//! The node agent inside the server: one pool of instances per (app, version).
+//!
+//! A request takes a warm idle instance, or starts one (cold) while the pool is under
+//! `max_instances`, or waits in a bounded queue (its deadline still counts); a full queue is a
+//! 429. Instances return to the pool after their request and are stopped once idle for
+//! `idle_timeout_s` — except `reserved_capacity` of them, which are started ahead of traffic and
+//! replaced when they die. A pool whose version is no longer active drains: its busy instances
+//! finish their requests, then everything stops.
+//!
+//! The maintenance loop reconciles what runs with what the store says should run, every
+//! [`TICK`]; it is idempotent, and publish, rollback and scaling changes also trigger it at once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ignite_agent::{Instance, Invocation, Reply, SpawnConfig, SpawnError};
+use ignite_agent::{Instance, SpawnConfig, SpawnError};
+use ignite_api::ScalingConfig;
+use tokio::sync::oneshot;
 
-type Key = (String, String, i64);
+use crate::State;
+use crate::metrics::{Metrics, app_label};
+use crate::store::{self, App, Version};
+
+/// How often the maintenance loop runs.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a stopping instance may take to exit before SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+pub type AppKey = (String, String);
+type PoolKey = (String, String, i64);
+
+/// What a request needs to know about the app it calls: cached, invalidated on every change.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub app: App,
+    /// The active version, when one is published.
+    pub version: Option<Version>,
+}
+
+/// Why no instance could be had.
+#[derive(Debug)]
+pub enum AcquireError {
+    /// The pool is at `max_instances` and its queue is full.
+    QueueFull { depth: u32 },
+    /// The deadline passed while waiting for an instance.
+    Deadline { waited: Duration },
+    /// A new instance did not start.
+    Spawn(SpawnError),
+}
+
+/// Where a cold start's time went.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdStart {
+    pub fetch: Duration,
+    pub spawn: Duration,
+    pub init: Duration,
+}
+
+impl ColdStart {
+    pub fn total(&self) -> Duration {
+        self.fetch + self.init
+    }
+}
+
+/// An instance checked out of a pool for one request.
+pub struct Lease {
+    pub instance: Instance,
+    pub cold: Option<ColdStart>,
+    pub queued: Duration,
+    pool: Arc<Pool>,
+}
+
+enum Grant {
+    Warm(Box<Instance>),
+    /// A slot was freed for the waiter: it starts its own instance.
+    Spawn,
+}
+
+struct Idle {
+    instance: Instance,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Idle>,
+    /// Instances alive or starting: idle + busy + starting.
+    total: u32,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    retired: bool,
+}
+
+struct Pool {
+    key: PoolKey,
+    spawn: SpawnConfig,
+    scaling: Mutex<ScalingConfig>,
+    state: Mutex<PoolState>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn scaling(&self) -> ScalingConfig {
+        self.scaling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
 
 #[derive(Default)]
 pub struct Node {
-    idle: Mutex<HashMap<Key, Vec<Instance>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    routes: Mutex<HashMap<AppKey, Arc<Route>>>,
+    pub metrics: Metrics,
 }
 
-/// How the request was served.
-pub struct Served {
-    pub reply: Result<Reply, SpawnError>,
-    /// Spawn → ready, when no warm instance was there.
-    pub init: Option<Duration>,
+fn stop_later(instances: Vec<Instance>) {
+    for instance in instances {
+        tokio::spawn(instance.shutdown(GRACE));
+    }
 }
 
 impl Node {
-    pub async fn invoke(&self, key: Key, config: SpawnConfig, inv: Invocation) -> Served {
-        let warm = self
-            .idle
+    /// The app and its active version, from the cache or the store.
+    pub async fn route(
+        &self,
+        db: &store::Db,
+        org: &str,
+        app: &str,
+    ) -> sqlx::Result<Option<Arc<Route>>> {
+        let key = (org.to_string(), app.to_string());
+        if let Some(route) = self
+            .routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&key)
-            .and_then(Vec::pop);
-        let (mut instance, init) = match warm {
-            Some(instance) => (instance, None),
-            None => match Instance::spawn(&config).await {
-                Ok(instance) => {
-                    let init = instance.init_duration();
-                    (instance, Some(init))
+            .get(&key)
+        {
+            return Ok(Some(route.clone()));
+        }
+        let Some(found) = store::get_app(db, org, app).await? else {
+            return Ok(None);
+        };
+        let version = match found.active_version {
+            Some(v) => store::get_version(db, org, app, v).await?,
+            None => None,
+        };
+        let route = Arc::new(Route {
+            app: found,
+            version,
+        });
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, route.clone());
+        Ok(Some(route))
+    }
+
+    /// Forgets what is cached about an app; the next request reads the store.
+    pub fn invalidate(&self, org: &str, app: &str) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(org.to_string(), app.to_string()));
+    }
+
+    fn pool(&self, state: &State, route: &Route, version: &Version) -> Arc<Pool> {
+        let key = (
+            route.app.org.clone(),
+            route.app.name.clone(),
+            version.version,
+        );
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools.entry(key.clone()).or_insert_with(|| {
+            let digest = version.artifact_digest.clone().unwrap_or_default();
+            let mut spawn = SpawnConfig::new(state.oci.blob_path(&digest));
+            spawn.env = version.env.clone();
+            Arc::new(Pool {
+                key,
+                spawn,
+                scaling: Mutex::new(route.app.scaling.clone()),
+                state: Mutex::new(PoolState::default()),
+            })
+        });
+        *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) = route.app.scaling.clone();
+        pool.clone()
+    }
+
+    /// Checks out an instance of the route's active version for one request.
+    pub async fn acquire(
+        &self,
+        state: &State,
+        route: &Route,
+        version: &Version,
+        deadline: Instant,
+    ) -> Result<Lease, AcquireError> {
+        let pool = self.pool(state, route, version);
+        let scaling = pool.scaling();
+        let started = Instant::now();
+        loop {
+            enum Next {
+                Have(Grant),
+                Wait(oneshot::Receiver<Grant>),
+            }
+            let next = {
+                let mut st = pool.lock();
+                if let Some(idle) = st.idle.pop() {
+                    Next::Have(Grant::Warm(Box::new(idle.instance)))
+                } else if st.total < scaling.max_instances {
+                    st.total += 1;
+                    Next::Have(Grant::Spawn)
+                } else if st.waiters.len() < scaling.queue_depth as usize {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(tx);
+                    Next::Wait(rx)
+                } else {
+                    return Err(AcquireError::QueueFull {
+                        depth: scaling.queue_depth,
+                    });
                 }
-                Err(e) => {
-                    return Served {
-                        reply: Err(e),
-                        init: None,
+            };
+            let grant = match next {
+                Next::Have(grant) => grant,
+                Next::Wait(rx) => match tokio::time::timeout_at(deadline.into(), rx).await {
+                    Ok(Ok(grant)) => grant,
+                    // The pool went away (server stopping): try again, it will answer.
+                    Ok(Err(_)) => continue,
+                    Err(_) => {
+                        return Err(AcquireError::Deadline {
+                            waited: started.elapsed(),
+                        });
+                    }
+                },
+            };
+            let queued = started.elapsed();
+            match grant {
+                Grant::Warm(instance) => {
+                    let mut instance = *instance;
+                    if instance.has_exited() {
+                        // It died while idle (killed from outside): free its slot and retry.
+                        self.release_slot(&pool);
+                        continue;
+                    }
+                    return Ok(Lease {
+                        instance,
+                        cold: None,
+                        queued,
+                        pool,
+                    });
+                }
+                Grant::Spawn => {
+                    return match start(&pool.spawn).await {
+                        Ok((instance, cold)) => Ok(Lease {
+                            instance,
+                            cold: Some(cold),
+                            queued,
+                            pool,
+                        }),
+                        Err(e) => {
+                            self.release_slot(&pool);
+                            Err(AcquireError::Spawn(e))
+                        }
                     };
                 }
-            },
-        };
-        let reply = instance.invoke(inv).await;
-        if instance.is_alive() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(key)
-                .or_default()
-                .push(instance);
-        }
-        Served {
-            reply: Ok(reply),
-            init,
+            }
         }
     }
 
-    /// Stops every instance of an app (it was deleted).
-    pub async fn evict_app(&self, org: &str, app: &str) {
-        let gone: Vec<Instance> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<Key> = idle
-                .keys()
-                .filter(|(o, a, _)| o == org && a == app)
-                .cloned()
-                .collect();
-            keys.iter()
-                .filter_map(|k| idle.remove(k))
-                .flatten()
-                .collect()
-        };
-        for instance in gone {
-            instance.shutdown(Duration::from_millis(500)).await;
+    /// Returns an instance after its request: to a waiter, to the idle list, or to its end.
+    pub fn release(&self, lease: Lease) {
+        let Lease {
+            mut instance, pool, ..
+        } = lease;
+        if instance.has_exited() || !instance.is_alive() {
+            tokio::spawn(instance.shutdown(GRACE));
+            self.release_slot(&pool);
+            return;
+        }
+        let scaling = pool.scaling();
+        let mut st = pool.lock();
+        if st.retired {
+            st.total -= 1;
+            drop(st);
+            stop_later(vec![instance]);
+            return;
+        }
+        let mut instance = Box::new(instance);
+        while let Some(waiter) = st.waiters.pop_front() {
+            match waiter.send(Grant::Warm(instance)) {
+                Ok(()) => return,
+                Err(Grant::Warm(back)) => instance = back,
+                Err(Grant::Spawn) => unreachable!("a warm grant comes back warm"),
+            }
+        }
+        let instance = *instance;
+        if scaling.idle_timeout_s == 0 && st.total > scaling.reserved_capacity {
+            st.total -= 1;
+            drop(st);
+            stop_later(vec![instance]);
+            return;
+        }
+        st.idle.push(Idle {
+            instance,
+            since: Instant::now(),
+        });
+    }
+
+    /// An instance slot became free (its instance died or never started): hand it to the first
+    /// waiter still waiting, or give it back.
+    fn release_slot(&self, pool: &Pool) {
+        let mut st = pool.lock();
+        while let Some(waiter) = st.waiters.pop_front() {
+            if waiter.send(Grant::Spawn).is_ok() {
+                return;
+            }
+        }
+        st.total = st.total.saturating_sub(1);
+    }
+
+    /// One pass of reconciliation: drop dead idle instances, stop idle ones past their timeout,
+    /// drain retired versions, start reserved capacity. Idempotent.
+    pub async fn reconcile(&self, state: &State) {
+        // Which (app → active version, scaling) the store wants.
+        let mut wanted: HashMap<AppKey, (i64, Arc<Route>)> = HashMap::new();
+        match store::live_apps(&state.db).await {
+            Ok(apps) => {
+                for (org, app) in apps {
+                    if let Ok(Some(route)) = self.route(&state.db, &org, &app).await
+                        && let Some(v) = &route.version
+                    {
+                        wanted.insert((org, app), (v.version, route.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("reconcile: cannot read the apps: {e}");
+                return;
+            }
+        }
+        // Make sure a pool exists for every app that wants reserved capacity.
+        for (_, route) in wanted.values() {
+            if route.app.scaling.reserved_capacity > 0
+                && let Some(version) = &route.version
+            {
+                self.pool(state, route, version);
+            }
+        }
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for pool in pools {
+            let (org, app, version) = pool.key.clone();
+            let want = wanted.get(&(org.clone(), app.clone()));
+            let active = want.is_some_and(|(v, _)| *v == version);
+            if let Some((_, route)) = want.filter(|_| active) {
+                *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) = route.app.scaling.clone();
+            }
+            let scaling = pool.scaling();
+            let mut to_stop = Vec::new();
+            let missing;
+            let (idle_now, busy_now, queued_now);
+            {
+                let mut st = pool.lock();
+                // Instances that died while idle.
+                let mut i = 0;
+                while i < st.idle.len() {
+                    if st.idle[i].instance.has_exited() {
+                        let dead = st.idle.swap_remove(i);
+                        st.total -= 1;
+                        to_stop.push(dead.instance);
+                    } else {
+                        i += 1;
+                    }
+                }
+                if !active {
+                    st.retired = true;
+                    st.total -= st.idle.len() as u32;
+                    to_stop.extend(st.idle.drain(..).map(|i| i.instance));
+                    missing = 0;
+                } else {
+                    // Idle past the timeout, oldest first, keeping the reserved ones.
+                    let timeout = Duration::from_secs(u64::from(scaling.idle_timeout_s));
+                    st.idle.sort_by_key(|i| std::cmp::Reverse(i.since));
+                    while st.total > scaling.reserved_capacity
+                        && st.idle.last().is_some_and(|i| i.since.elapsed() >= timeout)
+                    {
+                        if let Some(old) = st.idle.pop() {
+                            st.total -= 1;
+                            to_stop.push(old.instance);
+                        }
+                    }
+                    missing = scaling.reserved_capacity.saturating_sub(st.total);
+                    st.total += missing;
+                }
+                idle_now = st.idle.len() as i64;
+                busy_now = i64::from(st.total) - idle_now;
+                queued_now = st.waiters.len() as i64;
+            }
+            stop_later(to_stop);
+            let label = app_label(&org, &app);
+            self.metrics
+                .queue_depth
+                .get_or_create(&label)
+                .set(queued_now);
+            let mut idle_label = label.clone();
+            idle_label.push(("state".into(), "idle".into()));
+            let mut busy_label = label.clone();
+            busy_label.push(("state".into(), "busy".into()));
+            if active {
+                self.metrics
+                    .instances
+                    .get_or_create(&idle_label)
+                    .set(idle_now);
+                self.metrics
+                    .instances
+                    .get_or_create(&busy_label)
+                    .set(busy_now);
+            }
+            for _ in 0..missing {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    match start(&pool.spawn).await {
+                        Ok((instance, _)) => {
+                            let mut st = pool.lock();
+                            if let Some(w) = st.waiters.pop_front() {
+                                // Give it to a waiter; if it left, keep it idle.
+                                if let Err(Grant::Warm(back)) =
+                                    w.send(Grant::Warm(Box::new(instance)))
+                                {
+                                    st.idle.push(Idle {
+                                        instance: *back,
+                                        since: Instant::now(),
+                                    });
+                                }
+                            } else {
+                                st.idle.push(Idle {
+                                    instance,
+                                    since: Instant::now(),
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "a reserved instance of {:?} did not start: {e}",
+                                pool.key
+                            );
+                            pool.lock().total -= 1;
+                        }
+                    }
+                });
+            }
+            // A drained pool with nothing left is forgotten.
+            if !active && pool.lock().total == 0 {
+                self.pools
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&pool.key);
+                self.metrics.instances.remove(&idle_label);
+                self.metrics.instances.remove(&busy_label);
+            }
         }
     }
 
+    /// Runs [`Node::reconcile`] every [`TICK`] until the token is cancelled.
+    pub async fn maintain(&self, state: &State, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.reconcile(state).await,
+            }
+        }
+    }
+
+    /// Stops every instance (the server is stopping).
     pub async fn shutdown(&self) {
-        let all: Vec<Instance> = self
-            .idle
+        let pools: Vec<Arc<Pool>> = self
+            .pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .flat_map(|(_, v)| v)
+            .map(|(_, p)| p)
             .collect();
-        for instance in all {
-            instance.shutdown(Duration::from_millis(500)).await;
+        let mut stopping = Vec::new();
+        for pool in pools {
+            let mut st = pool.lock();
+            st.retired = true;
+            st.waiters.clear();
+            stopping.extend(st.idle.drain(..).map(|i| i.instance.shutdown(GRACE)));
+        }
+        for s in stopping {
+            s.await;
         }
     }
+}
+
+/// Starts an instance, timing the phases of the cold start.
+async fn start(config: &SpawnConfig) -> Result<(Instance, ColdStart), SpawnError> {
+    let t0 = Instant::now();
+    // The artifact is a local blob: "fetching" it is finding it (and failing clearly if it is
+    // gone). A remote registry would pull here.
+    if let Err(source) = std::fs::metadata(&config.program) {
+        return Err(SpawnError::Exec {
+            program: config.program.clone(),
+            source,
+        });
+    }
+    let fetch = t0.elapsed();
+    let instance = Instance::spawn(config).await?;
+    let cold = ColdStart {
+        fetch,
+        spawn: instance.spawn_duration(),
+        init: instance.init_duration(),
+    };
+    Ok((instance, cold))
 }

@@ -20,6 +20,9 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
+        // WAL with synchronous=NORMAL: commits are atomic and survive a process crash; only an
+        // OS crash can lose the last few, and no commit waits for an fsync.
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
@@ -37,6 +40,7 @@ pub struct App {
     pub description: String,
     pub env: Vec<(String, String)>,
     pub active_version: Option<i64>,
+    pub scaling: ignite_api::ScalingConfig,
     pub created_at: i64,
 }
 
@@ -70,6 +74,9 @@ pub struct Execution {
     pub finished_at: Option<i64>,
     pub cold_start_ms: Option<f64>,
     pub init_ms: Option<f64>,
+    pub queue_ms: Option<f64>,
+    pub fetch_ms: Option<f64>,
+    pub spawn_ms: Option<f64>,
     pub duration_ms: Option<f64>,
     pub billed_duration_ms: Option<i64>,
     pub response_status: Option<i64>,
@@ -89,6 +96,7 @@ fn app_of(row: &sqlx::sqlite::SqliteRow) -> App {
         description: row.get("description"),
         env: env_of(row.get::<&str, _>("env")),
         active_version: row.get("active_version"),
+        scaling: serde_json::from_str(row.get::<&str, _>("scaling")).unwrap_or_default(),
         created_at: row.get("created_at"),
     }
 }
@@ -124,6 +132,9 @@ fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
         finished_at: row.get("finished_at"),
         cold_start_ms: row.get("cold_start_ms"),
         init_ms: row.get("init_ms"),
+        queue_ms: row.get("queue_ms"),
+        fetch_ms: row.get("fetch_ms"),
+        spawn_ms: row.get("spawn_ms"),
         duration_ms: row.get("duration_ms"),
         billed_duration_ms: row.get("billed_duration_ms"),
         response_status: row.get("response_status"),
@@ -273,6 +284,30 @@ pub async fn delete_app(db: &Db, org: &str, name: &str) -> sqlx::Result<bool> {
         .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_scaling(
+    db: &Db,
+    org: &str,
+    name: &str,
+    scaling: &ignite_api::ScalingConfig,
+) -> sqlx::Result<()> {
+    let scaling = serde_json::to_string(scaling).unwrap_or_else(|_| "{}".into());
+    sqlx::query("UPDATE apps SET scaling = $1 WHERE org = $2 AND name = $3")
+        .bind(&scaling)
+        .bind(org)
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// `(org, name)` of every app that has a published version.
+pub async fn live_apps(db: &Db) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT org, name FROM apps WHERE active_version IS NOT NULL")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.iter().map(|r| (r.get("org"), r.get("name"))).collect())
 }
 
 pub async fn set_env(db: &Db, org: &str, name: &str, env: &[(String, String)]) -> sqlx::Result<()> {
@@ -512,50 +547,43 @@ pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
 
 // ---- executions ----
 
-pub async fn insert_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \
-         cold_start_ms, init_ms, duration_ms, billed_duration_ms, response_status, error, logs) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(&e.id)
-    .bind(&e.org)
-    .bind(&e.app)
-    .bind(e.version)
-    .bind(&e.status)
-    .bind(&e.trigger)
-    .bind(e.started_at)
-    .bind(e.finished_at)
-    .bind(e.cold_start_ms)
-    .bind(e.init_ms)
-    .bind(e.duration_ms)
-    .bind(e.billed_duration_ms)
-    .bind(e.response_status)
-    .bind(&e.error)
-    .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-pub async fn finish_execution(db: &Db, e: &Execution) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE executions SET status = $1, finished_at = $2, cold_start_ms = $3, init_ms = $4, \
-         duration_ms = $5, billed_duration_ms = $6, response_status = $7, error = $8, logs = $9 WHERE id = $10",
-    )
-    .bind(&e.status)
-    .bind(e.finished_at)
-    .bind(e.cold_start_ms)
-    .bind(e.init_ms)
-    .bind(e.duration_ms)
-    .bind(e.billed_duration_ms)
-    .bind(e.response_status)
-    .bind(&e.error)
-    .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
-    .bind(&e.id)
-    .execute(db)
-    .await?;
-    Ok(())
+/// Writes executions (new or updated) in one transaction.
+pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for e in batch {
+        sqlx::query(
+            "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \
+             cold_start_ms, init_ms, duration_ms, billed_duration_ms, response_status, error, logs, \
+             queue_ms, fetch_ms, spawn_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
+             cold_start_ms = excluded.cold_start_ms, init_ms = excluded.init_ms, \
+             duration_ms = excluded.duration_ms, billed_duration_ms = excluded.billed_duration_ms, \
+             response_status = excluded.response_status, error = excluded.error, logs = excluded.logs, \
+             queue_ms = excluded.queue_ms, fetch_ms = excluded.fetch_ms, spawn_ms = excluded.spawn_ms",
+        )
+        .bind(&e.id)
+        .bind(&e.org)
+        .bind(&e.app)
+        .bind(e.version)
+        .bind(&e.status)
+        .bind(&e.trigger)
+        .bind(e.started_at)
+        .bind(e.finished_at)
+        .bind(e.cold_start_ms)
+        .bind(e.init_ms)
+        .bind(e.duration_ms)
+        .bind(e.billed_duration_ms)
+        .bind(e.response_status)
+        .bind(&e.error)
+        .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
+        .bind(e.queue_ms)
+        .bind(e.fetch_ms)
+        .bind(e.spawn_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// Executions left `running` by a server that stopped are marked as such.

@@ -1,0 +1,99 @@
+//! Execution records are written behind the request path: a request hands its record to the
+//! recorder and answers; a background task writes records in batches, one transaction each.
+//! Until a record is in the store, `get` serves it from memory, so a caller never sees an
+//! execution go missing between its answer and the next write.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use crate::store::{self, Db, Execution};
+
+/// Unwritten records by id, each with the sequence number of its latest version, and the last
+/// sequence number handed out.
+type Pending = (u64, HashMap<String, (u64, Execution)>);
+
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<(u64, Execution)>,
+    /// Records not yet written, with the sequence number of their latest version.
+    pending: Mutex<Pending>,
+}
+
+impl Recorder {
+    /// The recorder and the receiving end its writer task drains.
+    pub fn new() -> (Recorder, mpsc::UnboundedReceiver<(u64, Execution)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Recorder {
+                tx,
+                pending: Mutex::new((0, HashMap::new())),
+            },
+            rx,
+        )
+    }
+
+    /// Records (a new version of) an execution.
+    pub fn record(&self, e: &Execution) {
+        let seq = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.0 += 1;
+            let seq = pending.0;
+            pending.1.insert(e.id.clone(), (seq, e.clone()));
+            seq
+        };
+        if self.tx.send((seq, e.clone())).is_err() {
+            tracing::error!("execution {} could not be queued for writing", e.id);
+        }
+    }
+
+    /// A record not yet written, if there is one.
+    pub fn get(&self, org: &str, id: &str) -> Option<Execution> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .1
+            .get(id)
+            .filter(|(_, e)| e.org == org)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Writes records until every sender is gone (the server is stopping), then returns.
+    pub async fn run(&self, db: Db, mut rx: mpsc::UnboundedReceiver<(u64, Execution)>) {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            // Keep the latest version of each execution in this batch.
+            let mut latest: HashMap<String, (u64, Execution)> = HashMap::new();
+            for (seq, e) in batch.drain(..) {
+                latest.insert(e.id.clone(), (seq, e));
+            }
+            let records: Vec<Execution> = latest.values().map(|(_, e)| e.clone()).collect();
+            let mut tries = 0;
+            while let Err(e) = store::upsert_executions(&db, &records).await {
+                tries += 1;
+                tracing::error!(
+                    "writing {} execution records failed (try {tries}): {e}",
+                    records.len()
+                );
+                if tries >= 5 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, (seq, _)) in latest {
+                if pending.1.get(&id).is_some_and(|(s, _)| *s == seq) {
+                    pending.1.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Whether every record handed in so far has been written.
+    pub fn is_flushed(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .is_empty()
+    }
+}
