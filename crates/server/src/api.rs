@@ -1077,17 +1077,37 @@ async fn list_executions(
 ) -> ApiResult<Json<api::ExecutionList>> {
     let org = org_of(&state.db, &headers).await?;
     let app = q.app.as_deref().map(|a| a.rsplit(':').next().unwrap_or(a));
-    let list = store::list_executions(
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let stored = store::list_executions(
         &state.db,
         &org,
         store::ExecutionFilter {
             app,
             status: q.status.as_deref(),
             since: q.since,
-            limit: q.limit.unwrap_or(50).clamp(1, 1000),
+            limit,
         },
     )
     .await?;
+    // Records still on their way to the store are listed too, in their latest state (which may
+    // no longer match the filter the store's older copy matched).
+    let pending = state
+        .recorder
+        .pending(&org, |e| app.is_none_or(|a| e.app == a));
+    let mut by_id: std::collections::HashMap<String, Execution> =
+        stored.into_iter().map(|e| (e.id.clone(), e)).collect();
+    for e in pending {
+        by_id.insert(e.id.clone(), e);
+    }
+    let mut list: Vec<Execution> = by_id
+        .into_values()
+        .filter(|e| {
+            q.status.as_deref().is_none_or(|s| e.status == s)
+                && q.since.is_none_or(|t| e.started_at >= t)
+        })
+        .collect();
+    list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
+    list.truncate(limit as usize);
     Ok(Json(api::ExecutionList {
         executions: list.iter().map(execution_view).collect(),
     }))

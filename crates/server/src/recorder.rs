@@ -88,6 +88,18 @@ impl Recorder {
         }
     }
 
+    /// The unwritten records of an org that `keep` selects.
+    pub fn pending(&self, org: &str, keep: impl Fn(&Execution) -> bool) -> Vec<Execution> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .1
+            .values()
+            .map(|(_, e)| e)
+            .filter(|e| e.org == org && keep(e))
+            .cloned()
+            .collect()
+    }
+
     /// Whether every record handed in so far has been written.
     pub fn is_flushed(&self) -> bool {
         self.pending

@@ -32,6 +32,13 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
     Ok(pool)
 }
 
+/// A transaction that writes: on SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
+/// that it waits for another writer (busy timeout) instead of failing when a read inside it would
+/// have to be upgraded to a write under concurrent writes.
+async fn begin_write(db: &Db) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    db.begin_with("BEGIN IMMEDIATE").await
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct App {
     pub org: String,
@@ -271,7 +278,7 @@ pub async fn list_apps(db: &Db, org: &str) -> sqlx::Result<Vec<App>> {
 }
 
 pub async fn delete_app(db: &Db, org: &str, name: &str) -> sqlx::Result<bool> {
-    let mut tx = db.begin().await?;
+    let mut tx = begin_write(db).await?;
     sqlx::query("DELETE FROM versions WHERE org = $1 AND app = $2")
         .bind(org)
         .bind(name)
@@ -434,7 +441,7 @@ pub async fn draft_compile_finished(
 
 /// Copies the compiled draft into version `max + 1` and makes it active. Returns the new number.
 pub async fn publish(db: &Db, org: &str, app: &str, env: &[(String, String)]) -> sqlx::Result<i64> {
-    let mut tx = db.begin().await?;
+    let mut tx = begin_write(db).await?;
     let next: i64 = sqlx::query(
         "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE org = $1 AND app = $2",
     )
@@ -549,7 +556,7 @@ pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
 
 /// Writes executions (new or updated) in one transaction.
 pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = begin_write(db).await?;
     for e in batch {
         sqlx::query(
             "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \

@@ -1,0 +1,455 @@
+//! Instance pools against the real server and real handler processes: scale to zero, reserved
+//! capacity, limits with a queue and 429, deadlines, publish under traffic, bursts.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::platform::*;
+
+/// Answers its pid (and a version tag); sleeps `sleep_ms` first when asked.
+fn handler(tag: &str) -> String {
+    format!(
+        r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {{
+    let sleep_ms: u64 = req.field("sleep_ms").unwrap_or(0);
+    if sleep_ms > 0 {{
+        tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
+    }}
+    Ok(serde_json::json!({{ "pid": std::process::id(), "tag": "{tag}" }}))
+}}
+"#
+    )
+}
+
+fn host(app: &str) -> String {
+    format!("{app}-acme-corp.ignite.localhost")
+}
+
+fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    http_full(&server.gateway, &host(app), "POST", "/", body)
+}
+
+fn execution(server: &Server, cwd: &Path, headers: &[(String, String)]) -> serde_json::Value {
+    let id = header(headers, "x-ignite-execution-id").expect("an execution id header");
+    json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]))
+}
+
+#[test]
+fn an_idle_app_scales_to_zero_and_comes_back_cold() {
+    let dir = scratch("scale-to-zero");
+    let server = start_server(&dir);
+    let p = project(&dir, "idler", &handler("v1"));
+    deploy(&server, &p, "acme-corp:idler", "./");
+    ok(
+        &server,
+        &p,
+        &["app", "scale", "acme-corp:idler", "--idle-timeout", "1"],
+    );
+    let exe = artifact_of(&server, &p, "acme-corp:idler");
+
+    let (status, headers, body) = call(&server, "idler", "{}");
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body)["pid"].as_u64().unwrap() as u32;
+    assert!(
+        execution(&server, &p, &headers)["metrics"]["cold_start_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let (_, headers, body) = call(&server, "idler", "{}");
+    assert_eq!(
+        json(&body)["pid"].as_u64().unwrap() as u32,
+        first,
+        "the warm instance served"
+    );
+    assert_eq!(
+        execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
+        0.0
+    );
+    assert_eq!(pids_running(&exe), vec![first]);
+
+    // Idle past the timeout: no process of the app is left.
+    wait_until(Duration::from_secs(10), "the idle instance to stop", || {
+        pids_running(&exe).is_empty()
+    });
+    // The next call starts one again (cold), with a phase breakdown.
+    let (status, headers, body) = call(&server, "idler", "{}");
+    assert_eq!(status, 200);
+    assert_ne!(json(&body)["pid"].as_u64().unwrap() as u32, first);
+    let e = execution(&server, &p, &headers);
+    let m = &e["metrics"];
+    assert!(m["cold_start_ms"].as_f64().unwrap() > 0.0, "{e}");
+    let phases = &m["cold_start_phases"];
+    for phase in ["fetch_ms", "spawn_ms", "init_ms"] {
+        assert!(phases[phase].as_f64().is_some(), "{phase} missing: {e}");
+    }
+    assert!(
+        phases["spawn_ms"].as_f64() <= phases["init_ms"].as_f64(),
+        "{e}"
+    );
+}
+
+#[test]
+fn reserved_capacity_is_warm_before_the_first_call_and_replaced_when_killed() {
+    let dir = scratch("reserved");
+    let server = start_server(&dir);
+    let p = project(&dir, "steady", &handler("v1"));
+    ok(
+        &server,
+        &p,
+        &["app", "create", "steady", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:steady",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, &p, &["draft", "compile", "acme-corp:steady"]);
+    ok(&server, &p, &["draft", "compile-logs", "acme-corp:steady"]);
+    // Scaling is set before the first publish; --idle-timeout 1 shows reserved ones are exempt.
+    let out = ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:steady",
+            "--reserved-capacity",
+            "1",
+            "--idle-timeout",
+            "1",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(json(&out)["reserved_capacity"], 1);
+    ok(&server, &p, &["draft", "publish", "acme-corp:steady"]);
+    let exe = artifact_of(&server, &p, "acme-corp:steady");
+    let idle = r#"ignite_instances{app="acme-corp:steady",state="idle"} 1"#;
+    wait_until(Duration::from_secs(10), "the reserved instance", || {
+        metrics(&server).contains(idle)
+    });
+    let reserved = pids_running(&exe);
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+
+    // The first call is warm.
+    let (status, headers, body) = call(&server, "steady", "{}");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["pid"].as_u64().unwrap() as u32, reserved[0]);
+    assert_eq!(
+        execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
+        0.0
+    );
+
+    // It outlives the idle timeout.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(pids_running(&exe), reserved);
+
+    // Killed from outside, it is replaced.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &reserved[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until(Duration::from_secs(10), "a replacement instance", || {
+        let now = pids_running(&exe);
+        now.len() == 1 && now[0] != reserved[0] && metrics(&server).contains(idle)
+    });
+    let replacement = pids_running(&exe)[0];
+    let (_, headers, body) = call(&server, "steady", "{}");
+    assert_eq!(json(&body)["pid"].as_u64().unwrap() as u32, replacement);
+    assert_eq!(
+        execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
+        0.0
+    );
+}
+
+#[test]
+fn max_instances_queue_and_429() {
+    let dir = scratch("limits");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "narrow", &handler("v1"));
+    deploy(&server, &p, "acme-corp:narrow", "./");
+    ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:narrow",
+            "--max-instances",
+            "1",
+            "--queue-depth",
+            "1",
+            "--timeout",
+            "20",
+        ],
+    );
+
+    // One request holds the only instance, a second waits, a third is refused.
+    let spawn = |delay_ms: u64| {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            call(&server, "narrow", r#"{"sleep_ms": 1500}"#)
+        })
+    };
+    let first = spawn(0);
+    let second = spawn(300);
+    std::thread::sleep(Duration::from_millis(700));
+    let (status, headers, body) = call(&server, "narrow", "{}");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert!(
+        body.contains("max_instances") && body.contains("app scale"),
+        "{body}"
+    );
+
+    let (s1, h1, b1) = first.join().unwrap();
+    let (s2, h2, b2) = second.join().unwrap();
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    // One instance served both, the second after waiting in the queue.
+    assert_eq!(json(&b1)["pid"], json(&b2)["pid"]);
+    let queued = execution(&server, &p, &h2);
+    assert!(
+        queued["metrics"]["queue_ms"].as_f64().unwrap() > 500.0,
+        "{queued}"
+    );
+    assert_eq!(
+        execution(&server, &p, &h1)["metrics"]["queue_ms"]
+            .as_f64()
+            .map(|q| q < 100.0),
+        Some(true)
+    );
+    // A throttled request is not an execution; it is counted.
+    let listed = json(&ok(
+        &server,
+        &p,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:narrow",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(listed["executions"].as_array().unwrap().len(), 2);
+    assert!(metrics(&server).contains(r#"ignite_throttled_total{app="acme-corp:narrow"} 1"#));
+}
+
+#[test]
+fn a_deadline_hit_leaves_neighbours_alone() {
+    let dir = scratch("deadline");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "mixed", &handler("v1"));
+    deploy(&server, &p, "acme-corp:mixed", "./");
+    ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:mixed",
+            "--timeout",
+            "1",
+            "--max-instances",
+            "4",
+        ],
+    );
+
+    let slow = {
+        let server = server.clone();
+        std::thread::spawn(move || call(&server, "mixed", r#"{"sleep_ms": 30000}"#))
+    };
+    let mut quick = Vec::new();
+    for _ in 0..10 {
+        let (status, _, body) = call(&server, "mixed", "{}");
+        quick.push(status);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, headers, body) = slow.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    let e = execution(&server, &p, &headers);
+    assert_eq!(e["status"], "timeout");
+    // Its instance was stopped; the app keeps answering.
+    let (status, _, _) = call(&server, "mixed", "{}");
+    assert_eq!(status, 200);
+    let list = json(&ok(
+        &server,
+        &p,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:mixed",
+            "--status",
+            "succeeded",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(list["executions"].as_array().unwrap().len(), 11);
+}
+
+#[test]
+fn a_publish_during_traffic_fails_no_request_and_drains_the_old_version() {
+    let dir = scratch("rolling");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "rolling", &handler("v1"));
+    deploy(&server, &p, "acme-corp:rolling", "./");
+    let old_exe = artifact_of(&server, &p, "acme-corp:rolling");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // If an assertion below fails, the traffic thread must still stop (it holds the server).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
+    let traffic = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, body) = call(&server, "rolling", r#"{"sleep_ms": 20}"#);
+                let tag = if status == 200 {
+                    json(&body)["tag"].as_str().unwrap_or("?").to_string()
+                } else {
+                    format!("HTTP {status}: {body}")
+                };
+                seen.push(tag);
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(p.join("src/lib.rs"), handler("v2")).unwrap();
+    ok(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:rolling",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, &p, &["draft", "compile", "acme-corp:rolling"]);
+    ok(&server, &p, &["draft", "compile-logs", "acme-corp:rolling"]);
+    ok(&server, &p, &["draft", "publish", "acme-corp:rolling"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = traffic.join().unwrap();
+
+    assert!(
+        seen.iter().all(|t| t == "v1" || t == "v2"),
+        "a request failed: {seen:?}"
+    );
+    let switch = seen
+        .iter()
+        .position(|t| t == "v2")
+        .expect("v2 never answered");
+    assert!(switch > 0, "v1 never answered");
+    assert!(
+        seen[switch..].iter().all(|t| t == "v2"),
+        "v1 answered after v2: {seen:?}"
+    );
+    // The old version's instances stop once drained.
+    wait_until(Duration::from_secs(10), "v1's instances to stop", || {
+        pids_running(&old_exe).is_empty()
+    });
+}
+
+#[test]
+fn a_burst_ends_with_exactly_one_record_per_request() {
+    let dir = scratch("burst");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "bursty", &handler("v1"));
+    deploy(&server, &p, "acme-corp:bursty", "./");
+    ok(
+        &server,
+        &p,
+        &["app", "scale", "acme-corp:bursty", "--max-instances", "4"],
+    );
+
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let body = if i % 10 == 0 {
+                    r#"{"sleep_ms": 200}"#
+                } else {
+                    "{}"
+                };
+                call(&server, "bursty", body)
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut pids = std::collections::BTreeSet::new();
+    for t in threads {
+        let (status, headers, body) = t.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        ids.insert(
+            header(&headers, "x-ignite-execution-id")
+                .unwrap()
+                .to_string(),
+        );
+        pids.insert(json(&body)["pid"].as_u64().unwrap());
+    }
+    assert_eq!(ids.len(), 40, "execution ids are unique");
+    assert!(pids.len() <= 4, "more than max_instances ran: {pids:?}");
+    let listed = json(&ok(
+        &server,
+        &p,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:bursty",
+            "--limit",
+            "1000",
+            "-o",
+            "json",
+        ],
+    ));
+    let listed: std::collections::BTreeSet<String> = listed["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|e| assert_eq!(e["status"], "succeeded", "{e}"))
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ids);
+    let m = metrics(&server);
+    assert!(
+        m.contains(r#"ignite_invocations_total{app="acme-corp:bursty",status="succeeded"} 40"#),
+        "{m}"
+    );
+    assert!(m.contains("ignite_cold_starts_total"), "{m}");
+}

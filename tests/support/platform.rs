@@ -1,0 +1,286 @@
+//! Starting the real server and driving the real `dodil` binary against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Server {
+    child: Child,
+    pub dir: PathBuf,
+    pub api: String,
+    pub gateway: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The server and every handler instance it started share a process group: stop them all.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("recipe")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `dodil ignite server` on port 0 and reads back the addresses it bound.
+pub fn start_server(dir: &Path) -> Server {
+    start_server_with(dir, &[])
+}
+
+pub fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args([
+            "ignite",
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--build-target-dir")
+        .arg(super::target_dir())
+        .env("DODIL_CONFIG", dir.join("config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .expect("start dodil ignite server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut api, mut gateway) = (None, None);
+    while api.is_none() || gateway.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not report its addresses within 30 s");
+        if let Some(a) = line.strip_prefix("api listening on http://") {
+            api = Some(a.to_string());
+        }
+        if let Some(g) = line.strip_prefix("gateway listening on http://") {
+            gateway = Some(g.to_string());
+        }
+    }
+    Server {
+        child,
+        dir: dir.to_path_buf(),
+        api: api.unwrap(),
+        gateway: gateway.unwrap(),
+    }
+}
+
+/// Runs `dodil ignite <args>` in `cwd` against `server`.
+pub fn dodil(server: &Server, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .arg("ignite")
+        .args(args)
+        .current_dir(cwd)
+        .env("DODIL_CONFIG", server.dir.join("config.toml"))
+        .env_remove("DODIL_TOKEN")
+        .env_remove("DODIL_API_ENDPOINT")
+        .output()
+        .expect("run dodil")
+}
+
+pub fn ok(server: &Server, cwd: &Path, args: &[&str]) -> String {
+    let out = dodil(server, cwd, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "dodil ignite {} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub fn fails(server: &Server, cwd: &Path, args: &[&str]) -> String {
+    let out = dodil(server, cwd, args);
+    assert!(
+        !out.status.success(),
+        "dodil ignite {} should have failed",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+pub fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A plain HTTP/1.1 request to the gateway with this Host header: `(status, body)`.
+pub fn http(gateway: &str, host: &str, body: &str) -> (u16, String) {
+    http_path(gateway, host, "/hello?x=1", body)
+}
+
+pub fn http_path(gateway: &str, host: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn copy_tiny(to: &Path) {
+    std::fs::create_dir_all(to.join("src")).unwrap();
+    let from = super::workspace_dir().join("examples/tiny");
+    std::fs::copy(from.join("Cargo.toml"), to.join("Cargo.toml")).unwrap();
+    std::fs::copy(from.join("src/lib.rs"), to.join("src/lib.rs")).unwrap();
+}
+
+/// A project named `name` with the shared test dependencies and this `src/lib.rs`.
+pub fn project(dir: &Path, name: &str, lib_rs: &str) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]{}",
+            super::HANDLER_DEPS
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("src/lib.rs"), lib_rs).unwrap();
+    root
+}
+
+pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
+    let name = id.split(':').nth(1).unwrap();
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    ok(
+        server,
+        p,
+        &[
+            "draft",
+            "save",
+            id,
+            "--code",
+            code,
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(server, p, &["draft", "compile", id]);
+    ok(server, p, &["draft", "compile-logs", id]);
+    ok(server, p, &["draft", "publish", id]);
+}
+
+/// An HTTP/1.1 request to `addr` with this Host header: `(status, headers, body)`.
+pub fn http_full(
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of live processes running this executable.
+pub fn pids_running(exe: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
+        .filter(|pid| super::process_alive(*pid))
+        .collect()
+}
+
+/// The path of an app's active artifact on the server's disk.
+pub fn artifact_of(server: &Server, cwd: &Path, id: &str) -> PathBuf {
+    let app = json(&ok(server, cwd, &["app", "get", id, "-o", "json"]));
+    let digest = app["artifact"]["digest"].as_str().unwrap().to_string();
+    server
+        .dir
+        .join("data/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The server's Prometheus metrics text.
+pub fn metrics(server: &Server) -> String {
+    let (status, _, body) = http_full(&server.api, "localhost", "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    body
+}
