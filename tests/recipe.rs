@@ -218,6 +218,36 @@ fn the_recipe_word_for_word() {
         err.contains("has no version 7") && err.contains("1, 2"),
         "{err}"
     );
+
+    // Compiling the very same source again reuses the earlier binary instead of running cargo.
+    ok(
+        &server,
+        p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tiny",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok(&server, p, &["draft", "compile", "acme-corp:tiny"]);
+    let logs = ok(&server, p, &["draft", "compile-logs", "acme-corp:tiny"]);
+    assert!(
+        logs.contains("reusing sha256:") && !logs.contains("Compiling"),
+        "{logs}"
+    );
+    let draft = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ))["draft"]
+        .clone();
+    assert_eq!(draft["compile_status"], "compiled");
 }
 
 #[test]

@@ -101,6 +101,42 @@ impl Sdk {
     }
 }
 
+impl Sdk {
+    /// A digest of the SDK's sources: part of the build cache key, so that a changed SDK never
+    /// serves a binary built with the old one.
+    pub fn fingerprint(&self) -> std::io::Result<String> {
+        fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    walk(&path, files)?;
+                } else {
+                    files.push(path);
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        for krate in ["sdk", "sdk-macros", "protocol"] {
+            let root = self.crates_dir.join(krate);
+            files.push(root.join("Cargo.toml"));
+            walk(&root.join("src"), &mut files)?;
+        }
+        files.sort();
+        let mut hash = Sha256::new();
+        for file in files {
+            hash.update(
+                file.strip_prefix(&self.crates_dir)
+                    .unwrap_or(&file)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            hash.update(std::fs::read(&file)?);
+        }
+        Ok(format!("{:x}", hash.finalize()))
+    }
+}
+
 /// How to run a build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {

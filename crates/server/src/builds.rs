@@ -151,6 +151,28 @@ async fn compile(
             }
         })?,
     }
+    // An identical earlier build (same source, target, toolchain, app name and SDK) made the
+    // very same binary: reuse it instead of running cargo.
+    let key = cache_key(state, app, draft);
+    if let Some(key) = &key
+        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
+        && state.oci.blob_path(&digest).exists()
+    {
+        live.push(format!(
+            "reusing {digest} from an identical earlier build (same source, target, toolchain and SDK)"
+        ));
+        let blob = state.oci.blob_path(&digest);
+        state
+            .oci
+            .add_handler(&blob, &target, &format!("{org}/{app}:{build_id}"))
+            .map_err(io(&blob))?;
+        return Ok(ignite_builder::Artifact {
+            path: blob,
+            size: size as u64,
+            digest,
+            target,
+        });
+    }
     live.push(format!(
         "compiling {org}:{app} for {}",
         ignite_builder::NATIVE_TARGET
@@ -179,8 +201,41 @@ async fn compile(
         "built {} ({} bytes, {}); artifact manifest {}",
         artifact.digest, artifact.size, artifact.target, stored.manifest.digest
     ));
+    if let Some(key) = &key {
+        let built = Built {
+            digest: &artifact.digest,
+            size: artifact.size as i64,
+            target: &artifact.target,
+        };
+        if let Err(e) = store::cache_build(&state.db, key, &built).await {
+            tracing::warn!("could not record the build in the cache: {e}");
+        }
+    }
     Ok(ignite_builder::Artifact {
         path: blob,
         ..artifact
     })
+}
+
+/// The build cache key of a draft, when the SDK's fingerprint is known.
+fn cache_key(state: &State, app: &str, draft: &Version) -> Option<String> {
+    let sdk = state.sdk_fingerprint.as_deref()?;
+    let parts = [
+        draft.source_digest.as_deref().unwrap_or(""),
+        draft.source_kind.as_deref().unwrap_or(""),
+        draft.rust_target.as_deref().unwrap_or(""),
+        draft.toolchain.as_deref().unwrap_or("default"),
+        // A single file gets a Cargo.toml named after the app.
+        if draft.source_kind.as_deref() == Some("file") {
+            app
+        } else {
+            ""
+        },
+        ignite_builder::NATIVE_TARGET,
+        sdk,
+    ];
+    Some(format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(parts.join("\n"))
+    ))
 }

@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub builds: builds::Builds,
     pub node: node::Node,
     pub recorder: recorder::Recorder,
+    /// The SDK's source digest, for the build cache (none if the sources cannot be read).
+    pub sdk_fingerprint: Option<String>,
 }
 
 impl State {
@@ -101,10 +103,15 @@ pub async fn run(
     let api_addr = api_listener.local_addr()?;
     let gateway_addr = gateway_listener.local_addr()?;
     let (recorder, records) = recorder::Recorder::new();
+    let sdk_fingerprint = ignite_builder::Sdk::bundled()
+        .fingerprint()
+        .inspect_err(|e| tracing::warn!("the build cache is off: cannot read the SDK sources: {e}"))
+        .ok();
     let state = Arc::new(State {
         db,
         oci,
         recorder,
+        sdk_fingerprint,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
         node: node::Node::default(),

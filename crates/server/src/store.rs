@@ -645,3 +645,36 @@ pub async fn list_executions(
     .await?;
     Ok(rows.iter().map(execution_of).collect())
 }
+
+// ---- build cache ----
+
+pub async fn cached_build(db: &Db, key: &str) -> sqlx::Result<Option<(String, i64, String)>> {
+    let row = sqlx::query(
+        "SELECT artifact_digest, artifact_size, artifact_target FROM build_cache WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            r.get("artifact_digest"),
+            r.get("artifact_size"),
+            r.get("artifact_target"),
+        )
+    }))
+}
+
+pub async fn cache_build(db: &Db, key: &str, built: &Built<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO build_cache (key, artifact_digest, artifact_size, artifact_target, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(built.digest)
+    .bind(built.size)
+    .bind(built.target)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
