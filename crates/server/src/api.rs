@@ -824,8 +824,9 @@ pub async fn execute(state: &State, route: &Route, req: HttpRequest, trigger: &s
         record.init_ms = Some(cold.init.as_secs_f64() * 1e3);
     }
     record.cold_start_ms = Some(lease.cold.map_or(0.0, |c| c.total().as_secs_f64() * 1e3));
-    // The running record is written behind the request; it is final once the answer is.
-    state.recorder.record(&record);
+    // The running record is visible at once and written only if the request runs long; the
+    // final one is written behind the answer.
+    state.recorder.begin(&record);
     let mut lease = lease;
     let reply = lease
         .instance

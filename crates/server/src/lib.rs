@@ -140,6 +140,7 @@ pub async fn run(
     let _ = maintenance.await;
     state.node.shutdown().await;
     // Every execution answered so far is written before the process ends.
+    state.recorder.flush_running(None);
     let flushed = async {
         while !state.recorder.is_flushed() {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -468,14 +468,18 @@ impl Node {
         }
     }
 
-    /// Runs [`Node::reconcile`] every [`TICK`] until the token is cancelled.
+    /// Runs [`Node::reconcile`] (and writes long-running execution records) every [`TICK`] until
+    /// the token is cancelled.
     pub async fn maintain(&self, state: &State, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.reconcile(state).await,
+                _ = tick.tick() => {
+                    self.reconcile(state).await;
+                    state.recorder.flush_running(Some(store::now_ms() - 500));
+                }
             }
         }
     }

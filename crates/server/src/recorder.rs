@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use crate::store::{self, Db, Execution};
 
-/// Unwritten records by id, each with the sequence number of its latest version, and the last
-/// sequence number handed out.
-type Pending = (u64, HashMap<String, (u64, Execution)>);
+/// Unwritten records by id, each with the sequence number of its latest version and whether that
+/// version was handed to the writer, and the last sequence number handed out.
+type Pending = (u64, HashMap<String, (u64, Execution, bool)>);
 
 pub struct Recorder {
     tx: mpsc::UnboundedSender<(u64, Execution)>,
@@ -33,17 +33,39 @@ impl Recorder {
         )
     }
 
-    /// Records (a new version of) an execution.
+    /// Notes an execution that has started. It is visible at once; it is written only if it is
+    /// still running after a moment ([`Recorder::flush_running`]), so a quick request costs one
+    /// write, not two.
+    pub fn begin(&self, e: &Execution) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.0 += 1;
+        let seq = pending.0;
+        pending.1.insert(e.id.clone(), (seq, e.clone(), false));
+    }
+
+    /// Records (a new version of) an execution and queues it for writing.
     pub fn record(&self, e: &Execution) {
         let seq = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.0 += 1;
             let seq = pending.0;
-            pending.1.insert(e.id.clone(), (seq, e.clone()));
+            pending.1.insert(e.id.clone(), (seq, e.clone(), true));
             seq
         };
         if self.tx.send((seq, e.clone())).is_err() {
             tracing::error!("execution {} could not be queued for writing", e.id);
+        }
+    }
+
+    /// Queues for writing the executions begun before `started_before` (ms since the epoch) and
+    /// not yet written, so that a long request is on disk while it runs. `None` queues all.
+    pub fn flush_running(&self, started_before: Option<i64>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (seq, e, queued) in pending.1.values_mut() {
+            if !*queued && started_before.is_none_or(|t| e.started_at < t) {
+                *queued = true;
+                let _ = self.tx.send((*seq, e.clone()));
+            }
         }
     }
 
@@ -53,8 +75,8 @@ impl Recorder {
         pending
             .1
             .get(id)
-            .filter(|(_, e)| e.org == org)
-            .map(|(_, e)| e.clone())
+            .filter(|(_, e, _)| e.org == org)
+            .map(|(_, e, _)| e.clone())
     }
 
     /// Writes records until every sender is gone (the server is stopping), then returns.
@@ -81,7 +103,7 @@ impl Recorder {
             }
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (id, (seq, _)) in latest {
-                if pending.1.get(&id).is_some_and(|(s, _)| *s == seq) {
+                if pending.1.get(&id).is_some_and(|(s, _, _)| *s == seq) {
                     pending.1.remove(&id);
                 }
             }
@@ -94,7 +116,7 @@ impl Recorder {
         pending
             .1
             .values()
-            .map(|(_, e)| e)
+            .map(|(_, e, _)| e)
             .filter(|e| e.org == org && keep(e))
             .cloned()
             .collect()

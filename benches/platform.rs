@@ -1,0 +1,535 @@
+//! `cargo bench --bench platform`: the whole platform, end to end through the public gateway on
+//! loopback, for the recipe's handler (examples/tiny):
+//!
+//! - cold start with the app scaled to zero before every request (client-observed p50/p99, and
+//!   the recorded `cold_start_ms` phases);
+//! - warm latency with one client;
+//! - throughput with 1, 16 and 64 clients, beside a bare hyper "hello" server in the same run;
+//! - 100 simultaneous cold starts of 100 different apps;
+//! - memory per idle warm instance, and how many the node holds.
+//!
+//! It starts the real `dodil ignite server` and deploys with the real CLI.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const PAYLOAD: &str = r#"{"message": "hi there"}"#;
+
+fn env_usize(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    gateway: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(dir: &Path, target: &Path) -> Server {
+        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
+            .args([
+                "ignite",
+                "server",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--build-target-dir")
+            .arg(target)
+            .env("DODIL_CONFIG", dir.join("config.toml"))
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("start the server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut api, mut gateway): (Option<String>, Option<SocketAddr>) = (None, None);
+        while api.is_none() || gateway.is_none() {
+            let line = lines.next().expect("server output").unwrap();
+            if let Some(a) = line.strip_prefix("api listening on http://") {
+                api = Some(a.to_string());
+            }
+            if let Some(g) = line.strip_prefix("gateway listening on http://") {
+                gateway = Some(g.parse().unwrap());
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            dir: dir.to_path_buf(),
+            gateway: gateway.unwrap(),
+        }
+    }
+
+    fn dodil(&self, cwd: &Path, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_dodil"))
+            .arg("ignite")
+            .args(args)
+            .current_dir(cwd)
+            .env("DODIL_CONFIG", self.dir.join("config.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dodil ignite {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn deploy(&self, project: &Path, name: &str) {
+        let id = format!("acme-corp:{name}");
+        self.dodil(project, &["app", "create", name, "--runtime", "rust"]);
+        self.dodil(
+            project,
+            &[
+                "draft",
+                "save",
+                &id,
+                "--code",
+                "./",
+                "--runtime",
+                "rust",
+                "--rust-target",
+                "native",
+            ],
+        );
+        self.dodil(project, &["draft", "compile", &id]);
+        self.dodil(project, &["draft", "compile-logs", &id]);
+        self.dodil(project, &["draft", "publish", &id]);
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, host: &str) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client {
+            send,
+            host: host.to_string(),
+        }
+    }
+
+    /// Sends one request; returns the status.
+    async fn call(&mut self) -> u16 {
+        if self.send.ready().await.is_err() {
+            return 0;
+        }
+        let req = Request::post("/")
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(PAYLOAD.as_bytes())))
+            .unwrap();
+        match self.send.send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+            Err(e) => {
+                if std::env::var_os("IGNITE_BENCH_DEBUG").is_some() {
+                    eprintln!("request failed: {e:?}");
+                }
+                0
+            }
+        }
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn fmt(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn ms_pct(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        return 0.0;
+    }
+    values[((values.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Requests per second with `clients` connections for `secs` seconds.
+async fn throughput(addr: SocketAddr, host: &str, clients: usize, secs: f64) -> (f64, usize) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let host = host.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, &host).await;
+            let (mut ok, mut bad) = (0usize, 0usize);
+            while Instant::now() < end {
+                if c.call().await == 200 {
+                    ok += 1
+                } else {
+                    bad += 1
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    let (mut ok, mut bad) = (0, 0);
+    for t in tasks {
+        let (o, b) = t.await.unwrap();
+        ok += o;
+        bad += b;
+    }
+    (ok as f64 / secs, bad)
+}
+
+async fn hello(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(
+        br#"{"message":"hi there","execution_id":"01JBENCH0000000000000000000","function_id":"acme-corp/tiny"}"#,
+    ))))
+}
+
+/// A bare hyper server answering a fixed body, on its own 2-thread runtime like the platform's.
+fn start_hello() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(hello))
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn pss_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = root.join("target/bench/platform");
+    let server = Arc::new(Server::start(&work, &root.join("target/bench/target")));
+    let project = work.join("tiny");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::copy(
+        root.join("examples/tiny/Cargo.toml"),
+        project.join("Cargo.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("examples/tiny/src/lib.rs"),
+        project.join("src/lib.rs"),
+    )
+    .unwrap();
+    eprintln!("deploying examples/tiny …");
+    server.deploy(&project, "tiny");
+    server.dodil(
+        &project,
+        &[
+            "app",
+            "scale",
+            "acme-corp:tiny",
+            "--max-instances",
+            "4",
+            "--queue-depth",
+            "10000",
+        ],
+    );
+    let host = "tiny-acme-corp.ignite.localhost";
+    let gateway = server.gateway;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // Warm latency, one client.
+    let warm_n = env_usize("IGNITE_BENCH_WARM", 5000);
+    let warm = rt.block_on(async {
+        let mut c = Client::connect(gateway, host).await;
+        for _ in 0..500 {
+            c.call().await;
+        }
+        let mut v = Vec::with_capacity(warm_n);
+        for _ in 0..warm_n {
+            let t = Instant::now();
+            assert_eq!(c.call().await, 200);
+            v.push(t.elapsed());
+        }
+        v.sort();
+        v
+    });
+    rows.push((
+        "warm request, 1 client".into(),
+        fmt(pct(&warm, 0.5)),
+        fmt(pct(&warm, 0.99)),
+    ));
+
+    // Throughput against a bare hyper server measured in the same run.
+    let hello_addr = start_hello();
+    let secs = 3.0;
+    let mut tput = Vec::new();
+    for clients in [1, 16, 64] {
+        let (ignite, errors) = rt.block_on(throughput(gateway, host, clients, secs));
+        let (bare, _) = rt.block_on(throughput(hello_addr, host, clients, secs));
+        tput.push((clients, ignite, bare, errors));
+    }
+
+    // Cold: scaled to zero before every request.
+    server.dodil(
+        &project,
+        &["app", "scale", "acme-corp:tiny", "--idle-timeout", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let cold_n = env_usize("IGNITE_BENCH_COLD", 300);
+    let cold = rt.block_on(async {
+        let mut c = Client::connect(gateway, host).await;
+        let mut v = Vec::with_capacity(cold_n);
+        for _ in 0..cold_n {
+            let t = Instant::now();
+            assert_eq!(c.call().await, 200);
+            v.push(t.elapsed());
+            // Let the stopped instance go before the next call.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        v.sort();
+        v
+    });
+    rows.push((
+        "cold request (scaled to zero)".into(),
+        fmt(pct(&cold, 0.5)),
+        fmt(pct(&cold, 0.99)),
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&server.dodil(
+        &project,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:tiny",
+            "--limit",
+            &cold_n.to_string(),
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let phase = |name: &str| -> Vec<f64> {
+        listed["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                let m = &e["metrics"];
+                match name {
+                    "cold_start_ms" | "duration_ms" => m[name].as_f64(),
+                    _ => m["cold_start_phases"][name].as_f64(),
+                }
+            })
+            .collect()
+    };
+    let mut phases = Vec::new();
+    for name in [
+        "cold_start_ms",
+        "fetch_ms",
+        "spawn_ms",
+        "init_ms",
+        "duration_ms",
+    ] {
+        let mut v = phase(name);
+        phases.push((name, ms_pct(&mut v, 0.5), ms_pct(&mut v, 0.99)));
+    }
+
+    // 100 simultaneous cold starts of 100 different apps (one build, then the build cache).
+    let apps = env_usize("IGNITE_BENCH_APPS", 100);
+    eprintln!("deploying {apps} apps …");
+    for i in 0..apps {
+        server.deploy(&project, &format!("many-{i}"));
+    }
+    let (many, many_errors) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        let start = Arc::new(tokio::sync::Barrier::new(apps));
+        for i in 0..apps {
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                let host = format!("many-{i}-acme-corp.ignite.localhost");
+                let mut c = Client::connect(gateway, &host).await;
+                start.wait().await;
+                let t = Instant::now();
+                let status = c.call().await;
+                (t.elapsed(), status)
+            }));
+        }
+        let mut v = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (d, status) = t.await.unwrap();
+            if status != 200 {
+                errors += 1;
+            }
+            v.push(d);
+        }
+        v.sort();
+        (v, errors)
+    });
+    rows.push((
+        format!("{apps} simultaneous cold starts"),
+        fmt(pct(&many, 0.5)),
+        fmt(pct(&many, 0.99)),
+    ));
+
+    // Memory of idle warm instances.
+    let hold = env_usize("IGNITE_BENCH_HOLD", 200);
+    server.dodil(
+        &project,
+        &[
+            "app",
+            "scale",
+            "acme-corp:tiny",
+            "--max-instances",
+            &hold.to_string(),
+            "--reserved-capacity",
+            &hold.to_string(),
+        ],
+    );
+    let exe = {
+        let app: serde_json::Value = serde_json::from_str(
+            &server.dodil(&project, &["app", "get", "acme-corp:tiny", "-o", "json"]),
+        )
+        .unwrap();
+        server.dir.join("data/blobs/sha256").join(
+            app["artifact"]["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:"),
+        )
+    };
+    let started = Instant::now();
+    let pids = loop {
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid: &u32| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
+            })
+            .collect();
+        if pids.len() >= hold || started.elapsed() > Duration::from_secs(60) {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mem: Vec<(u64, u64)> = pids.iter().filter_map(|p| pss_kib(*p)).collect();
+    let rss = mem.iter().map(|m| m.0).sum::<u64>() as f64 / mem.len().max(1) as f64;
+    let pss = mem.iter().map(|m| m.1).sum::<u64>() as f64 / mem.len().max(1) as f64;
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+
+    println!();
+    println!("ignite platform benchmark — examples/tiny through the public gateway on loopback");
+    println!("| measurement                         | p50        | p99        |");
+    println!("|-------------------------------------|------------|------------|");
+    for (name, p50, p99) in &rows {
+        println!("| {name:<35} | {p50:>10} | {p99:>10} |");
+    }
+    println!("({many_errors} errors among the {apps} simultaneous cold starts)");
+    println!();
+    println!("recorded phases of the {cold_n} cold requests (ms):");
+    println!("| phase          | p50     | p99     |");
+    println!("|----------------|---------|---------|");
+    for (name, p50, p99) in &phases {
+        println!("| {name:<14} | {p50:>7.3} | {p99:>7.3} |");
+    }
+    println!();
+    println!("| clients | ignite req/s | bare hyper req/s | ratio | errors |");
+    println!("|---------|--------------|------------------|-------|--------|");
+    for (clients, ignite, bare, errors) in &tput {
+        println!(
+            "| {clients:>7} | {ignite:>12.0} | {bare:>16.0} | {:>4.0}% | {errors:>6} |",
+            100.0 * ignite / bare
+        );
+    }
+    println!();
+    println!(
+        "idle warm instances held: {} · RSS {:.0} KiB each · PSS {:.0} KiB each · at that PSS the {:.1} GiB available would hold ≈{:.0}",
+        mem.len(),
+        rss,
+        pss,
+        available_kib / 1048576.0,
+        available_kib / pss.max(1.0)
+    );
+    drop(server);
+}
