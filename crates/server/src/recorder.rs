@@ -14,6 +14,9 @@ use crate::store::{self, Db, Execution};
 /// version was handed to the writer, and the last sequence number handed out.
 type Pending = (u64, HashMap<String, (u64, Execution, bool)>);
 
+/// How long the writer waits for more records before writing a batch.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub struct Recorder {
     tx: mpsc::UnboundedSender<(u64, Execution)>,
     /// Records not yet written, with the sequence number of their latest version.
@@ -81,8 +84,19 @@ impl Recorder {
 
     /// Writes records until every sender is gone (the server is stopping), then returns.
     pub async fn run(&self, db: Db, mut rx: mpsc::UnboundedReceiver<(u64, Execution)>) {
-        let mut batch = Vec::with_capacity(256);
-        while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut batch = Vec::with_capacity(1024);
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            // Gather what arrives in the next few milliseconds too: one transaction for many
+            // records instead of one (and three round trips to SQLite's thread) per request.
+            let window = tokio::time::sleep(BATCH_WINDOW);
+            tokio::pin!(window);
+            while batch.len() < 1024 {
+                let room = 1024 - batch.len();
+                tokio::select! {
+                    _ = &mut window => break,
+                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                }
+            }
             // Keep the latest version of each execution in this batch.
             let mut latest: HashMap<String, (u64, Execution)> = HashMap::new();
             for (seq, e) in batch.drain(..) {

@@ -554,41 +554,47 @@ pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
 
 // ---- executions ----
 
-/// Writes executions (new or updated) in one transaction.
+/// Writes executions (new or updated): one multi-row statement per chunk, in one transaction.
 pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()> {
+    // 18 bound values a row; SQLite allows 32 766 in one statement.
+    const ROWS: usize = 500;
     let mut tx = begin_write(db).await?;
-    for e in batch {
-        sqlx::query(
-            "INSERT INTO executions (id, org, app, version, status, trigger, started_at, finished_at, \
-             cold_start_ms, init_ms, duration_ms, billed_duration_ms, response_status, error, logs, \
-             queue_ms, fetch_ms, spawn_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
-             cold_start_ms = excluded.cold_start_ms, init_ms = excluded.init_ms, \
-             duration_ms = excluded.duration_ms, billed_duration_ms = excluded.billed_duration_ms, \
-             response_status = excluded.response_status, error = excluded.error, logs = excluded.logs, \
-             queue_ms = excluded.queue_ms, fetch_ms = excluded.fetch_ms, spawn_ms = excluded.spawn_ms",
-        )
-        .bind(&e.id)
-        .bind(&e.org)
-        .bind(&e.app)
-        .bind(e.version)
-        .bind(&e.status)
-        .bind(&e.trigger)
-        .bind(e.started_at)
-        .bind(e.finished_at)
-        .bind(e.cold_start_ms)
-        .bind(e.init_ms)
-        .bind(e.duration_ms)
-        .bind(e.billed_duration_ms)
-        .bind(e.response_status)
-        .bind(&e.error)
-        .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
-        .bind(e.queue_ms)
-        .bind(e.fetch_ms)
-        .bind(e.spawn_ms)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in batch.chunks(ROWS) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO executions (id, org, app, version, status, trigger, started_at, \
+             finished_at, cold_start_ms, init_ms, duration_ms, billed_duration_ms, \
+             response_status, error, logs, queue_ms, fetch_ms, spawn_ms) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.id)
+                .push_bind(&e.org)
+                .push_bind(&e.app)
+                .push_bind(e.version)
+                .push_bind(&e.status)
+                .push_bind(&e.trigger)
+                .push_bind(e.started_at)
+                .push_bind(e.finished_at)
+                .push_bind(e.cold_start_ms)
+                .push_bind(e.init_ms)
+                .push_bind(e.duration_ms)
+                .push_bind(e.billed_duration_ms)
+                .push_bind(e.response_status)
+                .push_bind(&e.error)
+                .push_bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
+                .push_bind(e.queue_ms)
+                .push_bind(e.fetch_ms)
+                .push_bind(e.spawn_ms);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+             finished_at = excluded.finished_at, cold_start_ms = excluded.cold_start_ms, \
+             init_ms = excluded.init_ms, duration_ms = excluded.duration_ms, \
+             billed_duration_ms = excluded.billed_duration_ms, \
+             response_status = excluded.response_status, error = excluded.error, \
+             logs = excluded.logs, queue_ms = excluded.queue_ms, fetch_ms = excluded.fetch_ms, \
+             spawn_ms = excluded.spawn_ms",
+        );
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await
 }
