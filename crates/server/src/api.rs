@@ -141,25 +141,6 @@ fn env_map(env: &[(String, String)]) -> BTreeMap<String, String> {
     env.iter().cloned().collect()
 }
 
-pub fn version_view(v: &store::Version) -> api::Version {
-    api::Version {
-        version: v.version,
-        runtime: v.runtime.clone(),
-        rust_target: v.rust_target.clone(),
-        toolchain: v.toolchain.clone(),
-        source_digest: v.source_digest.clone(),
-        source_kind: v.source_kind.clone(),
-        compile_status: v.compile_status.clone(),
-        compile_error: v.compile_error.clone(),
-        build_id: v.build_id.clone(),
-        artifact_digest: v.artifact_digest.clone(),
-        artifact_size: v.artifact_size,
-        artifact_target: v.artifact_target.clone(),
-        env: env_map(&v.env),
-        created_at: v.created_at,
-    }
-}
-
 fn app_view(
     state: &State,
     app: &App,
@@ -179,7 +160,7 @@ fn app_view(
             vec![]
         },
         env: env_map(&app.env),
-        draft: draft.map(version_view),
+        draft: draft.cloned(),
         artifact: active.map(|v| api::Artifact {
             digest: v.artifact_digest.clone(),
             size: v.artifact_size,
@@ -421,7 +402,7 @@ async fn save_draft(
     Ok(Json(api::DraftSaved {
         id: format!("{org}:{name}"),
         version: 0,
-        draft: draft.as_ref().map(version_view),
+        draft,
     }))
 }
 
@@ -655,7 +636,7 @@ async fn list_versions(
     let versions = store::list_versions(&state.db, &org, &name).await?;
     Ok(Json(api::VersionList {
         active_version: app.active_version,
-        versions: versions.iter().map(version_view).collect(),
+        versions,
     }))
 }
 
@@ -833,7 +814,11 @@ pub async fn execute(state: &State, route: &Route, req: HttpRequest, trigger: &s
         .invoke(Invocation {
             execution_id: id.clone(),
             function_id: format!("{org}/{name}"),
-            env: version.env.clone(),
+            env: version
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             deadline: Some(deadline),
             method: req.method,
             path: req.path,

@@ -177,7 +177,11 @@ impl Node {
         let pool = pools.entry(key.clone()).or_insert_with(|| {
             let digest = version.artifact_digest.clone().unwrap_or_default();
             let mut spawn = SpawnConfig::new(state.oci.blob_path(&digest));
-            spawn.env = version.env.clone();
+            spawn.env = version
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             Arc::new(Pool {
                 key,
                 spawn,

@@ -51,23 +51,8 @@ pub struct App {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Version {
-    pub version: i64,
-    pub runtime: String,
-    pub rust_target: Option<String>,
-    pub toolchain: Option<String>,
-    pub source_digest: Option<String>,
-    pub source_kind: Option<String>,
-    pub compile_status: String,
-    pub compile_error: Option<String>,
-    pub build_id: Option<String>,
-    pub artifact_digest: Option<String>,
-    pub artifact_size: Option<i64>,
-    pub artifact_target: Option<String>,
-    pub env: Vec<(String, String)>,
-    pub created_at: i64,
-}
+/// A version as the API shows it; the store reads it straight into the API's type.
+pub type Version = ignite_api::Version;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Execution {
@@ -122,7 +107,7 @@ fn version_of(row: &sqlx::sqlite::SqliteRow) -> Version {
         artifact_digest: row.get("artifact_digest"),
         artifact_size: row.get("artifact_size"),
         artifact_target: row.get("artifact_target"),
-        env: env_of(row.get::<&str, _>("env")),
+        env: env_of(row.get::<&str, _>("env")).into_iter().collect(),
         created_at: row.get("created_at"),
     }
 }
