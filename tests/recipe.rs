@@ -828,7 +828,7 @@ fn nothing_is_lost_on_restart() {
         .unwrap()
         .to_string();
 
-    drop(server);
+    server.stop();
     let server = start_server(&dir);
     // Port 0 gave the restarted server a new port; the token in the config still holds.
     ok(

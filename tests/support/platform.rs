@@ -17,6 +17,27 @@ pub struct Server {
     pub gateway: String,
 }
 
+impl Server {
+    /// Stops the server the way an operator does (SIGTERM) and waits for it to exit: in-flight
+    /// requests finish and every execution record is written.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "the server exited with {status} on SIGTERM"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the server did not stop within 20 s of SIGTERM");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // The server and every handler instance it started share a process group: stop them all.
