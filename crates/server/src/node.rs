@@ -71,8 +71,13 @@ pub struct Lease {
     pool: Arc<Pool>,
 }
 
+/// An instance idle for less than this is handed out without asking the kernel whether it still
+/// runs (a `wait4` per request); older ones are checked, and the reconcile loop sweeps the rest.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(50);
+
 enum Grant {
-    Warm(Box<Instance>),
+    /// An instance, and whether it must be checked for having died while it waited.
+    Warm(Box<Instance>, bool),
     /// A slot was freed for the waiter: it starts its own instance.
     Spawn,
 }
@@ -212,7 +217,8 @@ impl Node {
             let next = {
                 let mut st = pool.lock();
                 if let Some(idle) = st.idle.pop() {
-                    Next::Have(Grant::Warm(Box::new(idle.instance)))
+                    let stale = idle.since.elapsed() >= RECHECK_IDLE_AFTER;
+                    Next::Have(Grant::Warm(Box::new(idle.instance), stale))
                 } else if st.total < scaling.max_instances {
                     st.total += 1;
                     Next::Have(Grant::Spawn)
@@ -241,9 +247,9 @@ impl Node {
             };
             let queued = started.elapsed();
             match grant {
-                Grant::Warm(instance) => {
+                Grant::Warm(instance, stale) => {
                     let mut instance = *instance;
-                    if instance.has_exited() {
+                    if stale && instance.has_exited() {
                         // It died while idle (killed from outside): free its slot and retry.
                         self.release_slot(&pool);
                         continue;
@@ -275,10 +281,9 @@ impl Node {
 
     /// Returns an instance after its request: to a waiter, to the idle list, or to its end.
     pub fn release(&self, lease: Lease) {
-        let Lease {
-            mut instance, pool, ..
-        } = lease;
-        if instance.has_exited() || !instance.is_alive() {
+        let Lease { instance, pool, .. } = lease;
+        // A request's outcome tells whether its instance survived; no need to ask the kernel.
+        if !instance.is_alive() {
             tokio::spawn(instance.shutdown(GRACE));
             self.release_slot(&pool);
             return;
@@ -293,9 +298,9 @@ impl Node {
         }
         let mut instance = Box::new(instance);
         while let Some(waiter) = st.waiters.pop_front() {
-            match waiter.send(Grant::Warm(instance)) {
+            match waiter.send(Grant::Warm(instance, false)) {
                 Ok(()) => return,
-                Err(Grant::Warm(back)) => instance = back,
+                Err(Grant::Warm(back, _)) => instance = back,
                 Err(Grant::Spawn) => unreachable!("a warm grant comes back warm"),
             }
         }
@@ -435,8 +440,8 @@ impl Node {
                             let mut st = pool.lock();
                             if let Some(w) = st.waiters.pop_front() {
                                 // Give it to a waiter; if it left, keep it idle.
-                                if let Err(Grant::Warm(back)) =
-                                    w.send(Grant::Warm(Box::new(instance)))
+                                if let Err(Grant::Warm(back, _)) =
+                                    w.send(Grant::Warm(Box::new(instance), false))
                                 {
                                     st.idle.push(Idle {
                                         instance: *back,
