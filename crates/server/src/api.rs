@@ -1109,7 +1109,11 @@ async fn create_token(
     Json(body): Json<api::CreateToken>,
 ) -> ApiResult<(StatusCode, Json<api::TokenCreated>)> {
     let org = org_of(&state.db, &headers).await?;
-    let (id, secret, token) = crate::auth::mint_token();
+    let (id, secret, token) = crate::auth::mint_token().map_err(|e| {
+        ApiError::internal(format!(
+            "cannot mint a token: the OS random source failed: {e}"
+        ))
+    })?;
     store::insert_token(
         &state.db,
         &id,

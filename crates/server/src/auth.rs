@@ -8,18 +8,18 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::store::{self, Db};
 
-fn random_hex(bytes: usize) -> String {
+fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the OS random source failed");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A new token: `(id, secret, token)`.
-pub fn mint_token() -> (String, String, String) {
-    let id = random_hex(6);
-    let secret = random_hex(24);
+/// A new token: `(id, secret, token)`. Fails only if the OS has no randomness to give.
+pub fn mint_token() -> Result<(String, String, String), getrandom::Error> {
+    let id = random_hex(6)?;
+    let secret = random_hex(24)?;
     let token = format!("ign_{id}_{secret}");
-    (id, secret, token)
+    Ok((id, secret, token))
 }
 
 pub fn hash_secret(secret: &str) -> String {

@@ -93,7 +93,8 @@ pub async fn run(
         None
     } else {
         store::create_org(&db, &config.org).await?;
-        let (id, secret, token) = mint_token();
+        let (id, secret, token) =
+            mint_token().map_err(|e| anyhow::anyhow!("cannot mint the admin token: {e}"))?;
         store::insert_token(&db, &id, &config.org, "admin", &hash_secret(&secret)).await?;
         Some(token)
     };
