@@ -328,6 +328,30 @@ fn orgs_cannot_see_each_other_and_tokens_are_required() {
     // Another org's id answers as if the app did not exist.
     let err = fails(&a, p, &["app", "get", "other-org:secret"]);
     assert!(err.contains("app other-org:secret not found"), "{err}");
+    // A malformed body gets the same error shape as everything else, saying what is wrong.
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let token = config
+        .lines()
+        .find_map(|l| l.strip_prefix("token = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let mut sock = TcpStream::connect(&a.api).unwrap();
+    let body = "{not json";
+    write!(sock, "POST /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let answer = json(raw.split_once("\r\n\r\n").unwrap().1);
+    assert_eq!(answer["error"]["code"], "invalid_argument", "{raw}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the JSON this endpoint takes"),
+        "{raw}"
+    );
+
     // A revoked token stops working.
     let created = json(&ok(&a, p, &["token", "create", "ci", "-o", "json"]));
     let token = created["token"].as_str().unwrap().to_string();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::extract::{DefaultBodyLimit, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::State;
 use crate::auth::org_of;
 use crate::builds;
+use crate::error::extract::{JsonBody, Path, Query, RawBody};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::app_label;
 use crate::node::{AcquireError, Route};
@@ -182,7 +183,7 @@ fn app_view(
 async fn create_app(
     AxState(state): S,
     headers: HeaderMap,
-    Json(body): Json<api::CreateApp>,
+    JsonBody(body): JsonBody<api::CreateApp>,
 ) -> ApiResult<(StatusCode, Json<api::App>)> {
     let org = org_of(&state.db, &headers).await?;
     if !valid_name(&body.name) {
@@ -284,7 +285,7 @@ async fn set_env(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Json(body): Json<api::SetEnv>,
+    JsonBody(body): JsonBody<api::SetEnv>,
 ) -> ApiResult<Json<api::EnvSet>> {
     owned_app(&state, &headers, &org, &name).await?;
     for key in body.env.keys() {
@@ -312,7 +313,7 @@ async fn set_scaling(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Json(body): Json<api::ScalingUpdate>,
+    JsonBody(body): JsonBody<api::ScalingUpdate>,
 ) -> ApiResult<Json<api::ScalingConfig>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let scaling = body.apply(&app.scaling);
@@ -337,7 +338,7 @@ async fn save_draft(
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
     Query(q): Query<api::SaveDraftParams>,
-    body: Bytes,
+    body: RawBody,
 ) -> ApiResult<Json<api::DraftSaved>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
@@ -651,7 +652,7 @@ async fn rollback(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    Json(body): Json<api::Rollback>,
+    JsonBody(body): JsonBody<api::Rollback>,
 ) -> ApiResult<Json<api::RolledBack>> {
     owned_app(&state, &headers, &org, &name).await?;
     if body.version < 1 {
@@ -970,7 +971,7 @@ async fn invoke(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RawBody,
 ) -> ApiResult<Response> {
     owned_app(&state, &headers, &org, &name).await?;
     let route = state
@@ -1106,7 +1107,7 @@ async fn list_executions(
 async fn create_token(
     AxState(state): S,
     headers: HeaderMap,
-    Json(body): Json<api::CreateToken>,
+    JsonBody(body): JsonBody<api::CreateToken>,
 ) -> ApiResult<(StatusCode, Json<api::TokenCreated>)> {
     let org = org_of(&state.db, &headers).await?;
     let (id, secret, token) = crate::auth::mint_token().map_err(|e| {

@@ -52,3 +52,86 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// Extractors whose rejections are [`ApiError`]s: a malformed body, query or path answers in the
+/// same `{"error": {...}}` shape as every other error, saying what was wrong.
+pub mod extract {
+    use axum::extract::FromRequest;
+    use axum::extract::FromRequestParts;
+    use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+    use axum::http::StatusCode;
+
+    use super::ApiError;
+
+    #[derive(FromRequest)]
+    #[from_request(via(axum::Json), rejection(ApiError))]
+    pub struct JsonBody<T>(pub T);
+
+    #[derive(FromRequestParts)]
+    #[from_request(via(axum::extract::Query), rejection(ApiError))]
+    pub struct Query<T>(pub T);
+
+    #[derive(FromRequestParts)]
+    #[from_request(via(axum::extract::Path), rejection(ApiError))]
+    pub struct Path<T>(pub T);
+
+    /// The raw body.
+    pub struct RawBody(pub axum::body::Bytes);
+
+    impl<S: Send + Sync> FromRequest<S> for RawBody {
+        type Rejection = ApiError;
+
+        async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+            axum::body::Bytes::from_request(req, state)
+                .await
+                .map(RawBody)
+                .map_err(ApiError::from)
+        }
+    }
+
+    impl std::ops::Deref for RawBody {
+        type Target = axum::body::Bytes;
+
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
+    }
+
+    impl From<JsonRejection> for ApiError {
+        fn from(e: JsonRejection) -> Self {
+            ApiError::bad_request(format!(
+                "the request body is not the JSON this endpoint takes: {}",
+                e.body_text()
+            ))
+        }
+    }
+
+    impl From<QueryRejection> for ApiError {
+        fn from(e: QueryRejection) -> Self {
+            ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
+        }
+    }
+
+    impl From<PathRejection> for ApiError {
+        fn from(e: PathRejection) -> Self {
+            ApiError::bad_request(format!("invalid path: {}", e.body_text()))
+        }
+    }
+
+    impl From<BytesRejection> for ApiError {
+        fn from(e: BytesRejection) -> Self {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the upload is over the 32 MiB limit; leave target/ and other build output out of --code",
+                )
+            } else {
+                ApiError::bad_request(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                ))
+            }
+        }
+    }
+}
