@@ -453,3 +453,51 @@ fn a_burst_ends_with_exactly_one_record_per_request() {
     );
     assert!(m.contains("ignite_cold_starts_total"), "{m}");
 }
+
+#[test]
+fn a_caller_that_hangs_up_leaks_no_instance_and_no_running_record() {
+    let dir = scratch("hangup");
+    let server = start_server(&dir);
+    let p = project(&dir, "hangup", &handler("v1"));
+    deploy(&server, &p, "acme-corp:hangup", "./");
+    ok(
+        &server,
+        &p,
+        &["app", "scale", "acme-corp:hangup", "--max-instances", "1"],
+    );
+
+    // A caller sends a slow request and hangs up at once.
+    {
+        use std::io::Write;
+        let body = r#"{"sleep_ms": 800}"#;
+        let mut s = std::net::TcpStream::connect(&server.gateway).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            host("hangup"),
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The only instance comes back to the pool: the next caller is served.
+    let (status, _, body) = call(&server, "hangup", "{}");
+    assert_eq!(status, 200, "{body}");
+    // And the abandoned request still ended with its record.
+    wait_until(Duration::from_secs(10), "two finished executions", || {
+        let list = json(&ok(
+            &server,
+            &p,
+            &[
+                "execution",
+                "list",
+                "--app",
+                "acme-corp:hangup",
+                "-o",
+                "json",
+            ],
+        ));
+        let all = list["executions"].as_array().unwrap();
+        all.len() == 2 && all.iter().all(|e| e["status"] == "succeeded")
+    });
+}

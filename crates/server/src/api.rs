@@ -700,7 +700,25 @@ pub struct HttpRequest {
 
 /// Runs one request on the app's active version and records its execution. The response is the
 /// handler's, or an error response that says what happened.
-pub async fn execute(state: &State, route: &Route, req: HttpRequest, trigger: &str) -> Response {
+///
+/// The work runs in a task of its own: a caller that goes away mid-request (a closed connection
+/// drops the HTTP handler's future) must neither leak the instance it holds nor leave its
+/// execution `running`.
+pub async fn execute(
+    state: Arc<State>,
+    route: Arc<Route>,
+    req: HttpRequest,
+    trigger: &'static str,
+) -> Response {
+    let task = tokio::spawn(async move { run_execution(&state, &route, req, trigger).await });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => ApiError::internal(format!("the invocation failed inside the platform: {e}"))
+            .into_response(),
+    }
+}
+
+async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: &str) -> Response {
     let app = &route.app;
     let (org, name) = (app.org.as_str(), app.name.as_str());
     let Some(version) = route.version.as_ref() else {
@@ -996,7 +1014,7 @@ async fn invoke(
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.to_vec(),
     };
-    Ok(execute(&state, &route, req, "api").await)
+    Ok(execute(state, route, req, "api").await)
 }
 
 /// One execution: status, metrics and logs.

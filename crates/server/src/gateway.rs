@@ -77,5 +77,5 @@ async fn serve(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
         headers,
         body: body.to_vec(),
     };
-    execute(&state, &route, http, "http").await
+    execute(state, route, http, "http").await
 }
