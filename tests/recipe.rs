@@ -180,21 +180,7 @@ fn the_recipe_word_for_word() {
         lib.replace("Hello from Rust!", "Hello again!"),
     )
     .unwrap();
-    ok(
-        &server,
-        p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:tiny",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, p, "acme-corp:tiny", "./");
     ok(&server, p, &["draft", "compile", "acme-corp:tiny"]);
     ok(&server, p, &["draft", "compile-logs", "acme-corp:tiny"]);
     ok(&server, p, &["draft", "publish", "acme-corp:tiny"]);
@@ -220,21 +206,7 @@ fn the_recipe_word_for_word() {
     );
 
     // Compiling the very same source again reuses the earlier binary instead of running cargo.
-    ok(
-        &server,
-        p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:tiny",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, p, "acme-corp:tiny", "./");
     ok(&server, p, &["draft", "compile", "acme-corp:tiny"]);
     let logs = ok(&server, p, &["draft", "compile-logs", "acme-corp:tiny"]);
     assert!(
@@ -270,21 +242,7 @@ fn a_compile_error_shows_rustcs_message_and_blocks_publish() {
         p,
         &["app", "create", "broken", "--runtime", "rust"],
     );
-    ok(
-        &server,
-        p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:broken",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, p, "acme-corp:broken", "./");
     ok(&server, p, &["draft", "compile", "acme-corp:broken"]);
     let out = dodil(&server, p, &["draft", "compile-logs", "acme-corp:broken"]);
     assert!(!out.status.success());
@@ -551,21 +509,7 @@ fn a_compile_past_its_budget_is_stopped_and_says_so() {
         &p,
         &["app", "create", "slowbuild", "--runtime", "rust"],
     );
-    ok(
-        &server,
-        &p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:slowbuild",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, &p, "acme-corp:slowbuild", "./");
     ok(&server, &p, &["draft", "compile", "acme-corp:slowbuild"]);
     let out = dodil(
         &server,
@@ -685,21 +629,7 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
     );
     assert!(err.contains("--image-ref"), "{err}");
 
-    ok(
-        &server,
-        &dir,
-        &[
-            "draft",
-            "save",
-            "acme-corp:zipped",
-            "--code",
-            zip_arg,
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, &dir, "acme-corp:zipped", zip_arg);
     ok(&server, &dir, &["draft", "compile", "acme-corp:zipped"]);
     ok(
         &server,
@@ -770,21 +700,7 @@ fn the_recipes_gotchas_and_a_hostile_archive() {
     assert!(err.contains("--rust-target is required for Rust"), "{err}");
     assert!(err.contains("--rust-target native"), "{err}");
 
-    ok(
-        &server,
-        p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:tiny",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, p, "acme-corp:tiny", "./");
     // Gotcha: publishing an uncompiled Rust draft.
     let err = fails(&server, p, &["draft", "publish", "acme-corp:tiny"]);
     assert!(err.contains("isn't compiled"), "{err}");

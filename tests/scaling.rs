@@ -106,21 +106,7 @@ fn reserved_capacity_is_warm_before_the_first_call_and_replaced_when_killed() {
         &p,
         &["app", "create", "steady", "--runtime", "rust"],
     );
-    ok(
-        &server,
-        &p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:steady",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, &p, "acme-corp:steady", "./");
     ok(&server, &p, &["draft", "compile", "acme-corp:steady"]);
     ok(&server, &p, &["draft", "compile-logs", "acme-corp:steady"]);
     // Scaling is set before the first publish; --idle-timeout 1 shows reserved ones are exempt.
@@ -344,21 +330,7 @@ fn a_publish_during_traffic_fails_no_request_and_drains_the_old_version() {
     };
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(p.join("src/lib.rs"), handler("v2")).unwrap();
-    ok(
-        &server,
-        &p,
-        &[
-            "draft",
-            "save",
-            "acme-corp:rolling",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
+    save_native(&server, &p, "acme-corp:rolling", "./");
     ok(&server, &p, &["draft", "compile", "acme-corp:rolling"]);
     ok(&server, &p, &["draft", "compile-logs", "acme-corp:rolling"]);
     ok(&server, &p, &["draft", "publish", "acme-corp:rolling"]);

@@ -202,12 +202,11 @@ pub fn project(dir: &Path, name: &str, lib_rs: &str) -> PathBuf {
     root
 }
 
-pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
-    let name = id.split(':').nth(1).unwrap();
-    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+/// `draft save <id> --code <code> --runtime rust --rust-target native`.
+pub fn save_native(server: &Server, cwd: &Path, id: &str, code: &str) {
     ok(
         server,
-        p,
+        cwd,
         &[
             "draft",
             "save",
@@ -220,6 +219,12 @@ pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
             "native",
         ],
     );
+}
+
+pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
+    let name = id.split(':').nth(1).unwrap();
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    save_native(server, p, id, code);
     ok(server, p, &["draft", "compile", id]);
     ok(server, p, &["draft", "compile-logs", id]);
     ok(server, p, &["draft", "publish", id]);
