@@ -772,42 +772,32 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             return response;
         }
         Err(AcquireError::Deadline { waited }) => {
-            let msg = format!(
+            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
+            let message = format!(
                 "no instance of {org}:{name} became free within the {}s deadline (waited {:.0} ms; \
                  all {} instances were busy)",
                 app.scaling.timeout_s,
                 waited.as_secs_f64() * 1e3,
                 app.scaling.max_instances
             );
-            record.status = "timeout".into();
-            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
-            return finish(
-                state,
-                record,
-                started,
-                None,
+            let failure = Failure::new(
+                "timeout",
                 StatusCode::GATEWAY_TIMEOUT,
-                error_body(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "deadline_exceeded",
-                    msg.clone(),
-                ),
-                Some(msg),
+                "deadline_exceeded",
+                message,
             );
+            return finish(state, record, started, None, Err(failure));
         }
         Err(AcquireError::Spawn(e)) => {
-            let msg = format!("the instance did not start: {e}");
-            record.status = "crashed".into();
             record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
-            return finish(
-                state,
-                record,
-                started,
-                None,
+            let message = format!("the instance did not start: {e}");
+            let failure = Failure::new(
+                "crashed",
                 StatusCode::BAD_GATEWAY,
-                error_body(StatusCode::BAD_GATEWAY, "handler_crashed", msg.clone()),
-                Some(msg),
+                "handler_crashed",
+                message,
             );
+            return finish(state, record, started, None, Err(failure));
         }
     };
     record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
@@ -861,13 +851,12 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         .get_or_create(&label)
         .observe(reply.duration.as_secs_f64());
     let duration = Some(reply.duration);
-    let (status, response, error) = match reply.outcome {
+    let answer = match reply.outcome {
         Outcome::Response {
             status,
             headers,
             body,
         } => {
-            record.status = "succeeded".into();
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             let mut resp = Response::builder().status(code);
             for (k, v) in headers {
@@ -876,78 +865,88 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             let resp = resp
                 .body(Body::from(body))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
-            (code, resp, None)
+            Ok((code, resp))
         }
         Outcome::HandlerError { status, message } => {
-            record.status = "failed".into();
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (
-                code,
-                error_body(code, "handler_error", message.clone()),
-                Some(message),
-            )
+            Err(Failure::new("failed", code, "handler_error", message))
         }
-        Outcome::Panicked { message } => {
-            record.status = "failed".into();
-            let code = StatusCode::INTERNAL_SERVER_ERROR;
-            (
-                code,
-                error_body(code, "handler_panicked", message.clone()),
-                Some(message),
-            )
-        }
-        Outcome::TimedOut { after } => {
-            let msg = format!(
+        Outcome::Panicked { message } => Err(Failure::new(
+            "failed",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handler_panicked",
+            message,
+        )),
+        Outcome::TimedOut { after } => Err(Failure::new(
+            "timeout",
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!(
                 "the handler did not answer within its {}s deadline and was stopped (after {:.0} ms)",
                 app.scaling.timeout_s,
                 after.as_secs_f64() * 1e3
-            );
-            record.status = "timeout".into();
-            let code = StatusCode::GATEWAY_TIMEOUT;
-            (
-                code,
-                error_body(code, "deadline_exceeded", msg.clone()),
-                Some(msg),
-            )
-        }
-        Outcome::Crashed { exit } => {
-            let msg = format!("the handler crashed ({exit})");
-            record.status = "crashed".into();
-            let code = StatusCode::BAD_GATEWAY;
-            (
-                code,
-                error_body(code, "handler_crashed", msg.clone()),
-                Some(msg),
-            )
-        }
-        Outcome::FramingError { message } => {
-            record.status = "crashed".into();
-            let code = StatusCode::BAD_GATEWAY;
-            (
-                code,
-                error_body(code, "framing_error", message.clone()),
-                Some(message),
-            )
-        }
+            ),
+        )),
+        Outcome::Crashed { exit } => Err(Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            format!("the handler crashed ({exit})"),
+        )),
+        Outcome::FramingError { message } => Err(Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "framing_error",
+            message,
+        )),
     };
-    finish(state, record, started, duration, status, response, error)
+    finish(state, record, started, duration, answer)
 }
 
-/// Completes an execution record, hands it to the recorder and stamps the response.
+/// How an execution failed: its recorded status, and the error response the caller gets.
+struct Failure {
+    status: &'static str,
+    code: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: &'static str, code: StatusCode, kind: &'static str, message: String) -> Self {
+        Failure {
+            status,
+            code,
+            kind,
+            message,
+        }
+    }
+}
+
+/// Completes an execution record from its answer (or failure), hands it to the recorder and
+/// stamps the response with the execution id.
 fn finish(
     state: &State,
     mut record: Execution,
     started: Instant,
     duration: Option<Duration>,
-    status: StatusCode,
-    mut response: Response,
-    error: Option<String>,
+    answer: Result<(StatusCode, Response), Failure>,
 ) -> Response {
+    let (status, mut response) = match answer {
+        Ok((code, response)) => {
+            record.status = "succeeded".into();
+            (code, response)
+        }
+        Err(f) => {
+            record.status = f.status.into();
+            let response = ApiError::new(f.code, f.kind, f.message.clone()).into_response();
+            record.error = Some(f.message);
+            (f.code, response)
+        }
+    };
     let label = app_label(&record.org, &record.app);
     let duration_ms = duration.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     record.duration_ms = Some(duration_ms);
     record.finished_at = Some(store::now_ms());
-    record.error = error;
     record.response_status = Some(i64::from(status.as_u16()));
     let billed = duration_ms + record.init_ms.unwrap_or(0.0);
     record.billed_duration_ms = Some(billed.ceil().max(1.0) as i64);
@@ -965,10 +964,6 @@ fn finish(
         response.headers_mut().insert("x-ignite-execution-id", v);
     }
     response
-}
-
-fn error_body(status: StatusCode, code: &'static str, message: String) -> Response {
-    ApiError::new(status, code, message).into_response()
 }
 
 /// Call the app's active version with a JSON payload. The answer is the handler's own (status,
