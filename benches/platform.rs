@@ -8,13 +8,15 @@
 //! - 100 simultaneous cold starts of 100 different apps;
 //! - memory per idle warm instance, and how many the node holds.
 //!
-//! It starts the real `dodil ignite server` and deploys with the real CLI.
+//! It starts the real `dodil ignite server` and deploys with the real CLI, with the same helpers
+//! as the end-to-end tests.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,102 +35,7 @@ fn env_usize(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    gateway: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(dir: &Path, target: &Path) -> Server {
-        use std::os::unix::process::CommandExt;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
-            .args([
-                "ignite",
-                "server",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--gateway-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--build-target-dir")
-            .arg(target)
-            .env("DODIL_CONFIG", dir.join("config.toml"))
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("start the server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut api, mut gateway): (Option<String>, Option<SocketAddr>) = (None, None);
-        while api.is_none() || gateway.is_none() {
-            let line = lines.next().expect("server output").unwrap();
-            if let Some(a) = line.strip_prefix("api listening on http://") {
-                api = Some(a.to_string());
-            }
-            if let Some(g) = line.strip_prefix("gateway listening on http://") {
-                gateway = Some(g.parse().unwrap());
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            dir: dir.to_path_buf(),
-            gateway: gateway.unwrap(),
-        }
-    }
-
-    fn dodil(&self, cwd: &Path, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_dodil"))
-            .arg("ignite")
-            .args(args)
-            .current_dir(cwd)
-            .env("DODIL_CONFIG", self.dir.join("config.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "dodil ignite {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn deploy(&self, project: &Path, name: &str) {
-        let id = format!("acme-corp:{name}");
-        self.dodil(project, &["app", "create", name, "--runtime", "rust"]);
-        self.dodil(
-            project,
-            &[
-                "draft",
-                "save",
-                &id,
-                "--code",
-                "./",
-                "--runtime",
-                "rust",
-                "--rust-target",
-                "native",
-            ],
-        );
-        self.dodil(project, &["draft", "compile", &id]);
-        self.dodil(project, &["draft", "compile-logs", &id]);
-        self.dodil(project, &["draft", "publish", &id]);
-    }
-}
+use support::platform::{artifact_of, deploy, ok, pids_running, scratch, start_server};
 
 /// One keep-alive HTTP/1.1 connection.
 struct Client {
@@ -272,8 +179,8 @@ fn pss_kib(pid: u32) -> Option<(u64, u64)> {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = root.join("target/bench/platform");
-    let server = Arc::new(Server::start(&work, &root.join("target/bench/target")));
+    let work = scratch("bench-platform");
+    let server = start_server(&work);
     let project = work.join("tiny");
     std::fs::create_dir_all(project.join("src")).unwrap();
     std::fs::copy(
@@ -287,8 +194,9 @@ fn main() {
     )
     .unwrap();
     eprintln!("deploying examples/tiny …");
-    server.deploy(&project, "tiny");
-    server.dodil(
+    deploy(&server, &project, "acme-corp:tiny", "./");
+    ok(
+        &server,
         &project,
         &[
             "app",
@@ -301,7 +209,7 @@ fn main() {
         ],
     );
     let host = "tiny-acme-corp.ignite.localhost";
-    let gateway = server.gateway;
+    let gateway: SocketAddr = server.gateway.parse().expect("the gateway address");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -343,7 +251,8 @@ fn main() {
     }
 
     // Cold: scaled to zero before every request.
-    server.dodil(
+    ok(
+        &server,
         &project,
         &["app", "scale", "acme-corp:tiny", "--idle-timeout", "0"],
     );
@@ -367,7 +276,8 @@ fn main() {
         fmt(pct(&cold, 0.5)),
         fmt(pct(&cold, 0.99)),
     ));
-    let listed: serde_json::Value = serde_json::from_str(&server.dodil(
+    let listed: serde_json::Value = serde_json::from_str(&ok(
+        &server,
         &project,
         &[
             "execution",
@@ -411,7 +321,7 @@ fn main() {
     let apps = env_usize("IGNITE_BENCH_APPS", 100);
     eprintln!("deploying {apps} apps …");
     for i in 0..apps {
-        server.deploy(&project, &format!("many-{i}"));
+        deploy(&server, &project, &format!("acme-corp:many-{i}"), "./");
     }
     let (many, many_errors) = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -447,7 +357,8 @@ fn main() {
 
     // Memory of idle warm instances.
     let hold = env_usize("IGNITE_BENCH_HOLD", 200);
-    server.dodil(
+    ok(
+        &server,
         &project,
         &[
             "app",
@@ -459,27 +370,10 @@ fn main() {
             &hold.to_string(),
         ],
     );
-    let exe = {
-        let app: serde_json::Value = serde_json::from_str(
-            &server.dodil(&project, &["app", "get", "acme-corp:tiny", "-o", "json"]),
-        )
-        .unwrap();
-        server.dir.join("data/blobs/sha256").join(
-            app["artifact"]["digest"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("sha256:"),
-        )
-    };
+    let exe = artifact_of(&server, &project, "acme-corp:tiny");
     let started = Instant::now();
     let pids = loop {
-        let pids: Vec<u32> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|pid: &u32| {
-                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
-            })
-            .collect();
+        let pids = pids_running(&exe);
         if pids.len() >= hold || started.elapsed() > Duration::from_secs(60) {
             break pids;
         }
