@@ -1078,6 +1078,12 @@ async fn list_executions(
     let org = org_of(&state.db, &headers).await?;
     let app = q.app.as_deref().map(|a| a.rsplit(':').next().unwrap_or(a));
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    // Records still on their way to the store are listed too. The snapshot is taken *before*
+    // the store is read: the writer drops a record from memory only after committing it, so
+    // every record is in the snapshot or in what the store returns.
+    let pending = state
+        .recorder
+        .pending(&org, |e| app.is_none_or(|a| e.app == a));
     let stored = store::list_executions(
         &state.db,
         &org,
@@ -1089,15 +1095,17 @@ async fn list_executions(
         },
     )
     .await?;
-    // Records still on their way to the store are listed too, in their latest state (which may
-    // no longer match the filter the store's older copy matched).
-    let pending = state
-        .recorder
-        .pending(&org, |e| app.is_none_or(|a| e.app == a));
     let mut by_id: std::collections::HashMap<String, Execution> =
         stored.into_iter().map(|e| (e.id.clone(), e)).collect();
     for e in pending {
-        by_id.insert(e.id.clone(), e);
+        // The in-memory copy is the newer one, unless it still says `running` and the store
+        // already has how the execution ended (it finished after the snapshot).
+        let store_has_the_end = by_id
+            .get(&e.id)
+            .is_some_and(|stored| stored.finished_at.is_some() && e.finished_at.is_none());
+        if !store_has_the_end {
+            by_id.insert(e.id.clone(), e);
+        }
     }
     let mut list: Vec<Execution> = by_id
         .into_values()
