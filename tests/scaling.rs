@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use support::platform::*;
 
-/// Answers its pid (and a version tag); sleeps `sleep_ms` first when asked.
+/// Answers its instance's identity (a token drawn when the process started: inside the sandbox
+/// every handler's pid is the same) and a version tag; sleeps `sleep_ms` first when asked.
 fn handler(tag: &str) -> String {
     format!(
         r#"
@@ -22,10 +23,21 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {{
     if sleep_ms > 0 {{
         tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
     }}
-    Ok(serde_json::json!({{ "pid": std::process::id(), "tag": "{tag}" }}))
+    static INSTANCE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {{
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    }});
+    Ok(serde_json::json!({{ "instance": instance.to_string(), "tag": "{tag}" }}))
 }}
 "#
     )
+}
+
+fn instance(body: &str) -> String {
+    json(body)["instance"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no instance in {body}"))
+        .to_string()
 }
 
 fn host(app: &str) -> String {
@@ -56,7 +68,7 @@ fn an_idle_app_scales_to_zero_and_comes_back_cold() {
 
     let (status, headers, body) = call(&server, "idler", "{}");
     assert_eq!(status, 200, "{body}");
-    let first = json(&body)["pid"].as_u64().unwrap() as u32;
+    let first = instance(&body);
     assert!(
         execution(&server, &p, &headers)["metrics"]["cold_start_ms"]
             .as_f64()
@@ -64,16 +76,12 @@ fn an_idle_app_scales_to_zero_and_comes_back_cold() {
             > 0.0
     );
     let (_, headers, body) = call(&server, "idler", "{}");
-    assert_eq!(
-        json(&body)["pid"].as_u64().unwrap() as u32,
-        first,
-        "the warm instance served"
-    );
+    assert_eq!(instance(&body), first, "the warm instance served");
     assert_eq!(
         execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
         0.0
     );
-    assert_eq!(pids_running(&exe), vec![first]);
+    assert_eq!(pids_running(&exe).len(), 1);
 
     // Idle past the timeout: no process of the app is left.
     wait_until(Duration::from_secs(10), "the idle instance to stop", || {
@@ -82,7 +90,7 @@ fn an_idle_app_scales_to_zero_and_comes_back_cold() {
     // The next call starts one again (cold), with a phase breakdown.
     let (status, headers, body) = call(&server, "idler", "{}");
     assert_eq!(status, 200);
-    assert_ne!(json(&body)["pid"].as_u64().unwrap() as u32, first);
+    assert_ne!(instance(&body), first);
     let e = execution(&server, &p, &headers);
     let m = &e["metrics"];
     assert!(m["cold_start_ms"].as_f64().unwrap() > 0.0, "{e}");
@@ -138,7 +146,7 @@ fn reserved_capacity_is_warm_before_the_first_call_and_replaced_when_killed() {
     // The first call is warm.
     let (status, headers, body) = call(&server, "steady", "{}");
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["pid"].as_u64().unwrap() as u32, reserved[0]);
+    let reserved_instance = instance(&body);
     assert_eq!(
         execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
         0.0
@@ -158,9 +166,12 @@ fn reserved_capacity_is_warm_before_the_first_call_and_replaced_when_killed() {
         let now = pids_running(&exe);
         now.len() == 1 && now[0] != reserved[0] && metrics(&server).contains(idle)
     });
-    let replacement = pids_running(&exe)[0];
     let (_, headers, body) = call(&server, "steady", "{}");
-    assert_eq!(json(&body)["pid"].as_u64().unwrap() as u32, replacement);
+    assert_ne!(
+        instance(&body),
+        reserved_instance,
+        "the replacement answered"
+    );
     assert_eq!(
         execution(&server, &p, &headers)["metrics"]["cold_start_ms"],
         0.0
@@ -212,7 +223,7 @@ fn max_instances_queue_and_429() {
     let (s2, h2, b2) = second.join().unwrap();
     assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
     // One instance served both, the second after waiting in the queue.
-    assert_eq!(json(&b1)["pid"], json(&b2)["pid"]);
+    assert_eq!(instance(&b1), instance(&b2));
     let queued = execution(&server, &p, &h2);
     assert!(
         queued["metrics"]["queue_ms"].as_f64().unwrap() > 500.0,
@@ -392,7 +403,7 @@ fn a_burst_ends_with_exactly_one_record_per_request() {
                 .unwrap()
                 .to_string(),
         );
-        pids.insert(json(&body)["pid"].as_u64().unwrap());
+        pids.insert(instance(&body));
     }
     assert_eq!(ids.len(), 40, "execution ids are unique");
     assert!(pids.len() <= 4, "more than max_instances ran: {pids:?}");

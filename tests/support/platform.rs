@@ -286,11 +286,22 @@ pub fn pids_running(exe: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
-    entries
+    let running: Vec<u32> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
         .filter(|pid| super::process_alive(*pid))
+        .collect();
+    // A sandboxed instance is two processes of the binary: its pid-1 init and, under it, the
+    // handler. Count instances: the processes whose parent is not one of them.
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+    };
+    running
+        .iter()
+        .copied()
+        .filter(|pid| parent(*pid).is_none_or(|p| !running.contains(&p)))
         .collect()
 }
 

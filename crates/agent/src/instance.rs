@@ -2,13 +2,14 @@ use std::fs::File;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignite_protocol::{ErrorKind, Frame, FrameError};
+use ignite_sandbox::{Limits, Process, Sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
 
 use crate::logs::{LogPipe, Logs};
 
@@ -27,6 +28,8 @@ pub struct SpawnConfig {
     /// of microseconds per hop; an instance on the CPU of the agent thread that serves it
     /// answers a warm request in a fraction of that (see the runner benchmark).
     pub cpu: Option<usize>,
+    /// Run the instance in this sandbox, with these limits; `None` starts it unconfined.
+    pub sandbox: Option<(Sandbox, Limits)>,
 }
 
 impl SpawnConfig {
@@ -37,6 +40,7 @@ impl SpawnConfig {
             init_timeout: Duration::from_secs(10),
             log_limit: 256 * 1024,
             cpu: None,
+            sandbox: None,
         }
     }
 }
@@ -49,6 +53,12 @@ pub enum SpawnError {
         program: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("could not start the handler binary {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: ignite_sandbox::SpawnError,
     },
     #[error("the handler exited before it was ready ({status}){}", tail(logs))]
     ExitedBeforeReady { status: String, logs: Logs },
@@ -123,6 +133,8 @@ pub enum Outcome {
     TimedOut { after: Duration },
     /// The process died before answering.
     Crashed { exit: String },
+    /// The kernel killed the process at its memory limit.
+    OutOfMemory { exit: String },
     /// The process wrote bytes that are not frames; the instance was killed.
     FramingError { message: String },
 }
@@ -149,10 +161,10 @@ pub struct Reply {
 /// A running handler process.
 #[derive(Debug)]
 pub struct Instance {
-    child: Child,
+    child: Process,
     pid: u32,
-    input: ChildStdin,
-    output: ChildStdout,
+    input: pipe::Sender,
+    output: pipe::Receiver,
     logs: Arc<LogPipe>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -160,44 +172,48 @@ pub struct Instance {
     spawn: Duration,
     init: Duration,
     alive: bool,
+    /// Sandboxed handlers report a death by signal `n` through their init as exit code 128+n.
+    sandboxed: bool,
 }
 
 impl Instance {
     /// Starts the handler and waits for it to be ready.
     pub async fn spawn(config: &SpawnConfig) -> Result<Instance, SpawnError> {
         let started = Instant::now();
-        // tokio's Command is std's, which starts the child with posix_spawn (clone with
-        // CLONE_VM|CLONE_VFORK under glibc) when, as here, no pre-exec hook is set.
-        let mut child = Command::new(&config.program)
-            .env_clear()
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| SpawnError::Exec {
-                program: config.program.clone(),
-                source,
-            })?;
-        let spawned = started.elapsed();
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let (Some(input), Some(output), Some(stderr)) = pipes else {
-            unreachable!("all three stdio streams were requested as pipes");
+        // Started with vfork semantics (the child borrows the agent's memory until it execs),
+        // inside the sandbox when one is configured.
+        let spawned = ignite_sandbox::spawn(
+            &ignite_sandbox::Command {
+                program: &config.program,
+                env: &config.env,
+            },
+            config.sandbox.as_ref().map(|(s, l)| (s, l)),
+        )
+        .map_err(|source| SpawnError::Spawn {
+            program: config.program.clone(),
+            source,
+        })?;
+        let spawned_in = started.elapsed();
+        let exec = |source| SpawnError::Exec {
+            program: config.program.clone(),
+            source,
         };
-        let pid = child.id().unwrap_or(0);
+        let child = spawned.process;
+        let input = pipe::Sender::from_owned_fd(spawned.stdin).map_err(exec)?;
+        let output = pipe::Receiver::from_owned_fd(spawned.stdout).map_err(exec)?;
+        let stderr = spawned.stderr;
+        let pid = child.id();
         if let Some(cpu) = config.cpu
             && let Err(e) = pin_to_cpu(pid, cpu)
         {
             tracing::warn!(pid, cpu, "could not pin the instance: {e}");
         }
-        let stderr = stderr
-            .into_owned_fd()
-            .and_then(|fd| LogPipe::new(File::from(fd), config.log_limit))
-            .map_err(|source| SpawnError::Exec {
+        let stderr = LogPipe::new(File::from(stderr), config.log_limit).map_err(|source| {
+            SpawnError::Exec {
                 program: config.program.clone(),
                 source,
-            })?;
+            }
+        })?;
         tokio::spawn(stderr.clone().pump());
 
         let mut instance = Instance {
@@ -209,7 +225,8 @@ impl Instance {
             rbuf: Vec::with_capacity(16 * 1024),
             wbuf: Vec::with_capacity(16 * 1024),
             next_id: 1,
-            spawn: spawned,
+            spawn: spawned_in,
+            sandboxed: config.sandbox.is_some(),
             init: Duration::ZERO,
             alive: true,
         };
@@ -324,7 +341,11 @@ impl Instance {
             Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => {
                 // The process closed its end: it exited or was killed.
                 let exit = self.reap().await;
-                Outcome::Crashed { exit }
+                if self.child.oom_killed() {
+                    Outcome::OutOfMemory { exit }
+                } else {
+                    Outcome::Crashed { exit }
+                }
             }
             Ok(Err(e)) => {
                 self.kill().await;
@@ -450,7 +471,7 @@ impl Instance {
         self.alive = false;
         // The framing channel closed; a process that closed it but lives on is killed.
         match tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await {
-            Ok(Ok(status)) => describe(status),
+            Ok(Ok(status)) => describe(status, self.sandboxed),
             Ok(Err(e)) => format!("its exit status could not be read: {e}"),
             Err(_) => {
                 self.kill().await;
@@ -460,14 +481,8 @@ impl Instance {
     }
 
     fn signal(&self, signal: i32) {
-        if let Ok(pid) = libc::pid_t::try_from(self.pid)
-            && pid > 0
-        {
-            // SAFETY: kill(2) has no memory-safety preconditions. The pid is our child's, which
-            // has not been reaped (we have not waited on it), so it cannot name another process.
-            unsafe {
-                libc::kill(pid, signal);
-            }
+        if let Err(e) = self.child.signal(signal) {
+            tracing::warn!(pid = self.pid, "could not signal the instance: {e}");
         }
     }
 
@@ -505,10 +520,15 @@ pub fn pin_to_cpu(pid: u32, cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn describe(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
+fn describe(status: ExitStatus, sandboxed: bool) -> String {
+    let signal = match status.code() {
+        Some(code) if sandboxed && (129..160).contains(&code) => Some(code - 128),
+        Some(_) => None,
+        None => status.signal(),
+    };
+    if let (Some(code), None) = (status.code(), signal) {
         format!("exit code {code}")
-    } else if let Some(signal) = status.signal() {
+    } else if let Some(signal) = signal {
         let name = match signal {
             4 => " (SIGILL)",
             6 => " (SIGABRT)",

@@ -109,6 +109,10 @@ struct ServerArgs {
     /// One cargo target directory for all apps (default: one per app).
     #[arg(long)]
     build_target_dir: Option<PathBuf>,
+    /// Run handlers unconfined, with the server's own privileges, instead of in the sandbox
+    /// (which needs root). Only for trusted code on a development machine.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 #[derive(Subcommand)]
@@ -806,6 +810,7 @@ fn server(a: ServerArgs) -> Result<()> {
         public_port: a.public_port,
         build_timeout: Duration::from_secs(a.build_timeout),
         shared_target_dir: a.build_target_dir,
+        sandbox: !a.no_sandbox,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -848,6 +853,7 @@ fn server(a: ServerArgs) -> Result<()> {
                 }
             }
             println!("data in {}", data_dir.display());
+            println!("sandbox: {}", started.sandbox);
             for note in notes {
                 println!("{note}");
             }

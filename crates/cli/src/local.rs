@@ -91,6 +91,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         Outcome::Panicked { message } => bail!("{message}"),
         Outcome::TimedOut { after } => bail!("the handler timed out after {after:?}"),
         Outcome::Crashed { exit } => bail!("the handler crashed: {exit}"),
+        Outcome::OutOfMemory { exit } => bail!("the handler ran out of memory: {exit}"),
         Outcome::FramingError { message } => bail!("{message}"),
     }
 }

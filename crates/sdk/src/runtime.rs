@@ -35,6 +35,7 @@ where
         );
         std::process::exit(EXIT_USAGE);
     }
+    become_init_if_pid_1();
     let code = match serve(&handler) {
         Ok(()) => 0,
         Err(e) => {
@@ -43,6 +44,69 @@ where
         }
     };
     std::process::exit(code)
+}
+
+/// In the sandbox the handler starts as pid 1 of its own pid namespace, where signals without
+/// a handler are ignored (`abort()` would not abort) and orphans are ours to reap. Like `tini`
+/// in a container, pid 1 then forks: the child runs the handler with ordinary signal semantics,
+/// and pid 1 stays behind as init — it forwards SIGTERM, reaps, and exits with the handler's
+/// status (`128 + n` for a handler killed by signal `n`, which the agent reads back as the
+/// signal). When it exits, the kernel ends everything left in the namespace.
+fn become_init_if_pid_1() {
+    if std::process::id() != 1 {
+        return;
+    }
+    // SAFETY: nothing but this thread exists yet (this runs first thing in main, before any
+    // runtime or thread), so fork is safe; the child simply carries on.
+    let handler = unsafe { libc::fork() };
+    if handler > 0 {
+        init(handler)
+    }
+    // fork failed (-1): serve as pid 1 anyway; 0: we are the handler.
+}
+
+static HANDLER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn init(handler: libc::pid_t) -> ! {
+    extern "C" fn forward(signal: libc::c_int) {
+        let pid = HANDLER_PID.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: kill is async-signal-safe.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+    HANDLER_PID.store(handler, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installs an async-signal-safe handler; sigaction is zero-initialised plain data.
+    // Closing 0..=2 leaves the channel and the log pipe to the handler alone, so the agent sees
+    // them close the moment the handler dies.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == handler {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            // SAFETY: _exit ends the process; nothing of ours needs flushing.
+            unsafe { libc::_exit(code) }
+        }
+        if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // SAFETY: as above.
+            unsafe { libc::_exit(EXIT_CHANNEL) }
+        }
+    }
 }
 
 struct Channel {

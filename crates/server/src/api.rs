@@ -893,6 +893,16 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             "handler_crashed",
             format!("the handler crashed ({exit})"),
         )),
+        Outcome::OutOfMemory { exit } => Err(Failure::new(
+            "oom",
+            StatusCode::BAD_GATEWAY,
+            "out_of_memory",
+            format!(
+                "the handler ran out of memory: it was killed at its {} MiB limit ({exit}); raise \
+                 it with `dodil ignite app scale {}:{} --memory <MiB>`",
+                app.scaling.memory_mb, app.org, app.name
+            ),
+        )),
         Outcome::FramingError { message } => Err(Failure::new(
             "crashed",
             StatusCode::BAD_GATEWAY,

@@ -42,6 +42,8 @@ pub struct Config {
     pub build_timeout: Duration,
     /// One cargo target directory for every app instead of one per app (tests share one).
     pub shared_target_dir: Option<PathBuf>,
+    /// Run every instance in the sandbox (see `ignite-sandbox`). Off only by explicit choice.
+    pub sandbox: bool,
 }
 
 /// What the server tells its caller once it is listening.
@@ -51,6 +53,8 @@ pub struct Started {
     pub gateway_addr: SocketAddr,
     /// The admin token, when this start created the org (shown once).
     pub admin_token: Option<String>,
+    /// What confines the instances.
+    pub sandbox: String,
 }
 
 pub(crate) struct State {
@@ -84,6 +88,18 @@ pub async fn run(
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    let sandbox = if config.sandbox {
+        let sandbox = ignite_sandbox::Sandbox::new(ignite_sandbox::SandboxConfig::new(
+            config.data_dir.join("sandbox"),
+        ))?;
+        Some(sandbox)
+    } else {
+        None
+    };
+    let sandbox_line = match &sandbox {
+        Some(s) => s.describe(),
+        None => "OFF (--no-sandbox): handlers run unconfined, with the server's privileges".into(),
+    };
     // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
@@ -115,13 +131,14 @@ pub async fn run(
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
-        node: node::Node::default(),
+        node: node::Node::new(sandbox),
         config,
     });
     started(Started {
         api_addr,
         gateway_addr,
         admin_token,
+        sandbox: sandbox_line,
     });
 
     let writer = {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ignite_agent::{Instance, SpawnConfig, SpawnError};
 use ignite_api::ScalingConfig;
+use ignite_sandbox::{Limits, Sandbox};
 use tokio::sync::oneshot;
 
 use crate::State;
@@ -116,8 +117,9 @@ impl Pool {
     }
 }
 
-#[derive(Default)]
 pub struct Node {
+    /// Where instances run; `None` when the operator turned the sandbox off.
+    sandbox: Option<Sandbox>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     routes: Mutex<HashMap<AppKey, Arc<Route>>>,
     pub metrics: Metrics,
@@ -130,6 +132,34 @@ fn stop_later(instances: Vec<Instance>) {
 }
 
 impl Node {
+    pub fn new(sandbox: Option<Sandbox>) -> Node {
+        Node {
+            sandbox,
+            pools: Mutex::default(),
+            routes: Mutex::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// How to start an instance of `pool` now: its app's current memory limit applies.
+    fn spawn_config(&self, pool: &Pool) -> SpawnConfig {
+        let mut config = pool.spawn.clone();
+        if let Some(sandbox) = &self.sandbox {
+            let memory_mb = pool
+                .scaling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .memory_mb;
+            config.sandbox = Some((
+                sandbox.clone(),
+                Limits {
+                    memory_mb: u64::from(memory_mb),
+                },
+            ));
+        }
+        config
+    }
+
     /// The app and its active version, from the cache or the store.
     pub async fn route(
         &self,
@@ -262,7 +292,7 @@ impl Node {
                     });
                 }
                 Grant::Spawn => {
-                    return match start(&pool.spawn).await {
+                    return match start(&self.spawn_config(&pool)).await {
                         Ok((instance, cold)) => Ok(Lease {
                             instance,
                             cold: Some(cold),
@@ -434,8 +464,9 @@ impl Node {
             }
             for _ in 0..missing {
                 let pool = pool.clone();
+                let config = self.spawn_config(&pool);
                 tokio::spawn(async move {
-                    match start(&pool.spawn).await {
+                    match start(&config).await {
                         Ok((instance, _)) => {
                             let mut st = pool.lock();
                             if let Some(w) = st.waiters.pop_front() {

@@ -1,0 +1,301 @@
+//! Starting handler processes, and the sandbox they run in.
+//!
+//! This crate owns every namespace, cgroup, rlimit and seccomp detail (and the `unsafe` that
+//! comes with them). [`spawn`] starts a process with vfork semantics, either plain (tests, or an
+//! operator who turned the sandbox off) or inside a [`Sandbox`]:
+//!
+//! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
+//!   (made ahead of need, see [`netns`]) with nothing in it;
+//! - a read-only tmpfs root holding `/proc` (of its own pid namespace), a size-capped `/tmp`
+//!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
+//!   it is in the tree;
+//! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
+//! - cgroups (memory, pids, CPU) prepared per instance slot ahead of need, rlimits always;
+//! - a seccomp filter (see [`seccomp`]).
+//!
+//! The handler is pid 1 of its namespace: when it exits, the kernel kills whatever it started.
+
+mod cgroup;
+mod netns;
+mod process;
+mod seccomp;
+mod spawn;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use process::Process;
+pub use seccomp::denied_syscalls;
+pub use spawn::{Command, SpawnError, Spawned, spawn};
+
+/// Node-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// A directory of the agent's own; instances mount their root on `<state_dir>/root`.
+    pub state_dir: PathBuf,
+    /// Instance slot `n` runs as host uid and gid `first_uid + n`.
+    pub first_uid: u32,
+    /// Processes (and threads) per instance.
+    pub pids: u64,
+    /// Open files per process.
+    pub open_files: u64,
+    /// Size of each instance's `/tmp`.
+    pub tmp_mb: u64,
+    /// CPU per instance, in thousandths of a CPU.
+    pub cpu_millis: u64,
+    /// Network namespaces kept ready.
+    pub spare_netns: usize,
+}
+
+impl SandboxConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> SandboxConfig {
+        SandboxConfig {
+            state_dir: state_dir.into(),
+            first_uid: 1_900_000_000,
+            pids: 64,
+            open_files: 1024,
+            tmp_mb: 64,
+            cpu_millis: 1000,
+            spare_netns: 8,
+        }
+    }
+}
+
+/// Limits of one instance that depend on its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u64,
+}
+
+/// The sandbox could not be set up on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "the sandbox needs root (it creates namespaces, cgroups and per-instance users); run the \
+         server as root, or pass --no-sandbox to run handlers unconfined"
+    )]
+    NotRoot,
+    #[error("cannot prepare the sandbox's directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot compile the seccomp filter: {0}")]
+    Seccomp(#[from] seccompiler::BackendError),
+    #[error("cannot start the network namespace pool: {0}")]
+    Netns(#[source] io::Error),
+}
+
+/// The node's sandbox: prepared resources shared by every instance it starts. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    paths: spawn::RootPaths,
+    filters: Vec<seccompiler::BpfProgram>,
+    cgroups: Option<cgroup::Cgroups>,
+    slots: Arc<SlotPool>,
+    netns: netns::Pool,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(SandboxError::NotRoot);
+        }
+        let root = config.state_dir.join("root");
+        let state = |source| SandboxError::StateDir {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&root).map_err(state)?;
+        let paths = spawn::RootPaths::new(&root).map_err(state)?;
+        let filters = seccomp::programs()?;
+        let cgroups = cgroup::Cgroups::detect();
+        let netns = netns::Pool::new(config.spare_netns).map_err(SandboxError::Netns)?;
+        let sandbox = Sandbox {
+            inner: Arc::new(Inner {
+                config,
+                paths,
+                filters,
+                cgroups,
+                slots: Arc::new(SlotPool::default()),
+                netns,
+            }),
+        };
+        // A few slots ahead of need; more are made (and kept) as concurrency grows.
+        let slots: Vec<Slot> = (0..4)
+            .filter_map(|_| sandbox.take_slot(&Limits { memory_mb: 128 }).ok())
+            .collect();
+        drop(slots);
+        Ok(sandbox)
+    }
+
+    /// One line for the server's start-up banner.
+    pub fn describe(&self) -> String {
+        let cgroups = match &self.inner.cgroups {
+            Some(c) => format!("cgroups {}", c.describe()),
+            None => "no cgroups (rlimits only)".into(),
+        };
+        format!(
+            "user, mount, pid, ipc, uts, cgroup and network namespaces; {cgroups}; seccomp \
+             ({} syscalls refused); read-only root, {} MiB /tmp",
+            denied_syscalls().count() + 2,
+            self.inner.config.tmp_mb
+        )
+    }
+
+    fn take_slot(&self, limits: &Limits) -> io::Result<Slot> {
+        let pool = &self.inner.slots;
+        let reused = pool.lock().free.pop();
+        let mut state = match reused {
+            Some(state) => state,
+            None => {
+                let index = {
+                    let mut guard = pool.lock();
+                    let index = guard.next;
+                    guard.next += 1;
+                    index
+                };
+                let cgroups = match &self.inner.cgroups {
+                    Some(c) => Some(c.create_slot(
+                        index,
+                        cgroup::CgroupLimits {
+                            pids: self.inner.config.pids,
+                            cpu_millis: self.inner.config.cpu_millis,
+                        },
+                    )?),
+                    None => None,
+                };
+                SlotState { index, cgroups }
+            }
+        };
+        if let Some(c) = &mut state.cgroups {
+            c.set_memory(limits.memory_mb.saturating_mul(1 << 20))?;
+        }
+        Ok(Slot {
+            state: Some(state),
+            pool: pool.clone(),
+        })
+    }
+
+    fn take_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.inner.netns.take()
+    }
+
+    fn isolation(
+        &self,
+        slot: &Slot,
+        netns: std::os::fd::RawFd,
+        limits: &Limits,
+    ) -> io::Result<spawn::Isolation> {
+        let state = slot
+            .state
+            .as_ref()
+            .ok_or_else(|| io::Error::other("instance slot already released"))?;
+        let config = &self.inner.config;
+        let uid = config.first_uid + state.index;
+        let memory = limits.memory_mb.saturating_mul(1 << 20);
+        let has_memory_cgroup = self.inner.cgroups.as_ref().is_some_and(|c| c.has("memory"));
+        // Address space: a backstop where a memory cgroup enforces the real limit, the limit
+        // itself (plus room for stacks and mappings) where none does.
+        let address_space = if has_memory_cgroup {
+            memory.saturating_mul(4).saturating_add(1 << 30)
+        } else {
+            memory.saturating_add(256 << 20)
+        };
+        let c = |s: String| std::ffi::CString::new(s).map_err(io::Error::other);
+        Ok(spawn::Isolation {
+            netns,
+            cgroup_procs: state.cgroups.as_ref().map_or_else(Vec::new, |c| c.procs()),
+            paths: &self.inner.paths,
+            tmp_options: c(format!("size={}m,nr_inodes=16384,mode=1777", config.tmp_mb))?,
+            rlimits: vec![
+                (libc::RLIMIT_NOFILE, config.open_files),
+                (libc::RLIMIT_NPROC, config.pids),
+                (libc::RLIMIT_CORE, 0),
+                (libc::RLIMIT_AS, address_space),
+            ],
+            uid,
+            gid: uid,
+            uid_map: c(format!("1000 {uid} 1"))?,
+            gid_map: c(format!("1000 {uid} 1"))?,
+            filters: self
+                .inner
+                .filters
+                .iter()
+                .map(|p| libc::sock_fprog {
+                    len: p.len() as u16,
+                    filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct SlotPool {
+    state: Mutex<SlotPoolState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotPoolState {
+    free: Vec<SlotState>,
+    next: u32,
+}
+
+impl SlotPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotPoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct SlotState {
+    index: u32,
+    cgroups: Option<cgroup::SlotCgroups>,
+}
+
+/// An instance's uid and cgroups, returned to the pool when its process has been reaped (its
+/// pid namespace, and so every process it started, is gone by then).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    state: Option<SlotState>,
+    pool: Arc<SlotPool>,
+}
+
+impl Slot {
+    /// Returns the slot; says whether its memory controller killed a process meanwhile.
+    pub(crate) fn release(mut self) -> bool {
+        let Some(mut state) = self.state.take() else {
+            return false;
+        };
+        let oom = state.cgroups.as_mut().is_some_and(|c| c.take_oom_kill());
+        self.pool.lock().free.push(state);
+        oom
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(mut state) = self.state.take() {
+            if let Some(c) = &mut state.cgroups {
+                c.take_oom_kill();
+            }
+            self.pool.lock().free.push(state);
+        }
+    }
+}

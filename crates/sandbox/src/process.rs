@@ -1,0 +1,211 @@
+//! A child process watched through its pidfd: waiting is a readiness event on the agent's
+//! reactor (no SIGCHLD handler, no reaper thread), and signals go to exactly this process even
+//! after its pid is reused.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::Slot;
+
+/// A started process. Dropping it kills the process (and, sandboxed, everything it started)
+/// and reaps it in the background.
+#[derive(Debug)]
+pub struct Process {
+    pid: u32,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    raw_pidfd: Option<OwnedFd>,
+    status: Option<ExitStatus>,
+    slot: Option<Slot>,
+    oom_killed: bool,
+    /// Already handed to a background reaper: if that is cancelled (runtime shutting down),
+    /// reap on the spot instead of handing it on again.
+    orphan: bool,
+}
+
+impl Process {
+    pub(crate) fn new(pid: u32, pidfd: OwnedFd, slot: Option<Slot>) -> io::Result<Process> {
+        // Outside a runtime (a plain test), waiting falls back to blocking calls.
+        let (pidfd, raw_pidfd) = match tokio::runtime::Handle::try_current() {
+            // SAFETY: the OwnedFd is a valid open pidfd that the AsyncFd owns from here on, so it
+            // stays open and the same for the AsyncFd's whole life.
+            Ok(_) => (
+                Some(unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?),
+                None,
+            ),
+            Err(_) => (None, Some(pidfd)),
+        };
+        Ok(Process {
+            pid,
+            pidfd,
+            raw_pidfd,
+            status: None,
+            slot,
+            oom_killed: false,
+            orphan: false,
+        })
+    }
+
+    /// The process id, as the agent's pid namespace sees it.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    fn fd(&self) -> i32 {
+        match (&self.pidfd, &self.raw_pidfd) {
+            (Some(fd), _) => fd.get_ref().as_raw_fd(),
+            (None, Some(fd)) => fd.as_raw_fd(),
+            (None, None) => -1,
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut ready = fd.readable().await?;
+                    ready.clear_ready();
+                }
+                None => return self.wait_blocking(),
+            }
+        }
+    }
+
+    /// The exit status, if the process has exited (it is then reaped).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        self.waitid(libc::WNOHANG)
+    }
+
+    fn wait_blocking(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.waitid(0)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    fn waitid(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
+        // SAFETY: siginfo_t is plain data; all-zero means "no child reported" for WNOHANG.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into `info`; the pidfd is ours and open.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | flags,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        // SAFETY: after a successful waitid the pid and status fields are initialised.
+        let (pid, code) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let raw = match info.si_code {
+            libc::CLD_EXITED => (code & 0xff) << 8,
+            libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+            _ => code & 0x7f,
+        };
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        if let Some(slot) = self.slot.take() {
+            self.oom_killed = slot.release();
+        }
+        Ok(Some(status))
+    }
+
+    /// Whether the kernel killed the process for exceeding its memory limit. Known once the
+    /// process has been reaped.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed
+    }
+
+    /// Sends `signal` to the process (nothing once it has been reaped).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal reads only its integer arguments; a null siginfo is allowed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // Already exited, not yet reaped.
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill(&mut self) -> io::Result<ExitStatus> {
+        self.signal(libc::SIGKILL)?;
+        self.wait().await
+    }
+
+    /// Reaps a process that is known to have exited (or is about to).
+    pub(crate) fn reap_now(&mut self) {
+        if self.status.is_none() {
+            let _ = self.wait_blocking();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        let _ = self.signal(libc::SIGKILL);
+        let mut orphan = Process {
+            pid: self.pid,
+            pidfd: self.pidfd.take(),
+            raw_pidfd: self.raw_pidfd.take(),
+            status: None,
+            slot: self.slot.take(),
+            oom_killed: false,
+            orphan: true,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if orphan.pidfd.is_some() && !self.orphan => {
+                runtime.spawn(async move {
+                    let _ = orphan.wait().await;
+                });
+            }
+            _ => {
+                // A killed process exits promptly; without a runtime to wait on, block.
+                if let Some(fd) = orphan.pidfd.take() {
+                    orphan.raw_pidfd = Some(fd.into_inner());
+                }
+                orphan.reap_now();
+            }
+        }
+    }
+}

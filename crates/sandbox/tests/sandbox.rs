@@ -1,0 +1,180 @@
+//! The sandbox seen from inside: a static probe program started in it reports what it can see
+//! and do. Runs as root (the sandbox needs it); elsewhere the tests say so and pass vacuously
+//! only for the part that needs root.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+use std::sync::OnceLock;
+
+use ignite_sandbox::{Command, Limits, Sandbox, SandboxConfig, spawn};
+
+fn probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-probe");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("probe");
+        let status = Std::new("rustc")
+            .args([
+                "--edition",
+                "2021",
+                "-O",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/probe.rs"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the probe failed");
+        out
+    })
+}
+
+fn sandbox() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-state");
+            let mut config = SandboxConfig::new(dir);
+            config.tmp_mb = 4;
+            Sandbox::new(config).expect("the sandbox needs root and namespaces on this machine")
+        })
+        .clone()
+}
+
+/// Runs the probe and parses its report; also returns how it exited.
+fn run(env: &[(&str, &str)], sandboxed: bool, memory_mb: u64) -> (HashMap<String, String>, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sandbox = sandbox();
+    let limits = Limits { memory_mb };
+    let spawned = spawn(
+        &Command {
+            program: probe(),
+            env: &env,
+        },
+        sandboxed.then_some((&sandbox, &limits)),
+    )
+    .unwrap_or_else(|e| panic!("spawn failed: {e}"));
+    let mut process = spawned.process;
+    drop(spawned.stdin);
+    let mut out = String::new();
+    std::fs::File::from(spawned.stdout)
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    std::fs::File::from(spawned.stderr)
+        .read_to_string(&mut err)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(process.wait()).unwrap();
+    let exit = format!("{status:?} oom={} stderr={err}", process.oom_killed());
+    let report = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (report, exit)
+}
+
+#[test]
+fn inside_the_sandbox_the_handler_sees_nothing_of_the_host_and_holds_no_privilege() {
+    let (r, exit) = run(&[("APP_SETTING", "1")], true, 64);
+    assert!(
+        exit.starts_with("ExitStatus(unix_wait_status(0))"),
+        "{exit}"
+    );
+    assert_eq!(r["uid"], "1000", "runs as the mapped unprivileged user");
+    assert_eq!(r["pid"], "1", "pid 1 of its own pid namespace");
+    assert_eq!(r["proc_pids"], "1", "sees no other process");
+    assert_eq!(r["root"], "dev,proc,tmp", "the root holds nothing else");
+    assert_eq!(r["dev"], "null,random,urandom,zero");
+    assert_eq!(r["hostname"], "ignite");
+    assert_eq!(r["CapEff"], "0000000000000000");
+    assert_eq!(r["CapBnd"], "0000000000000000");
+    assert_eq!(r["NoNewPrivs"], "1");
+    assert_eq!(r["Seccomp"], "2");
+    assert_eq!(r["env"], "APP_SETTING", "only the declared environment");
+    assert!(r["write_root"].contains("Read-only"), "{}", r["write_root"]);
+    assert_eq!(r["write_tmp"], "written");
+    for refused in ["ptrace", "raw_socket", "packet_socket", "unshare"] {
+        assert!(
+            r[refused].contains("Operation not permitted"),
+            "{refused}: {}",
+            r[refused]
+        );
+    }
+}
+
+#[test]
+fn without_the_sandbox_the_same_probe_sees_the_host() {
+    // The control for the test above: proves the probe's checks can fail.
+    let (r, exit) = run(&[], false, 64);
+    assert!(
+        exit.starts_with("ExitStatus(unix_wait_status(0))"),
+        "{exit}"
+    );
+    assert_ne!(r["pid"], "1");
+    assert_ne!(r["proc_pids"], "1");
+    assert!(r["root"].contains("etc"));
+    assert_eq!(r["Seccomp"], "0");
+}
+
+#[test]
+fn the_network_has_nothing_in_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (r, _) = run(&[("PROBE_CONNECT", &addr)], true, 64);
+    assert!(r["connect"].contains("unreachable"), "{}", r["connect"]);
+    let (r, _) = run(&[("PROBE_CONNECT", &addr)], false, 64);
+    assert_eq!(
+        r["connect"], "connected",
+        "the control reaches the listener"
+    );
+}
+
+#[test]
+fn host_files_are_out_of_reach() {
+    let canary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-canary");
+    let marker = format!("canary-{}", std::process::id());
+    std::fs::write(&canary, &marker).unwrap();
+    let paths = format!("{}:/etc/hostname:/proc/1/environ", canary.display());
+    let (r, _) = run(&[("PROBE_READ", &paths)], true, 64);
+    let text = format!("{r:?}");
+    assert!(!text.contains(&marker), "{text}");
+    assert!(
+        r[&format!("read {}", canary.display())].contains("No such file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_fork_bomb_hits_the_process_limit_and_dies_with_its_parent() {
+    let (r, exit) = run(&[("PROBE_FORK", "1")], true, 64);
+    let forked: u32 = r["forked"].parse().unwrap();
+    assert!(forked < 64, "forked {forked}");
+    assert!(
+        exit.starts_with("ExitStatus(unix_wait_status(0))"),
+        "{exit}"
+    );
+    // pid 1 exited: the kernel killed the paused children with it.
+}
+
+#[test]
+fn unbounded_allocation_is_killed_at_the_memory_limit() {
+    let (r, exit) = run(&[("PROBE_ALLOC_MB", "512")], true, 32);
+    assert!(!r.contains_key("allocated"), "{r:?}");
+    assert!(
+        exit.contains("oom=true") || exit.contains("memory allocation"),
+        "{exit}"
+    );
+}
