@@ -2,7 +2,7 @@
 //! handler (examples/tiny), compiled by the builder and driven by the instance runner.
 //!
 //! Cold = spawn of the static binary → SDK handshake → first response. Warm = one request on a
-//! ready instance. Printed as a table; set IGNITE_BENCH_COLD / IGNITE_BENCH_WARM for more or
+//! ready instance; "sandboxed" is the default placement inside the instance sandbox. Printed as a table; set IGNITE_BENCH_COLD / IGNITE_BENCH_WARM for more or
 //! fewer iterations.
 
 use std::path::{Path, PathBuf};
@@ -80,6 +80,17 @@ fn main() {
         let mut results = Vec::new();
         let unpinned = SpawnConfig::new(&bin);
         results.push(("default placement", measure(&unpinned).await));
+        // The same, inside the sandbox the server runs every instance in (needs root).
+        match ignite_sandbox::Sandbox::new(ignite_sandbox::SandboxConfig::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/sandbox"),
+        )) {
+            Ok(sandbox) => {
+                let mut sandboxed = SpawnConfig::new(&bin);
+                sandboxed.sandbox = Some((sandbox, ignite_sandbox::Limits { memory_mb: 128 }));
+                results.push(("sandboxed", measure(&sandboxed).await));
+            }
+            Err(e) => eprintln!("no sandboxed row: {e}"),
+        }
         // The agent thread and the instance on one CPU: no cross-vCPU wake-up per hop.
         ignite_agent::pin_to_cpu(0, 0).expect("pin the benchmark thread");
         let mut pinned = SpawnConfig::new(&bin);

@@ -98,7 +98,7 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     paths: spawn::RootPaths,
-    filters: Vec<seccompiler::BpfProgram>,
+    filter: seccompiler::BpfProgram,
     cgroups: Option<cgroup::Cgroups>,
     slots: Arc<SlotPool>,
     netns: netns::Pool,
@@ -123,14 +123,14 @@ impl Sandbox {
         };
         std::fs::create_dir_all(&root).map_err(state)?;
         let paths = spawn::RootPaths::new(&root).map_err(state)?;
-        let filters = seccomp::programs()?;
+        let filter = seccomp::program()?;
         let cgroups = cgroup::Cgroups::detect();
         let netns = netns::Pool::new(config.spare_netns).map_err(SandboxError::Netns)?;
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 config,
                 paths,
-                filters,
+                filter,
                 cgroups,
                 slots: Arc::new(SlotPool::default()),
                 netns,
@@ -229,19 +229,17 @@ impl Sandbox {
                 (libc::RLIMIT_CORE, 0),
                 (libc::RLIMIT_AS, address_space),
             ],
-            uid,
-            gid: uid,
-            uid_map: c(format!("1000 {uid} 1"))?,
-            gid_map: c(format!("1000 {uid} 1"))?,
-            filters: self
-                .inner
-                .filters
-                .iter()
-                .map(|p| libc::sock_fprog {
-                    len: p.len() as u16,
-                    filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
-                })
-                .collect(),
+            uid_map: format!("1000 {uid} 1"),
+            gid_map: format!("1000 {uid} 1"),
+            filter: libc::sock_fprog {
+                len: u16::try_from(self.inner.filter.len()).map_err(io::Error::other)?,
+                filter: self
+                    .inner
+                    .filter
+                    .as_ptr()
+                    .cast_mut()
+                    .cast::<libc::sock_filter>(),
+            },
         })
     }
 }
