@@ -250,6 +250,12 @@ impl Instance {
             }
             Ok(Ok(None)) => {
                 let status = instance.reap().await;
+                if let Some(source) = instance.child.launch_failure() {
+                    return Err(SpawnError::Spawn {
+                        program: config.program.clone(),
+                        source,
+                    });
+                }
                 return Err(SpawnError::ExitedBeforeReady {
                     status,
                     logs: instance.logs.take(true),
@@ -264,6 +270,12 @@ impl Instance {
             )),
             Ok(Err(FrameError::Truncated)) => {
                 let status = instance.reap().await;
+                if let Some(source) = instance.child.launch_failure() {
+                    return Err(SpawnError::Spawn {
+                        program: config.program.clone(),
+                        source,
+                    });
+                }
                 return Err(SpawnError::ExitedBeforeReady {
                     status,
                     logs: instance.logs.take(true),

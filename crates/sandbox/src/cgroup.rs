@@ -140,12 +140,6 @@ impl Cgroups {
             .join(" + ")
     }
 
-    pub(crate) fn has(&self, controller: &str) -> bool {
-        self.hierarchies
-            .iter()
-            .any(|h| h.controllers.contains(&controller))
-    }
-
     pub(crate) fn create_slot(&self, index: u32, limits: CgroupLimits) -> io::Result<SlotCgroups> {
         let mut slot = SlotCgroups {
             dirs: Vec::new(),
@@ -260,6 +254,10 @@ fn relative<'a>(path: &'a str, root: &str) -> &'a str {
 }
 
 impl SlotCgroups {
+    pub(crate) fn has_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
     pub(crate) fn procs(&self) -> Vec<RawFd> {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
     }

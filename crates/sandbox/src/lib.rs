@@ -23,11 +23,13 @@ mod spawn;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 pub use process::Process;
 pub use seccomp::denied_syscalls;
+use spawn::Zygote;
 pub use spawn::{Command, SpawnError, Spawned, spawn};
 
 /// Node-wide sandbox settings.
@@ -47,6 +49,9 @@ pub struct SandboxConfig {
     pub cpu_millis: u64,
     /// Network namespaces kept ready.
     pub spare_netns: usize,
+    /// Sandboxed processes kept ready to exec a handler (each holds an instance slot, a
+    /// network namespace and a parked process).
+    pub spare_zygotes: usize,
 }
 
 impl SandboxConfig {
@@ -59,6 +64,7 @@ impl SandboxConfig {
             tmp_mb: 64,
             cpu_millis: 1000,
             spare_netns: 8,
+            spare_zygotes: 4,
         }
     }
 }
@@ -102,6 +108,7 @@ struct Inner {
     cgroups: Option<cgroup::Cgroups>,
     slots: Arc<SlotPool>,
     netns: netns::Pool,
+    zygotes: ZygotePool,
 }
 
 impl fmt::Debug for Sandbox {
@@ -134,13 +141,14 @@ impl Sandbox {
                 cgroups,
                 slots: Arc::new(SlotPool::default()),
                 netns,
+                zygotes: ZygotePool::default(),
             }),
         };
-        // A few slots ahead of need; more are made (and kept) as concurrency grows.
-        let slots: Vec<Slot> = (0..4)
-            .filter_map(|_| sandbox.take_slot(&Limits { memory_mb: 128 }).ok())
-            .collect();
-        drop(slots);
+        let weak = Arc::downgrade(&sandbox.inner);
+        std::thread::Builder::new()
+            .name("ignite-zygotes".into())
+            .spawn(move || refill_zygotes(&weak))
+            .map_err(SandboxError::Netns)?;
         Ok(sandbox)
     }
 
@@ -161,7 +169,7 @@ impl Sandbox {
     fn take_slot(&self, limits: &Limits) -> io::Result<Slot> {
         let pool = &self.inner.slots;
         let reused = pool.lock().free.pop();
-        let mut state = match reused {
+        let state = match reused {
             Some(state) => state,
             None => {
                 let index = {
@@ -183,51 +191,36 @@ impl Sandbox {
                 SlotState { index, cgroups }
             }
         };
-        if let Some(c) = &mut state.cgroups {
-            c.set_memory(limits.memory_mb.saturating_mul(1 << 20))?;
-        }
-        Ok(Slot {
+        let mut slot = Slot {
             state: Some(state),
             pool: pool.clone(),
-        })
+        };
+        slot.set_memory(limits.memory_mb)?;
+        Ok(slot)
     }
 
     fn take_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
         self.inner.netns.take()
     }
 
-    fn isolation(
-        &self,
-        slot: &Slot,
-        netns: std::os::fd::RawFd,
-        limits: &Limits,
-    ) -> io::Result<spawn::Isolation> {
+    fn isolation(&self, slot: &Slot, netns: RawFd) -> io::Result<spawn::Isolation> {
         let state = slot
             .state
             .as_ref()
             .ok_or_else(|| io::Error::other("instance slot already released"))?;
         let config = &self.inner.config;
         let uid = config.first_uid + state.index;
-        let memory = limits.memory_mb.saturating_mul(1 << 20);
-        let has_memory_cgroup = self.inner.cgroups.as_ref().is_some_and(|c| c.has("memory"));
-        // Address space: a backstop where a memory cgroup enforces the real limit, the limit
-        // itself (plus room for stacks and mappings) where none does.
-        let address_space = if has_memory_cgroup {
-            memory.saturating_mul(4).saturating_add(1 << 30)
-        } else {
-            memory.saturating_add(256 << 20)
-        };
         let c = |s: String| std::ffi::CString::new(s).map_err(io::Error::other);
         Ok(spawn::Isolation {
             netns,
             cgroup_procs: state.cgroups.as_ref().map_or_else(Vec::new, |c| c.procs()),
             paths: &self.inner.paths,
             tmp_options: c(format!("size={}m,nr_inodes=16384,mode=1777", config.tmp_mb))?,
+            // RLIMIT_AS depends on the app's memory limit: set at launch.
             rlimits: vec![
                 (libc::RLIMIT_NOFILE, config.open_files),
                 (libc::RLIMIT_NPROC, config.pids),
                 (libc::RLIMIT_CORE, 0),
-                (libc::RLIMIT_AS, address_space),
             ],
             uid_map: format!("1000 {uid} 1"),
             gid_map: format!("1000 {uid} 1"),
@@ -241,6 +234,113 @@ impl Sandbox {
                     .cast::<libc::sock_filter>(),
             },
         })
+    }
+
+    /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty.
+    fn take_zygote(&self) -> Result<Zygote, SpawnError> {
+        match self.inner.zygotes.take() {
+            Some(zygote) => Ok(zygote),
+            None => Zygote::create(self),
+        }
+    }
+}
+
+/// Zygotes made ahead of need by the `ignite-zygotes` thread.
+#[derive(Default)]
+struct ZygotePool {
+    state: Mutex<ZygoteState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct ZygoteState {
+    ready: Vec<Zygote>,
+    closed: bool,
+}
+
+impl ZygotePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ZygoteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Option<Zygote> {
+        let zygote = self.lock().ready.pop();
+        self.wake.notify_one();
+        zygote
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.zygotes.lock().closed = true;
+        self.zygotes.wake.notify_all();
+    }
+}
+
+/// How long background preparation waits after the pool is drawn on.
+pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Background work that must not compete with the instances being started: SCHED_IDLE runs
+/// it only on otherwise idle CPUs, and SCHED_RESET_ON_FORK keeps the processes it creates on
+/// the normal policy.
+pub(crate) fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter block.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "could not lower the sandbox's background priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
+    run_when_idle();
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        {
+            let spare = strong.config.spare_zygotes;
+            let pool = &strong.zygotes;
+            let mut state = pool.lock();
+            while !state.closed && state.ready.len() >= spare {
+                // Wake now and then to notice a dropped sandbox.
+                state = pool
+                    .wake
+                    .wait_timeout(state, std::time::Duration::from_secs(1))
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                if std::sync::Arc::strong_count(&strong) == 1 {
+                    return;
+                }
+            }
+            if state.closed {
+                return;
+            }
+        }
+        // Let the start that took a zygote finish first: making the next one right away
+        // contends with it for the kernel's namespace and cgroup locks (it doubled the cold
+        // start here). A burst that empties the pool makes its own meanwhile.
+        drop(strong);
+        std::thread::sleep(SETTLE);
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let sandbox = Sandbox {
+            inner: strong.clone(),
+        };
+        match Zygote::create(&sandbox) {
+            Ok(zygote) => strong.zygotes.lock().ready.push(zygote),
+            Err(e) => {
+                tracing::warn!("cannot prepare a sandboxed instance ahead of need: {e}");
+                drop((sandbox, strong));
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
     }
 }
 
@@ -276,6 +376,20 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    fn set_memory(&mut self, memory_mb: u64) -> io::Result<()> {
+        match self.state.as_mut().and_then(|s| s.cgroups.as_mut()) {
+            Some(c) => c.set_memory(memory_mb.saturating_mul(1 << 20)),
+            None => Ok(()),
+        }
+    }
+
+    fn has_memory_cgroup(&self) -> bool {
+        self.state
+            .as_ref()
+            .and_then(|s| s.cgroups.as_ref())
+            .is_some_and(|c| c.has_memory())
+    }
+
     /// Returns the slot; says whether its memory controller killed a process meanwhile.
     pub(crate) fn release(mut self) -> bool {
         let Some(mut state) = self.state.take() else {

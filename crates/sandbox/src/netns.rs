@@ -88,6 +88,7 @@ fn create() -> io::Result<OwnedFd> {
 }
 
 fn refill_loop(shared: &Shared, spare: usize) {
+    crate::run_when_idle();
     loop {
         {
             let mut state = lock(shared);
@@ -101,6 +102,7 @@ fn refill_loop(shared: &Shared, spare: usize) {
                 return;
             }
         }
+        thread::sleep(crate::SETTLE);
         match create() {
             Ok(fd) => lock(shared).namespaces.push(fd),
             Err(e) => {

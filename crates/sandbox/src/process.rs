@@ -11,6 +11,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::Slot;
+use crate::spawn::{SpawnError, ZygoteMemory};
 
 /// A started process. Dropping it kills the process (and, sandboxed, everything it started)
 /// and reaps it in the background.
@@ -21,6 +22,8 @@ pub struct Process {
     raw_pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
     slot: Option<Slot>,
+    /// A sandboxed process's zygote memory: its stack until exec, and why it failed if it did.
+    memory: Option<Box<ZygoteMemory>>,
     oom_killed: bool,
     /// Already handed to a background reaper: if that is cancelled (runtime shutting down),
     /// reap on the spot instead of handing it on again.
@@ -28,7 +31,12 @@ pub struct Process {
 }
 
 impl Process {
-    pub(crate) fn new(pid: u32, pidfd: OwnedFd, slot: Option<Slot>) -> io::Result<Process> {
+    pub(crate) fn new(
+        pid: u32,
+        pidfd: OwnedFd,
+        slot: Option<Slot>,
+        memory: Option<Box<ZygoteMemory>>,
+    ) -> io::Result<Process> {
         // Outside a runtime (a plain test), waiting falls back to blocking calls.
         let (pidfd, raw_pidfd) = match tokio::runtime::Handle::try_current() {
             // SAFETY: the OwnedFd is a valid open pidfd that the AsyncFd owns from here on, so it
@@ -45,6 +53,7 @@ impl Process {
             raw_pidfd,
             status: None,
             slot,
+            memory,
             oom_killed: false,
             orphan: false,
         })
@@ -132,6 +141,12 @@ impl Process {
         Ok(Some(status))
     }
 
+    /// Why a sandboxed process exited before it could exec the handler (known once reaped).
+    pub fn launch_failure(&self) -> Option<SpawnError> {
+        self.status?;
+        self.memory.as_ref()?.failure()
+    }
+
     /// Whether the kernel killed the process for exceeding its memory limit. Known once the
     /// process has been reaped.
     pub fn oom_killed(&self) -> bool {
@@ -190,6 +205,7 @@ impl Drop for Process {
             raw_pidfd: self.raw_pidfd.take(),
             status: None,
             slot: self.slot.take(),
+            memory: self.memory.take(),
             oom_killed: false,
             orphan: true,
         };

@@ -1,19 +1,25 @@
-//! Starting a process: `clone` with vfork semantics, then, in the child, the sandbox set-up and
-//! `execveat` of the handler binary.
+//! Starting a process: `clone` sharing the agent's memory, then, in the child, the sandbox
+//! set-up and `execveat` of the handler binary.
 //!
-//! The child shares the agent's memory until it execs (`CLONE_VM | CLONE_VFORK`, what
-//! `posix_spawn` does), so starting an instance costs no page-table copy of the agent. The price
-//! is that the child may only make system calls on data prepared before `clone`: no allocation,
-//! no locks, no glibc wrapper that talks to other threads (glibc's `setresuid` signals every
-//! thread of the *agent*, so credentials change through raw `syscall`s).
+//! The child shares the agent's memory until it execs (`CLONE_VM`, what `posix_spawn` does), so
+//! starting an instance costs no page-table copy of the agent. The price is that the child may
+//! only make system calls on data prepared before `clone`: no allocation, no locks, no glibc
+//! wrapper that talks to other threads (glibc's `setresuid` signals every thread of the *agent*,
+//! so credentials change through raw `syscall`s).
+//!
+//! A plain child execs at once (`CLONE_VFORK`: the agent thread waits for it). A sandboxed one is
+//! a *zygote*: made ahead of need by a background thread, it sets up its namespaces, root,
+//! cgroups, user and seccomp filter, then parks in `recvmsg` on its control socket. Starting an
+//! instance hands it the binary's descriptor and environment; all it has left to do is exec.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::fs::File;
 use std::io;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::process::Process;
 use crate::{Limits, Sandbox, Slot};
@@ -56,6 +62,7 @@ fn hint(step: &str, source: &io::Error) -> &'static str {
 }
 
 const STEP_EXEC: &str = "executing the handler binary";
+const STEP_EXEC_INDEX: usize = 21;
 
 /// The steps the child reports a failure of, by index.
 const STEPS: &[&str] = &[
@@ -82,6 +89,7 @@ const STEPS: &[&str] = &[
     "installing the seccomp filter",
     STEP_EXEC,
 ];
+const _: () = assert!(STEPS.len() == STEP_EXEC_INDEX + 1);
 
 /// Written by the child before it exits on a failure; read once the child is gone.
 #[derive(Default)]
@@ -98,9 +106,17 @@ struct ChildArgs {
     envp: *const *const c_char,
     sigmask: libc::sigset_t,
     isolation: *const Isolation,
+    launch: *const Launch,
     failure: *const Failure,
-    /// Sandboxed only: the child's end of the handshake socket (see [`spawn`]).
+    /// Sandboxed only: the child's end of the control socket (see [`Zygote`]).
     handshake: RawFd,
+}
+
+/// What a zygote is told when it is launched; set by the parent before it sends the binary.
+#[derive(Default)]
+struct Launch {
+    envp: AtomicPtr<*const c_char>,
+    address_space: AtomicU64,
 }
 
 pub(crate) struct Isolation {
@@ -172,13 +188,20 @@ pub fn spawn(
     command: &Command<'_>,
     sandbox: Option<(&Sandbox, &Limits)>,
 ) -> Result<Spawned, SpawnError> {
-    let prep = |step: &'static str| move |source: io::Error| SpawnError { step, source };
     let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
-    let argv0 = cstring("the program name", "handler")?;
-    let argv = [argv0.as_ptr(), ptr::null()];
-    let env = command
-        .env
-        .iter()
+    let env = environment(command.env)?;
+    match sandbox {
+        None => spawn_plain(exe, env),
+        Some((sandbox, limits)) => sandbox.take_zygote()?.launch(exe, env, limits),
+    }
+}
+
+fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
+    move |source| SpawnError { step, source }
+}
+
+fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
+    env.iter()
         .map(|(k, v)| {
             if k.is_empty() || k.contains('=') {
                 return Err(SpawnError {
@@ -191,43 +214,20 @@ pub fn spawn(
             }
             cstring(&format!("environment variable {k}"), &format!("{k}={v}"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut envp: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(ptr::null());
+        .collect()
+}
 
-    let streams = prep("creating the standard stream pipes");
-    let (stdin_child, stdin) = pipe().map_err(streams)?;
-    let (stdout, stdout_child) = pipe().map_err(streams)?;
-    let (stderr, stderr_child) = pipe().map_err(streams)?;
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
+}
 
-    let mut slot: Option<Slot> = None;
-    let mut netns: Option<OwnedFd> = None;
-    let isolation = match sandbox {
-        Some((sandbox, limits)) => {
-            let s = sandbox
-                .take_slot(limits)
-                .map_err(prep("preparing the instance's cgroups"))?;
-            let ns = sandbox
-                .take_netns()
-                .map_err(prep("preparing the instance's network namespace"))?;
-            let iso = sandbox.isolation(&s, ns.as_raw_fd(), limits);
-            slot = Some(s);
-            netns = Some(ns);
-            Some(iso.map_err(prep("preparing the sandbox"))?)
-        }
-        None => None,
-    };
-
-    // The sandboxed child needs its user namespace's maps written from outside (only a
-    // process with CAP_SETUID in the parent namespace may map a uid other than its own), so it
-    // runs beside this thread rather than suspending it (no CLONE_VFORK) and they talk over a
-    // socket pair: the child sends a byte once it has unshared its user namespace, this thread
-    // writes the maps and answers, and the child's end closes when it execs or exits.
-    let handshake = match &isolation {
-        Some(_) => Some(socketpair().map_err(prep("creating the handshake socket"))?),
-        None => None,
-    };
-    let failure = Failure::default();
+/// Blocks every signal on this thread (the child starts with this mask, so no handler of the
+/// agent's runs in it before it resets them); returns the previous mask.
+fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigfillset initialises it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above; pthread_sigmask fills `previous`.
@@ -237,6 +237,69 @@ pub fn spawn(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
     }
+    previous
+}
+
+fn restore_signals(previous: &libc::sigset_t) {
+    // SAFETY: restores a mask saved by block_signals.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, previous, ptr::null_mut());
+    }
+}
+
+/// clone(2) with `child_main` on `stack`.
+///
+/// # Safety
+/// `args`, everything it points to and `stack` must stay alive and unmoved until the child has
+/// exec'd or exited.
+unsafe fn clone_child(
+    args: *const ChildArgs,
+    stack: &mut [u8],
+    flags: c_int,
+) -> Result<(c_int, OwnedFd), SpawnError> {
+    let mut pidfd: c_int = -1;
+    // SAFETY: the caller keeps `args` and `stack` alive; the stack grows down from its 16-byte
+    // aligned top; CLONE_PIDFD makes the kernel store the pidfd in `pidfd`.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            child_main,
+            top.cast::<c_void>(),
+            flags | libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
+            args.cast_mut().cast::<c_void>(),
+            &mut pidfd as *mut c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(SpawnError {
+            step: "creating the process",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: with CLONE_PIDFD the kernel returned a new descriptor that nobody else owns.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+fn failure_of(failure: &Failure) -> Option<SpawnError> {
+    let step = failure.step.load(Ordering::Acquire);
+    (step != 0).then(|| SpawnError {
+        step: STEPS.get(step).copied().unwrap_or("starting the handler"),
+        source: io::Error::from_raw_os_error(failure.errno.load(Ordering::Acquire)),
+    })
+}
+
+/// Unconfined: a vfork-style child that execs at once.
+fn spawn_plain(exe: File, env: Vec<CString>) -> Result<Spawned, SpawnError> {
+    let argv0 = cstring("the program name", "handler")?;
+    let argv = [argv0.as_ptr(), ptr::null()];
+    let envp = pointers(&env);
+    let streams = prep("creating the standard stream pipes");
+    let (stdin_child, stdin) = pipe().map_err(&streams)?;
+    let (stdout, stdout_child) = pipe().map_err(&streams)?;
+    let (stderr, stderr_child) = pipe().map_err(&streams)?;
+    let failure = Failure::default();
+    let previous = block_signals();
     let args = ChildArgs {
         stdio: [
             stdin_child.as_raw_fd(),
@@ -247,55 +310,285 @@ pub fn spawn(
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         sigmask: previous,
-        isolation: isolation.as_ref().map_or(ptr::null(), |i| i as *const _),
+        isolation: ptr::null(),
+        launch: ptr::null(),
         failure: &failure,
-        handshake: handshake
-            .as_ref()
-            .map_or(-1, |(_, child)| child.as_raw_fd()),
+        handshake: -1,
     };
-    let mut flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
-    if isolation.is_some() {
-        flags |= libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    } else {
-        flags |= libc::CLONE_VFORK;
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: with CLONE_VFORK this thread is suspended until the child has exec'd or exited,
+    // so `args` and `stack` outlive its use of them.
+    let cloned = unsafe { clone_child(&args, &mut stack, libc::CLONE_VFORK) };
+    restore_signals(&previous);
+    let (pid, pidfd) = cloned?;
+    drop((stdin_child, stdout_child, stderr_child, exe));
+    let mut process =
+        Process::new(pid as u32, pidfd, None, None).map_err(prep("watching the process"))?;
+    if let Some(e) = failure_of(&failure) {
+        process.reap_now();
+        return Err(e);
     }
-    let mut stack = vec![0u8; 128 * 1024];
-    let mut pidfd: c_int = -1;
-    // SAFETY: the stack grows down from its (16-byte aligned) top; it, `args` and everything
-    // `args` points to stay alive and unmoved until the child has exec'd or exited: with
-    // CLONE_VFORK this thread is suspended until then, and sandboxed it waits below for the
-    // child's end of the handshake socket to close (which happens at exec or exit). CLONE_PIDFD
-    // makes the kernel store the pidfd in `pidfd`.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len());
-        let top = top.sub(top as usize % 16);
-        libc::clone(
-            child_main,
-            top.cast::<c_void>(),
-            flags,
-            (&args as *const ChildArgs).cast_mut().cast::<c_void>(),
-            &mut pidfd as *mut c_int,
-        )
-    };
-    let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, ptr::null_mut());
+    Ok(Spawned {
+        process,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// A zygote's memory: its stack and everything its code reads. Boxed, so that it does not move,
+/// and kept until the zygote has exec'd or died.
+pub(crate) struct ZygoteMemory {
+    stack: Vec<u8>,
+    args: ChildArgs,
+    failure: Failure,
+    launch: Launch,
+    isolation: Isolation,
+    argv0: CString,
+    argv: [*const c_char; 2],
+    env: Vec<CString>,
+    envp: Vec<*const c_char>,
+}
+
+// SAFETY: the raw pointers in ZygoteMemory point into the same box (or at data the Sandbox
+// keeps alive); the agent side only writes `env`/`envp` before publishing them through
+// `launch` (Release) and reads `failure` (Acquire) after the zygote has exited.
+unsafe impl Send for ZygoteMemory {}
+// SAFETY: as above; shared access is read-only or through atomics.
+unsafe impl Sync for ZygoteMemory {}
+
+impl std::fmt::Debug for ZygoteMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZygoteMemory")
     }
-    if pid < 0 {
-        return Err(SpawnError {
-            step: "creating the process",
-            source: clone_error,
+}
+
+impl ZygoteMemory {
+    /// Why the zygote exited instead of exec'ing the handler, if it did.
+    pub(crate) fn failure(&self) -> Option<SpawnError> {
+        failure_of(&self.failure)
+    }
+}
+
+/// A sandboxed process parked before exec (see the module documentation).
+pub(crate) struct Zygote {
+    pid: c_int,
+    pidfd: Option<OwnedFd>,
+    control: OwnedFd,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    slot: Option<Slot>,
+    memory: Option<Box<ZygoteMemory>>,
+}
+
+impl Zygote {
+    /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
+    /// microseconds; runs on the sandbox's own thread, ahead of need.
+    pub(crate) fn create(sandbox: &Sandbox) -> Result<Zygote, SpawnError> {
+        let slot = sandbox
+            .take_slot(&Limits { memory_mb: 128 })
+            .map_err(prep("preparing the instance's cgroups"))?;
+        let netns = sandbox
+            .take_netns()
+            .map_err(prep("preparing the instance's network namespace"))?;
+        let isolation = sandbox
+            .isolation(&slot, netns.as_raw_fd())
+            .map_err(prep("preparing the sandbox"))?;
+        let streams = prep("creating the standard stream pipes");
+        let (stdin_child, stdin) = pipe().map_err(&streams)?;
+        let (stdout, stdout_child) = pipe().map_err(&streams)?;
+        let (stderr, stderr_child) = pipe().map_err(&streams)?;
+        let (control, control_child) = socketpair().map_err(prep("creating the control socket"))?;
+        let previous = block_signals();
+        let mut memory = Box::new(ZygoteMemory {
+            stack: vec![0u8; 64 * 1024],
+            args: ChildArgs {
+                stdio: [
+                    stdin_child.as_raw_fd(),
+                    stdout_child.as_raw_fd(),
+                    stderr_child.as_raw_fd(),
+                ],
+                exe: -1,
+                argv: ptr::null(),
+                envp: ptr::null(),
+                sigmask: previous,
+                isolation: ptr::null(),
+                launch: ptr::null(),
+                failure: ptr::null(),
+                handshake: control_child.as_raw_fd(),
+            },
+            failure: Failure::default(),
+            launch: Launch::default(),
+            isolation,
+            argv0: cstring("the program name", "handler")?,
+            argv: [ptr::null(); 2],
+            env: Vec::new(),
+            envp: Vec::new(),
         });
+        memory.argv[0] = memory.argv0.as_ptr();
+        memory.args.argv = memory.argv.as_ptr();
+        memory.args.isolation = &memory.isolation;
+        memory.args.launch = &memory.launch;
+        memory.args.failure = &memory.failure;
+        let args: *const ChildArgs = &memory.args;
+        // SAFETY: the box stays alive and unmoved until the child has exec'd or exited: a Zygote
+        // (and then the Process it becomes) owns it and frees it only after reaping the child.
+        let cloned = unsafe {
+            clone_child(
+                args,
+                &mut memory.stack,
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
+            )
+        };
+        restore_signals(&previous);
+        let (pid, pidfd) = cloned?;
+        drop((
+            stdin_child,
+            stdout_child,
+            stderr_child,
+            control_child,
+            netns,
+        ));
+        let mut zygote = Zygote {
+            pid,
+            pidfd: Some(pidfd),
+            control,
+            stdin,
+            stdout,
+            stderr,
+            slot: Some(slot),
+            memory: Some(memory),
+        };
+        // The child asks for its user namespace's maps ('r'), which only a process with
+        // CAP_SETUID in the parent namespace may write for a uid other than its own, then
+        // reports that it is parked ('k'). It closes its end if it fails.
+        let result = (|| {
+            if !zygote.expect(b'r')? {
+                return Ok(false);
+            }
+            let proc_ = format!("/proc/{pid}");
+            let iso = &zygote
+                .memory
+                .as_ref()
+                .ok_or_else(|| io::Error::other("gone"))?
+                .isolation;
+            std::fs::write(format!("{proc_}/uid_map"), &iso.uid_map)?;
+            std::fs::write(format!("{proc_}/setgroups"), "deny")?;
+            std::fs::write(format!("{proc_}/gid_map"), &iso.gid_map)?;
+            (&zygote.control_file()?).write_all(b"m")?;
+            zygote.expect(b'k')
+        })();
+        match result {
+            Ok(true) => Ok(zygote),
+            Ok(false) => {
+                zygote.kill_and_reap();
+                Err(zygote
+                    .memory
+                    .as_ref()
+                    .and_then(|m| m.failure())
+                    .unwrap_or_else(|| SpawnError {
+                        step: "starting the sandbox",
+                        source: io::Error::other("the sandboxed process exited during set-up"),
+                    }))
+            }
+            Err(source) => {
+                zygote.kill_and_reap();
+                Err(SpawnError {
+                    step: "mapping the instance's user",
+                    source,
+                })
+            }
+        }
     }
-    // SAFETY: with CLONE_PIDFD the kernel returned a new descriptor that nobody else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let mut mapping_error = None;
-    if let (Some((ours, theirs)), Some(iso)) = (handshake, &isolation) {
-        drop(theirs);
-        mapping_error = map_user(pid, iso, &ours).err();
-        if mapping_error.is_some() {
-            // SAFETY: pidfd_send_signal on our own child's pidfd, null siginfo.
+
+    fn control_file(&self) -> io::Result<File> {
+        Ok(File::from(self.control.try_clone()?))
+    }
+
+    /// Reads one byte from the child: `Ok(false)` if it closed its end instead.
+    fn expect(&self, want: u8) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        if (&self.control_file()?).read(&mut byte)? == 0 {
+            return Ok(false);
+        }
+        if byte[0] != want {
+            return Err(io::Error::other(format!(
+                "unexpected handshake byte {:?}",
+                byte[0] as char
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Hands the zygote its binary and environment; it execs on its own from there.
+    pub(crate) fn launch(
+        mut self,
+        exe: File,
+        env: Vec<CString>,
+        limits: &Limits,
+    ) -> Result<Spawned, SpawnError> {
+        let (Some(mut slot), Some(mut memory), Some(pidfd)) =
+            (self.slot.take(), self.memory.take(), self.pidfd.take())
+        else {
+            return Err(SpawnError {
+                step: "starting the sandbox",
+                source: io::Error::other("the zygote was already used"),
+            });
+        };
+        let fail = |slot: Slot, memory: Box<ZygoteMemory>, pidfd: OwnedFd, e: SpawnError| {
+            // Reaped through a Process so the memory outlives the child.
+            if let Ok(mut p) = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory)) {
+                let _ = p.signal(libc::SIGKILL);
+                p.reap_now();
+            }
+            Err(e)
+        };
+        if let Err(e) = slot.set_memory(limits.memory_mb) {
+            return fail(
+                slot,
+                memory,
+                pidfd,
+                prep("setting the instance's memory limit")(e),
+            );
+        }
+        memory.env = env;
+        memory.envp = pointers(&memory.env);
+        let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
+        memory.launch.address_space.store(
+            address_space_limit(memory_bytes, slot.has_memory_cgroup()),
+            Ordering::Relaxed,
+        );
+        memory
+            .launch
+            .envp
+            .store(memory.envp.as_ptr().cast_mut(), Ordering::Release);
+        if let Err(e) = send_fd(&self.control, exe.as_raw_fd()) {
+            return fail(
+                slot,
+                memory,
+                pidfd,
+                prep("handing the binary to the sandbox")(e),
+            );
+        }
+        drop(exe);
+        let process = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory))
+            .map_err(prep("watching the process"))?;
+        let stdin = std::mem::replace(&mut self.stdin, placeholder()?);
+        let stdout = std::mem::replace(&mut self.stdout, placeholder()?);
+        let stderr = std::mem::replace(&mut self.stderr, placeholder()?);
+        Ok(Spawned {
+            process,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn kill_and_reap(&mut self) {
+        if let Some(pidfd) = self.pidfd.take() {
+            // SAFETY: signals and reaps our own child through its pidfd; siginfo out-param is
+            // a local.
             unsafe {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
@@ -304,36 +597,72 @@ pub fn spawn(
                     ptr::null::<libc::siginfo_t>(),
                     0,
                 );
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                while libc::waitid(
+                    libc::P_PIDFD,
+                    pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                ) < 0
+                    && errno() == libc::EINTR
+                {}
             }
         }
-        // Until the child's end closes it may still be using `args` and its stack.
-        wait_closed(&ours);
+        // Only now that the child is gone may its stack be freed.
+        self.memory = None;
     }
-    drop(stack);
-    drop((stdin_child, stdout_child, stderr_child, netns, exe));
-    let mut process =
-        Process::new(pid as u32, pidfd, slot).map_err(prep("watching the process"))?;
-    if let Some(source) = mapping_error {
-        process.reap_now();
-        return Err(SpawnError {
-            step: "mapping the instance's user",
-            source,
-        });
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        self.kill_and_reap();
     }
-    let step = failure.step.load(Ordering::Acquire);
-    if step != 0 {
-        process.reap_now();
-        return Err(SpawnError {
-            step: STEPS.get(step).copied().unwrap_or("starting the handler"),
-            source: io::Error::from_raw_os_error(failure.errno.load(Ordering::Acquire)),
-        });
+}
+
+/// A closed-on-drop descriptor to put in place of one handed out.
+fn placeholder() -> Result<OwnedFd, SpawnError> {
+    File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(prep("opening /dev/null"))
+}
+
+/// The address-space rlimit: a backstop where a memory cgroup enforces the real limit, the
+/// limit itself (plus room for stacks and mappings) where none does.
+fn address_space_limit(memory: u64, has_memory_cgroup: bool) -> u64 {
+    if has_memory_cgroup {
+        memory.saturating_mul(4).saturating_add(1 << 30)
+    } else {
+        memory.saturating_add(256 << 20)
     }
-    Ok(Spawned {
-        process,
-        stdin,
-        stdout,
-        stderr,
-    })
+}
+
+/// Sends one byte carrying `fd` (SCM_RIGHTS).
+fn send_fd(socket: &OwnedFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr and cmsghdr are plain data built over local buffers that outlive sendmsg;
+    // CMSG_SPACE(size_of::<c_int>()) fits in the 64-byte control buffer.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        if libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -352,36 +681,6 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// The parent's half of the handshake: waits for the child to have its user namespace, maps
-/// the instance's uid and gid into it, and lets it go on.
-fn map_user(pid: c_int, iso: &Isolation, socket: &OwnedFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut stream = File::from(socket.try_clone()?);
-    use std::io::{Read, Write};
-    if stream.read(&mut byte)? == 0 {
-        // The child failed before its user namespace; its failure says why.
-        return Ok(());
-    }
-    let proc_ = format!("/proc/{pid}");
-    std::fs::write(format!("{proc_}/uid_map"), &iso.uid_map)?;
-    std::fs::write(format!("{proc_}/setgroups"), "deny")?;
-    std::fs::write(format!("{proc_}/gid_map"), &iso.gid_map)?;
-    stream.write_all(b"m")?;
-    Ok(())
-}
-
-/// Reads until the peer's end is closed (the child exec'd or exited).
-fn wait_closed(socket: &OwnedFd) {
-    let mut buf = [0u8; 16];
-    loop {
-        // SAFETY: reads into a local buffer of the given length.
-        let n = unsafe { libc::read(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n == 0 || (n < 0 && errno() != libc::EINTR) {
-            return;
-        }
-    }
 }
 
 fn errno() -> i32 {
@@ -519,7 +818,7 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                 15,
             )?;
             ok(libc::unshare(libc::CLONE_NEWUSER), 16)?;
-            // The parent maps uid and gid 1000 here to the instance's host uid and gid.
+            // The agent maps uid and gid 1000 here to the instance's host uid and gid.
             let mut byte = b'r';
             okl(
                 libc::write(args.handshake, (&byte as *const u8).cast(), 1) as libc::c_long,
@@ -558,30 +857,107 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 18)?;
         }
 
-        // Nothing of the agent's crosses exec but the three streams (and the binary's own
-        // descriptor, closed by the exec itself).
-        ok(
-            libc::close_range(3, c_int::MAX as u32, libc::CLOSE_RANGE_CLOEXEC as c_int),
-            19,
-        )?;
-        if let Some(iso) = args.isolation.as_ref() {
+        let Some(iso) = args.isolation.as_ref() else {
+            // Nothing of the agent's crosses exec but the three streams (and the binary's own
+            // descriptor, closed by the exec itself).
             ok(
-                libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                    &iso.filter as *const libc::sock_fprog,
-                ),
-                20,
+                libc::close_range(3, c_int::MAX as u32, libc::CLOSE_RANGE_CLOEXEC as c_int),
+                19,
             )?;
+            libc::execveat(
+                args.exe,
+                c"".as_ptr(),
+                args.argv.cast_mut().cast(),
+                args.envp.cast_mut().cast(),
+                libc::AT_EMPTY_PATH,
+            );
+            return Err(STEP_EXEC_INDEX);
+        };
+        ok(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &iso.filter as *const libc::sock_fprog,
+            ),
+            20,
+        )?;
+        // A zygote keeps nothing of the agent's: the control socket moves to fd 3 and every
+        // other descriptor inherited with the agent's table is closed (not merely marked
+        // close-on-exec: the descriptor it will receive needs a free number under its
+        // RLIMIT_NOFILE).
+        let control: c_int = 3;
+        ok(libc::dup2(args.handshake, control), 19)?;
+        ok(libc::close_range(4, c_int::MAX as u32, 0), 19)?;
+        // Parked: wait for the binary (a descriptor passed over the control socket).
+        let parked = b'k';
+        okl(
+            libc::write(control, (&parked as *const u8).cast(), 1) as libc::c_long,
+            17,
+        )?;
+        let exe = receive_fd(control);
+        if exe == -2 {
+            // The agent let this zygote go.
+            libc::_exit(0);
         }
+        ok(exe, 21)?;
+        let launch = &*args.launch;
+        let limit = libc::rlimit64 {
+            rlim_cur: launch.address_space.load(Ordering::Relaxed),
+            rlim_max: launch.address_space.load(Ordering::Relaxed),
+        };
+        ok(libc::setrlimit64(libc::RLIMIT_AS, &limit), 14)?;
         libc::execveat(
-            args.exe,
+            exe,
             c"".as_ptr(),
             args.argv.cast_mut().cast(),
-            args.envp.cast_mut().cast(),
+            launch.envp.load(Ordering::Acquire).cast(),
             libc::AT_EMPTY_PATH,
         );
-        Err(21)
+        Err(STEP_EXEC_INDEX)
+    }
+}
+
+/// Child side of [`send_fd`]: the received descriptor (close-on-exec), -2 if the peer closed
+/// the socket, -1 on an error (errno set).
+///
+/// # Safety
+/// Child-side only; plain system calls on local buffers.
+unsafe fn receive_fd(socket: RawFd) -> c_int {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data over local buffers that outlive recvmsg; the cmsg pointers
+    // come from the kernel-filled control buffer and are checked before use.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        let n = loop {
+            let n = libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 || errno() != libc::EINTR {
+                break n;
+            }
+        };
+        if n == 0 {
+            return -2;
+        }
+        if n < 0 {
+            return -1;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            *libc::__errno_location() = libc::EBADMSG;
+            return -1;
+        }
+        ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>())
     }
 }
 

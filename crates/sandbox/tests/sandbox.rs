@@ -178,3 +178,28 @@ fn unbounded_allocation_is_killed_at_the_memory_limit() {
         "{exit}"
     );
 }
+
+#[test]
+fn a_dynamically_linked_binary_is_refused_with_a_reason() {
+    let sandbox = sandbox();
+    let spawned = spawn(
+        &Command {
+            program: Path::new("/bin/true"),
+            env: &[],
+        },
+        Some((&sandbox, &Limits { memory_mb: 64 })),
+    )
+    .expect("the zygote takes the binary");
+    let mut process = spawned.process;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(process.wait()).unwrap();
+    assert_eq!(status.code(), Some(127));
+    let failure = process
+        .launch_failure()
+        .expect("a launch failure")
+        .to_string();
+    assert!(failure.contains("static binary"), "{failure}");
+}
