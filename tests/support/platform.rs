@@ -18,6 +18,10 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server the way an operator does (SIGTERM) and waits for it to exit: in-flight
     /// requests finish and every execution record is written.
     pub fn stop(mut self) {
@@ -64,6 +68,11 @@ pub fn start_server(dir: &Path) -> Server {
 }
 
 pub fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
+    start_server_env(dir, extra, &[])
+}
+
+/// Also sets variables in the server's environment.
+pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
         .args([
             "ignite",
@@ -79,6 +88,7 @@ pub fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
         .arg("--build-target-dir")
         .arg(super::target_dir())
         .env("DODIL_CONFIG", dir.join("config.toml"))
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0)

@@ -1,0 +1,557 @@
+//! Hostile tenants against the real server, the real sandbox and real handler processes.
+//!
+//! One compiled "attacker" app takes the attack to run from its request; a neighbouring app is
+//! called throughout and must keep answering. Canaries with random markers sit where an
+//! attacker would look: another app's artifact and environment (in the store), the server's
+//! data directory, `/root`, the server's own environment. Every test fails if a marker shows up
+//! in an answer or a log, if an attack is not refused or contained, or if a process is left.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::platform::*;
+
+const ATTACKER: &str = r#"
+use ignite::prelude::*;
+use std::io::Write;
+
+fn outcome<T>(r: std::io::Result<T>, ok: &str) -> String {
+    match r {
+        Ok(_) => ok.to_string(),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+fn read_all(path: &str) -> String {
+    match std::fs::read(path) {
+        Ok(b) => format!("READ {}", String::from_utf8_lossy(&b)),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    let attack: String = req.field("attack")?;
+    let out: String = match attack.as_str() {
+        "read" => {
+            let paths: Vec<String> = req.field("paths")?;
+            paths.iter().map(|p| format!("{p} => {}\n", read_all(p))).collect()
+        }
+        "look_around" => {
+            let mut out = String::new();
+            for (k, v) in std::env::vars() {
+                out.push_str(&format!("env {k}={v}\n"));
+            }
+            let pids: Vec<String> = std::fs::read_dir("/proc")
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<u32>().is_ok()).collect())
+                .unwrap_or_default();
+            for pid in &pids {
+                out.push_str(&format!("pid {pid} environ {}\n", read_all(&format!("/proc/{pid}/environ"))));
+                out.push_str(&format!("pid {pid} cmdline {}\n", read_all(&format!("/proc/{pid}/cmdline"))));
+            }
+            out.push_str(&format!("pids {}\n", pids.join(",")));
+            let root: Vec<String> = std::fs::read_dir("/")
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            out.push_str(&format!("root {}\n", root.join(",")));
+            out
+        }
+        "ptrace" => {
+            let pid: i32 = req.field("pid")?;
+            // SAFETY: PTRACE_ATTACH takes no pointers.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
+            outcome(if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }, "ATTACHED")
+        }
+        "raw_socket" => {
+            // SAFETY: socket takes no pointers.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            outcome(if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }, "OPENED")
+        }
+        "connect" => {
+            let addrs: Vec<String> = req.field("addrs")?;
+            addrs.iter().map(|a| {
+                let r = a.parse().map_err(std::io::Error::other).and_then(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1))
+                });
+                format!("{a} => {}\n", outcome(r, "CONNECTED"))
+            }).collect()
+        }
+        "fork_bomb" => {
+            let mut forked = 0;
+            let mut error = String::new();
+            for _ in 0..100_000 {
+                // SAFETY: the child only sleeps, then exits without unwinding.
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        libc::sleep(600);
+                        libc::_exit(0)
+                    },
+                    pid if pid > 0 => forked += 1,
+                    _ => {
+                        error = std::io::Error::last_os_error().to_string();
+                        break;
+                    }
+                }
+            }
+            format!("forked {forked}; then: {error}")
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![7u8; 1 << 20]);
+                if hoard.len() % 1024 == 0 {
+                    eprintln!("holding {} MiB", hoard.len());
+                }
+            }
+        }
+        "write_outside" => {
+            ["/evil", "/etc/evil", "/proc/evil", "/dev/evil"]
+                .iter()
+                .map(|p| format!("{p} => {}\n", outcome(std::fs::write(p, b"x"), "WRITTEN")))
+                .collect()
+        }
+        "fill_tmp" => {
+            let mut file = std::fs::File::create("/tmp/fill")?;
+            let chunk = vec![1u8; 1 << 20];
+            let mut mib = 0;
+            let error = loop {
+                match file.write_all(&chunk) {
+                    Ok(()) => mib += 1,
+                    Err(e) => break e.to_string(),
+                }
+                if mib > 4096 {
+                    break "no limit".to_string();
+                }
+            };
+            format!("wrote {mib} MiB; then: {error}")
+        }
+        "spin" => loop {
+            std::hint::spin_loop();
+        },
+        "close_channel" => {
+            // Close every descriptor (the runtime channel among them), then live on.
+            for fd in 0..1024 {
+                // SAFETY: closing descriptors this process owns; nothing uses them after.
+                unsafe { libc::close(fd) };
+            }
+            std::thread::sleep(std::time::Duration::from_secs(600));
+            "still here".to_string()
+        }
+        "flood_stderr" => {
+            let line = "x".repeat(1023);
+            for _ in 0..20 * 1024 {
+                eprintln!("{line}");
+            }
+            "flooded".to_string()
+        }
+        other => format!("no attack {other}"),
+    };
+    Ok(out)
+}
+"#;
+
+const NEIGHBOUR: &str = r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(_req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    Ok("still here".to_string())
+}
+"#;
+
+/// A random marker, different in every test run.
+fn marker(what: &str) -> String {
+    format!(
+        "CANARY-{what}-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+struct Arena {
+    server: Server,
+    dir: PathBuf,
+    markers: Vec<String>,
+    /// The neighbour's artifact, which holds a marker.
+    neighbour_exe: PathBuf,
+    root_canary: PathBuf,
+    calls: Arc<AtomicU32>,
+    failures: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    caller: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Arena {
+    /// A server with the attacker and its neighbour deployed, canaries planted, and a thread
+    /// calling the neighbour until [`Arena::finish`].
+    fn new(name: &str) -> Arena {
+        let dir = scratch(&format!("hostile-{name}"));
+        let env_marker = marker("server-env");
+        let server = start_server_env(&dir, &[], &[("IGNITE_TEST_SECRET", &env_marker)]);
+        let data_marker = marker("data-dir");
+        std::fs::write(server.dir.join("data/canary"), &data_marker).unwrap();
+        let root_marker = marker("root");
+        let root_canary = PathBuf::from(format!("/root/ignite-canary-{}", ulid::Ulid::new()));
+        std::fs::write(&root_canary, &root_marker).unwrap();
+
+        let artifact_marker = marker("artifact");
+        let store_marker = marker("store");
+        let neighbour = project(
+            &dir,
+            "neighbour",
+            &format!("{NEIGHBOUR}\n#[used]\nstatic SECRET: &str = \"{artifact_marker}\";\n"),
+        );
+        deploy(&server, &neighbour, "acme-corp:neighbour", "./");
+        ok(
+            &server,
+            &neighbour,
+            &[
+                "app",
+                "set-env",
+                "acme-corp:neighbour",
+                &format!("SECRET={store_marker}"),
+            ],
+        );
+        let neighbour_exe = artifact_of(&server, &neighbour, "acme-corp:neighbour");
+        let attacker = project(&dir, "attacker", ATTACKER);
+        let manifest = attacker.join("Cargo.toml");
+        let mut toml = std::fs::read_to_string(&manifest).unwrap();
+        toml.push_str("libc = \"0.2\"\n");
+        std::fs::write(&manifest, toml).unwrap();
+        deploy(&server, &attacker, "acme-corp:attacker", "./");
+        ok(
+            &server,
+            &attacker,
+            &[
+                "app",
+                "scale",
+                "acme-corp:attacker",
+                "--timeout",
+                "3",
+                "--memory",
+                "128",
+            ],
+        );
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let failures = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let caller = {
+            let (gateway, calls, failures, stop) = (
+                server.gateway.clone(),
+                calls.clone(),
+                failures.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, body) =
+                        http(&gateway, "neighbour-acme-corp.ignite.localhost", "{}");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if status != 200 || body != "still here" {
+                        eprintln!("the neighbour answered {status}: {body}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Arena {
+            server,
+            dir,
+            markers: vec![
+                env_marker,
+                data_marker,
+                root_marker,
+                artifact_marker,
+                store_marker,
+            ],
+            neighbour_exe,
+            root_canary,
+            calls,
+            failures,
+            stop,
+            caller: Some(caller),
+        }
+    }
+
+    /// Runs an attack through the public URL: (status, body, execution record).
+    fn attack(&self, request: Value) -> (u16, String, Value) {
+        let (status, headers, body) = http_full(
+            &self.server.gateway,
+            "attacker-acme-corp.ignite.localhost",
+            "POST",
+            "/",
+            &request.to_string(),
+        );
+        let id = header(&headers, "x-ignite-execution-id")
+            .unwrap_or_else(|| panic!("no execution id ({status}): {body}"))
+            .to_string();
+        let record = self.record(&id);
+        self.assert_no_leak(&body);
+        self.assert_no_leak(&record.to_string());
+        (status, body, record)
+    }
+
+    fn record(&self, id: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            last = json(&ok(
+                &self.server,
+                &self.dir,
+                &["execution", "get", id, "-o", "json"],
+            ));
+            if last["status"] != "running" {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("execution {id} still running: {last}");
+    }
+
+    fn assert_no_leak(&self, text: &str) {
+        for m in &self.markers {
+            assert!(!text.contains(m.as_str()), "leaked {m}: {text}");
+        }
+    }
+
+    fn attacker_processes(&self) -> Vec<u32> {
+        let exe = artifact_of(
+            &self.server,
+            &self.dir.join("attacker"),
+            "acme-corp:attacker",
+        );
+        all_pids_running(&exe)
+    }
+
+    /// Stops the neighbour's caller and checks it was served throughout.
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(caller) = self.caller.take() {
+            caller.join().unwrap();
+        }
+        let calls = self.calls.load(Ordering::Relaxed);
+        assert!(calls > 0, "the neighbour was never called");
+        assert_eq!(
+            self.failures.load(Ordering::Relaxed),
+            0,
+            "the neighbour failed some of {calls} calls"
+        );
+        // The attacker leaves nothing behind once its app is gone.
+        let exe = artifact_of(
+            &self.server,
+            &self.dir.join("attacker"),
+            "acme-corp:attacker",
+        );
+        ok(
+            &self.server,
+            &self.dir,
+            &["app", "delete", "acme-corp:attacker"],
+        );
+        wait_until(
+            Duration::from_secs(10),
+            "the attacker's processes to go",
+            || all_pids_running(&exe).is_empty(),
+        );
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.root_canary);
+    }
+}
+
+/// Every process running `exe`, not only the instances' roots.
+fn all_pids_running(exe: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
+        .filter(|pid| support::process_alive(*pid))
+        .collect()
+}
+
+fn refused(text: &str) -> bool {
+    text.contains("refused:")
+}
+
+#[test]
+fn the_host_and_other_tenants_are_out_of_sight() {
+    let arena = Arena::new("sight");
+    let data = arena.server.dir.join("data");
+    let paths = vec![
+        data.join("canary").display().to_string(),
+        data.join("ignite.db").display().to_string(),
+        arena.neighbour_exe.display().to_string(),
+        arena.root_canary.display().to_string(),
+        format!("/proc/{}/environ", arena.server.pid()),
+        "/etc/passwd".to_string(),
+        "/etc/hostname".to_string(),
+    ];
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "read", "paths": paths}));
+    assert_eq!(status, 200, "{body}");
+    for p in &paths {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(p.as_str()))
+            .unwrap_or_default();
+        assert!(refused(line), "{p} was readable: {line}");
+    }
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "look_around"}));
+    assert_eq!(status, 200, "{body}");
+    // Only its own processes (the instance's init and the handler), no host ones.
+    let pids = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pids "))
+        .unwrap_or_default();
+    assert!(
+        pids.split(',')
+            .all(|p| p.parse::<u32>().is_ok_and(|p| p <= 2)),
+        "sees other processes: {pids}"
+    );
+    let root = body
+        .lines()
+        .find_map(|l| l.strip_prefix("root "))
+        .unwrap_or_default();
+    let mut entries: Vec<&str> = root.split(',').collect();
+    entries.sort();
+    assert_eq!(entries, ["dev", "proc", "tmp"], "{body}");
+    assert!(!body.contains("env IGNITE_TEST_SECRET"), "{body}");
+    arena.finish();
+}
+
+#[test]
+fn no_debugging_raw_sockets_or_network() {
+    let arena = Arena::new("net");
+    let neighbour_pid = all_pids_running(&arena.neighbour_exe)
+        .first()
+        .copied()
+        .unwrap_or(arena.server.pid());
+    for pid in [neighbour_pid, arena.server.pid(), 1, 2] {
+        let (status, body, _) = arena.attack(serde_json::json!({"attack": "ptrace", "pid": pid}));
+        assert_eq!(status, 200, "{body}");
+        assert!(refused(&body), "ptrace {pid}: {body}");
+    }
+    let (_, body, _) = arena.attack(serde_json::json!({"attack": "raw_socket"}));
+    assert!(refused(&body), "{body}");
+    let addrs = vec![
+        arena.server.api.clone(),
+        arena.server.gateway.clone(),
+        "10.0.0.1:80".to_string(),
+        "169.254.169.254:80".to_string(),
+        "1.1.1.1:443".to_string(),
+    ];
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "connect", "addrs": addrs}));
+    assert_eq!(status, 200, "{body}");
+    for a in &addrs {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(a.as_str()))
+            .unwrap_or_default();
+        assert!(refused(line), "{a} reachable: {line}");
+    }
+    arena.finish();
+}
+
+#[test]
+fn a_fork_bomb_is_contained_and_leaves_nothing() {
+    let arena = Arena::new("fork");
+    let (status, body, record) = arena.attack(serde_json::json!({"attack": "fork_bomb"}));
+    assert_eq!(status, 200, "{body}");
+    let forked: u32 = body
+        .strip_prefix("forked ")
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(forked < 64, "{body}");
+    assert_eq!(record["status"], "succeeded");
+    assert!(!arena.attacker_processes().is_empty());
+    // Scale to zero: the instance and everything it forked are gone.
+    ok(
+        &arena.server,
+        &arena.dir,
+        &["app", "scale", "acme-corp:attacker", "--idle-timeout", "1"],
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the attacker's processes to go",
+        || arena.attacker_processes().is_empty(),
+    );
+    arena.finish();
+}
+
+#[test]
+fn memory_without_bound_is_killed_and_recorded_as_oom() {
+    let arena = Arena::new("oom");
+    let (status, body, record) = arena.attack(serde_json::json!({"attack": "alloc"}));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(record["status"], "oom", "{record}");
+    assert!(
+        body.contains("128 MiB") && body.contains("app scale"),
+        "{body}"
+    );
+    // The next request gets a fresh instance.
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "none"}));
+    assert_eq!((status, body.as_str()), (200, "no attack none"));
+    arena.finish();
+}
+
+#[test]
+fn the_filesystem_is_read_only_but_tmp_and_tmp_is_capped() {
+    let arena = Arena::new("fs");
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "write_outside"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.lines().filter(|l| refused(l)).count(), 4, "{body}");
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "fill_tmp"}));
+    assert_eq!(status, 200, "{body}");
+    let mib: u32 = body
+        .strip_prefix("wrote ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    // /tmp is a 64 MiB tmpfs, and its pages count against the app's memory.
+    assert!(mib <= 64 && body.contains("No space left"), "{body}");
+    arena.finish();
+}
+
+#[test]
+fn a_spinning_handler_is_stopped_and_one_that_cuts_its_channel_is_reaped() {
+    let arena = Arena::new("spin");
+    let (status, body, record) = arena.attack(serde_json::json!({"attack": "spin"}));
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(record["status"], "timeout");
+    let (status, body, record) = arena.attack(serde_json::json!({"attack": "close_channel"}));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(record["status"], "crashed", "{record}");
+    // Neither leaves a process.
+    wait_until(
+        Duration::from_secs(10),
+        "the attacker's processes to go",
+        || arena.attacker_processes().is_empty(),
+    );
+    let (status, body, _) = arena.attack(serde_json::json!({"attack": "none"}));
+    assert_eq!((status, body.as_str()), (200, "no attack none"));
+    arena.finish();
+}
+
+#[test]
+fn a_stderr_flood_is_truncated_and_counted() {
+    let arena = Arena::new("flood");
+    let (status, body, record) = arena.attack(serde_json::json!({"attack": "flood_stderr"}));
+    assert_eq!((status, body.as_str()), (200, "flooded"));
+    let logs = record["logs"].as_array().unwrap();
+    let kept: usize = logs.iter().map(|l| l.as_str().unwrap_or("").len()).sum();
+    assert!(kept <= 300 * 1024, "kept {kept} bytes of log");
+    let last = logs.last().and_then(|l| l.as_str()).unwrap_or("");
+    assert!(last.contains("bytes of log dropped"), "{last}");
+    arena.finish();
+}
