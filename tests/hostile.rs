@@ -555,3 +555,110 @@ fn a_stderr_flood_is_truncated_and_counted() {
     assert!(last.contains("bytes of log dropped"), "{last}");
     arena.finish();
 }
+
+/// Sends a request that declares `declared` body bytes but sends only a few, and returns the
+/// status line and body of the answer: a server that waited for the whole body would time out.
+fn declare_huge(addr: &str, head: &str, declared: u64) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{head}Content-Length: {declared}\r\nConnection: close\r\n\r\n{{\"x\": \""
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn token(server: &Server) -> String {
+    let config = std::fs::read_to_string(server.dir.join("config.toml")).unwrap();
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn bad_input_is_refused_early_with_a_reason() {
+    let dir = scratch("hostile-input");
+    let server = start_server(&dir);
+    let p = project(&dir, "calm", NEIGHBOUR);
+    deploy(&server, &p, "acme-corp:calm", "./");
+    let auth = format!("Authorization: Bearer {}\r\n", token(&server));
+
+    // Oversized bodies: 413 from the declared length, without waiting for the bytes.
+    let (status, body) = declare_huge(
+        &server.gateway,
+        "POST / HTTP/1.1\r\nHost: calm-acme-corp.ignite.localhost\r\n",
+        100 << 20,
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("limit"), "{body}");
+    let (status, body) = declare_huge(
+        &server.api,
+        &format!("POST /v1/apps/acme-corp/calm/invoke HTTP/1.1\r\nHost: x\r\n{auth}"),
+        100 << 20,
+    );
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = declare_huge(
+        &server.api,
+        &format!(
+            "PUT /v1/apps/acme-corp/calm/draft?runtime=rust&rust_target=native HTTP/1.1\r\nHost: x\r\n{auth}"
+        ),
+        1 << 30,
+    );
+    assert_eq!(status, 413, "{body}");
+    // Just under the invoke limit still goes through.
+    let (status, body) = http(
+        &server.gateway,
+        "calm-acme-corp.ignite.localhost",
+        &"x".repeat(5 << 20),
+    );
+    assert_eq!((status, body.as_str()), (200, "still here"));
+
+    // Malformed ids, names and JSON: 4xx naming the problem.
+    let out = fails(&server, &p, &["execution", "get", "not-an-id"]);
+    assert!(
+        out.contains("not an execution id") && out.contains("ULID"),
+        "{out}"
+    );
+    let out = fails(
+        &server,
+        &p,
+        &["app", "create", "Bad_Name!", "--runtime", "rust"],
+    );
+    assert!(out.contains("invalid app name"), "{out}");
+    let out = fails(&server, &p, &["app", "get", "no-colon-here"]);
+    assert!(out.contains("org:name"), "{out}");
+    let (status, body) = {
+        let mut s = std::net::TcpStream::connect(&server.api).unwrap();
+        use std::io::{Read, Write};
+        let payload = "{\"name\": 42";
+        write!(
+            s,
+            "POST /v1/apps HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, raw)
+    };
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not the JSON this endpoint takes"), "{body}");
+}

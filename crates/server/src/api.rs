@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use crate::State;
 use crate::auth::org_of;
 use crate::builds;
-use crate::error::extract::{JsonBody, Path, Query, RawBody};
+use crate::error::extract::{JsonBody, Path, Query};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::app_label;
 use crate::node::{AcquireError, Route};
@@ -32,6 +32,9 @@ type S = AxState<Arc<State>>;
 /// Largest upload (`draft save`) and invoke payload.
 const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
 const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
+/// What to do about an invocation payload over the limit.
+pub const PAYLOAD_HINT: &str =
+    "as for a synchronous Lambda invocation; pass large data by reference (a URL) instead";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -338,9 +341,16 @@ async fn save_draft(
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
     Query(q): Query<api::SaveDraftParams>,
-    body: RawBody,
+    body: axum::body::Body,
 ) -> ApiResult<Json<api::DraftSaved>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
+    let body = read_payload(
+        &headers,
+        body,
+        UPLOAD_LIMIT,
+        "upload the project without its target/ directory (`dodil ignite draft save` leaves it out)",
+    )
+    .await?;
     let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
     if runtime != "rust" {
         return Err(ApiError::bad_request(format!(
@@ -994,7 +1004,7 @@ async fn invoke(
     AxState(state): S,
     headers: HeaderMap,
     Path((org, name)): Path<(String, String)>,
-    body: RawBody,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     owned_app(&state, &headers, &org, &name).await?;
     let route = state
@@ -1002,16 +1012,7 @@ async fn invoke(
         .route(&state.db, &org, &name)
         .await?
         .ok_or_else(|| app_not_found(&org, &name))?;
-    if body.len() > PAYLOAD_LIMIT {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the payload is {} bytes; the limit is {PAYLOAD_LIMIT} bytes",
-                body.len()
-            ),
-        ));
-    }
+    let body = read_payload(&headers, body, PAYLOAD_LIMIT, PAYLOAD_HINT).await?;
     let req = HttpRequest {
         method: "POST".into(),
         path: "/".into(),
@@ -1025,13 +1026,15 @@ async fn invoke(
 /// One execution: status, metrics and logs.
 #[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions", security(("token" = [])),
     params(("id" = String, Path, description = "the execution's ULID")),
-    responses((status = 200, body = api::Execution), (status = 404, body = api::ErrorBody)))]
+    responses((status = 200, body = api::Execution), (status = 400, body = api::ErrorBody),
+        (status = 404, body = api::ErrorBody)))]
 async fn get_execution(
     AxState(state): S,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Execution>> {
     let org = org_of(&state.db, &headers).await?;
+    check_execution_id(&id)?;
     let pending = state.recorder.get(&org, &id);
     let stored = match pending {
         Some(e) => Some(e),
@@ -1043,6 +1046,50 @@ async fn get_execution(
         ))
     })?;
     Ok(Json(execution_view(&e)))
+}
+
+/// Reads a request body of at most `limit` bytes: a declared Content-Length over it is refused
+/// before anything is read, a body that turns out longer as soon as it passes the limit.
+pub async fn read_payload(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    hint: &str,
+) -> ApiResult<axum::body::Bytes> {
+    let too_large = |size: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is {size}; the limit is {limit} bytes ({} MiB): {hint}",
+                limit >> 20
+            ),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared
+        && n > limit as u64
+    {
+        return Err(too_large(format!("{n} bytes")));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large("over the limit".into()))
+}
+
+/// Execution ids are ULIDs; anything else is a mistake worth naming, not a missing record.
+fn check_execution_id(id: &str) -> ApiResult<()> {
+    if ulid::Ulid::from_string(id).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "{id:?} is not an execution id: ids are 26-character ULIDs such as \
+             01JD3X5W8N6QZ4V2K7M9P0RSTA, printed by `dodil ignite invoke` and \
+             `dodil ignite execution list`"
+        )));
+    }
+    Ok(())
 }
 
 pub fn execution_view(e: &Execution) -> api::Execution {

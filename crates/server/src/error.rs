@@ -75,28 +75,6 @@ pub mod extract {
     #[from_request(via(axum::extract::Path), rejection(ApiError))]
     pub struct Path<T>(pub T);
 
-    /// The raw body.
-    pub struct RawBody(pub axum::body::Bytes);
-
-    impl<S: Send + Sync> FromRequest<S> for RawBody {
-        type Rejection = ApiError;
-
-        async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-            axum::body::Bytes::from_request(req, state)
-                .await
-                .map(RawBody)
-                .map_err(ApiError::from)
-        }
-    }
-
-    impl std::ops::Deref for RawBody {
-        type Target = axum::body::Bytes;
-
-        fn deref(&self) -> &Self::Target {
-            &self.0
-        }
-    }
-
     impl From<JsonRejection> for ApiError {
         fn from(e: JsonRejection) -> Self {
             ApiError::bad_request(format!(

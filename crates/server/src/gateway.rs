@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::to_bytes;
 use axum::extract::{Request, State as AxState};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::State;
@@ -54,17 +52,13 @@ async fn serve(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
         return not_found();
     };
     let (parts, body) = req.into_parts();
-    let body = match to_bytes(body, BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body is over the {BODY_LIMIT}-byte limit"),
-            )
-            .into_response();
-        }
-    };
+    let body =
+        match crate::api::read_payload(&parts.headers, body, BODY_LIMIT, crate::api::PAYLOAD_HINT)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
     let headers = parts
         .headers
         .iter()
