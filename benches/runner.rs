@@ -55,12 +55,11 @@ async fn build_seed() -> (PathBuf, u64) {
     let work = root.join("target/bench/tiny");
     copy_project(&root.join("examples/tiny"), &work);
     let project = ignite_builder::prepare(&work).expect("prepare examples/tiny");
-    let options = BuildOptions {
-        sdk: Sdk::bundled(),
-        target_dir: root.join("target/bench/target"),
-        toolchain: None,
-        timeout: Duration::from_secs(1200),
-    };
+    let options = BuildOptions::new(
+        Sdk::bundled(),
+        root.join("target/bench/target"),
+        Duration::from_secs(1200),
+    );
     let mut log = Vec::new();
     match ignite_builder::build(&project, &options, |l| log.push(l.to_string())).await {
         Ok(a) => (a.path, a.size),

@@ -662,3 +662,225 @@ fn bad_input_is_refused_early_with_a_reason() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not the JSON this endpoint takes"), "{body}");
 }
+
+/// A project whose build script is `build_rs`; returns the draft after `compile` finished,
+/// the compile log, and the server (for more checks).
+fn hostile_build(
+    name: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    build_rs: &str,
+) -> (Value, String, Server, PathBuf) {
+    let dir = scratch(&format!("hostile-build-{name}"));
+    let server = start_server_env(&dir, flags, env);
+    let p = project(&dir, name, NEIGHBOUR);
+    std::fs::write(p.join("build.rs"), build_rs).unwrap();
+    ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
+    let id = format!("acme-corp:{name}");
+    save_native(&server, &p, &id, "./");
+    ok(&server, &p, &["draft", "compile", &id]);
+    let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions = json(&ok(&server, &p, &["version", "list", &id, "-o", "json"]));
+    let draft = versions["versions"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["version"] == 0))
+        .cloned()
+        .unwrap_or_else(|| panic!("no draft in {versions}"));
+    (draft, log, server, p)
+}
+
+#[test]
+fn a_build_script_cannot_read_the_host_or_smuggle_it_out() {
+    let env_marker = marker("server-env");
+    let root_marker = marker("root");
+    let root_canary = PathBuf::from(format!("/root/ignite-canary-{}", ulid::Ulid::new()));
+    std::fs::write(&root_canary, &root_marker).unwrap();
+    let dir = scratch("hostile-build-peek");
+    let data_marker = marker("data-dir");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/canary"), &data_marker).unwrap();
+    let paths = [
+        dir.join("data/canary"),
+        dir.join("data/ignite.db"),
+        root_canary.clone(),
+        PathBuf::from("/proc/1/environ"),
+        PathBuf::from("/etc/passwd"),
+    ];
+    let build_rs = format!(
+        r#"
+fn main() {{
+    let mut found = String::new();
+    for p in {paths:?} {{
+        let r = std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+        println!("cargo::warning=read {{p}}: {{}}", match &r {{ Ok(t) => t.clone(), Err(e) => e.to_string() }});
+        if let Ok(t) = r {{ found.push_str(&t); }}
+    }}
+    for (k, v) in std::env::vars() {{
+        println!("cargo::warning=env {{k}}={{v}}");
+        found.push_str(&v);
+    }}
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("found.txt");
+    std::fs::write(out, found).unwrap();
+}}
+"#
+    );
+    let (draft, log, server, _) = hostile_build(
+        "peek",
+        &[],
+        &[("IGNITE_TEST_SECRET", &env_marker)],
+        &build_rs,
+    );
+    let _ = std::fs::remove_file(&root_canary);
+    // Reading failed, and the build itself went through.
+    assert_eq!(draft["compile_status"], "compiled", "{log}");
+    assert!(log.contains("read /etc/passwd: No such file"), "{log}");
+    for m in [&env_marker, &root_marker, &data_marker] {
+        assert!(!log.contains(m.as_str()), "the log leaked {m}: {log}");
+    }
+    // Nor did anything reach the artifact or the build's outputs.
+    let digest = draft["artifact_digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let binary = std::fs::read(server.dir.join("data/blobs/sha256").join(digest)).unwrap();
+    let found = walk_contents(&support::target_dir());
+    for m in [&env_marker, &root_marker, &data_marker] {
+        assert!(
+            !binary.windows(m.len()).any(|w| w == m.as_bytes()),
+            "the artifact holds {m}"
+        );
+        assert!(!found.contains(m.as_str()), "a build output holds {m}");
+    }
+}
+
+/// Every `found.txt` a build script wrote under `dir`.
+fn walk_contents(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.push_str(&walk_contents(&path));
+        } else if path.file_name().is_some_and(|n| n == "found.txt") {
+            out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_build_script_has_no_network() {
+    let (draft, log, server, _) = hostile_build(
+        "dialer",
+        &[],
+        &[],
+        r#"
+fn main() {
+    for addr in ["127.0.0.1:1", "1.1.1.1:443", "169.254.169.254:80"] {
+        match std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(2)) {
+            Ok(_) => println!("cargo::warning=CONNECTED to {addr}"),
+            Err(e) => panic!("no network to {addr}: {e}"),
+        }
+    }
+}
+"#,
+    );
+    let _ = server;
+    assert_eq!(draft["compile_status"], "failed", "{log}");
+    assert!(log.contains("no network to 127.0.0.1:1"), "{log}");
+    assert!(!log.contains("CONNECTED"), "{log}");
+}
+
+#[test]
+fn a_build_that_writes_without_end_is_stopped_for_disk() {
+    let (draft, log, _server, _) = hostile_build(
+        "writer",
+        &["--build-disk-mb", "64"],
+        &[],
+        r#"
+use std::io::Write;
+fn main() {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..10_240 {
+        let mut f = std::fs::File::create(out.join(format!("junk-{}", i % 1000))).unwrap();
+        for _ in 0..8 { f.write_all(&chunk).unwrap(); }
+    }
+}
+"#,
+    );
+    assert_eq!(draft["compile_status"], "disk_full", "{log}");
+    assert!(
+        draft["compile_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("64 MiB disk budget"),
+        "{draft}"
+    );
+}
+
+#[test]
+fn a_build_that_allocates_without_end_is_stopped_for_memory() {
+    let (draft, log, _server, _) = hostile_build(
+        "hoarder",
+        &["--build-memory-mb", "256"],
+        &[],
+        r#"
+fn main() {
+    let mut hoard = Vec::new();
+    loop { hoard.push(vec![3u8; 1 << 20]); }
+}
+"#,
+    );
+    assert_eq!(draft["compile_status"], "oom", "{log}");
+    assert!(
+        draft["compile_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("256 MiB"),
+        "{draft}"
+    );
+}
+
+#[test]
+fn a_build_that_never_ends_is_stopped_and_its_log_is_capped() {
+    let (draft, log, _server, _) = hostile_build(
+        "chatter",
+        &["--build-timeout", "20"],
+        &[],
+        r#"
+fn main() {
+    let line = "y".repeat(200);
+    for _ in 0..40_000 { println!("cargo::warning={line}"); }
+    loop { std::thread::sleep(std::time::Duration::from_secs(1)); }
+}
+"#,
+    );
+    assert_eq!(draft["compile_status"], "timed_out", "{log}");
+    let _ = log;
+    let (draft, log, _server, _) = hostile_build(
+        "chatter2",
+        &[],
+        &[],
+        r#"
+fn main() {
+    let line = "z".repeat(200);
+    for _ in 0..40_000 { println!("cargo::warning={line}"); }
+}
+"#,
+    );
+    assert_eq!(draft["compile_status"], "compiled", "{log}");
+    assert!(log.len() < 5 << 20, "the log holds {} bytes", log.len());
+    assert!(
+        log.contains("[compile log truncated:"),
+        "{}",
+        &log[log.len().saturating_sub(500)..]
+    );
+}

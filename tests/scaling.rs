@@ -164,8 +164,16 @@ fn reserved_capacity_is_warm_before_the_first_call_and_replaced_when_killed() {
     assert!(status.success());
     wait_until(Duration::from_secs(10), "a replacement instance", || {
         let now = pids_running(&exe);
-        now.len() == 1 && now[0] != reserved[0] && metrics(&server).contains(idle)
+        now.len() == 1 && now[0] != reserved[0]
     });
+    // The gauge is refreshed by the reconcile loop (every 250 ms): let it pass once, so that an
+    // "idle 1" read is the replacement's, not the killed instance's.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_until(
+        Duration::from_secs(10),
+        "the replacement to be idle",
+        || metrics(&server).contains(idle),
+    );
     let (_, headers, body) = call(&server, "steady", "{}");
     assert_ne!(
         instance(&body),

@@ -62,12 +62,7 @@ pub async fn build(
     dir: &Path,
 ) -> Result<ignite_builder::Artifact, (ignite_builder::BuildError, Vec<String>)> {
     let project = ignite_builder::prepare(dir).map_err(|e| (e, vec![]))?;
-    let options = BuildOptions {
-        sdk: Sdk::bundled(),
-        target_dir: target_dir(),
-        toolchain: None,
-        timeout: Duration::from_secs(1200),
-    };
+    let options = BuildOptions::new(Sdk::bundled(), target_dir(), Duration::from_secs(1200));
     let mut log = Vec::new();
     match ignite_builder::build(&project, &options, |line| log.push(line.to_string())).await {
         Ok(artifact) => Ok(artifact),

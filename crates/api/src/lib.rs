@@ -83,7 +83,8 @@ pub struct Version {
     pub source_digest: Option<String>,
     /// `archive` or `file`.
     pub source_kind: Option<String>,
-    /// `not_compiled`, `compiling`, `compiled`, `failed`, `timed_out`.
+    /// `not_compiled`, `compiling`, `compiled`, `failed`, `timed_out`, `oom` (the compile passed
+    /// its memory limit), `disk_full` (it wrote past its disk budget).
     pub compile_status: String,
     pub compile_error: Option<String>,
     pub build_id: Option<String>,

@@ -63,6 +63,23 @@ pub enum BuildError {
     TimedOut(Duration),
     #[error("cargo finished but produced no binary for package `{0}`")]
     NoBinary(String),
+    #[error(
+        "the compile was stopped: it wrote more than its {limit_mb} MiB disk budget (a build \
+         script or proc macro writing without end?)"
+    )]
+    DiskFull { limit_mb: u64 },
+    #[error(
+        "git dependencies are not supported ({0}): the compile has no network; depend on a \
+         crates.io release, or copy the crate into the project and use a path dependency"
+    )]
+    GitDependency(String),
+    #[error("cannot find the toolchain: {0}")]
+    Toolchain(String),
+    #[error(
+        "the compile ran out of memory: it was killed at its {limit_mb} MiB limit; trim \
+         dependencies or features (the operator sets the limit with --build-memory-mb)"
+    )]
+    OutOfMemory { limit_mb: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -147,6 +164,41 @@ pub struct BuildOptions {
     pub toolchain: Option<String>,
     /// The build's time budget.
     pub timeout: Duration,
+    /// Run the compile in the build jail; `None` runs cargo unconfined (trusted code only).
+    pub jail: Option<JailOptions>,
+    /// The most compile-log bytes passed on; the rest is counted in a closing line.
+    pub max_log_bytes: usize,
+}
+
+impl BuildOptions {
+    pub fn new(sdk: Sdk, target_dir: PathBuf, timeout: Duration) -> BuildOptions {
+        BuildOptions {
+            sdk,
+            target_dir,
+            toolchain: None,
+            timeout,
+            jail: None,
+            max_log_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, with the
+/// network and without running any of the user's code; then cargo runs offline in the jail,
+/// as `uid`, seeing its source, its target directory, the toolchain, the SDK and a read-only
+/// registry cache.
+#[derive(Debug, Clone)]
+pub struct JailOptions {
+    /// The program that runs a jail spec: invoked as `<helper> ignite __jail <spec>`.
+    pub helper: PathBuf,
+    /// An empty directory to mount the jail's root on.
+    pub root: PathBuf,
+    pub uid: u32,
+    /// `cgroup.procs` files the compile joins (its memory limit lives there).
+    pub cgroups: Vec<PathBuf>,
+    pub tmp_mb: u64,
+    /// How much the target directory may grow during one compile (and the largest file).
+    pub max_disk_bytes: u64,
 }
 
 /// A built handler binary.
@@ -224,40 +276,377 @@ pub fn prepare(dir: &Path) -> Result<Project, BuildError> {
 pub async fn build(
     project: &Project,
     options: &BuildOptions,
-    mut log: impl FnMut(&str),
+    log: impl FnMut(&str),
 ) -> Result<Artifact, BuildError> {
-    let sdk_path = options.sdk.crates_dir.join("sdk");
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let mut log = LogCap::new(options.max_log_bytes, log);
+    let result = match &options.jail {
+        None => build_unconfined(project, options, deadline, &mut log).await,
+        Some(jail) => build_jailed(project, options, jail, deadline, &mut log).await,
+    };
+    log.finish();
+    let path = result?.ok_or_else(|| BuildError::NoBinary(project.package.clone()))?;
+    let bytes = tokio::fs::read(&path).await.map_err(io_err(&path))?;
+    Ok(Artifact {
+        size: bytes.len() as u64,
+        digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
+        path,
+        target: NATIVE_TARGET.to_string(),
+    })
+}
+
+/// Passes log lines on until `limit` bytes, then counts what it drops.
+struct LogCap<F: FnMut(&str)> {
+    sink: F,
+    limit: usize,
+    passed: usize,
+    dropped: u64,
+}
+
+impl<F: FnMut(&str)> LogCap<F> {
+    fn new(limit: usize, sink: F) -> Self {
+        LogCap {
+            sink,
+            limit,
+            passed: 0,
+            dropped: 0,
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if self.passed + line.len() < self.limit {
+            self.passed += line.len() + 1;
+            (self.sink)(line);
+        } else {
+            self.dropped += line.len() as u64 + 1;
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.dropped > 0 {
+            let note = format!(
+                "[compile log truncated: {} more bytes dropped past the {} MiB limit]",
+                self.dropped,
+                self.limit >> 20
+            );
+            (self.sink)(&note);
+        }
+    }
+}
+
+/// cargo's arguments for the build itself.
+fn build_args(project: &Project, sdk: &Sdk) -> Vec<String> {
+    let sdk_path = sdk.crates_dir.join("sdk");
+    vec![
+        "build".into(),
+        "--release".into(),
+        "--target".into(),
+        NATIVE_TARGET.into(),
+        "--manifest-path".into(),
+        project
+            .dir
+            .join("Cargo.toml")
+            .to_string_lossy()
+            .into_owned(),
+        "--bin".into(),
+        project.bin.clone(),
+        "--message-format".into(),
+        "json-render-diagnostics".into(),
+        "--color".into(),
+        "never".into(),
+        "--config".into(),
+        format!(
+            "patch.crates-io.ignite.path={}",
+            toml_string(&sdk_path.to_string_lossy())
+        ),
+        // Small, fast-starting binaries; panics unwind so the SDK can turn one into a failed
+        // execution instead of a dead process.
+        "--config".into(),
+        "profile.release.strip=true".into(),
+        "--config".into(),
+        "profile.release.panic=\"unwind\"".into(),
+        "--config".into(),
+        "profile.release.debug=false".into(),
+    ]
+}
+
+async fn build_unconfined(
+    project: &Project,
+    options: &BuildOptions,
+    deadline: tokio::time::Instant,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<Option<PathBuf>, BuildError> {
     let mut cmd = Command::new("cargo");
     if let Some(toolchain) = &options.toolchain {
         cmd.arg(format!("+{toolchain}"));
     }
-    cmd.arg("build")
-        .arg("--release")
-        .args(["--target", NATIVE_TARGET])
-        .arg("--manifest-path")
-        .arg(project.dir.join("Cargo.toml"))
-        .args(["--bin", &project.bin])
-        .args([
-            "--message-format",
-            "json-render-diagnostics",
-            "--color",
-            "never",
-        ])
-        .arg("--config")
-        .arg(format!(
-            "patch.crates-io.ignite.path={}",
-            toml_string(&sdk_path.to_string_lossy())
-        ))
-        // Small, fast-starting binaries; panics unwind so the SDK can turn one into a failed
-        // execution instead of a dead process.
-        .args(["--config", "profile.release.strip=true"])
-        .args(["--config", "profile.release.panic=\"unwind\""])
-        .args(["--config", "profile.release.debug=false"])
+    cmd.args(build_args(project, &options.sdk))
         .env("CARGO_TARGET_DIR", &options.target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .current_dir(&project.dir)
-        .stdin(Stdio::null())
+        .current_dir(&project.dir);
+    run_cargo(cmd, project, options.timeout, deadline, None, log).await
+}
+
+/// The toolchain's own binaries (not rustup's proxies, which need rustup's state).
+struct Toolchain {
+    cargo: PathBuf,
+    rustc: PathBuf,
+    dir: PathBuf,
+}
+
+impl Toolchain {
+    async fn resolve(name: Option<&str>) -> Result<Toolchain, BuildError> {
+        let mut which = Command::new("rustup");
+        which.args(["which", "cargo"]);
+        if let Some(name) = name {
+            which.args(["--toolchain", name]);
+        }
+        let out = which
+            .output()
+            .await
+            .map_err(|e| BuildError::Toolchain(format!("rustup: {e}")))?;
+        if !out.status.success() {
+            return Err(BuildError::Toolchain(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let cargo = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let bin = cargo
+            .parent()
+            .ok_or_else(|| BuildError::Toolchain(format!("odd cargo path {}", cargo.display())))?;
+        let dir = bin.parent().unwrap_or(bin).to_path_buf();
+        Ok(Toolchain {
+            rustc: bin.join("rustc"),
+            cargo,
+            dir,
+        })
+    }
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Refuses git dependencies: they would need the network during the compile.
+fn check_dependencies(project: &Project) -> Result<(), BuildError> {
+    let manifest = project.dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
+    let doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| BuildError::BadManifest(e.to_string()))?;
+    let mut tables: Vec<(&str, &Item)> = Vec::new();
+    for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
+        if let Some(t) = doc.get(key) {
+            tables.push((key, t));
+        }
+    }
+    if let Some(targets) = doc.get("target").and_then(Item::as_table_like) {
+        for (_, t) in targets.iter() {
+            for key in ["dependencies", "build-dependencies"] {
+                if let Some(d) = t.get(key) {
+                    tables.push((key, d));
+                }
+            }
+        }
+    }
+    for (_, deps) in tables {
+        let Some(deps) = deps.as_table_like() else {
+            continue;
+        };
+        for (name, spec) in deps.iter() {
+            if spec.get("git").is_some() {
+                return Err(BuildError::GitDependency(name.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn build_jailed(
+    project: &Project,
+    options: &BuildOptions,
+    jail: &JailOptions,
+    deadline: tokio::time::Instant,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<Option<PathBuf>, BuildError> {
+    check_dependencies(project)?;
+    // Cargo reads .cargo/config.toml from the project: an uploaded one could point the fetch
+    // at other hosts or change the compile's tools. The platform's settings only.
+    let uploaded_config = project.dir.join(".cargo");
+    if uploaded_config.exists() {
+        std::fs::remove_dir_all(&uploaded_config).map_err(io_err(&uploaded_config))?;
+        log.line("note: ignoring the project's .cargo/ directory (the platform sets the build's configuration)");
+    }
+    let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
+    let home = cargo_home();
+    let sdk_path = options.sdk.crates_dir.join("sdk");
+    let patch = format!(
+        "patch.crates-io.ignite.path={}",
+        toml_string(&sdk_path.to_string_lossy())
+    );
+    // 1. Dependencies, with the network. No code of the user's runs here: fetch resolves and
+    // downloads, it does not build.
+    let mut fetch = Command::new(&tools.cargo);
+    fetch
+        .args(["fetch", "--color", "never", "--target", NATIVE_TARGET])
+        .arg("--manifest-path")
+        .arg(project.dir.join("Cargo.toml"))
+        .args(["--config", &patch])
+        .env("RUSTC", &tools.rustc)
+        .env("CARGO_HOME", &home)
+        .current_dir(&project.dir);
+    let status = run_status(fetch, options.timeout, deadline, log).await?;
+    if !status.success() {
+        return Err(BuildError::Failed {
+            status: format!("fetching dependencies: {status}"),
+        });
+    }
+    // 2. The compile, offline, in the jail, as the build user.
+    std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
+    let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
+    tokio::task::spawn_blocking(move || {
+        for dir in &dirs {
+            chown_tree(dir, uid)?;
+        }
+        Ok::<_, BuildError>(())
+    })
+    .await
+    .map_err(|e| BuildError::Spawn(std::io::Error::other(e)))??;
+    let path_env = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tools.dir.display());
+    let mut args = build_args(project, &options.sdk);
+    args.push("--offline".into());
+    let spec = ignite_sandbox::jail::JailSpec {
+        root: jail.root.clone(),
+        read_only: vec![
+            tools.dir.clone(),
+            home.join("registry"),
+            options.sdk.crates_dir.clone(),
+        ],
+        writable: vec![project.dir.clone(), options.target_dir.clone()],
+        scratch: vec![home.clone()],
+        tmp_mb: jail.tmp_mb,
+        uid: jail.uid,
+        cgroups: jail.cgroups.clone(),
+        max_file_bytes: jail.max_disk_bytes,
+        max_processes: 512,
+        cwd: project.dir.clone(),
+        env: [
+            ("PATH", path_env.as_str()),
+            ("HOME", "/tmp"),
+            ("TMPDIR", "/tmp"),
+            ("CARGO_NET_OFFLINE", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .chain([
+            ("RUSTC".into(), tools.rustc.clone().into()),
+            ("CARGO_HOME".into(), home.clone().into()),
+            ("CARGO_TARGET_DIR".into(), options.target_dir.clone().into()),
+        ])
+        .collect(),
+        program: tools.cargo.clone(),
+        args: args.into_iter().map(Into::into).collect(),
+    };
+    let mut cmd = Command::new(&jail.helper);
+    cmd.arg("ignite")
+        .arg("__jail")
+        .args(spec.to_args())
+        .env_clear()
+        .current_dir("/");
+    let watch = DiskWatch {
+        dir: options.target_dir.clone(),
+        limit: jail.max_disk_bytes,
+    };
+    run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await
+}
+
+/// Hands a tree to `uid` (only what is not already its).
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    if meta.uid() != uid || meta.gid() != uid {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(io_err(dir))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            chown_tree(&entry.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills the compile when its target directory grows past a budget.
+struct DiskWatch {
+    dir: PathBuf,
+    limit: u64,
+}
+
+fn tree_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_size(&e.path()),
+            // Allocated blocks, so sparse files count for what they hold.
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs a command to completion under the deadline, logging its stderr lines.
+async fn run_status(
+    mut cmd: Command,
+    budget: Duration,
+    deadline: tokio::time::Instant,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<std::process::ExitStatus, BuildError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(BuildError::Spawn)?;
+    let pid = child.id();
+    let Some(stderr) = child.stderr.take() else {
+        unreachable!("stderr was requested as a pipe");
+    };
+    let mut stderr = BufReader::new(stderr).lines();
+    let run = async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            log.line(&line);
+        }
+        child.wait().await
+    };
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(BuildError::Spawn(e)),
+        Err(_) => {
+            kill_group(pid);
+            Err(BuildError::TimedOut(budget))
+        }
+    }
+}
+
+/// Runs cargo build: logs its diagnostics, finds the binary in its JSON messages, enforces the
+/// deadline (and the disk budget, when watched). Returns the binary's path.
+async fn run_cargo(
+    mut cmd: Command,
+    project: &Project,
+    budget: Duration,
+    deadline: tokio::time::Instant,
+    watch: Option<DiskWatch>,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<Option<PathBuf>, BuildError> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -270,7 +659,31 @@ pub async fn build(
     let mut stdout = BufReader::new(stdout).lines();
     let mut stderr = BufReader::new(stderr).lines();
     let mut executable = None;
-
+    let mut file_too_large = false;
+    let baseline = match &watch {
+        Some(w) => {
+            let dir = w.dir.clone();
+            tokio::task::spawn_blocking(move || tree_size(&dir))
+                .await
+                .unwrap_or(0)
+        }
+        None => 0,
+    };
+    let over_disk = async {
+        let Some(w) = &watch else {
+            return std::future::pending::<u64>().await;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let dir = w.dir.clone();
+            let size = tokio::task::spawn_blocking(move || tree_size(&dir))
+                .await
+                .unwrap_or(0);
+            if size.saturating_sub(baseline) > w.limit {
+                return w.limit;
+            }
+        }
+    };
     let run = async {
         let (mut out_open, mut err_open) = (true, true);
         while out_open || err_open {
@@ -284,34 +697,44 @@ pub async fn build(
                     _ => out_open = false,
                 },
                 line = stderr.next_line(), if err_open => match line {
-                    Ok(Some(line)) => log(&line),
+                    Ok(Some(line)) => {
+                        // A process of the compile passed RLIMIT_FSIZE.
+                        if line.contains("SIGXFSZ") {
+                            file_too_large = true;
+                        }
+                        log.line(&line)
+                    }
                     _ => err_open = false,
                 },
             }
         }
         child.wait().await
     };
-    let status = match tokio::time::timeout(options.timeout, run).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(BuildError::Spawn(e)),
-        Err(_) => {
+    let status = tokio::select! {
+        finished = tokio::time::timeout_at(deadline, run) => match finished {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Err(BuildError::Spawn(e)),
+            Err(_) => {
+                kill_group(pid);
+                return Err(BuildError::TimedOut(budget));
+            }
+        },
+        limit = over_disk => {
             kill_group(pid);
-            return Err(BuildError::TimedOut(options.timeout));
+            return Err(BuildError::DiskFull { limit_mb: limit >> 20 });
         }
     };
     if !status.success() {
+        if file_too_large && let Some(w) = &watch {
+            return Err(BuildError::DiskFull {
+                limit_mb: w.limit >> 20,
+            });
+        }
         return Err(BuildError::Failed {
             status: status.to_string(),
         });
     }
-    let path = executable.ok_or_else(|| BuildError::NoBinary(project.package.clone()))?;
-    let bytes = tokio::fs::read(&path).await.map_err(io_err(&path))?;
-    Ok(Artifact {
-        size: bytes.len() as u64,
-        digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
-        path,
-        target: NATIVE_TARGET.to_string(),
-    })
+    Ok(executable)
 }
 
 /// Kills cargo and every rustc, build script and linker it started (they share its group).

@@ -52,6 +52,9 @@ enum Output {
     Json,
 }
 
+/// The hidden subcommand that runs one compile in the build jail.
+pub const JAIL: &str = "__jail";
+
 #[derive(Subcommand)]
 enum Ignite {
     /// Start the platform (API, builder, node agent, gateway) on embedded defaults.
@@ -109,10 +112,17 @@ struct ServerArgs {
     /// One cargo target directory for all apps (default: one per app).
     #[arg(long)]
     build_target_dir: Option<PathBuf>,
-    /// Run handlers unconfined, with the server's own privileges, instead of in the sandbox
-    /// (which needs root). Only for trusted code on a development machine.
+    /// Run handlers and compiles unconfined, with the server's own privileges, instead of in
+    /// the sandbox and the build jail (which need root). Only for trusted code on a
+    /// development machine.
     #[arg(long)]
     no_sandbox: bool,
+    /// A compile's memory limit, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    build_memory_mb: u64,
+    /// How much a compile may write (its target directory's growth, and any one file), in MiB.
+    #[arg(long, default_value_t = 10240)]
+    build_disk_mb: u64,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +264,17 @@ enum TokenCmd {
 
 /// The process entry of `dodil`.
 pub fn main() {
+    // `dodil ignite __jail …`: the builder's jail (see ignite_sandbox::jail), run by the server
+    // for each compile. Handled before anything else: it must stay single-threaded.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.len() > 2 && raw[1] == "ignite" && raw[2] == JAIL {
+        let error = match ignite_sandbox::jail::JailSpec::from_args(&raw[3..]) {
+            Ok(spec) => ignite_sandbox::jail::exec(&spec),
+            Err(e) => e,
+        };
+        eprintln!("ignite build jail: {error}");
+        std::process::exit(126);
+    }
     let cli = Cli::parse();
     let Top::Ignite(args) = cli.command;
     if let Err(e) = run(args) {
@@ -811,6 +832,8 @@ fn server(a: ServerArgs) -> Result<()> {
         build_timeout: Duration::from_secs(a.build_timeout),
         shared_target_dir: a.build_target_dir,
         sandbox: !a.no_sandbox,
+        build_memory_mb: a.build_memory_mb,
+        build_disk_mb: a.build_disk_mb,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

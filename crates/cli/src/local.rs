@@ -39,12 +39,11 @@ async fn run_async(args: RunArgs) -> Result<()> {
     );
     copy_source(&args.dir, &work)?;
     let project = ignite_builder::prepare(&work)?;
-    let options = BuildOptions {
-        sdk: Sdk::bundled(),
-        target_dir: cache.join("target"),
-        toolchain: None,
-        timeout: Duration::from_secs(2400),
-    };
+    let options = BuildOptions::new(
+        Sdk::bundled(),
+        cache.join("target"),
+        Duration::from_secs(2400),
+    );
     eprintln!("compiling {} …", project.package);
     let artifact = ignite_builder::build(&project, &options, |line| eprintln!("  {line}")).await?;
     eprintln!(

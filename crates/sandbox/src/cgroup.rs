@@ -141,6 +141,12 @@ impl Cgroups {
     }
 
     pub(crate) fn create_slot(&self, index: u32, limits: CgroupLimits) -> io::Result<SlotCgroups> {
+        self.create(&format!("slot-{index}"), limits)
+    }
+
+    /// A cgroup (in every hierarchy) named `name` under the server's own; a `cpu_millis` of 0
+    /// leaves the CPU unlimited.
+    pub(crate) fn create(&self, name: &str, limits: CgroupLimits) -> io::Result<SlotCgroups> {
         let mut slot = SlotCgroups {
             dirs: Vec::new(),
             procs: Vec::new(),
@@ -149,7 +155,7 @@ impl Cgroups {
             oom_kills: 0,
         };
         for h in &self.hierarchies {
-            let dir = h.base.join(format!("slot-{index}"));
+            let dir = h.base.join(name);
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -158,6 +164,7 @@ impl Cgroups {
             for c in &h.controllers {
                 match (*c, h.v2) {
                     ("pids", _) => fs::write(dir.join("pids.max"), limits.pids.to_string())?,
+                    ("cpu", _) if limits.cpu_millis == 0 => {}
                     ("cpu", false) => {
                         fs::write(dir.join("cpu.cfs_period_us"), "100000")?;
                         fs::write(
@@ -256,6 +263,17 @@ fn relative<'a>(path: &'a str, root: &str) -> &'a str {
 impl SlotCgroups {
     pub(crate) fn has_memory(&self) -> bool {
         self.memory.is_some()
+    }
+
+    pub(crate) fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Removes the cgroups (they must hold no process any more).
+    pub(crate) fn remove(&self) {
+        for dir in &self.dirs {
+            let _ = fs::remove_dir(dir);
+        }
     }
 
     pub(crate) fn procs(&self) -> Vec<RawFd> {

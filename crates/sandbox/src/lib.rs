@@ -16,6 +16,7 @@
 //! The handler is pid 1 of its namespace: when it exits, the kernel kills whatever it started.
 
 mod cgroup;
+pub mod jail;
 mod netns;
 mod process;
 mod seccomp;
@@ -236,6 +237,34 @@ impl Sandbox {
         })
     }
 
+    /// The cgroups of one compile (memory and processes), made now, removed when dropped.
+    pub fn build_cgroup(&self, name: &str, memory_mb: u64) -> io::Result<Option<BuildCgroup>> {
+        let Some(cgroups) = &self.inner.cgroups else {
+            return Ok(None);
+        };
+        let mut group = cgroups.create(
+            &format!("build-{name}"),
+            cgroup::CgroupLimits {
+                pids: 4096,
+                cpu_millis: 0,
+            },
+        )?;
+        group.set_memory(memory_mb.saturating_mul(1 << 20))?;
+        Ok(Some(BuildCgroup { group }))
+    }
+
+    /// The host uid compiles run as (just below the instances' range).
+    pub fn build_uid(&self) -> u32 {
+        self.inner.config.first_uid - 1
+    }
+
+    /// The directory compiles mount their jail's root on.
+    pub fn build_root(&self) -> io::Result<PathBuf> {
+        let dir = self.inner.config.state_dir.join("build-root");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty.
     fn take_zygote(&self) -> Result<Zygote, SpawnError> {
         match self.inner.zygotes.take() {
@@ -341,6 +370,30 @@ fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// A compile's cgroups.
+#[derive(Debug)]
+pub struct BuildCgroup {
+    group: cgroup::SlotCgroups,
+}
+
+impl BuildCgroup {
+    /// The `cgroup.procs` files the compile joins.
+    pub fn procs(&self) -> Vec<PathBuf> {
+        self.group.procs_paths()
+    }
+
+    /// Whether the memory controller killed a process of the compile.
+    pub fn oom_killed(&mut self) -> bool {
+        self.group.take_oom_kill()
+    }
+}
+
+impl Drop for BuildCgroup {
+    fn drop(&mut self) {
+        self.group.remove();
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ignite_builder::{BuildError, BuildOptions, Sdk};
+use ignite_builder::{BuildError, BuildOptions, JailOptions, Sdk};
 use tokio::sync::Notify;
 
 use crate::State;
@@ -71,6 +71,12 @@ pub async fn start(
             Ok(_) => ("succeeded", None),
             Err(BuildError::TimedOut(_)) => {
                 ("timed_out", result.as_ref().err().map(|e| e.to_string()))
+            }
+            Err(BuildError::OutOfMemory { .. }) => {
+                ("oom", result.as_ref().err().map(|e| e.to_string()))
+            }
+            Err(BuildError::DiskFull { .. }) => {
+                ("disk_full", result.as_ref().err().map(|e| e.to_string()))
             }
             Err(e) => ("failed", Some(e.to_string())),
         };
@@ -178,18 +184,49 @@ async fn compile(
         ignite_builder::NATIVE_TARGET
     ));
     let project = ignite_builder::prepare(&src)?;
-    let options = BuildOptions {
-        sdk: Sdk::bundled(),
-        target_dir: state
+    let mut options = BuildOptions::new(
+        Sdk::bundled(),
+        state
             .config
             .shared_target_dir
             .clone()
             .unwrap_or_else(|| app_dir.join("target")),
-        toolchain: draft.toolchain.clone(),
-        timeout: state.config.build_timeout,
+        state.config.build_timeout,
+    );
+    options.toolchain = draft.toolchain.clone();
+    let mut cgroup = None;
+    if let Some(sandbox) = &state.sandbox {
+        let jail_error = |source| BuildError::Io {
+            path: state.config.data_dir.join("sandbox"),
+            source,
+        };
+        cgroup = sandbox
+            .build_cgroup(build_id, state.config.build_memory_mb)
+            .map_err(jail_error)?;
+        options.jail = Some(JailOptions {
+            helper: std::env::current_exe().map_err(jail_error)?,
+            root: sandbox.build_root().map_err(jail_error)?,
+            uid: sandbox.build_uid(),
+            cgroups: cgroup.as_ref().map_or_else(Vec::new, |c| c.procs()),
+            tmp_mb: 1024,
+            max_disk_bytes: state.config.build_disk_mb << 20,
+        });
+    }
+    let built = ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await;
+    let artifact = match built {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(c) = &mut cgroup
+                && c.oom_killed()
+            {
+                return Err(BuildError::OutOfMemory {
+                    limit_mb: state.config.build_memory_mb,
+                });
+            }
+            return Err(e);
+        }
     };
-    let artifact =
-        ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await?;
+    drop(cgroup);
     // Store the binary as an OCI artifact; the version records the binary's digest.
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state

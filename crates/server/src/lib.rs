@@ -42,8 +42,13 @@ pub struct Config {
     pub build_timeout: Duration,
     /// One cargo target directory for every app instead of one per app (tests share one).
     pub shared_target_dir: Option<PathBuf>,
-    /// Run every instance in the sandbox (see `ignite-sandbox`). Off only by explicit choice.
+    /// Run every instance in the sandbox and every compile in the build jail (see
+    /// `ignite-sandbox`). Off only by explicit choice.
     pub sandbox: bool,
+    /// A compile's memory limit.
+    pub build_memory_mb: u64,
+    /// How much a compile may write.
+    pub build_disk_mb: u64,
 }
 
 /// What the server tells its caller once it is listening.
@@ -65,6 +70,8 @@ pub(crate) struct State {
     pub builds: builds::Builds,
     pub node: node::Node,
     pub recorder: recorder::Recorder,
+    /// Instances and compiles run in it, unless the operator turned it off.
+    pub sandbox: Option<ignite_sandbox::Sandbox>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
 }
@@ -131,7 +138,8 @@ pub async fn run(
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
-        node: node::Node::new(sandbox),
+        node: node::Node::new(sandbox.clone()),
+        sandbox,
         config,
     });
     started(Started {
