@@ -35,7 +35,9 @@ fn env_usize(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-use support::platform::{artifact_of, deploy, ok, pids_running, scratch, start_server};
+use support::platform::{
+    artifact_of, deploy, ok, pids_running, scratch, start_server, start_server_with,
+};
 
 /// One keep-alive HTTP/1.1 connection.
 struct Client {
@@ -177,6 +179,43 @@ fn pss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("Rss:")?, field("Pss:")?))
 }
 
+/// Cold requests, one at a time, the app scaled to zero before each; paced like apps waking
+/// from zero rather than a spawn storm (the 100-app row measures a storm).
+fn cold_requests(
+    rt: &tokio::runtime::Runtime,
+    server: &support::platform::Server,
+    project: &Path,
+    gateway: SocketAddr,
+    host: &str,
+    n: usize,
+) -> Vec<Duration> {
+    ok(
+        server,
+        project,
+        &["app", "scale", "acme-corp:tiny", "--idle-timeout", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    rt.block_on(async {
+        let mut c = Client::connect(gateway, host).await;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            assert_eq!(c.call().await, 200);
+            v.push(t.elapsed());
+            // Let the stopped instance go (and the sandbox prepare the next) before the next.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        v.sort();
+        v
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("src")).unwrap();
+    std::fs::copy(from.join("Cargo.toml"), to.join("Cargo.toml")).unwrap();
+    std::fs::copy(from.join("src/lib.rs"), to.join("src/lib.rs")).unwrap();
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = scratch("bench-platform");
@@ -251,31 +290,33 @@ fn main() {
     }
 
     // Cold: scaled to zero before every request.
-    ok(
-        &server,
-        &project,
-        &["app", "scale", "acme-corp:tiny", "--idle-timeout", "0"],
-    );
-    std::thread::sleep(Duration::from_millis(600));
     let cold_n = env_usize("IGNITE_BENCH_COLD", 300);
-    let cold = rt.block_on(async {
-        let mut c = Client::connect(gateway, host).await;
-        let mut v = Vec::with_capacity(cold_n);
-        for _ in 0..cold_n {
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-            // Let the stopped instance go before the next call.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        v.sort();
-        v
-    });
+    let cold = cold_requests(&rt, &server, &project, gateway, host, cold_n);
     rows.push((
         "cold request (scaled to zero)".into(),
         fmt(pct(&cold, 0.5)),
         fmt(pct(&cold, 0.99)),
     ));
+    // The same with the sandbox off: what the sandbox costs a cold start.
+    {
+        let bare_work = scratch("bench-platform-bare");
+        let bare = start_server_with(&bare_work, &["--no-sandbox"]);
+        let bare_project = bare_work.join("tiny");
+        copy_dir(&project, &bare_project);
+        deploy(&bare, &bare_project, "acme-corp:tiny", "./");
+        let bare_gateway: SocketAddr = bare.gateway.parse().expect("the gateway address");
+        let cold_bare = cold_requests(&rt, &bare, &bare_project, bare_gateway, host, cold_n);
+        rows.push((
+            "cold request, --no-sandbox".into(),
+            fmt(pct(&cold_bare, 0.5)),
+            fmt(pct(&cold_bare, 0.99)),
+        ));
+        rows.push((
+            "  sandbox cost at p50".into(),
+            fmt(pct(&cold, 0.5).saturating_sub(pct(&cold_bare, 0.5))),
+            String::new(),
+        ));
+    }
     let listed: serde_json::Value = serde_json::from_str(&ok(
         &server,
         &project,

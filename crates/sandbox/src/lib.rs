@@ -64,8 +64,8 @@ impl SandboxConfig {
             open_files: 1024,
             tmp_mb: 64,
             cpu_millis: 1000,
-            spare_netns: 8,
-            spare_zygotes: 4,
+            spare_netns: 32,
+            spare_zygotes: 16,
         }
     }
 }
@@ -309,14 +309,14 @@ impl Drop for Inner {
 /// How long background preparation waits after the pool is drawn on.
 pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Background work that must not compete with the instances being started: SCHED_IDLE runs
-/// it only on otherwise idle CPUs, and SCHED_RESET_ON_FORK keeps the processes it creates on
-/// the normal policy.
+/// Background work that should yield to the instances being started: nice 10 (not SCHED_IDLE,
+/// which starves under sustained load and leaves every start to make its own). Zygotes reset
+/// their own niceness first thing.
 pub(crate) fn run_when_idle() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter block.
+    // SAFETY: gettid and setpriority on the calling thread only.
     let rc = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK, &param)
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
     };
     if rc != 0 {
         tracing::debug!(

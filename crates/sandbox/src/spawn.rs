@@ -737,6 +737,8 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
 
         if let Some(iso) = args.isolation.as_ref() {
             let paths = &*iso.paths;
+            // Made by a niced background thread: the instance runs at the normal priority.
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
             ok(libc::setns(iso.netns, libc::CLONE_NEWNET), 2)?;
             for &fd in &iso.cgroup_procs {
                 okl(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long, 3)?;
