@@ -884,3 +884,44 @@ fn main() {
         &log[log.len().saturating_sub(500)..]
     );
 }
+
+#[test]
+fn dependencies_from_elsewhere_than_crates_io_are_refused_before_any_fetch() {
+    let dir = scratch("hostile-build-sources");
+    let server = start_server(&dir);
+    for (name, extra, expect) in [
+        (
+            "gitdep",
+            "evil = { git = \"http://169.254.169.254/evil.git\" }\n",
+            "git dependencies are not supported",
+        ),
+        (
+            "regdep",
+            "evil = { version = \"1\", registry-index = \"http://169.254.169.254/index\" }\n",
+            "names another registry",
+        ),
+        (
+            "patchdep",
+            "\n[patch.crates-io]\nserde = { git = \"http://169.254.169.254/serde.git\" }\n",
+            "git dependencies are not supported",
+        ),
+    ] {
+        let p = project(&dir, name, NEIGHBOUR);
+        let manifest = p.join("Cargo.toml");
+        let mut toml = std::fs::read_to_string(&manifest).unwrap();
+        toml.push_str(extra);
+        std::fs::write(&manifest, toml).unwrap();
+        ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
+        let id = format!("acme-corp:{name}");
+        save_native(&server, &p, &id, "./");
+        ok(&server, &p, &["draft", "compile", &id]);
+        let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{name}: {err}");
+        assert!(
+            err.contains("evil") || err.contains("serde"),
+            "{name}: {err}"
+        );
+    }
+}

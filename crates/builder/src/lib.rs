@@ -73,6 +73,11 @@ pub enum BuildError {
          crates.io release, or copy the crate into the project and use a path dependency"
     )]
     GitDependency(String),
+    #[error(
+        "dependency {0} names another registry: only crates.io dependencies (and path \
+         dependencies inside the project) are fetched"
+    )]
+    OtherRegistry(String),
     #[error("cannot find the toolchain: {0}")]
     Toolchain(String),
     #[error(
@@ -431,35 +436,47 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// Refuses git dependencies: they would need the network during the compile.
+/// Refuses dependencies from anywhere but crates.io and the project itself: git ones would need
+/// the network during the compile, and another registry's index is a URL the fetch would
+/// contact on the user's say-so.
 fn check_dependencies(project: &Project) -> Result<(), BuildError> {
     let manifest = project.dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
     let doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| BuildError::BadManifest(e.to_string()))?;
-    let mut tables: Vec<(&str, &Item)> = Vec::new();
+    let mut tables: Vec<&Item> = Vec::new();
     for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
         if let Some(t) = doc.get(key) {
-            tables.push((key, t));
+            tables.push(t);
         }
     }
     if let Some(targets) = doc.get("target").and_then(Item::as_table_like) {
         for (_, t) in targets.iter() {
-            for key in ["dependencies", "build-dependencies"] {
+            for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
                 if let Some(d) = t.get(key) {
-                    tables.push((key, d));
+                    tables.push(d);
                 }
             }
         }
     }
-    for (_, deps) in tables {
+    // [patch.<source>] and [replace] hold dependency specs too.
+    if let Some(patch) = doc.get("patch").and_then(Item::as_table_like) {
+        tables.extend(patch.iter().map(|(_, t)| t));
+    }
+    if let Some(replace) = doc.get("replace") {
+        tables.push(replace);
+    }
+    for deps in tables {
         let Some(deps) = deps.as_table_like() else {
             continue;
         };
         for (name, spec) in deps.iter() {
             if spec.get("git").is_some() {
                 return Err(BuildError::GitDependency(name.to_string()));
+            }
+            if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
+                return Err(BuildError::OtherRegistry(name.to_string()));
             }
         }
     }
