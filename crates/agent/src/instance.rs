@@ -182,13 +182,14 @@ impl Instance {
         let started = Instant::now();
         // Started with vfork semantics (the child borrows the agent's memory until it execs),
         // inside the sandbox when one is configured.
-        let spawned = ignite_sandbox::spawn(
+        let spawned = ignite_sandbox::spawn_async(
             &ignite_sandbox::Command {
                 program: &config.program,
                 env: &config.env,
             },
             config.sandbox.as_ref().map(|(s, l)| (s, l)),
         )
+        .await
         .map_err(|source| SpawnError::Spawn {
             program: config.program.clone(),
             source,

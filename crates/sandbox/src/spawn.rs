@@ -196,6 +196,32 @@ pub fn spawn(
     }
 }
 
+/// [`spawn`] for async callers: a sandboxed start that finds the zygote pool empty makes its
+/// zygote on tokio's blocking pool instead of holding up the caller's worker thread.
+pub async fn spawn_async(
+    command: &Command<'_>,
+    sandbox: Option<(&Sandbox, &Limits)>,
+) -> Result<Spawned, SpawnError> {
+    let Some((sandbox, limits)) = sandbox else {
+        return spawn(command, None);
+    };
+    let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
+    let env = environment(command.env)?;
+    let zygote = match sandbox.pooled_zygote() {
+        Some(zygote) => zygote,
+        None => {
+            let sandbox = sandbox.clone();
+            tokio::task::spawn_blocking(move || Zygote::create(&sandbox))
+                .await
+                .map_err(|e| SpawnError {
+                    step: "starting the sandbox",
+                    source: io::Error::other(e),
+                })??
+        }
+    };
+    zygote.launch(exe, env, limits)
+}
+
 fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
     move |source| SpawnError { step, source }
 }
