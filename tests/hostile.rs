@@ -901,6 +901,11 @@ fn dependencies_from_elsewhere_than_crates_io_are_refused_before_any_fetch() {
             "names another registry",
         ),
         (
+            "pathdep",
+            "evil = { path = \"../../../../evil\" }\n",
+            "outside the project",
+        ),
+        (
             "patchdep",
             "\n[patch.crates-io]\nserde = { git = \"http://169.254.169.254/serde.git\" }\n",
             "git dependencies are not supported",

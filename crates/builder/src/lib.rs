@@ -78,6 +78,11 @@ pub enum BuildError {
          dependencies inside the project) are fetched"
     )]
     OtherRegistry(String),
+    #[error(
+        "dependency {0} has path {1:?}, outside the project: path dependencies must be relative \
+         and stay inside the uploaded directory"
+    )]
+    PathOutside(String, String),
     #[error("cannot find the toolchain: {0}")]
     Toolchain(String),
     #[error(
@@ -477,6 +482,20 @@ fn check_dependencies(project: &Project) -> Result<(), BuildError> {
             }
             if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
                 return Err(BuildError::OtherRegistry(name.to_string()));
+            }
+            // The fetch runs outside the jail: a path may not lead it out of the project.
+            if let Some(path) = spec.get("path").and_then(Item::as_str) {
+                let escapes = Path::new(path).components().any(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir
+                            | std::path::Component::Prefix(_)
+                            | std::path::Component::ParentDir
+                    )
+                });
+                if escapes {
+                    return Err(BuildError::PathOutside(name.to_string(), path.to_string()));
+                }
             }
         }
     }
