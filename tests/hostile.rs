@@ -556,40 +556,13 @@ fn a_stderr_flood_is_truncated_and_counted() {
     arena.finish();
 }
 
-/// Sends a request that declares `declared` body bytes but sends only a few, and returns the
-/// status line and body of the answer: a server that waited for the whole body would time out.
+/// Sends a request that declares `declared` body bytes but sends only a few: a server that
+/// waited for the whole body would not answer.
 fn declare_huge(addr: &str, head: &str, declared: u64) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{head}Content-Length: {declared}\r\nConnection: close\r\n\r\n{{\"x\": \""
+    send_raw(
+        addr,
+        &format!("{head}Content-Length: {declared}\r\nConnection: close\r\n\r\n{{\"x\": \""),
     )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn token(server: &Server) -> String {
-    let config = std::fs::read_to_string(server.dir.join("config.toml")).unwrap();
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("token = \""))
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -644,21 +617,14 @@ fn bad_input_is_refused_early_with_a_reason() {
     assert!(out.contains("invalid app name"), "{out}");
     let out = fails(&server, &p, &["app", "get", "no-colon-here"]);
     assert!(out.contains("org:name"), "{out}");
-    let (status, body) = {
-        let mut s = std::net::TcpStream::connect(&server.api).unwrap();
-        use std::io::{Read, Write};
-        let payload = "{\"name\": 42";
-        write!(
-            s,
+    let payload = "{\"name\": 42";
+    let (status, body) = send_raw(
+        &server.api,
+        &format!(
             "POST /v1/apps HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
             payload.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, raw)
-    };
+        ),
+    );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not the JSON this endpoint takes"), "{body}");
 }

@@ -167,16 +167,24 @@ pub fn http(gateway: &str, host: &str, body: &str) -> (u16, String) {
 }
 
 pub fn http_path(gateway: &str, host: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(gateway).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    send_raw(
+        gateway,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+}
+
+/// Writes `request` as is to `addr` and reads the answer until the server closes:
+/// `(status, body)`, status 0 if none came within 30 s.
+pub fn send_raw(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
     let status = raw
         .split_whitespace()
         .nth(1)
@@ -187,6 +195,17 @@ pub fn http_path(gateway: &str, host: &str, path: &str, body: &str) -> (u16, Str
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The admin token the server wrote into its CLI config.
+pub fn token(server: &Server) -> String {
+    let config = std::fs::read_to_string(server.dir.join("config.toml")).unwrap();
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap()
+        .to_string()
 }
 
 pub fn copy_tiny(to: &Path) {
