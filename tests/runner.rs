@@ -498,6 +498,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         "/spin" => loop { std::hint::spin_loop() },
         "/abort" => { eprintln!("about to abort"); std::process::abort() }
         "/exit" => std::process::exit(9),
+        "/no-memory" => std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 4096]>()),
         _ => Ok("quick"),
     }
 }
@@ -556,6 +557,15 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         instance.invoke(at("/exit", 5000)).await.outcome,
         Outcome::Crashed {
             exit: "exit code 9".into()
+        }
+    );
+
+    // A failed allocation (how a handler meets RLIMIT_AS) is reported as running out of memory.
+    let mut instance = spawn(&bin).await;
+    assert_eq!(
+        instance.invoke(at("/no-memory", 5000)).await.outcome,
+        Outcome::OutOfMemory {
+            exit: "killed by signal 6 (SIGABRT)".into()
         }
     );
 }

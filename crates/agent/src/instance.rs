@@ -378,9 +378,23 @@ impl Instance {
         if !outcome.keeps_instance() {
             self.alive = false;
         }
+        let logs = self.logs.take(true);
+        // Where no memory cgroup kills it, a handler meets its limit as a failed allocation
+        // (RLIMIT_AS), which Rust reports on stderr before aborting: the same event.
+        let outcome = match outcome {
+            Outcome::Crashed { exit }
+                if logs
+                    .lines
+                    .iter()
+                    .any(|l| l.starts_with("memory allocation of") && l.ends_with("failed")) =>
+            {
+                Outcome::OutOfMemory { exit }
+            }
+            other => other,
+        };
         Reply {
             outcome,
-            logs: self.logs.take(true),
+            logs,
             duration: started.elapsed(),
         }
     }
