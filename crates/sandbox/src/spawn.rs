@@ -110,6 +110,10 @@ struct ChildArgs {
     failure: *const Failure,
     /// Sandboxed only: the child's end of the control socket (see [`Zygote`]).
     handshake: RawFd,
+    /// Sandboxed only: the agent's end, which the child inherited and closes first thing, so
+    /// that an agent that dies mid-handshake leaves it reading end-of-file, not waiting for
+    /// itself.
+    agent_end: RawFd,
 }
 
 /// What a zygote is told when it is launched; set by the parent before it sends the binary.
@@ -340,6 +344,7 @@ fn spawn_plain(exe: File, env: Vec<CString>) -> Result<Spawned, SpawnError> {
         launch: ptr::null(),
         failure: &failure,
         handshake: -1,
+        agent_end: -1,
     };
     let mut stack = vec![0u8; 64 * 1024];
     // SAFETY: with CLONE_VFORK this thread is suspended until the child has exec'd or exited,
@@ -443,6 +448,7 @@ impl Zygote {
                 launch: ptr::null(),
                 failure: ptr::null(),
                 handshake: control_child.as_raw_fd(),
+                agent_end: control.as_raw_fd(),
             },
             failure: Failure::default(),
             launch: Launch::default(),
@@ -763,6 +769,13 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
 
         if let Some(iso) = args.isolation.as_ref() {
             let paths = &*iso.paths;
+            libc::close(args.agent_end);
+            // A parked zygote dies with the thread that made it (the sandbox's own, or the one
+            // that launches it at once); cleared before exec.
+            ok(
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+                1,
+            )?;
             // Made by a niced background thread: the instance runs at the normal priority.
             libc::setpriority(libc::PRIO_PROCESS, 0, 0);
             ok(libc::setns(iso.netns, libc::CLONE_NEWNET), 2)?;
@@ -929,6 +942,7 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
         }
         ok(exe, 21)?;
         let launch = &*args.launch;
+        ok(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0), 21)?;
         let limit = libc::rlimit64 {
             rlim_cur: launch.address_space.load(Ordering::Relaxed),
             rlim_max: launch.address_space.load(Ordering::Relaxed),

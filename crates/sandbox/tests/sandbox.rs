@@ -203,3 +203,57 @@ fn a_dynamically_linked_binary_is_refused_with_a_reason() {
         .to_string();
     assert!(failure.contains("static binary"), "{failure}");
 }
+
+/// Run by `prepared_processes_do_not_outlive_their_agent` in a child process: makes a sandbox
+/// (which parks zygotes) and exits without tearing it down.
+#[test]
+fn helper_agent_that_exits_abruptly() {
+    if std::env::var_os("IGNITE_TEST_ABRUPT_AGENT").is_none() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-abrupt");
+    let mut config = SandboxConfig::new(dir);
+    config.first_uid = ABRUPT_UID;
+    let sandbox = Sandbox::new(config).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::mem::forget(sandbox);
+    std::process::exit(0);
+}
+
+const ABRUPT_UID: u32 = 1_800_000_000;
+
+fn processes_of_uids(range: std::ops::Range<u32>) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+                    .is_some_and(|uid| range.contains(&uid))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn prepared_processes_do_not_outlive_their_agent() {
+    let status = Std::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_agent_that_exits_abruptly", "--nocapture"])
+        .env("IGNITE_TEST_ABRUPT_AGENT", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let range = ABRUPT_UID..ABRUPT_UID + 10_000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_of_uids(range.clone()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zygotes outlived their agent: {:?}",
+            processes_of_uids(range.clone())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
