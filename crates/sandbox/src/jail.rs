@@ -226,6 +226,7 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
     }
     // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
     check(
+        // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
         unsafe {
             libc::unshare(
                 libc::CLONE_NEWNS
@@ -330,6 +331,7 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         let c = cstr(&target)?;
         // SAFETY: chown on a valid path.
         check(
+            // SAFETY: chown on a valid path.
             unsafe { libc::chown(c.as_ptr(), spec.uid, spec.uid) },
             "handing a scratch directory to the build user",
         )?;
@@ -347,6 +349,7 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         let c = cstr(&dev.join(name))?;
         // SAFETY: mknod on a valid path; the root tmpfs allows devices.
         check(
+            // SAFETY: mknod on a valid path; the root tmpfs allows devices.
             unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) },
             "creating device nodes",
         )?;
@@ -383,6 +386,7 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
     )?;
     // SAFETY: valid pointer and length.
     check(
+        // SAFETY: valid pointer and length.
         unsafe { libc::sethostname(c"ignite-build".as_ptr(), 12) },
         "setting the hostname",
     )?;
@@ -397,6 +401,7 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         };
         // SAFETY: setrlimit reads the limit struct.
         check(
+            // SAFETY: setrlimit reads the limit struct.
             unsafe { libc::setrlimit(resource, &limit) },
             "setting limits",
         )?;

@@ -15,6 +15,8 @@
 //!
 //! The handler is pid 1 of its namespace: when it exits, the kernel kills whatever it started.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cgroup;
 pub mod jail;
 mod netns;

@@ -724,6 +724,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the ChildArgs the parent keeps alive and unmoved until this child execs
     // or exits (CLONE_VFORK).
     let args = unsafe { &*(arg as *const ChildArgs) };
+    // SAFETY: this is that child, and `args` is as `spawn` prepared it.
     let step = match unsafe { child_steps(args) } {
         Ok(never) => match never {},
         Err(step) => step,
@@ -747,8 +748,8 @@ enum Never {}
 unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
     let ok = |rc: c_int, step: usize| if rc < 0 { Err(step) } else { Ok(()) };
     let okl = |rc: libc::c_long, step: usize| if rc < 0 { Err(step) } else { Ok(()) };
-    // SAFETY (whole function): every call below is a system call on descriptors, C strings and
-    // structures that the parent prepared and keeps alive; none allocates or takes a lock.
+    // SAFETY: (the whole function) every call below is a system call on descriptors, C strings
+    // and structures that the parent prepared and keeps alive; none allocates or takes a lock.
     unsafe {
         // Handlers the agent installed must not run in (or be inherited by) the child; std's
         // SIG_IGN for SIGPIPE must not be inherited either.
