@@ -224,7 +224,6 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
         std::fs::write(procs, "0")
             .map_err(|e| io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
     }
-    // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
     check(
         // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
         unsafe {
@@ -329,7 +328,6 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
             Some(&tmp_options),
         )?;
         let c = cstr(&target)?;
-        // SAFETY: chown on a valid path.
         check(
             // SAFETY: chown on a valid path.
             unsafe { libc::chown(c.as_ptr(), spec.uid, spec.uid) },
@@ -347,7 +345,6 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
     std::fs::create_dir_all(&dev)?;
     for (name, minor) in [("null", 3), ("zero", 5), ("random", 8), ("urandom", 9)] {
         let c = cstr(&dev.join(name))?;
-        // SAFETY: mknod on a valid path; the root tmpfs allows devices.
         check(
             // SAFETY: mknod on a valid path; the root tmpfs allows devices.
             unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) },
@@ -384,7 +381,6 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
         None,
     )?;
-    // SAFETY: valid pointer and length.
     check(
         // SAFETY: valid pointer and length.
         unsafe { libc::sethostname(c"ignite-build".as_ptr(), 12) },
@@ -399,7 +395,6 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
             rlim_cur: value,
             rlim_max: value,
         };
-        // SAFETY: setrlimit reads the limit struct.
         check(
             // SAFETY: setrlimit reads the limit struct.
             unsafe { libc::setrlimit(resource, &limit) },
