@@ -99,6 +99,12 @@ pub enum SandboxError {
     Seccomp(#[from] seccompiler::BackendError),
     #[error("cannot start the network namespace pool: {0}")]
     Netns(#[source] io::Error),
+    #[error(
+        "the sandbox cannot start a process on this host ({0}); check that user namespaces are \
+         enabled (sysctl user.max_user_namespaces) and mounts are allowed, or pass --no-sandbox \
+         to run handlers unconfined"
+    )]
+    Probe(#[source] SpawnError),
 }
 
 /// The node's sandbox: prepared resources shared by every instance it starts. Cheap to clone.
@@ -150,6 +156,10 @@ impl Sandbox {
                 zygotes: ZygotePool::default(),
             }),
         };
+        // One zygote now: a host that cannot make one (no user namespaces, a refused mount, …)
+        // fails the server's start with the reason, not every invocation later.
+        let first = Zygote::create(&sandbox).map_err(SandboxError::Probe)?;
+        sandbox.inner.zygotes.lock().ready.push(first);
         let weak = Arc::downgrade(&sandbox.inner);
         std::thread::Builder::new()
             .name("ignite-zygotes".into())
