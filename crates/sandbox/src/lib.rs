@@ -68,8 +68,8 @@ impl SandboxConfig {
             open_files: 1024,
             tmp_mb: 64,
             cpu_millis: 1000,
-            spare_netns: 32,
-            spare_zygotes: 16,
+            spare_netns: 64,
+            spare_zygotes: 32,
             spare_slots: 128,
         }
     }
