@@ -225,7 +225,7 @@ impl Sandbox {
             .as_ref()
             .ok_or_else(|| io::Error::other("instance slot already released"))?;
         let config = &self.inner.config;
-        let uid = config.first_uid + state.index;
+        let uid = config.first_uid.saturating_add(state.index);
         let c = |s: String| std::ffi::CString::new(s).map_err(io::Error::other);
         Ok(spawn::Isolation {
             netns,
@@ -270,7 +270,7 @@ impl Sandbox {
 
     /// The host uid compiles run as (just below the instances' range).
     pub fn build_uid(&self) -> u32 {
-        self.inner.config.first_uid - 1
+        self.inner.config.first_uid.saturating_sub(1)
     }
 
     /// The directory compiles mount their jail's root on.

@@ -36,18 +36,20 @@ impl Process {
         pidfd: OwnedFd,
         slot: Option<Slot>,
         memory: Option<Box<ZygoteMemory>>,
-    ) -> io::Result<Process> {
-        // Outside a runtime (a plain test), waiting falls back to blocking calls.
+    ) -> Process {
+        // Outside a runtime (a plain test), or if the reactor refuses the descriptor, waiting
+        // falls back to blocking calls: never fail here, since a sandboxed child may still be
+        // running on `memory` (its stack) until it execs.
         let (pidfd, raw_pidfd) = match tokio::runtime::Handle::try_current() {
             // SAFETY: the OwnedFd is a valid open pidfd that the AsyncFd owns from here on, so it
             // stays open and the same for the AsyncFd's whole life.
-            Ok(_) => (
-                Some(unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?),
-                None,
-            ),
+            Ok(_) => match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+                Ok(fd) => (Some(fd), None),
+                Err(e) => (None, Some(e.into_parts().0)),
+            },
             Err(_) => (None, Some(pidfd)),
         };
-        Ok(Process {
+        Process {
             pid,
             pidfd,
             raw_pidfd,
@@ -56,7 +58,7 @@ impl Process {
             memory,
             oom_killed: false,
             orphan: false,
-        })
+        }
     }
 
     /// The process id, as the agent's pid namespace sees it.

@@ -353,8 +353,7 @@ fn spawn_plain(exe: File, env: Vec<CString>) -> Result<Spawned, SpawnError> {
     restore_signals(&previous);
     let (pid, pidfd) = cloned?;
     drop((stdin_child, stdout_child, stderr_child, exe));
-    let mut process =
-        Process::new(pid as u32, pidfd, None, None).map_err(prep("watching the process"))?;
+    let mut process = Process::new(pid as u32, pidfd, None, None);
     if let Some(e) = failure_of(&failure) {
         process.reap_now();
         return Err(e);
@@ -513,17 +512,10 @@ impl Zygote {
         })();
         match result {
             Ok(true) => Ok(zygote),
-            Ok(false) => {
-                zygote.kill_and_reap();
-                Err(zygote
-                    .memory
-                    .as_ref()
-                    .and_then(|m| m.failure())
-                    .unwrap_or_else(|| SpawnError {
-                        step: "starting the sandbox",
-                        source: io::Error::other("the sandboxed process exited during set-up"),
-                    }))
-            }
+            Ok(false) => Err(zygote.kill_and_reap().unwrap_or_else(|| SpawnError {
+                step: "starting the sandbox",
+                source: io::Error::other("the sandboxed process exited during set-up"),
+            })),
             Err(source) => {
                 zygote.kill_and_reap();
                 Err(SpawnError {
@@ -570,10 +562,9 @@ impl Zygote {
         };
         let fail = |slot: Slot, memory: Box<ZygoteMemory>, pidfd: OwnedFd, e: SpawnError| {
             // Reaped through a Process so the memory outlives the child.
-            if let Ok(mut p) = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory)) {
-                let _ = p.signal(libc::SIGKILL);
-                p.reap_now();
-            }
+            let mut p = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory));
+            let _ = p.signal(libc::SIGKILL);
+            p.reap_now();
             Err(e)
         };
         if let Err(e) = slot.set_memory(limits.memory_mb) {
@@ -604,8 +595,7 @@ impl Zygote {
             );
         }
         drop(exe);
-        let process = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory))
-            .map_err(prep("watching the process"))?;
+        let process = Process::new(self.pid as u32, pidfd, Some(slot), Some(memory));
         let stdin = std::mem::replace(&mut self.stdin, placeholder()?);
         let stdout = std::mem::replace(&mut self.stdout, placeholder()?);
         let stderr = std::mem::replace(&mut self.stderr, placeholder()?);
@@ -617,7 +607,9 @@ impl Zygote {
         })
     }
 
-    fn kill_and_reap(&mut self) {
+    /// Kills and reaps the child, then frees its memory; returns the failure it reported, if
+    /// it exited on one.
+    fn kill_and_reap(&mut self) -> Option<SpawnError> {
         if let Some(pidfd) = self.pidfd.take() {
             // SAFETY: signals and reaps our own child through its pidfd; siginfo out-param is
             // a local.
@@ -641,13 +633,13 @@ impl Zygote {
             }
         }
         // Only now that the child is gone may its stack be freed.
-        self.memory = None;
+        self.memory.take().and_then(|m| m.failure())
     }
 }
 
 impl Drop for Zygote {
     fn drop(&mut self) {
-        self.kill_and_reap();
+        let _ = self.kill_and_reap();
     }
 }
 

@@ -257,3 +257,16 @@ fn prepared_processes_do_not_outlive_their_agent() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_host_that_cannot_run_the_sandbox_fails_at_start_naming_the_step() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-broken");
+    let mut config = SandboxConfig::new(dir);
+    // (uid_t)-1 is no uid: the probe zygote's user cannot be mapped.
+    config.first_uid = u32::MAX;
+    let err = Sandbox::new(config)
+        .expect_err("a sandbox without a usable uid")
+        .to_string();
+    assert!(err.contains("mapping the instance's user"), "{err}");
+    assert!(err.contains("--no-sandbox"), "{err}");
+}
