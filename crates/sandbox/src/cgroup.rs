@@ -15,7 +15,7 @@ const WANTED: &[&str] = &["memory", "pids", "cpu"];
 #[derive(Debug)]
 struct Hierarchy {
     v2: bool,
-    /// `<mount>/<our cgroup>/ignite-<pid>`.
+    /// `<mount>/<our cgroup>/ignite-<pid>-<n>`.
     base: PathBuf,
     controllers: Vec<&'static str>,
 }
@@ -202,7 +202,10 @@ impl Drop for Cgroups {
 impl Hierarchy {
     fn create(v2: bool, own: &Path, controllers: Vec<&'static str>) -> Option<Hierarchy> {
         clean_stale(own);
-        let base = own.join(format!("ignite-{}", std::process::id()));
+        // One base per Sandbox: two in one process (tests) must not remove each other's.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = own.join(format!("ignite-{}-{n}", std::process::id()));
         match fs::create_dir(&base) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -226,7 +229,11 @@ fn clean_stale(own: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("ignite-")) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ignite-"))
+            .and_then(|n| n.split('-').next())
+        else {
             continue;
         };
         if pid
