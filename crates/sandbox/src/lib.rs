@@ -1,8 +1,9 @@
 //! Starting handler processes, and the sandbox they run in.
 //!
 //! This crate owns every namespace, cgroup, rlimit and seccomp detail (and the `unsafe` that
-//! comes with them). [`spawn`] starts a process with vfork semantics, either plain (tests, or an
-//! operator who turned the sandbox off) or inside a [`Sandbox`]:
+//! comes with them). [`spawn`] starts a process sharing the agent's memory until exec, either
+//! plain (tests, or an operator who turned the sandbox off) or inside a [`Sandbox`], through a
+//! *zygote* prepared ahead of need (see `spawn.rs`):
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
 //!   (made ahead of need, see [`netns`]) with nothing in it;
@@ -13,7 +14,8 @@
 //! - cgroups (memory, pids, CPU) prepared per instance slot ahead of need, rlimits always;
 //! - a seccomp filter (see [`seccomp`]).
 //!
-//! The handler is pid 1 of its namespace: when it exits, the kernel kills whatever it started.
+//! The handler starts as pid 1 of its namespace (the SDK then forks, like `tini`): when pid 1
+//! exits, the kernel kills whatever the instance started. [`jail`] is the compile's sandbox.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -714,7 +714,7 @@ fn errno() -> i32 {
 /// The child: runs on the parent's memory until `execveat`. Only system calls from here on.
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the ChildArgs the parent keeps alive and unmoved until this child execs
-    // or exits (CLONE_VFORK).
+    // or exits (CLONE_VFORK for a plain child; a zygote's lives in its ZygoteMemory box).
     let args = unsafe { &*(arg as *const ChildArgs) };
     // SAFETY: this is that child, and `args` is as `spawn` prepared it.
     let step = match unsafe { child_steps(args) } {
