@@ -6,13 +6,13 @@
 //! *zygote* prepared ahead of need (see `spawn.rs`):
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
-//!   (made ahead of need, see [`netns`]) with nothing in it;
+//!   (made ahead of need, see `netns.rs`) with nothing in it;
 //! - a read-only tmpfs root holding `/proc` (of its own pid namespace), a size-capped `/tmp`
 //!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
 //!   it is in the tree;
 //! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
 //! - cgroups (memory, pids, CPU) prepared per instance slot ahead of need, rlimits always;
-//! - a seccomp filter (see [`seccomp`]).
+//! - a seccomp filter (see `seccomp.rs`).
 //!
 //! The handler starts as pid 1 of its namespace (the SDK then forks, like `tini`): when pid 1
 //! exits, the kernel kills whatever the instance started. [`jail`] is the compile's sandbox.
