@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignite_protocol::{ErrorKind, Frame, FrameError};
-use ignite_sandbox::{Limits, Process, Sandbox};
+use ignite_sandbox::{Limits, Process, Sandbox, pin_to_cpu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
@@ -517,34 +517,6 @@ impl Instance {
         self.alive = false;
         let _ = self.child.kill().await;
     }
-}
-
-/// The CPU the calling thread runs on.
-pub fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments and only reads the calling thread's state.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).ok()
-}
-
-/// Restricts a process (0: the calling thread) to one CPU.
-pub fn pin_to_cpu(pid: u32, cpu: usize) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set; CPU_SET writes inside
-    // it (cpu was checked against CPU_SETSIZE); sched_setaffinity reads exactly
-    // size_of::<cpu_set_t>() bytes from it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn describe(status: ExitStatus, sandboxed: bool) -> String {

@@ -17,7 +17,6 @@
 mod instance;
 mod logs;
 
-pub use instance::{
-    Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError, current_cpu, pin_to_cpu,
-};
+pub use ignite_sandbox::{current_cpu, pin_to_cpu};
+pub use instance::{Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError};
 pub use logs::Logs;

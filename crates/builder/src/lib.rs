@@ -775,12 +775,8 @@ async fn run_cargo(
 
 /// Kills cargo and every rustc, build script and linker it started (they share its group).
 fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the process
-        // group that cargo leads (it was spawned with process_group(0)).
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+    if let Some(pid) = pid {
+        ignite_sandbox::kill_process_group(pid);
     }
 }
 

@@ -20,6 +20,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cgroup;
+mod cpu;
 pub mod jail;
 mod netns;
 mod process;
@@ -32,6 +33,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
+pub use cpu::{current_cpu, kill_process_group, pin_to_cpu};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
