@@ -209,6 +209,8 @@ pub struct JailOptions {
     pub tmp_mb: u64,
     /// How much the target directory may grow during one compile (and the largest file).
     pub max_disk_bytes: u64,
+    /// RLIMIT_AS per process, 0 for none (where no memory cgroup holds the compile).
+    pub max_address_space: u64,
 }
 
 /// A built handler binary.
@@ -569,6 +571,7 @@ async fn build_jailed(
         cgroups: jail.cgroups.clone(),
         max_file_bytes: jail.max_disk_bytes,
         max_processes: 512,
+        max_address_space: jail.max_address_space,
         cwd: project.dir.clone(),
         env: [
             ("PATH", path_env.as_str()),

@@ -34,6 +34,9 @@ pub struct JailSpec {
     pub max_file_bytes: u64,
     /// Processes of the build uid (RLIMIT_NPROC).
     pub max_processes: u64,
+    /// Address space per process (RLIMIT_AS), 0 for none: a backstop for hosts whose memory
+    /// controller the server cannot use.
+    pub max_address_space: u64,
     pub cwd: PathBuf,
     /// The complete environment.
     pub env: Vec<(OsString, OsString)>,
@@ -69,6 +72,10 @@ impl JailSpec {
             OsStr::new(&self.max_file_bytes.to_string()),
         );
         flag("max-processes", OsStr::new(&self.max_processes.to_string()));
+        flag(
+            "max-address-space",
+            OsStr::new(&self.max_address_space.to_string()),
+        );
         flag("cwd", self.cwd.as_os_str());
         for (k, v) in &self.env {
             let mut kv = k.clone();
@@ -114,6 +121,7 @@ impl JailSpec {
                 "--cgroup" => spec.cgroups.push(value.into()),
                 "--max-file-bytes" => spec.max_file_bytes = number(value)?,
                 "--max-processes" => spec.max_processes = number(value)?,
+                "--max-address-space" => spec.max_address_space = number(value)?,
                 "--cwd" => spec.cwd = value.into(),
                 "--env" => {
                     let bytes = value.as_bytes();
@@ -390,6 +398,13 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         (libc::RLIMIT_FSIZE, spec.max_file_bytes),
         (libc::RLIMIT_NPROC, spec.max_processes),
         (libc::RLIMIT_CORE, 0),
+        (
+            libc::RLIMIT_AS,
+            match spec.max_address_space {
+                0 => libc::RLIM_INFINITY,
+                n => n,
+            },
+        ),
     ] {
         let limit = libc::rlimit {
             rlim_cur: value,
@@ -498,6 +513,7 @@ mod tests {
             cgroups: vec!["/sys/fs/cgroup/memory/x/cgroup.procs".into()],
             max_file_bytes: 1 << 30,
             max_processes: 256,
+            max_address_space: 8 << 30,
             cwd: "/data/builds/acme/app/src".into(),
             env: vec![
                 ("PATH".into(), "/usr/bin:/bin".into()),

@@ -210,14 +210,28 @@ async fn compile(
             cgroups: cgroup.as_ref().map_or_else(Vec::new, |c| c.procs()),
             tmp_mb: 1024,
             max_disk_bytes: state.config.build_disk_mb << 20,
+            // Without a memory cgroup, an address-space limit per process is the backstop
+            // (virtual, so looser than the memory limit: rustc reserves more than it touches).
+            max_address_space: if cgroup.is_some() {
+                0
+            } else {
+                (state.config.build_memory_mb << 20).max(4 << 30)
+            },
         });
     }
     let built = ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await;
     let artifact = match built {
         Ok(a) => a,
         Err(e) => {
-            if let Some(c) = &mut cgroup
-                && c.oom_killed()
+            let allocation_failed = || {
+                live.lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|l| l.contains("memory allocation of") && l.contains("failed"))
+            };
+            if cgroup.as_mut().is_some_and(|c| c.oom_killed())
+                || (matches!(e, BuildError::Failed { .. }) && allocation_failed())
             {
                 return Err(BuildError::OutOfMemory {
                     limit_mb: state.config.build_memory_mb,
