@@ -36,7 +36,7 @@ fn env_usize(var: &str, default: usize) -> usize {
 }
 
 use support::platform::{
-    artifact_of, deploy, ok, pids_running, scratch, start_server, start_server_with,
+    artifact_of, copy_tiny, deploy, ok, pids_running, scratch, start_server, start_server_with,
 };
 
 /// One keep-alive HTTP/1.1 connection.
@@ -210,28 +210,11 @@ fn cold_requests(
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("src")).unwrap();
-    std::fs::copy(from.join("Cargo.toml"), to.join("Cargo.toml")).unwrap();
-    std::fs::copy(from.join("src/lib.rs"), to.join("src/lib.rs")).unwrap();
-}
-
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = scratch("bench-platform");
     let server = start_server(&work);
     let project = work.join("tiny");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    std::fs::copy(
-        root.join("examples/tiny/Cargo.toml"),
-        project.join("Cargo.toml"),
-    )
-    .unwrap();
-    std::fs::copy(
-        root.join("examples/tiny/src/lib.rs"),
-        project.join("src/lib.rs"),
-    )
-    .unwrap();
+    copy_tiny(&project);
     eprintln!("deploying examples/tiny …");
     deploy(&server, &project, "acme-corp:tiny", "./");
     ok(
@@ -302,7 +285,7 @@ fn main() {
         let bare_work = scratch("bench-platform-bare");
         let bare = start_server_with(&bare_work, &["--no-sandbox"]);
         let bare_project = bare_work.join("tiny");
-        copy_dir(&project, &bare_project);
+        copy_tiny(&bare_project);
         deploy(&bare, &bare_project, "acme-corp:tiny", "./");
         let bare_gateway: SocketAddr = bare.gateway.parse().expect("the gateway address");
         let cold_bare = cold_requests(&rt, &bare, &bare_project, bare_gateway, host, cold_n);

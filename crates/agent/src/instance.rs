@@ -180,8 +180,8 @@ impl Instance {
     /// Starts the handler and waits for it to be ready.
     pub async fn spawn(config: &SpawnConfig) -> Result<Instance, SpawnError> {
         let started = Instant::now();
-        // Started with vfork semantics (the child borrows the agent's memory until it execs),
-        // inside the sandbox when one is configured.
+        // The child borrows the agent's memory until it execs (no page-table copy); sandboxed,
+        // it is a zygote prepared ahead of need that only has to exec.
         let spawned = ignite_sandbox::spawn_async(
             &ignite_sandbox::Command {
                 program: &config.program,
@@ -209,12 +209,7 @@ impl Instance {
         {
             tracing::warn!(pid, cpu, "could not pin the instance: {e}");
         }
-        let stderr = LogPipe::new(File::from(stderr), config.log_limit).map_err(|source| {
-            SpawnError::Exec {
-                program: config.program.clone(),
-                source,
-            }
-        })?;
+        let stderr = LogPipe::new(File::from(stderr), config.log_limit).map_err(exec)?;
         tokio::spawn(stderr.clone().pump());
 
         let mut instance = Instance {
@@ -249,7 +244,9 @@ impl Instance {
                 }
                 return Ok(instance);
             }
-            Ok(Ok(None)) => {
+            // The channel closed before the handshake, cleanly or mid-frame: the process
+            // exited (or, sandboxed, never got to exec the handler).
+            Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) => {
                 let status = instance.reap().await;
                 if let Some(source) = instance.child.launch_failure() {
                     return Err(SpawnError::Spawn {
@@ -269,19 +266,6 @@ impl Instance {
                     frame_name(&other)
                 ),
             )),
-            Ok(Err(FrameError::Truncated)) => {
-                let status = instance.reap().await;
-                if let Some(source) = instance.child.launch_failure() {
-                    return Err(SpawnError::Spawn {
-                        program: config.program.clone(),
-                        source,
-                    });
-                }
-                return Err(SpawnError::ExitedBeforeReady {
-                    status,
-                    logs: instance.logs.take(true),
-                });
-            }
             Ok(Err(e)) => e,
             Err(_) => {
                 instance.kill().await;

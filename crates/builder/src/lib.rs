@@ -346,9 +346,16 @@ impl<F: FnMut(&str)> LogCap<F> {
     }
 }
 
+/// The `--config` value that makes the user's `ignite = "*"` resolve to our SDK.
+fn sdk_patch(sdk: &Sdk) -> String {
+    format!(
+        "patch.crates-io.ignite.path={}",
+        toml_string(&sdk.crates_dir.join("sdk").to_string_lossy())
+    )
+}
+
 /// cargo's arguments for the build itself.
 fn build_args(project: &Project, sdk: &Sdk) -> Vec<String> {
-    let sdk_path = sdk.crates_dir.join("sdk");
     vec![
         "build".into(),
         "--release".into(),
@@ -367,10 +374,7 @@ fn build_args(project: &Project, sdk: &Sdk) -> Vec<String> {
         "--color".into(),
         "never".into(),
         "--config".into(),
-        format!(
-            "patch.crates-io.ignite.path={}",
-            toml_string(&sdk_path.to_string_lossy())
-        ),
+        sdk_patch(sdk),
         // Small, fast-starting binaries; panics unwind so the SDK can turn one into a failed
         // execution instead of a dead process.
         "--config".into(),
@@ -521,11 +525,7 @@ async fn build_jailed(
     }
     let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
     let home = cargo_home();
-    let sdk_path = options.sdk.crates_dir.join("sdk");
-    let patch = format!(
-        "patch.crates-io.ignite.path={}",
-        toml_string(&sdk_path.to_string_lossy())
-    );
+    let patch = sdk_patch(&options.sdk);
     // 1. Dependencies, with the network. No code of the user's runs here: fetch resolves and
     // downloads, it does not build.
     let mut fetch = Command::new(&tools.cargo);
@@ -537,12 +537,14 @@ async fn build_jailed(
         .env("RUSTC", &tools.rustc)
         .env("CARGO_HOME", &home)
         .current_dir(&project.dir);
-    let status = run_status(fetch, options.timeout, deadline, log).await?;
-    if !status.success() {
-        return Err(BuildError::Failed {
-            status: format!("fetching dependencies: {status}"),
-        });
-    }
+    run_cargo(fetch, project, options.timeout, deadline, None, log)
+        .await
+        .map_err(|e| match e {
+            BuildError::Failed { status } => BuildError::Failed {
+                status: format!("fetching dependencies: {status}"),
+            },
+            other => other,
+        })?;
     // 2. The compile, offline, in the jail, as the build user.
     std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
     let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
@@ -641,42 +643,9 @@ fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Runs a command to completion under the deadline, logging its stderr lines.
-async fn run_status(
-    mut cmd: Command,
-    budget: Duration,
-    deadline: tokio::time::Instant,
-    log: &mut LogCap<impl FnMut(&str)>,
-) -> Result<std::process::ExitStatus, BuildError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(BuildError::Spawn)?;
-    let pid = child.id();
-    let Some(stderr) = child.stderr.take() else {
-        unreachable!("stderr was requested as a pipe");
-    };
-    let mut stderr = BufReader::new(stderr).lines();
-    let run = async {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            log.line(&line);
-        }
-        child.wait().await
-    };
-    match tokio::time::timeout_at(deadline, run).await {
-        Ok(Ok(status)) => Ok(status),
-        Ok(Err(e)) => Err(BuildError::Spawn(e)),
-        Err(_) => {
-            kill_group(pid);
-            Err(BuildError::TimedOut(budget))
-        }
-    }
-}
-
-/// Runs cargo build: logs its diagnostics, finds the binary in its JSON messages, enforces the
-/// deadline (and the disk budget, when watched). Returns the binary's path.
+/// Runs a cargo command (the fetch or the build): logs its stderr, finds the binary in its JSON
+/// messages, enforces the deadline (and the disk budget, when watched). Returns the binary's
+/// path, if the command built one.
 async fn run_cargo(
     mut cmd: Command,
     project: &Project,

@@ -186,7 +186,8 @@ impl Sandbox {
         )
     }
 
-    fn take_slot(&self, limits: &Limits) -> io::Result<Slot> {
+    /// A free instance slot (its memory limit is set when an app's instance launches in it).
+    fn take_slot(&self) -> io::Result<Slot> {
         let pool = &self.inner.slots;
         let reused = pool.lock().free.pop();
         let state = match reused {
@@ -211,12 +212,10 @@ impl Sandbox {
                 SlotState { index, cgroups }
             }
         };
-        let mut slot = Slot {
+        Ok(Slot {
             state: Some(state),
             pool: pool.clone(),
-        };
-        slot.set_memory(limits.memory_mb)?;
-        Ok(slot)
+        })
     }
 
     fn take_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
@@ -286,10 +285,8 @@ impl Sandbox {
 
     /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty.
     fn take_zygote(&self) -> Result<Zygote, SpawnError> {
-        match self.inner.zygotes.take() {
-            Some(zygote) => Ok(zygote),
-            None => Zygote::create(self),
-        }
+        self.pooled_zygote()
+            .map_or_else(|| Zygote::create(self), Ok)
     }
 
     fn pooled_zygote(&self) -> Option<Zygote> {
@@ -358,7 +355,7 @@ fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
             inner: strong.clone(),
         };
         let made: Vec<Slot> = (0..strong.config.spare_slots)
-            .filter_map(|_| sandbox.take_slot(&Limits { memory_mb: 128 }).ok())
+            .filter_map(|_| sandbox.take_slot().ok())
             .collect();
         drop(made);
     }

@@ -417,7 +417,7 @@ impl Zygote {
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox) -> Result<Zygote, SpawnError> {
         let slot = sandbox
-            .take_slot(&Limits { memory_mb: 128 })
+            .take_slot()
             .map_err(prep("preparing the instance's cgroups"))?;
         let netns = sandbox
             .take_netns()

@@ -145,17 +145,8 @@ impl Node {
     fn spawn_config(&self, pool: &Pool) -> SpawnConfig {
         let mut config = pool.spawn.clone();
         if let Some(sandbox) = &self.sandbox {
-            let memory_mb = pool
-                .scaling
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .memory_mb;
-            config.sandbox = Some((
-                sandbox.clone(),
-                Limits {
-                    memory_mb: u64::from(memory_mb),
-                },
-            ));
+            let memory_mb = u64::from(pool.scaling().memory_mb);
+            config.sandbox = Some((sandbox.clone(), Limits { memory_mb }));
         }
         config
     }
