@@ -85,7 +85,7 @@ fn main() {
         )) {
             Ok(sandbox) => {
                 let mut sandboxed = SpawnConfig::new(&bin);
-                sandboxed.sandbox = Some((sandbox, ignite_sandbox::Limits { memory_mb: 128 }));
+                sandboxed.sandbox = Some((sandbox, ignite_sandbox::Limits { memory_mb: 128, egress: false }));
                 results.push(("sandboxed", measure(&sandboxed).await));
             }
             Err(e) => eprintln!("no sandboxed row: {e}"),

@@ -21,6 +21,7 @@
 
 mod cgroup;
 mod cpu;
+mod egress;
 pub mod jail;
 mod netns;
 mod process;
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use cpu::{current_cpu, kill_process_group, pin_to_cpu};
+pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
@@ -56,6 +58,8 @@ pub struct SandboxConfig {
     pub cpu_millis: u64,
     /// Network namespaces kept ready.
     pub spare_netns: usize,
+    /// Network namespaces with internet access kept ready, once an app has asked for it.
+    pub spare_egress: usize,
     /// Sandboxed processes kept ready to exec a handler (each holds an instance slot, a
     /// network namespace and a parked process).
     pub spare_zygotes: usize,
@@ -73,16 +77,19 @@ impl SandboxConfig {
             tmp_mb: 64,
             cpu_millis: 1000,
             spare_netns: 64,
+            spare_egress: 8,
             spare_zygotes: 32,
             spare_slots: 128,
         }
     }
 }
 
-/// Limits of one instance that depend on its app.
+/// What one instance gets that depends on its app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_mb: u64,
+    /// Internet access (see `egress.rs`); needs [`Sandbox::enable_egress`] first.
+    pub egress: bool,
 }
 
 /// The sandbox could not be set up on this host.
@@ -125,6 +132,14 @@ struct Inner {
     slots: Arc<SlotPool>,
     netns: netns::Pool,
     zygotes: ZygotePool,
+    /// Set up the first time an app asks for internet access.
+    egress: Mutex<Option<Arc<Egress>>>,
+}
+
+/// Internet access for instances: the wired namespaces and what goes in their `/etc`.
+struct Egress {
+    netns: netns::Pool,
+    resolv_conf: std::ffi::CString,
 }
 
 impl fmt::Debug for Sandbox {
@@ -158,11 +173,12 @@ impl Sandbox {
                 slots: Arc::new(SlotPool::default()),
                 netns,
                 zygotes: ZygotePool::default(),
+                egress: Mutex::new(None),
             }),
         };
         // One zygote now: a host that cannot make one (no user namespaces, a refused mount, …)
         // fails the server's start with the reason, not every invocation later.
-        let first = Zygote::create(&sandbox).map_err(SandboxError::Probe)?;
+        let first = Zygote::create(&sandbox, false).map_err(SandboxError::Probe)?;
         sandbox.inner.zygotes.lock().ready.push(first);
         let weak = Arc::downgrade(&sandbox.inner);
         std::thread::Builder::new()
@@ -218,11 +234,37 @@ impl Sandbox {
         })
     }
 
-    fn take_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
-        self.inner.netns.take()
+    /// Makes internet access available to instances (idempotent): installs the host's rules
+    /// and starts wiring namespaces ahead of need. Fails, naming what is missing, on a host that
+    /// cannot (no nftables, say); call it when an app turns egress on, so the user hears why.
+    pub fn enable_egress(&self) -> io::Result<()> {
+        self.egress().map(drop)
     }
 
-    fn isolation(&self, slot: &Slot, netns: RawFd) -> io::Result<spawn::Isolation> {
+    fn egress(&self) -> io::Result<Arc<Egress>> {
+        let mut slot = self.inner.egress.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(egress) = &*slot {
+            return Ok(egress.clone());
+        }
+        let host = egress::HostNetwork::detect();
+        egress::install(&host)?;
+        let egress = Arc::new(Egress {
+            netns: netns::Pool::egress(self.inner.config.spare_egress)?,
+            resolv_conf: std::ffi::CString::new(host.resolv_conf).map_err(io::Error::other)?,
+        });
+        *slot = Some(egress.clone());
+        Ok(egress)
+    }
+
+    fn take_netns(&self, egress: bool) -> io::Result<std::os::fd::OwnedFd> {
+        if egress {
+            self.egress()?.netns.take()
+        } else {
+            self.inner.netns.take()
+        }
+    }
+
+    fn isolation(&self, slot: &Slot, netns: RawFd, egress: bool) -> io::Result<spawn::Isolation> {
         let state = slot
             .state
             .as_ref()
@@ -234,6 +276,11 @@ impl Sandbox {
             netns,
             cgroup_procs: state.cgroups.as_ref().map_or_else(Vec::new, |c| c.procs()),
             paths: &self.inner.paths,
+            resolv_conf: if egress {
+                Some(self.egress()?.resolv_conf.clone())
+            } else {
+                None
+            },
             tmp_options: c(format!("size={}m,nr_inodes=16384,mode=1777", config.tmp_mb))?,
             // RLIMIT_AS depends on the app's memory limit: set at launch.
             rlimits: vec![
@@ -283,13 +330,17 @@ impl Sandbox {
         Ok(dir)
     }
 
-    /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty.
-    fn take_zygote(&self) -> Result<Zygote, SpawnError> {
-        self.pooled_zygote()
-            .map_or_else(|| Zygote::create(self), Ok)
+    /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty (or
+    /// the instance has internet access: those are made at start, in a namespace wired ahead).
+    fn take_zygote(&self, limits: &Limits) -> Result<Zygote, SpawnError> {
+        self.pooled_zygote(limits)
+            .map_or_else(|| Zygote::create(self, limits.egress), Ok)
     }
 
-    fn pooled_zygote(&self) -> Option<Zygote> {
+    fn pooled_zygote(&self, limits: &Limits) -> Option<Zygote> {
+        if limits.egress {
+            return None;
+        }
         self.inner.zygotes.take()
     }
 }
@@ -393,7 +444,7 @@ fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
         let sandbox = Sandbox {
             inner: strong.clone(),
         };
-        match Zygote::create(&sandbox) {
+        match Zygote::create(&sandbox, false) {
             Ok(zygote) => strong.zygotes.lock().ready.push(zygote),
             Err(e) => {
                 tracing::warn!("cannot prepare a sandboxed instance ahead of need: {e}");

@@ -10,11 +10,15 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 struct Shared {
     ready: Mutex<State>,
+    /// Wakes the refill thread.
     wake: Condvar,
+    /// Wakes starts waiting for a namespace.
+    ready_cv: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -27,33 +31,93 @@ struct State {
 pub(crate) struct Pool {
     shared: Arc<Shared>,
     spare: usize,
+    egress: bool,
 }
 
+/// How long a start waits for a namespace with internet access when none is ready.
+const EGRESS_WAIT: Duration = Duration::from_secs(10);
+
 impl Pool {
+    /// Empty namespaces.
     pub(crate) fn new(spare: usize) -> io::Result<Pool> {
+        Pool::start(spare, false, "ignite-netns", || Ok(create))
+    }
+
+    /// Namespaces wired to the internet (see `egress.rs`).
+    pub(crate) fn egress(spare: usize) -> io::Result<Pool> {
+        Pool::start(spare, true, "ignite-egress", || {
+            let mut wirer = crate::egress::Wirer::new()?;
+            Ok(move || wirer.make())
+        })
+    }
+
+    fn start<M>(
+        spare: usize,
+        egress: bool,
+        name: &str,
+        maker: impl FnOnce() -> io::Result<M> + Send + 'static,
+    ) -> io::Result<Pool>
+    where
+        M: FnMut() -> io::Result<OwnedFd>,
+    {
         let shared = Arc::new(Shared {
             ready: Mutex::new(State::default()),
             wake: Condvar::new(),
+            ready_cv: Condvar::new(),
         });
         let refill = shared.clone();
+        let (started, ready) = std::sync::mpsc::channel();
         thread::Builder::new()
-            .name("ignite-netns".into())
-            .spawn(move || refill_loop(&refill, spare))?;
-        Ok(Pool { shared, spare })
+            .name(name.into())
+            .spawn(move || match maker() {
+                Ok(make) => {
+                    let _ = started.send(Ok(()));
+                    refill_loop(&refill, spare, make);
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
+            })?;
+        ready
+            .recv()
+            .map_err(|_| io::Error::other("the namespace thread ended at start"))??;
+        Ok(Pool {
+            shared,
+            spare,
+            egress,
+        })
     }
 
-    /// A fresh namespace; made on the spot (on a short-lived thread) if none is ready.
+    /// A fresh namespace. An empty one is made on the spot (on a short-lived thread) if none is
+    /// ready; one with internet access is waited for (its netlink sockets live on the pool's
+    /// thread).
     pub(crate) fn take(&self) -> io::Result<OwnedFd> {
+        let deadline = Instant::now() + EGRESS_WAIT;
         let taken = {
             let mut state = lock(&self.shared);
-            let fd = state.namespaces.pop();
-            if state.namespaces.len() < self.spare {
-                self.shared.wake.notify_one();
+            loop {
+                let fd = state.namespaces.pop();
+                if state.namespaces.len() < self.spare {
+                    self.shared.wake.notify_all();
+                }
+                let now = Instant::now();
+                if fd.is_some() || !self.egress || now >= deadline {
+                    break fd;
+                }
+                state = self
+                    .shared
+                    .ready_cv
+                    .wait_timeout(state, deadline - now)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
-            fd
         };
         match taken {
             Some(fd) => Ok(fd),
+            None if self.egress => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no network namespace with internet access became ready",
+            )),
             None => thread::scope(|s| {
                 s.spawn(create).join().unwrap_or_else(|_| {
                     Err(io::Error::other("creating a network namespace panicked"))
@@ -87,7 +151,7 @@ fn create() -> io::Result<OwnedFd> {
     Ok(File::open("/proc/thread-self/ns/net")?.into())
 }
 
-fn refill_loop(shared: &Shared, spare: usize) {
+fn refill_loop(shared: &Shared, spare: usize, mut make: impl FnMut() -> io::Result<OwnedFd>) {
     crate::run_when_idle();
     loop {
         {
@@ -103,8 +167,11 @@ fn refill_loop(shared: &Shared, spare: usize) {
             }
         }
         thread::sleep(crate::SETTLE);
-        match create() {
-            Ok(fd) => lock(shared).namespaces.push(fd),
+        match make() {
+            Ok(fd) => {
+                lock(shared).namespaces.push(fd);
+                shared.ready_cv.notify_one();
+            }
             Err(e) => {
                 tracing::warn!("cannot create a network namespace: {e}");
                 thread::sleep(std::time::Duration::from_secs(1));

@@ -48,18 +48,25 @@ fn sandbox() -> Sandbox {
 
 /// Runs the probe and parses its report; also returns how it exited.
 fn run(env: &[(&str, &str)], sandboxed: bool, memory_mb: u64) -> (HashMap<String, String>, String) {
+    let limits = Limits {
+        memory_mb,
+        egress: false,
+    };
+    run_with(env, sandboxed.then_some(limits))
+}
+
+fn run_with(env: &[(&str, &str)], limits: Option<Limits>) -> (HashMap<String, String>, String) {
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let sandbox = sandbox();
-    let limits = Limits { memory_mb };
     let spawned = spawn(
         &Command {
             program: probe(),
             env: &env,
         },
-        sandboxed.then_some((&sandbox, &limits)),
+        limits.as_ref().map(|limits| (&sandbox, limits)),
     )
     .unwrap_or_else(|e| panic!("spawn failed: {e}"));
     let mut process = spawned.process;
@@ -133,13 +140,91 @@ fn without_the_sandbox_the_same_probe_sees_the_host() {
 fn the_network_has_nothing_in_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let key = format!("connect {addr}");
     let (r, _) = run(&[("PROBE_CONNECT", &addr)], true, 64);
-    assert!(r["connect"].contains("unreachable"), "{}", r["connect"]);
+    assert!(r[&key].contains("unreachable"), "{}", r[&key]);
     let (r, _) = run(&[("PROBE_CONNECT", &addr)], false, 64);
-    assert_eq!(
-        r["connect"], "connected",
-        "the control reaches the listener"
+    assert_eq!(r[&key], "connected", "the control reaches the listener");
+}
+
+#[test]
+fn with_egress_an_instance_reaches_the_internet_and_nothing_private() {
+    let internet = internet();
+    assert!(internet.reachable_from_host(), "the stand-in is up");
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_service = std::net::SocketAddr::from((
+        internet::HOST_SIDE,
+        host_service.local_addr().unwrap().port(),
+    ));
+    let targets = format!("{},{},{host_service}", internet.public, internet.private);
+    let env = [("PROBE_CONNECT", targets.as_str())];
+    sandbox()
+        .enable_egress()
+        .expect("egress needs nftables here");
+    let egress = Limits {
+        memory_mb: 64,
+        egress: true,
+    };
+    let (r, exit) = run_with(&env, Some(egress));
+    let public = &r[&format!("connect {}", internet.public)];
+    assert_eq!(public, "connected", "{r:?} {exit}");
+    let private = &r[&format!("connect {}", internet.private)];
+    assert_ne!(private, "connected", "a private address is refused: {r:?}");
+    let host = &r[&format!("connect {host_service}")];
+    assert_ne!(
+        host, "connected",
+        "the host's own services are refused: {r:?}"
     );
+    assert_eq!(r["root"], "dev,etc,proc,tmp", "{r:?}");
+    assert_eq!(r["uid"], "1000", "still sandboxed");
+
+    // Off by default: the same probe without egress reaches nothing.
+    let (r, _) = run(&env, true, 64);
+    let public = &r[&format!("connect {}", internet.public)];
+    assert!(public.contains("unreachable"), "{public}");
+    // And the control: unconfined, the private address answers, so only the filter refused it.
+    let (r, _) = run_with(&env, None);
+    assert_eq!(r[&format!("connect {}", internet.private)], "connected");
+}
+
+#[test]
+fn an_egress_instance_resolves_names_through_the_hosts_resolvers() {
+    sandbox()
+        .enable_egress()
+        .expect("egress needs nftables here");
+    let egress = Limits {
+        memory_mb: 64,
+        egress: true,
+    };
+    let (r, _) = run_with(
+        &[
+            ("PROBE_READ", "/etc/resolv.conf"),
+            ("PROBE_RESOLVE", "localhost"),
+        ],
+        Some(egress),
+    );
+    let resolv = &r["read /etc/resolv.conf"];
+    assert!(resolv.starts_with("READ "), "{resolv}");
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for server in host.lines().filter_map(|l| l.strip_prefix("nameserver ")) {
+        if !server.trim().starts_with("127.") && server.trim().parse::<std::net::Ipv4Addr>().is_ok()
+        {
+            assert!(resolv.contains(server.trim()), "{resolv} lacks {server}");
+        }
+    }
+    assert!(
+        ["resolved 127.0.0.1", "resolved ::1"].contains(&r["resolve"].as_str()),
+        "/etc/hosts names localhost: {}",
+        r["resolve"]
+    );
+}
+
+#[path = "support/internet.rs"]
+mod internet;
+
+fn internet() -> &'static internet::Internet {
+    static INTERNET: OnceLock<internet::Internet> = OnceLock::new();
+    INTERNET.get_or_init(internet::Internet::start)
 }
 
 #[test]
@@ -187,7 +272,13 @@ fn a_dynamically_linked_binary_is_refused_with_a_reason() {
             program: Path::new("/bin/true"),
             env: &[],
         },
-        Some((&sandbox, &Limits { memory_mb: 64 })),
+        Some((
+            &sandbox,
+            &Limits {
+                memory_mb: 64,
+                egress: false,
+            },
+        )),
     )
     .expect("the zygote takes the binary");
     let mut process = spawned.process;

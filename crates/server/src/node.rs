@@ -146,7 +146,13 @@ impl Node {
         let mut config = pool.spawn.clone();
         if let Some(sandbox) = &self.sandbox {
             let memory_mb = u64::from(pool.scaling().memory_mb);
-            config.sandbox = Some((sandbox.clone(), Limits { memory_mb }));
+            config.sandbox = Some((
+                sandbox.clone(),
+                Limits {
+                    memory_mb,
+                    egress: false,
+                },
+            ));
         }
         config
     }

@@ -73,13 +73,24 @@ fn main() {
         },
     );
     line("env", std::env::vars().map(|(k, _)| k).collect::<Vec<_>>().join(","));
-    if let Ok(target) = std::env::var("PROBE_CONNECT") {
-        let r = std::net::TcpStream::connect_timeout(
-            &target.parse().expect("PROBE_CONNECT is an address"),
-            std::time::Duration::from_secs(1),
-        );
-        line("connect", match r {
-            Ok(_) => "connected".into(),
+    if let Ok(targets) = std::env::var("PROBE_CONNECT") {
+        for target in targets.split(',') {
+            let r = std::net::TcpStream::connect_timeout(
+                &target.parse().expect("PROBE_CONNECT is a list of addresses"),
+                std::time::Duration::from_secs(1),
+            );
+            line(&format!("connect {target}"), match r {
+                Ok(_) => "connected".into(),
+                Err(e) => e.to_string(),
+            });
+        }
+    }
+    if let Ok(name) = std::env::var("PROBE_RESOLVE") {
+        line("resolve", match std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 443)) {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => format!("resolved {}", a.ip()),
+                None => "no address".into(),
+            },
             Err(e) => e.to_string(),
         });
     }
