@@ -82,6 +82,13 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
                 format!("{a} => {}\n", outcome(r, "CONNECTED"))
             }).collect()
         }
+        "resolve" => {
+            let name: String = req.field("name")?;
+            match std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 443)) {
+                Ok(addrs) => format!("RESOLVED {}", addrs.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(",")),
+                Err(e) => e.to_string(),
+            }
+        }
         "fork_bomb" => {
             let mut forked = 0;
             let mut error = String::new();
@@ -459,6 +466,109 @@ fn no_debugging_raw_sockets_or_network() {
             .unwrap_or_default();
         assert!(refused(line), "{a} reachable: {line}");
     }
+    arena.finish();
+}
+
+#[path = "../crates/sandbox/tests/support/internet.rs"]
+mod internet;
+
+#[test]
+fn internet_access_is_an_app_setting_off_by_default_that_never_reaches_private_addresses() {
+    let internet = internet::Internet::start();
+    assert!(internet.reachable_from_host(), "the stand-in is up");
+    let arena = Arena::new("egress");
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_service = format!(
+        "{}:{}",
+        internet::HOST_SIDE,
+        host_service.local_addr().unwrap().port()
+    );
+    let public = internet.public.to_string();
+    let private = internet.private.to_string();
+    let addrs = vec![
+        public.clone(),
+        private.clone(),
+        host_service.clone(),
+        arena.server.api.clone(),
+        "169.254.169.254:80".to_string(),
+    ];
+    let connect = |arena: &Arena| {
+        let (status, body, _) =
+            arena.attack(serde_json::json!({"attack": "connect", "addrs": addrs}));
+        assert_eq!(status, 200, "{body}");
+        addrs
+            .iter()
+            .map(|a| {
+                let line = body.lines().find(|l| l.starts_with(a.as_str()));
+                (a.clone(), line.unwrap_or_default().to_string())
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let app = |field: &str| {
+        json(&ok(
+            &arena.server,
+            &arena.dir,
+            &["app", "get", "acme-corp:attacker", "-o", "json"],
+        ))["network"][field]
+            .clone()
+    };
+
+    // Off by default: not even the public address.
+    assert_eq!(app("egress"), false);
+    let seen = connect(&arena);
+    assert!(refused(&seen[&public]), "{seen:?}");
+
+    // On: the public address answers; nothing private, local or on the node does (dropped, so
+    // each of those waits out its 1 s connect timeout: the deadline makes room).
+    ok(
+        &arena.server,
+        &arena.dir,
+        &["app", "scale", "acme-corp:attacker", "--timeout", "15"],
+    );
+    let out = ok(
+        &arena.server,
+        &arena.dir,
+        &["app", "network", "acme-corp:attacker", "--egress", "on"],
+    );
+    assert!(out.contains("egress on"), "{out}");
+    assert_eq!(app("egress"), true);
+    let seen = connect(&arena);
+    assert!(seen[&public].ends_with("CONNECTED"), "{seen:?}");
+    for blocked in [
+        &private,
+        &host_service,
+        &arena.server.api,
+        "169.254.169.254:80",
+    ] {
+        assert!(refused(&seen[blocked]), "{blocked} reachable: {seen:?}");
+    }
+    let (_, resolv, _) =
+        arena.attack(serde_json::json!({"attack": "read", "paths": ["/etc/resolv.conf"]}));
+    assert!(resolv.contains("nameserver"), "{resolv}");
+    // Names resolve through the node's resolvers wherever the node itself can resolve them.
+    if std::net::ToSocketAddrs::to_socket_addrs(&("index.crates.io", 443)).is_ok() {
+        let (_, body, _) =
+            arena.attack(serde_json::json!({"attack": "resolve", "name": "index.crates.io"}));
+        assert!(body.starts_with("RESOLVED"), "{body}");
+    }
+
+    // Off again: takes effect for the next request, at once.
+    let out = ok(
+        &arena.server,
+        &arena.dir,
+        &["app", "network", "acme-corp:attacker", "--egress", "off"],
+    );
+    assert!(out.contains("no network"), "{out}");
+    let seen = connect(&arena);
+    assert!(refused(&seen[&public]), "{seen:?}");
+
+    // A switch that is neither on nor off is refused with the choices.
+    let err = fails(
+        &arena.server,
+        &arena.dir,
+        &["app", "network", "acme-corp:attacker", "--egress", "maybe"],
+    );
+    assert!(err.contains("neither on nor off"), "{err}");
     arena.finish();
 }
 

@@ -53,6 +53,8 @@ pub struct App {
     /// The active version's artifact.
     pub artifact: Option<Artifact>,
     pub scaling: ScalingConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -309,6 +311,18 @@ impl Default for ScalingConfig {
             queue_depth: 100,
         }
     }
+}
+
+/// What an app's instances may reach on the network. `PUT …/network`; takes effect at once
+/// (running instances finish their requests and are replaced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct NetworkConfig {
+    /// Outbound connections to the public internet; off by default, when an instance has no
+    /// network at all. Even with it on, an instance cannot reach the node itself, other
+    /// instances, or loopback, private, shared (100.64.0.0/10), link-local (cloud metadata) and
+    /// multicast addresses, and has no IPv6; names resolve through the node's resolvers.
+    pub egress: bool,
 }
 
 /// A partial update of [`ScalingConfig`]: the fields given replace the app's.

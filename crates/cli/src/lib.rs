@@ -179,6 +179,14 @@ enum AppCmd {
         #[arg(long)]
         queue_depth: Option<u32>,
     },
+    /// Choose what the app's instances may reach on the network (takes effect at once).
+    Network {
+        id: String,
+        /// Outbound connections to the public internet (off by default). Private, link-local
+        /// and shared addresses, the node itself and other instances stay out of reach.
+        #[arg(long, value_parser = on_off, action = clap::ArgAction::Set, required = true, value_name = "on|off")]
+        egress: bool,
+    },
     /// Set the app's environment variables (they travel with the next published version).
     SetEnv {
         id: String,
@@ -483,6 +491,15 @@ fn print(out: Output, v: &impl serde::Serialize, human: impl FnOnce() -> String)
 }
 
 /// `org:name` → `(org, name)`.
+/// `on`/`off` (also `true`/`false`) for a switch flag.
+fn on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
+}
+
 fn split_id(id: &str) -> Result<(String, String)> {
     match id.split_once(':') {
         Some((org, name)) if !org.is_empty() && !name.is_empty() => Ok((org.into(), name.into())),
@@ -510,7 +527,7 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
             let app: api::App = client.get_as(&format!("/v1/apps/{org}/{name}"))?;
             print(out, &app, || {
                 format!(
-                    "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  public urls    {}\n  draft          {}",
+                    "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  public urls    {}\n  draft          {}\n  internet       {}",
                     app.id,
                     app.runtime,
                     app.description,
@@ -520,6 +537,11 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
                     app.draft
                         .as_ref()
                         .map_or("empty", |d| d.compile_status.as_str()),
+                    if app.network.egress {
+                        "egress on"
+                    } else {
+                        "off (dodil ignite app network <id> --egress on)"
+                    },
                 )
             });
         }
@@ -583,6 +605,21 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
                     s.memory_mb,
                     s.queue_depth
                 )
+            });
+        }
+        AppCmd::Network { id, egress } => {
+            let (org, name) = split_id(&id)?;
+            let body = serde_json::to_value(api::NetworkConfig { egress })?;
+            let v = client.put_json(&format!("/v1/apps/{org}/{name}/network"), &body)?;
+            let n: api::NetworkConfig = serde_json::from_value(v)?;
+            print(out, &n, || {
+                if n.egress {
+                    format!(
+                        "{id} internet: egress on (public addresses only; new instances from now)"
+                    )
+                } else {
+                    format!("{id} internet: off (instances have no network)")
+                }
             });
         }
         AppCmd::SetEnv { id, vars } => {

@@ -70,6 +70,7 @@ fn api_router() -> OpenApiRouter<Arc<State>> {
         .routes(routes!(get_app, delete_app))
         .routes(routes!(set_env))
         .routes(routes!(set_scaling))
+        .routes(routes!(set_network))
         .routes(routes!(save_draft))
         .routes(routes!(compile))
         .routes(routes!(compile_logs))
@@ -171,6 +172,7 @@ fn app_view(
             target: v.artifact_target.clone(),
         }),
         scaling: app.scaling.clone(),
+        network: app.network.clone(),
         created_at: app.created_at,
     }
 }
@@ -327,6 +329,42 @@ async fn set_scaling(
     state.node.invalidate(&org, &name);
     state.node.reconcile(&state).await;
     Ok(Json(scaling))
+}
+
+/// Change what the app's instances may reach on the network; takes effect at once (instances
+/// started before finish their requests, then stop, as after a publish).
+#[utoipa::path(put, path = "/v1/apps/{org}/{app}/network", tag = "apps", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    request_body = api::NetworkConfig,
+    responses(
+        (status = 200, body = api::NetworkConfig),
+        (status = 409, body = api::ErrorBody, description = "this node cannot give instances internet access"),
+    ))]
+async fn set_network(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<api::NetworkConfig>,
+) -> ApiResult<Json<api::NetworkConfig>> {
+    owned_app(&state, &headers, &org, &name).await?;
+    if body.egress
+        && let Some(sandbox) = state.sandbox.clone()
+    {
+        // Installs the node's rules the first time; a node that cannot says why now, not at
+        // the app's next cold start.
+        tokio::task::spawn_blocking(move || sandbox.enable_egress())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                ApiError::conflict(format!(
+                    "this server cannot give instances internet access: {e}"
+                ))
+            })?;
+    }
+    store::set_network(&state.db, &org, &name, &body).await?;
+    state.node.invalidate(&org, &name);
+    state.node.reconcile(&state).await;
+    Ok(Json(body))
 }
 
 /// Upload source into the draft slot (version 0), replacing what was there.

@@ -29,7 +29,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const GRACE: Duration = Duration::from_secs(2);
 
 pub type AppKey = (String, String);
-type PoolKey = (String, String, i64);
+/// (org, app, version, internet access): changing an app's network access, like publishing,
+/// starts a new pool and drains the old one.
+type PoolKey = (String, String, i64, bool);
 
 /// What a request needs to know about the app it calls: cached, invalidated on every change.
 #[derive(Debug, Clone)]
@@ -141,18 +143,16 @@ impl Node {
         }
     }
 
-    /// How to start an instance of `pool` now: its app's current memory limit applies.
+    /// How to start an instance of `pool` now: its app's current memory limit applies, and the
+    /// network access its pool was made for.
     fn spawn_config(&self, pool: &Pool) -> SpawnConfig {
         let mut config = pool.spawn.clone();
         if let Some(sandbox) = &self.sandbox {
-            let memory_mb = u64::from(pool.scaling().memory_mb);
-            config.sandbox = Some((
-                sandbox.clone(),
-                Limits {
-                    memory_mb,
-                    egress: false,
-                },
-            ));
+            let limits = Limits {
+                memory_mb: u64::from(pool.scaling().memory_mb),
+                egress: pool.key.3,
+            };
+            config.sandbox = Some((sandbox.clone(), limits));
         }
         config
     }
@@ -204,6 +204,7 @@ impl Node {
             route.app.org.clone(),
             route.app.name.clone(),
             version.version,
+            route.app.network.egress,
         );
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let pool = pools.entry(key.clone()).or_insert_with(|| {
@@ -392,9 +393,10 @@ impl Node {
             .cloned()
             .collect();
         for pool in pools {
-            let (org, app, version) = pool.key.clone();
+            let (org, app, version, egress) = pool.key.clone();
             let want = wanted.get(&(org.clone(), app.clone()));
-            let active = want.is_some_and(|(v, _)| *v == version);
+            let active =
+                want.is_some_and(|(v, route)| *v == version && route.app.network.egress == egress);
             if let Some((_, route)) = want.filter(|_| active) {
                 *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) = route.app.scaling.clone();
             }

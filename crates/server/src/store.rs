@@ -48,6 +48,7 @@ pub struct App {
     pub env: Vec<(String, String)>,
     pub active_version: Option<i64>,
     pub scaling: ignite_api::ScalingConfig,
+    pub network: ignite_api::NetworkConfig,
     pub created_at: i64,
 }
 
@@ -89,6 +90,7 @@ fn app_of(row: &sqlx::sqlite::SqliteRow) -> App {
         env: env_of(row.get::<&str, _>("env")),
         active_version: row.get("active_version"),
         scaling: serde_json::from_str(row.get::<&str, _>("scaling")).unwrap_or_default(),
+        network: serde_json::from_str(row.get::<&str, _>("network")).unwrap_or_default(),
         created_at: row.get("created_at"),
     }
 }
@@ -287,6 +289,22 @@ pub async fn set_scaling(
     let scaling = serde_json::to_string(scaling).unwrap_or_else(|_| "{}".into());
     sqlx::query("UPDATE apps SET scaling = $1 WHERE org = $2 AND name = $3")
         .bind(&scaling)
+        .bind(org)
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_network(
+    db: &Db,
+    org: &str,
+    name: &str,
+    network: &ignite_api::NetworkConfig,
+) -> sqlx::Result<()> {
+    let network = serde_json::to_string(network).unwrap_or_else(|_| "{}".into());
+    sqlx::query("UPDATE apps SET network = $1 WHERE org = $2 AND name = $3")
+        .bind(&network)
         .bind(org)
         .bind(name)
         .execute(db)
