@@ -573,6 +573,69 @@ fn internet_access_is_an_app_setting_off_by_default_that_never_reaches_private_a
 }
 
 #[test]
+fn the_dependency_fetch_reaches_the_registry_and_nothing_else() {
+    // The server's fetch runs as `dodil ignite __fetch --proxy <socket> -- cargo fetch …`; here
+    // the same wrapper runs a shell that tries every way out, with the stand-in internet's
+    // public service as "the registry".
+    let internet = internet::Internet::start();
+    let dir = scratch("fetch-network");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = internet.public.to_string();
+    let proxy = runtime
+        .block_on(async {
+            ignite_builder::RegistryProxy::start(&dir.join("proxy.sock"), &[registry.as_str()])
+        })
+        .unwrap();
+    let script = format!(
+        r#"port=${{CARGO_HTTP_PROXY##*:}}
+tunnel() {{
+  exec 3<>/dev/tcp/127.0.0.1/$port || {{ echo "$1 => no proxy"; return; }}
+  printf 'CONNECT %s HTTP/1.1\r\n\r\n' "$2" >&3
+  echo "$1 => $(head -c 300 <&3 | tr -d '\r' | tr '\n' ' ')"
+  exec 3<&-
+}}
+tunnel registry {registry}
+tunnel private {private}
+tunnel node {node}
+(echo > /dev/tcp/{host}/{port}) 2>/dev/null && echo "direct => CONNECTED" || echo "direct => refused"
+"#,
+        private = internet.private,
+        node = format!("{}:22", internet::HOST_SIDE),
+        host = internet.public.ip(),
+        port = internet.public.port(),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "__fetch", "--proxy"])
+        .arg(proxy.path())
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} =>")))
+            .unwrap_or_else(|| panic!("no {name} line: {stdout}"))
+            .to_string()
+    };
+    let through = line("registry");
+    assert!(through.contains("HTTP/1.1 200"), "{stdout}");
+    assert!(through.contains(internet::GREETING), "{stdout}");
+    for refused in ["private", "node"] {
+        let l = line(refused);
+        assert!(l.contains("HTTP/1.1 403"), "{stdout}");
+        assert!(l.contains("may only reach the registry"), "{stdout}");
+    }
+    assert_eq!(line("direct"), "direct => refused", "{stdout}");
+    drop(proxy);
+}
+
+#[test]
 fn a_fork_bomb_is_contained_and_leaves_nothing() {
     let arena = Arena::new("fork");
     let (status, body, record) = arena.attack(serde_json::json!({"attack": "fork_bomb"}));

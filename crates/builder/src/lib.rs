@@ -12,6 +12,9 @@
 
 pub mod archive;
 pub mod oci;
+mod proxy;
+
+pub use proxy::{CRATES_IO, RegistryProxy};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -194,7 +197,8 @@ impl BuildOptions {
 }
 
 /// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, with the
-/// network and without running any of the user's code; then cargo runs offline in the jail,
+/// registry as the only network (through `fetch_proxy`) and without running any of the user's
+/// code; then cargo runs offline in the jail,
 /// as `uid`, seeing its source, its target directory, the toolchain, the SDK and a read-only
 /// registry cache.
 #[derive(Debug, Clone)]
@@ -211,6 +215,9 @@ pub struct JailOptions {
     pub max_disk_bytes: u64,
     /// RLIMIT_AS per process, 0 for none (where no memory cgroup holds the compile).
     pub max_address_space: u64,
+    /// The [`RegistryProxy`]'s socket: the dependency fetch then runs in a network namespace
+    /// whose only way out is that proxy. `None` fetches with the server's network.
+    pub fetch_proxy: Option<PathBuf>,
 }
 
 /// A built handler binary.
@@ -526,9 +533,19 @@ async fn build_jailed(
     let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
     let home = cargo_home();
     let patch = sdk_patch(&options.sdk);
-    // 1. Dependencies, with the network. No code of the user's runs here: fetch resolves and
-    // downloads, it does not build.
-    let mut fetch = Command::new(&tools.cargo);
+    // 1. Dependencies, with the registry as the only network. No code of the user's runs here:
+    // fetch resolves and downloads, it does not build.
+    let mut fetch = match &jail.fetch_proxy {
+        Some(proxy) => {
+            let mut c = Command::new(&jail.helper);
+            c.args(["ignite", "__fetch", "--proxy"])
+                .arg(proxy)
+                .arg("--")
+                .arg(&tools.cargo);
+            c
+        }
+        None => Command::new(&tools.cargo),
+    };
     fetch
         .args(["fetch", "--color", "never", "--target", NATIVE_TARGET])
         .arg("--manifest-path")

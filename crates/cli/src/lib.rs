@@ -54,6 +54,9 @@ enum Output {
 
 /// The hidden subcommand that runs one compile in the build jail.
 pub const JAIL: &str = "__jail";
+/// The hidden subcommand that runs the dependency fetch with the registry as its only network:
+/// `dodil ignite __fetch --proxy <socket> -- <program> <args>…`.
+pub const FETCH: &str = "__fetch";
 
 #[derive(Subcommand)]
 enum Ignite {
@@ -285,6 +288,17 @@ pub fn main() {
             Err(e) => e,
         };
         eprintln!("ignite build jail: {error}");
+        std::process::exit(126);
+    }
+    if raw.len() > 6
+        && raw[1] == "ignite"
+        && raw[2] == FETCH
+        && raw[3] == "--proxy"
+        && raw[5] == "--"
+    {
+        let error =
+            ignite_sandbox::jail::fetch_exec(std::path::Path::new(&raw[4]), &raw[6], &raw[7..]);
+        eprintln!("ignite dependency fetch: {error}");
         std::process::exit(126);
     }
     let cli = Cli::parse();

@@ -217,6 +217,10 @@ async fn compile(
             } else {
                 (state.config.build_memory_mb << 20).max(4 << 30)
             },
+            fetch_proxy: state
+                .registry_proxy
+                .as_ref()
+                .map(|p| p.path().to_path_buf()),
         });
     }
     let built = ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await;

@@ -75,6 +75,8 @@ pub(crate) struct State {
     pub recorder: recorder::Recorder,
     /// Instances and compiles run in it, unless the operator turned it off.
     pub sandbox: Option<ignite_sandbox::Sandbox>,
+    /// The dependency fetch's only way out (with the sandbox).
+    pub registry_proxy: Option<ignite_builder::RegistryProxy>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
 }
@@ -107,6 +109,15 @@ pub async fn run(
         Some(sandbox)
     } else {
         None
+    };
+    // With the sandbox, the dependency fetch reaches crates.io through this proxy and nothing
+    // else; the socket is only for the server's own fetches.
+    let registry_proxy = match &sandbox {
+        Some(_) => Some(ignite_builder::RegistryProxy::start(
+            &config.data_dir.join("sandbox/registry-proxy.sock"),
+            ignite_builder::CRATES_IO,
+        )?),
+        None => None,
     };
     let sandbox_line = match &sandbox {
         Some(s) => s.describe(),
@@ -145,6 +156,7 @@ pub async fn run(
         builds: builds::Builds::default(),
         node: node::Node::new(sandbox.clone()),
         sandbox,
+        registry_proxy,
         config,
     });
     started(Started {
