@@ -586,6 +586,7 @@ fn the_dependency_fetch_reaches_the_registry_and_nothing_else() {
             ignite_builder::RegistryProxy::start(&dir.join("proxy.sock"), &[registry.as_str()])
         })
         .unwrap();
+    let node = format!("{}:22", internet::HOST_SIDE);
     let script = format!(
         r#"port=${{CARGO_HTTP_PROXY##*:}}
 tunnel() {{
@@ -600,7 +601,6 @@ tunnel node {node}
 (echo > /dev/tcp/{host}/{port}) 2>/dev/null && echo "direct => CONNECTED" || echo "direct => refused"
 "#,
         private = internet.private,
-        node = format!("{}:22", internet::HOST_SIDE),
         host = internet.public.ip(),
         port = internet.public.port(),
     );
