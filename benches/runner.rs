@@ -54,7 +54,8 @@ async fn build_seed() -> (PathBuf, u64) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = root.join("target/bench/tiny");
     copy_project(&root.join("examples/tiny"), &work);
-    let project = ignite_builder::prepare(&work).expect("prepare examples/tiny");
+    let project = ignite_builder::prepare(&work, ignite_builder::Target::Native)
+        .expect("prepare examples/tiny");
     let options = BuildOptions::new(
         Sdk::bundled(),
         root.join("target/bench/target"),

@@ -61,7 +61,8 @@ pub fn plain_project(name: &str, main_rs: &str) -> PathBuf {
 pub async fn build(
     dir: &Path,
 ) -> Result<ignite_builder::Artifact, (ignite_builder::BuildError, Vec<String>)> {
-    let project = ignite_builder::prepare(dir).map_err(|e| (e, vec![]))?;
+    let project =
+        ignite_builder::prepare(dir, ignite_builder::Target::Native).map_err(|e| (e, vec![]))?;
     let options = BuildOptions::new(Sdk::bundled(), target_dir(), Duration::from_secs(1200));
     let mut log = Vec::new();
     match ignite_builder::build(&project, &options, |line| log.push(line.to_string())).await {

@@ -28,6 +28,36 @@ use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 /// The target every native handler is built for: a static musl binary starts faster than a
 /// static glibc one (no CPUID-heavy start-up) and is smaller.
 pub const NATIVE_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The target of `--rust-target wasm`: a `wasi:http/proxy` component.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// What a draft is compiled into (`--rust-target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A static musl binary the agent runs as a process.
+    Native,
+    /// A wasm32-wasip2 component exporting `wasi:http/incoming-handler`, run under Wasmtime.
+    Wasm,
+}
+
+impl Target {
+    /// From the draft's `--rust-target` (`native` or `wasm`).
+    pub fn from_flag(flag: &str) -> Option<Target> {
+        match flag {
+            "native" => Some(Target::Native),
+            "wasm" => Some(Target::Wasm),
+            _ => None,
+        }
+    }
+
+    /// The rustc target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            Target::Native => NATIVE_TARGET,
+            Target::Wasm => WASM_TARGET,
+        }
+    }
+}
 
 /// The file, inside the project, that holds the binary entry of a library crate.
 const ENTRY_FILE: &str = ".ignite/main.rs";
@@ -49,8 +79,16 @@ pub enum BuildError {
          src/lib.rs"
     )]
     NoEntry,
+    #[error(
+        "--rust-target wasm builds a library: put the #[ignite::main] handler in src/lib.rs \
+         (a component exports the handler; it has no main)"
+    )]
+    WasmNeedsLib,
     #[error("could not run cargo: {0}")]
     Spawn(std::io::Error),
+    /// The component was built but cannot run on this platform (checked after the compile).
+    #[error("the compiled component cannot run: {0}")]
+    Component(String),
     #[error("I/O error in the build directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -108,8 +146,10 @@ pub struct Project {
     pub dir: PathBuf,
     /// The `[package] name`.
     pub package: String,
-    /// The name of the binary cargo will produce.
+    /// The name of the cargo target that becomes the artifact (the binary, or the library for
+    /// wasm).
     pub bin: String,
+    pub target: Target,
 }
 
 /// Where the platform's SDK crates live on disk (`ignite`, `ignite-macros`, `ignite-protocol`).
@@ -230,8 +270,9 @@ pub struct Artifact {
     pub target: String,
 }
 
-/// Makes `dir` buildable on its own: its own workspace, and a binary entry for a library crate.
-pub fn prepare(dir: &Path) -> Result<Project, BuildError> {
+/// Makes `dir` buildable on its own: its own workspace, and a binary entry for a library crate
+/// (or, for wasm, a library built as a component).
+pub fn prepare(dir: &Path, target: Target) -> Result<Project, BuildError> {
     let manifest_path = dir.join("Cargo.toml");
     let text = match std::fs::read_to_string(&manifest_path) {
         Ok(text) => text,
@@ -255,6 +296,36 @@ pub fn prepare(dir: &Path) -> Result<Project, BuildError> {
 
     let has_main = dir.join("src/main.rs").is_file();
     let has_lib = dir.join("src/lib.rs").is_file();
+    if target == Target::Wasm {
+        if !has_lib {
+            return Err(if has_main {
+                BuildError::WasmNeedsLib
+            } else {
+                BuildError::NoEntry
+            });
+        }
+        let lib_name = doc
+            .get("lib")
+            .and_then(|l| l.get("name"))
+            .and_then(Item::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| package.replace('-', "_"));
+        let lib = doc
+            .entry("lib")
+            .or_insert(Item::Table(Table::new()))
+            .as_table_like_mut()
+            .ok_or_else(|| BuildError::BadManifest("[lib] is not a table".into()))?;
+        let mut types = toml_edit::Array::new();
+        types.push("cdylib");
+        lib.insert("crate-type", value(types));
+        std::fs::write(&manifest_path, doc.to_string()).map_err(io_err(&manifest_path))?;
+        return Ok(Project {
+            dir: dir.to_path_buf(),
+            bin: lib_name,
+            package,
+            target,
+        });
+    }
     if !has_main && has_lib {
         let lib_name = doc
             .get("lib")
@@ -288,6 +359,7 @@ pub fn prepare(dir: &Path) -> Result<Project, BuildError> {
         dir: dir.to_path_buf(),
         bin: package.clone(),
         package,
+        target,
     })
 }
 
@@ -310,7 +382,7 @@ pub async fn build(
         size: bytes.len() as u64,
         digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
         path,
-        target: NATIVE_TARGET.to_string(),
+        target: project.target.triple().to_string(),
     })
 }
 
@@ -363,34 +435,53 @@ fn sdk_patch(sdk: &Sdk) -> String {
 
 /// cargo's arguments for the build itself.
 fn build_args(project: &Project, sdk: &Sdk) -> Vec<String> {
-    vec![
+    let (kind, panic) = match project.target {
+        Target::Native => ("--bin", "unwind"),
+        // A component has no unwinder: a panic traps, and the instance is per request anyway.
+        Target::Wasm => ("--lib", "abort"),
+    };
+    let mut args: Vec<String> = vec![
         "build".into(),
         "--release".into(),
         "--target".into(),
-        NATIVE_TARGET.into(),
+        project.target.triple().into(),
         "--manifest-path".into(),
         project
             .dir
             .join("Cargo.toml")
             .to_string_lossy()
             .into_owned(),
-        "--bin".into(),
-        project.bin.clone(),
+        kind.into(),
+    ];
+    if project.target == Target::Native {
+        args.push(project.bin.clone());
+    }
+    args.extend([
         "--message-format".into(),
         "json-render-diagnostics".into(),
         "--color".into(),
         "never".into(),
         "--config".into(),
         sdk_patch(sdk),
-        // Small, fast-starting binaries; panics unwind so the SDK can turn one into a failed
-        // execution instead of a dead process.
+        // Small, fast-starting binaries; native panics unwind so the SDK can turn one into a
+        // failed execution instead of a dead process.
         "--config".into(),
         "profile.release.strip=true".into(),
         "--config".into(),
-        "profile.release.panic=\"unwind\"".into(),
+        format!("profile.release.panic=\"{panic}\""),
         "--config".into(),
         "profile.release.debug=false".into(),
-    ]
+    ]);
+    if project.target == Target::Wasm {
+        // tokio's documented switch for its WASI support, so a handler's tokio dependency
+        // (`rt-multi-thread`, say, as in the recipe) builds unchanged; only the handler's
+        // crates get it, not build scripts.
+        args.extend([
+            "--config".into(),
+            "target.wasm32-wasip2.rustflags=[\"--cfg\", \"tokio_unstable\"]".into(),
+        ]);
+    }
+    args
 }
 
 async fn build_unconfined(
@@ -547,7 +638,13 @@ async fn build_jailed(
         None => Command::new(&tools.cargo),
     };
     fetch
-        .args(["fetch", "--color", "never", "--target", NATIVE_TARGET])
+        .args([
+            "fetch",
+            "--color",
+            "never",
+            "--target",
+            project.target.triple(),
+        ])
         .arg("--manifest-path")
         .arg(project.dir.join("Cargo.toml"))
         .args(["--config", &patch])
@@ -774,17 +871,25 @@ fn artifact_path(line: &str, bin: &str) -> Option<PathBuf> {
     #[derive(serde::Deserialize)]
     struct Message {
         reason: String,
-        target: Option<Target>,
+        target: Option<CargoTarget>,
         executable: Option<PathBuf>,
+        #[serde(default)]
+        filenames: Vec<PathBuf>,
     }
     #[derive(serde::Deserialize)]
-    struct Target {
+    struct CargoTarget {
         name: String,
     }
     let msg: Message = serde_json::from_str(line).ok()?;
-    (msg.reason == "compiler-artifact" && msg.target?.name == bin)
-        .then_some(msg.executable)
-        .flatten()
+    if msg.reason != "compiler-artifact" || msg.target?.name != bin {
+        return None;
+    }
+    // A binary names its executable; a component is the library's `.wasm`.
+    msg.executable.or_else(|| {
+        msg.filenames
+            .into_iter()
+            .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+    })
 }
 
 fn toml_string(s: &str) -> String {

@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 pub const NATIVE_ARTIFACT_TYPE: &str = "application/vnd.ignite.handler.native.v1";
 /// The media type of the handler binary layer.
 pub const BINARY_MEDIA_TYPE: &str = "application/vnd.ignite.handler.binary.v1";
+/// A wasm32-wasip2 component's layer.
+pub const WASM_MEDIA_TYPE: &str = "application/wasm";
+const WASM_ARTIFACT_TYPE: &str = "application/vnd.wasm.component.v1+wasm";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
@@ -110,8 +113,15 @@ impl OciLayout {
         let empty = self.put_blob(b"{}")?;
         let mut annotations = std::collections::BTreeMap::new();
         annotations.insert("dev.ignite.target".to_string(), target.to_string());
+        // A component is stored as the Wasm OCI artifact convention has it (`application/wasm`
+        // layer), so OCI tooling that knows wasm recognises it.
+        let (layer_type, artifact_type) = if target == crate::WASM_TARGET {
+            (WASM_MEDIA_TYPE, WASM_ARTIFACT_TYPE)
+        } else {
+            (BINARY_MEDIA_TYPE, NATIVE_ARTIFACT_TYPE)
+        };
         let layer = Descriptor {
-            media_type: BINARY_MEDIA_TYPE.into(),
+            media_type: layer_type.into(),
             digest,
             size: bytes.len() as u64,
             artifact_type: None,
@@ -120,7 +130,7 @@ impl OciLayout {
         let manifest = Manifest {
             schema_version: 2,
             media_type: MANIFEST_MEDIA_TYPE.into(),
-            artifact_type: NATIVE_ARTIFACT_TYPE.into(),
+            artifact_type: artifact_type.into(),
             config: Descriptor {
                 media_type: EMPTY_MEDIA_TYPE.into(),
                 digest: empty,
@@ -141,7 +151,7 @@ impl OciLayout {
             media_type: MANIFEST_MEDIA_TYPE.into(),
             digest: manifest_digest,
             size: manifest_bytes.len() as u64,
-            artifact_type: Some(NATIVE_ARTIFACT_TYPE.into()),
+            artifact_type: Some(artifact_type.into()),
             annotations,
         };
         let _guard = self.index.lock().unwrap_or_else(|p| p.into_inner());

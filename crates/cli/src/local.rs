@@ -38,7 +38,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
             .unwrap_or_default(),
     );
     copy_source(&args.dir, &work)?;
-    let project = ignite_builder::prepare(&work)?;
+    let project = ignite_builder::prepare(&work, ignite_builder::Target::Native)?;
     let options = BuildOptions::new(
         Sdk::bundled(),
         cache.join("target"),

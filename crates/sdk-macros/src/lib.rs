@@ -63,19 +63,28 @@ fn expand(func: ItemFn, is_bin: bool) -> Result<proc_macro2::TokenStream, Error>
             "#[ignite::main] generates `fn main`; name the handler something else, e.g. `handler`",
         ));
     }
+    // On wasm32 the handler is exported as the component's wasi:http/incoming-handler instead.
     let entry = if is_bin {
         quote! {
+            #[cfg(not(target_arch = "wasm32"))]
             fn main() {
                 ::ignite::__private::run(#name)
             }
+            #[cfg(target_arch = "wasm32")]
+            fn main() {}
+            #[cfg(target_arch = "wasm32")]
+            ::ignite::__export_wasm!(#name);
         }
     } else {
         let entry = syn::Ident::new("__ignite_main", Span::call_site());
         quote! {
+            #[cfg(not(target_arch = "wasm32"))]
             #[doc(hidden)]
             pub fn #entry() {
                 ::ignite::__private::run(#name)
             }
+            #[cfg(target_arch = "wasm32")]
+            ::ignite::__export_wasm!(#name);
         }
     };
     Ok(quote! {

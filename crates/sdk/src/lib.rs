@@ -25,11 +25,18 @@
 //!
 //! It must never let user code reach the framing descriptors, and never write anything but
 //! frames to them.
+//!
+//! Built for `wasm32` (`--rust-target wasm`), the same handler becomes a `wasi:http/proxy`
+//! component instead (see `wasm.rs`): no code of the user's changes.
 
 mod error;
 mod request;
 mod response;
+#[cfg(not(target_arch = "wasm32"))]
 mod runtime;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wasm;
 
 pub use error::{Error, ErrorKind, Result};
 pub use ignite_macros::main;
@@ -44,5 +51,9 @@ pub mod prelude {
 /// Used by the code `#[ignite::main]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(not(target_arch = "wasm32"))]
     pub use crate::runtime::run;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::wasm;
+    pub use wasi;
 }

@@ -2,7 +2,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime};
 
 use ignite_protocol::{Frame, Log};
 use serde::de::DeserializeOwned;
@@ -187,6 +189,7 @@ impl Context {
         self
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_invoke(
         inv: &mut ignite_protocol::Invoke,
         channel: Arc<Mutex<File>>,
@@ -248,6 +251,7 @@ impl Context {
 }
 
 impl Request {
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_invoke(inv: ignite_protocol::Invoke) -> Self {
         Request {
             method: inv.method,

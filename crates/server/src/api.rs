@@ -326,6 +326,11 @@ async fn set_scaling(
         return Err(ApiError::bad_request(problem));
     }
     store::set_scaling(&state.db, &org, &name, &scaling).await?;
+    state
+        .wasm_slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(org.clone(), name.clone()));
     state.node.invalidate(&org, &name);
     state.node.reconcile(&state).await;
     Ok(Json(scaling))
@@ -496,7 +501,7 @@ fn no_source(org: &str, name: &str) -> ApiError {
     security(("token" = [])),
     params(("org" = String, Path), ("app" = String, Path)),
     responses((status = 202, body = api::CompileStarted), (status = 409, body = api::ErrorBody),
-        (status = 501, body = api::ErrorBody, description = "--rust-target wasm")))]
+        (status = 501, body = api::ErrorBody, description = "--rust-target wasm on a server without Wasmtime")))]
 async fn compile(
     AxState(state): S,
     headers: HeaderMap,
@@ -506,11 +511,12 @@ async fn compile(
     let draft = store::get_version(&state.db, &org, &name, 0)
         .await?
         .ok_or_else(|| no_source(&org, &name))?;
-    if draft.rust_target.as_deref() == Some("wasm") {
+    if draft.rust_target.as_deref() == Some("wasm") && state.wasm.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "unimplemented",
-            "--rust-target wasm is not supported yet on this platform; save the draft with --rust-target native",
+            "this server could not start Wasmtime (see its log), so --rust-target wasm cannot \
+             run here; save the draft with --rust-target native",
         ));
     }
     if draft.compile_status == "compiling" {
@@ -799,6 +805,9 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         error: None,
         logs: vec![],
     };
+    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
+        return run_wasm(state, route, version, req, record, started, deadline).await;
+    }
     let lease = match state.node.acquire(state, route, version, deadline).await {
         Ok(lease) => lease,
         Err(AcquireError::QueueFull { depth }) => {
@@ -899,7 +908,122 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         .get_or_create(&label)
         .observe(reply.duration.as_secs_f64());
     let duration = Some(reply.duration);
-    let answer = match reply.outcome {
+    let answer = answer_of(app, reply.outcome);
+    finish(state, record, started, duration, answer)
+}
+
+/// A wasm handler's request: a fresh instance of the version's component (see `ignite-wasm`).
+/// `max_instances` caps the instances of the app that run at once; a request waits for one
+/// under its deadline.
+async fn run_wasm(
+    state: &State,
+    route: &Route,
+    version: &store::Version,
+    req: HttpRequest,
+    mut record: Execution,
+    started: Instant,
+    deadline: Instant,
+) -> Response {
+    let app = &route.app;
+    let (org, name) = (app.org.as_str(), app.name.as_str());
+    let label = app_label(org, name);
+    let (Some(host), Some(digest)) = (&state.wasm, version.artifact_digest.as_deref()) else {
+        let failure = Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            "this server cannot run wasm handlers (Wasmtime did not start; see its log)".into(),
+        );
+        return finish(state, record, started, None, Err(failure));
+    };
+    let slots = state
+        .wasm_slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((org.to_string(), name.to_string()))
+        .or_insert_with(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                app.scaling.max_instances as usize,
+            ))
+        })
+        .clone();
+    let permit = match tokio::time::timeout_at(deadline.into(), slots.acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            let waited = started.elapsed();
+            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
+            let failure = Failure::new(
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                format!(
+                    "no instance of {org}:{name} became free within the {}s deadline (all {} \
+                     instances were busy)",
+                    app.scaling.timeout_s, app.scaling.max_instances
+                ),
+            );
+            return finish(state, record, started, None, Err(failure));
+        }
+    };
+    record.queue_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    state.recorder.begin(&record);
+    let limits = ignite_wasm::WasmLimits {
+        memory_mb: u64::from(app.scaling.memory_mb),
+        timeout: deadline.saturating_duration_since(Instant::now()),
+    };
+    let invocation = Invocation {
+        execution_id: record.id.clone(),
+        function_id: format!("{org}/{name}"),
+        env: version
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        deadline: Some(deadline),
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        headers: req.headers,
+        body: req.body,
+    };
+    let blob = state.oci.blob_path(digest);
+    let (reply, start) = host.invoke(digest, &blob, limits, invocation).await;
+    drop(permit);
+    // Every request is a fresh instance: its cold start is loading (first request of a version
+    // on this node) plus instantiating.
+    let cold = start.load + start.instantiate;
+    state.node.metrics.cold_starts.get_or_create(&label).inc();
+    state
+        .node
+        .metrics
+        .cold_start
+        .get_or_create(&label)
+        .observe(cold.as_secs_f64());
+    record.fetch_ms = Some(start.load.as_secs_f64() * 1e3);
+    record.spawn_ms = Some(start.instantiate.as_secs_f64() * 1e3);
+    record.init_ms = Some(0.0);
+    record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
+    record.logs = reply.logs.lines;
+    if reply.logs.dropped_bytes > 0 {
+        record.logs.push(format!(
+            "[{} bytes of log dropped: over the per-execution limit]",
+            reply.logs.dropped_bytes
+        ));
+    }
+    state
+        .node
+        .metrics
+        .duration
+        .get_or_create(&label)
+        .observe(reply.duration.as_secs_f64());
+    let answer = answer_of(app, reply.outcome);
+    finish(state, record, started, Some(reply.duration), answer)
+}
+
+/// The caller's answer (or the failure to record) for how an invocation ended; the same for
+/// native and wasm handlers.
+fn answer_of(app: &App, outcome: Outcome) -> Result<(StatusCode, Response), Failure> {
+    match outcome {
         Outcome::Response {
             status,
             headers,
@@ -957,8 +1081,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             "framing_error",
             message,
         )),
-    };
-    finish(state, record, started, duration, answer)
+    }
 }
 
 /// How an execution failed: its recorded status, and the error response the caller gets.

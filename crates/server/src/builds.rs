@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ignite_builder::{BuildError, BuildOptions, JailOptions, Sdk};
+use ignite_builder::{BuildError, BuildOptions, JailOptions, Sdk, Target};
 use tokio::sync::Notify;
 
 use crate::State;
@@ -119,7 +119,7 @@ pub async fn start(
 }
 
 async fn compile(
-    state: &State,
+    state: &Arc<State>,
     org: &str,
     app: &str,
     draft: &Version,
@@ -179,11 +179,12 @@ async fn compile(
             target,
         });
     }
-    live.push(format!(
-        "compiling {org}:{app} for {}",
-        ignite_builder::NATIVE_TARGET
-    ));
-    let project = ignite_builder::prepare(&src)?;
+    let target = match draft.rust_target.as_deref() {
+        Some("wasm") => Target::Wasm,
+        _ => Target::Native,
+    };
+    live.push(format!("compiling {org}:{app} for {}", target.triple()));
+    let project = ignite_builder::prepare(&src, target)?;
     let mut options = BuildOptions::new(
         Sdk::bundled(),
         state
@@ -245,6 +246,9 @@ async fn compile(
         }
     };
     drop(cgroup);
+    if target == Target::Wasm {
+        precompile(state, &artifact, live).await?;
+    }
     // Store the binary as an OCI artifact; the version records the binary's digest.
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state
@@ -272,6 +276,44 @@ async fn compile(
     })
 }
 
+/// Checks a built component against the host (a component, exporting the wasi:http handler,
+/// importing only what the host provides) and stores its machine code, so the first request
+/// deserializes instead of compiling.
+async fn precompile(
+    state: &Arc<State>,
+    artifact: &ignite_builder::Artifact,
+    live: &LiveBuild,
+) -> Result<(), BuildError> {
+    let Some(_) = &state.wasm else {
+        return Err(BuildError::Component(
+            "this server could not start Wasmtime (see its log)".into(),
+        ));
+    };
+    let bytes = tokio::fs::read(&artifact.path)
+        .await
+        .map_err(|source| BuildError::Io {
+            path: artifact.path.clone(),
+            source,
+        })?;
+    let (state2, digest) = (state.clone(), artifact.digest.clone());
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        state2
+            .wasm
+            .as_ref()
+            .map(|host| host.precompile(&digest, &bytes))
+    })
+    .await
+    .map_err(|e| BuildError::Component(e.to_string()))?
+    .transpose()
+    .map_err(|e| BuildError::Component(e.to_string()))?;
+    live.push(format!(
+        "precompiled the component for this node's Wasmtime in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(())
+}
+
 /// The build cache key of a draft, when the SDK's fingerprint is known.
 fn cache_key(state: &State, app: &str, draft: &Version) -> Option<String> {
     let sdk = state.sdk_fingerprint.as_deref()?;
@@ -286,7 +328,6 @@ fn cache_key(state: &State, app: &str, draft: &Version) -> Option<String> {
         } else {
             ""
         },
-        ignite_builder::NATIVE_TARGET,
         sdk,
     ];
     Some(format!(

@@ -77,6 +77,11 @@ pub(crate) struct State {
     pub sandbox: Option<ignite_sandbox::Sandbox>,
     /// The dependency fetch's only way out (with the sandbox).
     pub registry_proxy: Option<ignite_builder::RegistryProxy>,
+    /// Runs `--rust-target wasm` handlers; `None` if Wasmtime could not start on this host.
+    pub wasm: Option<ignite_wasm::WasmHost>,
+    /// Per app, the wasm instances that may run at once (`max_instances`).
+    pub wasm_slots:
+        std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Semaphore>>>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
 }
@@ -119,6 +124,15 @@ pub async fn run(
         )?),
         None => None,
     };
+    let wasm = match ignite_wasm::WasmHost::new(&ignite_wasm::WasmConfig::new(
+        config.data_dir.join("wasm-cache"),
+    )) {
+        Ok(host) => Some(host),
+        Err(e) => {
+            tracing::warn!("wasm handlers are unavailable: {e}");
+            None
+        }
+    };
     let sandbox_line = match &sandbox {
         Some(s) => s.describe(),
         None => "OFF (--no-sandbox): handlers run unconfined, with the server's privileges".into(),
@@ -157,6 +171,8 @@ pub async fn run(
         node: node::Node::new(sandbox.clone()),
         sandbox,
         registry_proxy,
+        wasm,
+        wasm_slots: Default::default(),
         config,
     });
     started(Started {
