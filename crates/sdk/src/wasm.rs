@@ -25,6 +25,10 @@ pub const FUNCTION_ID_HEADER: &str = "x-ignite-function-id";
 /// Set on the answer to a handler's `Err` (value `handler`).
 pub const ERROR_HEADER: &str = "x-ignite-error";
 
+/// The line a panic leaves on stderr before the instance traps (panics abort on wasm); the
+/// platform reads the message back from it.
+pub const PANIC_PREFIX: &str = "ignite-panic: ";
+
 /// Serves one `wasi:http` request with `handler`.
 pub fn handle<H, Fut, R, E>(handler: H, request: IncomingRequest, out: ResponseOutparam)
 where
@@ -33,6 +37,19 @@ where
     R: IntoResponse,
     E: Into<Error>,
 {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic payload that is not a string)".into());
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("{PANIC_PREFIX}{}{at}", message.replace('\n', " "));
+    }));
     let method = match request.method() {
         Method::Get => "GET".to_string(),
         Method::Head => "HEAD".to_string(),

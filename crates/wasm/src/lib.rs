@@ -47,6 +47,8 @@ pub const EXECUTION_ID_HEADER: &str = "x-ignite-execution-id";
 pub const FUNCTION_ID_HEADER: &str = "x-ignite-function-id";
 /// Set by the SDK on the answer to a handler's `Err`.
 pub const ERROR_HEADER: &str = "x-ignite-error";
+/// The SDK's line for a panic (see `ignite::wasm::PANIC_PREFIX`).
+const PANIC_PREFIX: &str = "ignite-panic: ";
 /// A request's captured stdout+stderr beyond this is dropped and counted.
 const LOG_CAP: usize = 64 << 10;
 
@@ -272,17 +274,12 @@ impl WasmHost {
         };
         let (lines, dropped_bytes) = log.take();
         let outcome = match outcome {
-            // A trap after a panic message: the handler panicked (panics abort on wasm).
-            Outcome::Crashed { exit } if lines.iter().any(|l| l.contains("panicked at")) => {
+            // A trap after the SDK's panic line: the handler panicked (panics abort on wasm).
+            Outcome::Crashed { .. }
+                if let Some(message) = lines.iter().find_map(|l| l.strip_prefix(PANIC_PREFIX)) =>
+            {
                 Outcome::Panicked {
-                    message: format!(
-                        "the handler panicked: {}",
-                        lines
-                            .iter()
-                            .find(|l| l.contains("panicked at"))
-                            .map(String::as_str)
-                            .unwrap_or(&exit)
-                    ),
+                    message: format!("the handler panicked: {message}"),
                 }
             }
             other => other,

@@ -1,0 +1,326 @@
+//! `--rust-target wasm`: the same handlers as wasm32-wasip2 components under Wasmtime, through
+//! the real server, the real builder (cargo in the jail) and the real CLI.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::platform::*;
+
+/// `draft save --rust-target wasm`, compile, publish.
+fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
+    let name = id.split(':').nth(1).unwrap();
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    ok(
+        server,
+        p,
+        &[
+            "draft",
+            "save",
+            id,
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    ok(server, p, &["draft", "compile", id]);
+    let logs = ok(server, p, &["draft", "compile-logs", id]);
+    ok(server, p, &["draft", "publish", id]);
+    logs
+}
+
+fn execution(server: &Server, cwd: &Path, id: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]));
+        if last["status"] != "running" {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("execution {id} still running: {last}");
+}
+
+#[test]
+fn the_seed_handler_runs_as_a_component_through_invoke_and_the_public_url() {
+    let dir = scratch("wasm-seed");
+    let server = start_server(&dir);
+    let tiny = dir.join("tiny");
+    copy_tiny(&tiny);
+    let logs = deploy_wasm(&server, &tiny, "acme-corp:tiny");
+    assert!(logs.contains("wasm32-wasip2"), "{logs}");
+    assert!(logs.contains("precompiled the component"), "{logs}");
+
+    let app = json(&ok(
+        &server,
+        &tiny,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(app["artifact"]["target"], "wasm32-wasip2", "{app}");
+    assert!(app["artifact"]["size"].as_u64().unwrap() > 0, "{app}");
+
+    let out = ok(
+        &server,
+        &tiny,
+        &[
+            "invoke",
+            "acme-corp:tiny",
+            "-p",
+            r#"{"message": "hi there"}"#,
+        ],
+    );
+    let answer = json(
+        out.lines()
+            .take_while(|l| !l.starts_with("execution:"))
+            .collect::<String>()
+            .as_str(),
+    );
+    assert_eq!(answer["message"], "hi there", "{out}");
+    assert_eq!(answer["function_id"], "acme-corp/tiny", "{out}");
+    let id = answer["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 26, "a ULID: {id}");
+    let record = execution(&server, &tiny, &id);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(
+        record["metrics"]["cold_start_ms"].as_f64().unwrap() > 0.0,
+        "every request instantiates: {record}"
+    );
+
+    let (status, body) = http(&server.gateway, "tiny-acme-corp.ignite.localhost", "{}");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["message"], "Hello from Rust!");
+}
+
+const GUEST: &str = r#"
+use ignite::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[ignite::main]
+async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
+    let what: String = req.field("do")?;
+    let out = match what.as_str() {
+        "state" => {
+            let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+            format!("calls {calls}")
+        }
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "grow" => {
+            let mut keep: Vec<Vec<u8>> = Vec::new();
+            loop {
+                keep.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&keep);
+            }
+        }
+        "files" => {
+            let read = std::fs::read_to_string("/etc/passwd").map(|_| "READ".to_string());
+            let write = std::fs::write("/tmp/x", b"x").map(|_| "WROTE".to_string());
+            let dir = std::fs::read_dir("/").map(|_| "LISTED".to_string());
+            format!("read {read:?}\nwrite {write:?}\ndir {dir:?}")
+        }
+        "socket" => {
+            let tcp = std::net::TcpStream::connect("93.184.216.34:80").map(|_| "CONNECTED");
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0").map(|_| "BOUND");
+            format!("tcp {tcp:?}\nudp {udp:?}")
+        }
+        "env" => {
+            let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            vars.sort();
+            format!("{}|{}", vars.join(","), ctx.env().get("GREETING").cloned().unwrap_or_default())
+        }
+        "log" => {
+            eprintln!("to stderr {}", ctx.execution_id());
+            println!("to stdout");
+            "logged".to_string()
+        }
+        "fail" => return Err(Error::new(404, "no such thing")),
+        "panic" => panic!("on purpose"),
+        other => format!("unknown {other}"),
+    };
+    Ok(out)
+}
+"#;
+
+#[test]
+fn a_guest_is_contained_and_each_request_gets_a_fresh_instance() {
+    let dir = scratch("wasm-guest");
+    let server = start_server(&dir);
+    let guest = project(&dir, "guest", GUEST);
+    deploy_wasm(&server, &guest, "acme-corp:guest");
+    ok(
+        &server,
+        &guest,
+        &[
+            "app",
+            "scale",
+            "acme-corp:guest",
+            "--timeout",
+            "2",
+            "--memory",
+            "64",
+        ],
+    );
+    ok(
+        &server,
+        &guest,
+        &["app", "set-env", "acme-corp:guest", "GREETING=hi"],
+    );
+    ok(&server, &guest, &["draft", "publish", "acme-corp:guest"]);
+    let call = |what: &str| {
+        let (status, headers, body) = http_full(
+            &server.gateway,
+            "guest-acme-corp.ignite.localhost",
+            "POST",
+            "/",
+            &format!(r#"{{"do": "{what}"}}"#),
+        );
+        let id = header(&headers, "x-ignite-execution-id")
+            .unwrap_or_else(|| panic!("no execution id ({status}): {body}"))
+            .to_string();
+        (status, body, execution(&server, &guest, &id))
+    };
+
+    // No state crosses requests: a fresh instance each time.
+    for _ in 0..3 {
+        let (status, body, _) = call("state");
+        assert_eq!((status, body.as_str()), (200, "calls 1"));
+    }
+
+    // A tight loop is stopped at its deadline; the next request is served.
+    let (status, body, record) = call("spin");
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(record["status"], "timeout", "{record}");
+    assert_eq!(call("state").0, 200, "served after the timeout");
+
+    // Memory past the app's limit is refused: oom.
+    let (status, body, record) = call("grow");
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(record["status"], "oom", "{record}");
+    assert!(body.contains("64 MiB"), "{body}");
+    assert_eq!(call("state").0, 200, "served after the oom");
+
+    // No filesystem, no sockets.
+    let (status, body, _) = call("files");
+    assert_eq!(status, 200, "{body}");
+    for line in body.lines() {
+        assert!(line.contains("Err("), "{body}");
+    }
+    let (status, body, _) = call("socket");
+    assert_eq!(status, 200, "{body}");
+    for line in body.lines() {
+        assert!(line.contains("Err("), "{body}");
+    }
+
+    // Exactly the declared environment.
+    let (_, body, _) = call("env");
+    assert_eq!(body, "GREETING=hi|hi");
+
+    // Logs, errors and panics are recorded like a native handler's.
+    let (_, _, record) = call("log");
+    let logs = record["logs"].to_string();
+    assert!(logs.contains("to stderr"), "{record}");
+    assert!(logs.contains("to stdout"), "{record}");
+    let (status, body, record) = call("fail");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no such thing"), "{body}");
+    assert_eq!(record["status"], "failed", "{record}");
+    let (status, body, record) = call("panic");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("on purpose"), "{body}");
+    assert_eq!(record["status"], "failed", "{record}");
+}
+
+#[test]
+fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
+    let dir = scratch("wasm-refused");
+    let server = start_server(&dir);
+    // A library without #[ignite::main]: a component that exports no wasi:http handler.
+    let bare = project(&dir, "bare", "pub fn nothing_here() {}\n");
+    ok(
+        &server,
+        &bare,
+        &["app", "create", "bare", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        &bare,
+        &[
+            "draft",
+            "save",
+            "acme-corp:bare",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    ok(&server, &bare, &["draft", "compile", "acme-corp:bare"]);
+    let logs = dodil(&server, &bare, &["draft", "compile-logs", "acme-corp:bare"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        text.contains("does not export wasi:http/incoming-handler"),
+        "{text}"
+    );
+    assert!(text.contains("#[ignite::main]"), "{text}");
+    let err = fails(&server, &bare, &["draft", "publish", "acme-corp:bare"]);
+    assert!(!err.is_empty());
+
+    // A handler in src/main.rs: a component is a library.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(bin.join("src")).unwrap();
+    std::fs::write(
+        bin.join("Cargo.toml"),
+        "[package]\nname = \"bin\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nignite = \"*\"\n",
+    )
+    .unwrap();
+    std::fs::write(bin.join("src/main.rs"), "fn main() {}\n").unwrap();
+    ok(
+        &server,
+        &bin,
+        &["app", "create", "bin", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        &bin,
+        &[
+            "draft",
+            "save",
+            "acme-corp:bin",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    ok(&server, &bin, &["draft", "compile", "acme-corp:bin"]);
+    let logs = dodil(&server, &bin, &["draft", "compile-logs", "acme-corp:bin"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        text.contains("put the #[ignite::main] handler in src/lib.rs"),
+        "{text}"
+    );
+}
