@@ -168,6 +168,41 @@ fn start_hello() -> SocketAddr {
     rx.recv().unwrap()
 }
 
+/// `wasmtime serve` on `component`, if a `wasmtime` binary is there (install `wasmtime-cli` 48
+/// from crates.io and point `IGNITE_BENCH_WASMTIME` at it); stopped when dropped.
+fn start_wasmtime_serve(wasmtime: &str, component: &Path) -> Option<(SocketAddr, KillOnDrop)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let child = std::process::Command::new(wasmtime)
+        .args(["serve", "-Scli", "--addr", &addr.to_string()])
+        .arg(component)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = KillOnDrop(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some((addr, guard));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn pss_kib(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| {
@@ -271,6 +306,80 @@ fn main() {
         let (bare, _) = rt.block_on(throughput(hello_addr, host, clients, secs));
         tput.push((clients, ignite, bare, errors));
     }
+
+    // The same handler as a wasm component (every request a fresh instance), beside the bare
+    // hyper server and, when one is installed, `wasmtime serve` on the same component.
+    let wasm_project = work.join("tinyw");
+    copy_tiny(&wasm_project);
+    eprintln!("deploying examples/tiny with --rust-target wasm …");
+    ok(
+        &server,
+        &wasm_project,
+        &["app", "create", "tinyw", "--runtime", "rust"],
+    );
+    ok(
+        &server,
+        &wasm_project,
+        &[
+            "draft",
+            "save",
+            "acme-corp:tinyw",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    ok(
+        &server,
+        &wasm_project,
+        &["draft", "compile", "acme-corp:tinyw"],
+    );
+    ok(
+        &server,
+        &wasm_project,
+        &["draft", "compile-logs", "acme-corp:tinyw"],
+    );
+    ok(
+        &server,
+        &wasm_project,
+        &["draft", "publish", "acme-corp:tinyw"],
+    );
+    ok(
+        &server,
+        &wasm_project,
+        &["app", "scale", "acme-corp:tinyw", "--max-instances", "256"],
+    );
+    let wasm_host = "tinyw-acme-corp.ignite.localhost";
+    let wasm_lat = rt.block_on(async {
+        let mut c = Client::connect(gateway, wasm_host).await;
+        for _ in 0..200 {
+            c.call().await;
+        }
+        let mut v = Vec::with_capacity(warm_n);
+        for _ in 0..warm_n {
+            let t = Instant::now();
+            assert_eq!(c.call().await, 200);
+            v.push(t.elapsed());
+        }
+        v.sort();
+        v
+    });
+    let component = artifact_of(&server, &wasm_project, "acme-corp:tinyw");
+    let wasmtime = std::env::var("IGNITE_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+    let serve = start_wasmtime_serve(&wasmtime, &component);
+    let mut wasm_tput = Vec::new();
+    for (clients, _, bare, _) in &tput {
+        let (ours, errors) = rt.block_on(throughput(gateway, wasm_host, *clients, secs));
+        let theirs = serve.as_ref().map(|(addr, _)| {
+            rt.block_on(throughput(*addr, "localhost", *clients, secs))
+                .0
+        });
+        wasm_tput.push((*clients, ours, *bare, theirs, errors));
+    }
+    drop(serve);
 
     // Cold: scaled to zero before every request.
     let cold_n = env_usize("IGNITE_BENCH_COLD", 300);
@@ -438,6 +547,28 @@ fn main() {
         println!(
             "| {clients:>7} | {ignite:>12.0} | {bare:>16.0} | {:>4.0}% | {errors:>6} |",
             100.0 * ignite / bare
+        );
+    }
+    println!();
+    println!("--rust-target wasm (the same handler; every request a fresh instance):");
+    println!(
+        "| request, 1 client (instantiate + run) | p50 {} | p99 {} |",
+        fmt(pct(&wasm_lat, 0.5)),
+        fmt(pct(&wasm_lat, 0.99))
+    );
+    println!(
+        "| clients | ignite wasm req/s | bare hyper req/s | wasmtime serve req/s | ours/serve | errors |"
+    );
+    println!(
+        "|---------|-------------------|------------------|----------------------|------------|--------|"
+    );
+    for (clients, ours, bare, serve, errors) in &wasm_tput {
+        let (serve, ratio) = match serve {
+            Some(s) => (format!("{s:.0}"), format!("{:.0}%", 100.0 * ours / s)),
+            None => ("(not installed)".into(), "-".into()),
+        };
+        println!(
+            "| {clients:>7} | {ours:>17.0} | {bare:>16.0} | {serve:>20} | {ratio:>10} | {errors:>6} |"
         );
     }
     println!();
