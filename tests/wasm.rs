@@ -95,6 +95,29 @@ fn the_seed_handler_runs_as_a_component_through_invoke_and_the_public_url() {
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["message"], "Hello from Rust!");
+
+    // Versions mix targets: a native version 2, then a rollback to the component.
+    save_native(&server, &tiny, "acme-corp:tiny", "./");
+    ok(&server, &tiny, &["draft", "compile", "acme-corp:tiny"]);
+    ok(&server, &tiny, &["draft", "compile-logs", "acme-corp:tiny"]);
+    ok(&server, &tiny, &["draft", "publish", "acme-corp:tiny"]);
+    let target = |server: &Server| {
+        json(&ok(server, &tiny, &["app", "get", "acme-corp:tiny", "-o", "json"]))["artifact"]
+            ["target"]
+            .clone()
+    };
+    assert_eq!(target(&server), "x86_64-unknown-linux-musl");
+    let (status, body) = http(&server.gateway, "tiny-acme-corp.ignite.localhost", "{}");
+    assert_eq!(status, 200, "{body}");
+    ok(&server, &tiny, &["version", "rollback", "acme-corp:tiny", "1"]);
+    assert_eq!(target(&server), "wasm32-wasip2");
+    let (status, body) = http(
+        &server.gateway,
+        "tiny-acme-corp.ignite.localhost",
+        r#"{"message": "back"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("back"), "{body}");
 }
 
 const GUEST: &str = r#"

@@ -54,6 +54,5 @@ pub mod __private {
     #[cfg(not(target_arch = "wasm32"))]
     pub use crate::runtime::run;
     #[cfg(target_arch = "wasm32")]
-    pub use crate::wasm;
-    pub use wasi;
+    pub use {crate::wasm, wasi};
 }
