@@ -569,27 +569,6 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
         &dir,
         &["app", "create", "zipped", "--runtime", "rust"],
     );
-    // --rust-target wasm is accepted on save and refused, clearly, at compile.
-    ok(
-        &server,
-        &dir,
-        &[
-            "draft",
-            "save",
-            "acme-corp:zipped",
-            "--code",
-            zip_arg,
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "wasm",
-        ],
-    );
-    let err = fails(&server, &dir, &["draft", "compile", "acme-corp:zipped"]);
-    assert!(
-        err.contains("wasm is not supported yet") && err.contains("--rust-target native"),
-        "{err}"
-    );
     let err = fails(
         &server,
         &dir,
