@@ -36,7 +36,8 @@ fn env_usize(var: &str, default: usize) -> usize {
 }
 
 use support::platform::{
-    artifact_of, copy_tiny, deploy, ok, pids_running, scratch, start_server, start_server_with,
+    artifact_of, copy_tiny, deploy, deploy_wasm, ok, pids_running, scratch, start_server,
+    start_server_with,
 };
 
 /// One keep-alive HTTP/1.1 connection.
@@ -106,6 +107,22 @@ fn ms_pct(values: &mut [f64], p: f64) -> f64 {
         return 0.0;
     }
     values[((values.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `n` sequential request latencies on one connection after `warmup` requests, sorted.
+async fn latencies(addr: SocketAddr, host: &str, warmup: usize, n: usize) -> Vec<Duration> {
+    let mut c = Client::connect(addr, host).await;
+    for _ in 0..warmup {
+        c.call().await;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(c.call().await, 200);
+        v.push(t.elapsed());
+    }
+    v.sort();
+    v
 }
 
 /// Requests per second with `clients` connections for `secs` seconds.
@@ -277,20 +294,7 @@ fn main() {
 
     // Warm latency, one client.
     let warm_n = env_usize("IGNITE_BENCH_WARM", 5000);
-    let warm = rt.block_on(async {
-        let mut c = Client::connect(gateway, host).await;
-        for _ in 0..500 {
-            c.call().await;
-        }
-        let mut v = Vec::with_capacity(warm_n);
-        for _ in 0..warm_n {
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-        }
-        v.sort();
-        v
-    });
+    let warm = rt.block_on(latencies(gateway, host, 500, warm_n));
     rows.push((
         "warm request, 1 client".into(),
         fmt(pct(&warm, 0.5)),
@@ -312,61 +316,14 @@ fn main() {
     let wasm_project = work.join("tinyw");
     copy_tiny(&wasm_project);
     eprintln!("deploying examples/tiny with --rust-target wasm …");
-    ok(
-        &server,
-        &wasm_project,
-        &["app", "create", "tinyw", "--runtime", "rust"],
-    );
-    ok(
-        &server,
-        &wasm_project,
-        &[
-            "draft",
-            "save",
-            "acme-corp:tinyw",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "wasm",
-        ],
-    );
-    ok(
-        &server,
-        &wasm_project,
-        &["draft", "compile", "acme-corp:tinyw"],
-    );
-    ok(
-        &server,
-        &wasm_project,
-        &["draft", "compile-logs", "acme-corp:tinyw"],
-    );
-    ok(
-        &server,
-        &wasm_project,
-        &["draft", "publish", "acme-corp:tinyw"],
-    );
+    deploy_wasm(&server, &wasm_project, "acme-corp:tinyw");
     ok(
         &server,
         &wasm_project,
         &["app", "scale", "acme-corp:tinyw", "--max-instances", "256"],
     );
     let wasm_host = "tinyw-acme-corp.ignite.localhost";
-    let wasm_lat = rt.block_on(async {
-        let mut c = Client::connect(gateway, wasm_host).await;
-        for _ in 0..200 {
-            c.call().await;
-        }
-        let mut v = Vec::with_capacity(warm_n);
-        for _ in 0..warm_n {
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-        }
-        v.sort();
-        v
-    });
+    let wasm_lat = rt.block_on(latencies(gateway, wasm_host, 200, warm_n));
     let component = artifact_of(&server, &wasm_project, "acme-corp:tinyw");
     let wasmtime = std::env::var("IGNITE_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
     let serve = start_wasmtime_serve(&wasmtime, &component);

@@ -9,31 +9,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::platform::*;
 
-/// `draft save --rust-target wasm`, compile, publish.
-fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
-    let name = id.split(':').nth(1).unwrap();
-    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
-    ok(
-        server,
-        p,
-        &[
-            "draft",
-            "save",
-            id,
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "wasm",
-        ],
-    );
-    ok(server, p, &["draft", "compile", id]);
-    let logs = ok(server, p, &["draft", "compile-logs", id]);
-    ok(server, p, &["draft", "publish", id]);
-    logs
-}
-
 fn execution(server: &Server, cwd: &Path, id: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..100 {
@@ -102,14 +77,21 @@ fn the_seed_handler_runs_as_a_component_through_invoke_and_the_public_url() {
     ok(&server, &tiny, &["draft", "compile-logs", "acme-corp:tiny"]);
     ok(&server, &tiny, &["draft", "publish", "acme-corp:tiny"]);
     let target = |server: &Server| {
-        json(&ok(server, &tiny, &["app", "get", "acme-corp:tiny", "-o", "json"]))["artifact"]
-            ["target"]
+        json(&ok(
+            server,
+            &tiny,
+            &["app", "get", "acme-corp:tiny", "-o", "json"],
+        ))["artifact"]["target"]
             .clone()
     };
     assert_eq!(target(&server), "x86_64-unknown-linux-musl");
     let (status, body) = http(&server.gateway, "tiny-acme-corp.ignite.localhost", "{}");
     assert_eq!(status, 200, "{body}");
-    ok(&server, &tiny, &["version", "rollback", "acme-corp:tiny", "1"]);
+    ok(
+        &server,
+        &tiny,
+        &["version", "rollback", "acme-corp:tiny", "1"],
+    );
     assert_eq!(target(&server), "wasm32-wasip2");
     let (status, body) = http(
         &server.gateway,
@@ -265,24 +247,17 @@ fn a_guest_is_contained_and_each_request_gets_a_fresh_instance() {
     assert_eq!(record["status"], "failed", "{record}");
 }
 
-#[test]
-fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
-    let dir = scratch("wasm-refused");
-    let server = start_server(&dir);
-    // A library without #[ignite::main]: a component that exports no wasi:http handler.
-    let bare = project(&dir, "bare", "pub fn nothing_here() {}\n");
+/// Saves `p` as `--rust-target wasm` and compiles it; the compile log, which must say it failed.
+fn failed_wasm_compile(server: &Server, p: &Path, name: &str) -> String {
+    let id = format!("acme-corp:{name}");
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
     ok(
-        &server,
-        &bare,
-        &["app", "create", "bare", "--runtime", "rust"],
-    );
-    ok(
-        &server,
-        &bare,
+        server,
+        p,
         &[
             "draft",
             "save",
-            "acme-corp:bare",
+            &id,
             "--code",
             "./",
             "--runtime",
@@ -291,13 +266,23 @@ fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
             "wasm",
         ],
     );
-    ok(&server, &bare, &["draft", "compile", "acme-corp:bare"]);
-    let logs = dodil(&server, &bare, &["draft", "compile-logs", "acme-corp:bare"]);
-    let text = format!(
+    ok(server, p, &["draft", "compile", &id]);
+    let logs = dodil(server, p, &["draft", "compile-logs", &id]);
+    assert!(!logs.status.success(), "the compile of {id} succeeded");
+    format!(
         "{}{}",
         String::from_utf8_lossy(&logs.stdout),
         String::from_utf8_lossy(&logs.stderr)
-    );
+    )
+}
+
+#[test]
+fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
+    let dir = scratch("wasm-refused");
+    let server = start_server(&dir);
+    // A library without #[ignite::main]: a component that exports no wasi:http handler.
+    let bare = project(&dir, "bare", "pub fn nothing_here() {}\n");
+    let text = failed_wasm_compile(&server, &bare, "bare");
     assert!(
         text.contains("does not export wasi:http/incoming-handler"),
         "{text}"
@@ -315,33 +300,7 @@ fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
     )
     .unwrap();
     std::fs::write(bin.join("src/main.rs"), "fn main() {}\n").unwrap();
-    ok(
-        &server,
-        &bin,
-        &["app", "create", "bin", "--runtime", "rust"],
-    );
-    ok(
-        &server,
-        &bin,
-        &[
-            "draft",
-            "save",
-            "acme-corp:bin",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "wasm",
-        ],
-    );
-    ok(&server, &bin, &["draft", "compile", "acme-corp:bin"]);
-    let logs = dodil(&server, &bin, &["draft", "compile-logs", "acme-corp:bin"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
+    let text = failed_wasm_compile(&server, &bin, "bin");
     assert!(
         text.contains("put the #[ignite::main] handler in src/lib.rs"),
         "{text}"

@@ -259,6 +259,31 @@ pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
     ok(server, p, &["draft", "publish", id]);
 }
 
+/// Creates the app and deploys `p` with `--rust-target wasm`; returns the compile log.
+pub fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
+    let name = id.split(':').nth(1).unwrap();
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    ok(
+        server,
+        p,
+        &[
+            "draft",
+            "save",
+            id,
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "wasm",
+        ],
+    );
+    ok(server, p, &["draft", "compile", id]);
+    let logs = ok(server, p, &["draft", "compile-logs", id]);
+    ok(server, p, &["draft", "publish", id]);
+    logs
+}
+
 /// An HTTP/1.1 request to `addr` with this Host header: `(status, headers, body)`.
 pub fn http_full(
     addr: &str,

@@ -304,12 +304,7 @@ pub fn prepare(dir: &Path, target: Target) -> Result<Project, BuildError> {
                 BuildError::NoEntry
             });
         }
-        let lib_name = doc
-            .get("lib")
-            .and_then(|l| l.get("name"))
-            .and_then(Item::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| package.replace('-', "_"));
+        let lib_name = lib_name(&doc, &package);
         let lib = doc
             .entry("lib")
             .or_insert(Item::Table(Table::new()))
@@ -327,12 +322,7 @@ pub fn prepare(dir: &Path, target: Target) -> Result<Project, BuildError> {
         });
     }
     if !has_main && has_lib {
-        let lib_name = doc
-            .get("lib")
-            .and_then(|l| l.get("name"))
-            .and_then(Item::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| package.replace('-', "_"));
+        let lib_name = lib_name(&doc, &package);
         let entry = dir.join(ENTRY_FILE);
         if let Some(parent) = entry.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -361,6 +351,15 @@ pub fn prepare(dir: &Path, target: Target) -> Result<Project, BuildError> {
         package,
         target,
     })
+}
+
+/// The library's crate name: `[lib] name`, else the package's with `-` as `_`.
+fn lib_name(doc: &DocumentMut, package: &str) -> String {
+    doc.get("lib")
+        .and_then(|l| l.get("name"))
+        .and_then(Item::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| package.replace('-', "_"))
 }
 
 /// Compiles a prepared project, sending cargo's output to `log` line by line.

@@ -161,11 +161,7 @@ fn with_egress_an_instance_reaches_the_internet_and_nothing_private() {
     sandbox()
         .enable_egress()
         .expect("egress needs nftables here");
-    let egress = Limits {
-        memory_mb: 64,
-        egress: true,
-    };
-    let (r, exit) = run_with(&env, Some(egress));
+    let (r, exit) = run_with(&env, Some(EGRESS));
     let public = &r[&format!("connect {}", internet.public)];
     assert_eq!(public, "connected", "{r:?} {exit}");
     let private = &r[&format!("connect {}", internet.private)];
@@ -192,16 +188,12 @@ fn an_egress_instance_resolves_names_through_the_hosts_resolvers() {
     sandbox()
         .enable_egress()
         .expect("egress needs nftables here");
-    let egress = Limits {
-        memory_mb: 64,
-        egress: true,
-    };
     let (r, _) = run_with(
         &[
             ("PROBE_READ", "/etc/resolv.conf"),
             ("PROBE_RESOLVE", "localhost"),
         ],
-        Some(egress),
+        Some(EGRESS),
     );
     let resolv = &r["read /etc/resolv.conf"];
     assert!(resolv.starts_with("READ "), "{resolv}");
@@ -218,6 +210,11 @@ fn an_egress_instance_resolves_names_through_the_hosts_resolvers() {
         r["resolve"]
     );
 }
+
+const EGRESS: Limits = Limits {
+    memory_mb: 64,
+    egress: true,
+};
 
 #[path = "support/internet.rs"]
 mod internet;

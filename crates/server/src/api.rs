@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ignite_agent::{Invocation, Outcome};
+use ignite_agent::{Invocation, Outcome, Reply};
 use ignite_api as api;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -859,13 +859,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     };
     record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
     if let Some(cold) = &lease.cold {
-        state.node.metrics.cold_starts.get_or_create(&label).inc();
-        state
-            .node
-            .metrics
-            .cold_start
-            .get_or_create(&label)
-            .observe(cold.total().as_secs_f64());
+        count_cold_start(state, &label, cold.total());
         record.fetch_ms = Some(cold.fetch.as_secs_f64() * 1e3);
         record.spawn_ms = Some(cold.spawn.as_secs_f64() * 1e3);
         record.init_ms = Some(cold.init.as_secs_f64() * 1e3);
@@ -894,22 +888,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         })
         .await;
     state.node.release(lease);
-    record.logs = reply.logs.lines;
-    if reply.logs.dropped_bytes > 0 {
-        record.logs.push(format!(
-            "[{} bytes of log dropped: over the per-execution limit]",
-            reply.logs.dropped_bytes
-        ));
-    }
-    state
-        .node
-        .metrics
-        .duration
-        .get_or_create(&label)
-        .observe(reply.duration.as_secs_f64());
-    let duration = Some(reply.duration);
-    let answer = answer_of(app, reply.outcome);
-    finish(state, record, started, duration, answer)
+    conclude(state, app, &label, record, started, reply)
 }
 
 /// A wasm handler's request: a fresh instance of the version's component (see `ignite-wasm`).
@@ -992,17 +971,34 @@ async fn run_wasm(
     // Every request is a fresh instance: its cold start is loading (first request of a version
     // on this node) plus instantiating.
     let cold = start.load + start.instantiate;
-    state.node.metrics.cold_starts.get_or_create(&label).inc();
-    state
-        .node
-        .metrics
-        .cold_start
-        .get_or_create(&label)
-        .observe(cold.as_secs_f64());
+    count_cold_start(state, &label, cold);
     record.fetch_ms = Some(start.load.as_secs_f64() * 1e3);
     record.spawn_ms = Some(start.instantiate.as_secs_f64() * 1e3);
     record.init_ms = Some(0.0);
     record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
+    conclude(state, app, &label, record, started, reply)
+}
+
+fn count_cold_start(state: &State, label: &crate::metrics::Labels, total: Duration) {
+    state.node.metrics.cold_starts.get_or_create(label).inc();
+    state
+        .node
+        .metrics
+        .cold_start
+        .get_or_create(label)
+        .observe(total.as_secs_f64());
+}
+
+/// Ends an execution from its reply (native or wasm): its logs, the duration metric, the
+/// caller's answer and the record.
+fn conclude(
+    state: &State,
+    app: &App,
+    label: &crate::metrics::Labels,
+    mut record: Execution,
+    started: Instant,
+    reply: Reply,
+) -> Response {
     record.logs = reply.logs.lines;
     if reply.logs.dropped_bytes > 0 {
         record.logs.push(format!(
@@ -1014,7 +1010,7 @@ async fn run_wasm(
         .node
         .metrics
         .duration
-        .get_or_create(&label)
+        .get_or_create(label)
         .observe(reply.duration.as_secs_f64());
     let answer = answer_of(app, reply.outcome);
     finish(state, record, started, Some(reply.duration), answer)
