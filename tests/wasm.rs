@@ -245,6 +245,54 @@ fn a_guest_is_contained_and_each_request_gets_a_fresh_instance() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("on purpose"), "{body}");
     assert_eq!(record["status"], "failed", "{record}");
+
+    // max_instances and queue_depth apply: one running, one waiting, the next refused at once.
+    ok(
+        &server,
+        &guest,
+        &[
+            "app",
+            "scale",
+            "acme-corp:guest",
+            "--max-instances",
+            "1",
+            "--queue-depth",
+            "1",
+        ],
+    );
+    let spin = || {
+        let gateway = server.gateway.clone();
+        std::thread::spawn(move || {
+            http_full(
+                &gateway,
+                "guest-acme-corp.ignite.localhost",
+                "POST",
+                "/",
+                r#"{"do": "spin"}"#,
+            )
+            .0
+        })
+    };
+    let running = spin();
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = spin();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, headers, body) = http_full(
+        &server.gateway,
+        "guest-acme-corp.ignite.localhost",
+        "POST",
+        "/",
+        r#"{"do": "state"}"#,
+    );
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert!(body.contains("max_instances (1)"), "{body}");
+    assert_eq!(running.join().unwrap(), 504);
+    assert_eq!(
+        queued.join().unwrap(),
+        504,
+        "the queued one ran out of deadline"
+    );
 }
 
 /// Saves `p` as `--rust-target wasm` and compiles it; the compile log, which must say it failed.

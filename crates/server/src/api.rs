@@ -810,24 +810,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     }
     let lease = match state.node.acquire(state, route, version, deadline).await {
         Ok(lease) => lease,
-        Err(AcquireError::QueueFull { depth }) => {
-            // Not accepted, so not an execution (like a Lambda throttle).
-            state.node.metrics.throttled.get_or_create(&label).inc();
-            let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "resource_exhausted",
-                format!(
-                    "{org}:{name} is at max_instances ({}) and {depth} requests are already \
-                     waiting; retry shortly, or raise its limits with `dodil ignite app scale`",
-                    app.scaling.max_instances
-                ),
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            return response;
-        }
+        Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),
         Err(AcquireError::Deadline { waited }) => {
             record.queue_ms = Some(waited.as_secs_f64() * 1e3);
             let message = format!(
@@ -920,15 +903,35 @@ async fn run_wasm(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry((org.to_string(), name.to_string()))
-        .or_insert_with(|| {
-            Arc::new(tokio::sync::Semaphore::new(
-                app.scaling.max_instances as usize,
-            ))
-        })
+        .or_insert_with(|| Arc::new(crate::WasmSlots::new(app.scaling.max_instances)))
         .clone();
-    let permit = match tokio::time::timeout_at(deadline.into(), slots.acquire_owned()).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
+    let permit = match slots.running.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        // All busy: wait in the app's bounded queue, as a native request does.
+        Err(_) => {
+            let depth = app.scaling.queue_depth;
+            let ahead = slots
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let waited = if ahead >= depth as usize {
+                None
+            } else {
+                let wait = slots.running.clone().acquire_owned();
+                Some(tokio::time::timeout_at(deadline.into(), wait).await)
+            };
+            slots
+                .waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            match waited {
+                None => return throttled(state, app, &label, depth),
+                Some(Ok(Ok(permit))) => Some(permit),
+                Some(_) => None,
+            }
+        }
+    };
+    let permit = match permit {
+        Some(permit) => permit,
+        None => {
             let waited = started.elapsed();
             record.queue_ms = Some(waited.as_secs_f64() * 1e3);
             let failure = Failure::new(
@@ -977,6 +980,26 @@ async fn run_wasm(
     record.init_ms = Some(0.0);
     record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
     conclude(state, app, &label, record, started, reply)
+}
+
+/// A request refused because the app's instances are busy and its queue is full: 429 with
+/// `Retry-After`, not an execution (like a Lambda throttle).
+fn throttled(state: &State, app: &App, label: &crate::metrics::Labels, depth: u32) -> Response {
+    state.node.metrics.throttled.get_or_create(label).inc();
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "resource_exhausted",
+        format!(
+            "{}:{} is at max_instances ({}) and {depth} requests are already waiting; retry \
+             shortly, or raise its limits with `dodil ignite app scale`",
+            app.org, app.name, app.scaling.max_instances
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
 }
 
 fn count_cold_start(state: &State, label: &crate::metrics::Labels, total: Duration) {

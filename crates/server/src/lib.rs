@@ -79,9 +79,8 @@ pub(crate) struct State {
     pub registry_proxy: Option<ignite_builder::RegistryProxy>,
     /// Runs `--rust-target wasm` handlers; `None` if Wasmtime could not start on this host.
     pub wasm: Option<ignite_wasm::WasmHost>,
-    /// Per app, the wasm instances that may run at once (`max_instances`).
-    pub wasm_slots:
-        std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Semaphore>>>,
+    /// Per app, the wasm instances that may run at once and the requests waiting for one.
+    pub wasm_slots: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<WasmSlots>>>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
 }
@@ -94,6 +93,22 @@ impl State {
             format!("http://{host}")
         } else {
             format!("http://{host}:{port}")
+        }
+    }
+}
+
+/// A wasm app's instance slots: `max_instances` running, and a count of requests waiting (at
+/// most `queue_depth`, past it 429).
+pub(crate) struct WasmSlots {
+    pub running: Arc<tokio::sync::Semaphore>,
+    pub waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl WasmSlots {
+    pub fn new(max_instances: u32) -> WasmSlots {
+        WasmSlots {
+            running: Arc::new(tokio::sync::Semaphore::new(max_instances as usize)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
