@@ -354,3 +354,38 @@ fn a_component_that_cannot_serve_is_refused_at_compile_with_the_reason() {
         "{text}"
     );
 }
+
+#[test]
+fn dodil_run_builds_and_calls_a_project_locally_on_both_targets() {
+    let dir = scratch("wasm-local-run");
+    let tiny = dir.join("tiny");
+    copy_tiny(&tiny);
+    for target in ["wasm", "native"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+            .args(["ignite", "run"])
+            .arg(&tiny)
+            .args(["--rust-target", target, "-p", r#"{"message": "local"}"#])
+            .env("CARGO_TARGET_DIR", support::target_dir())
+            .env("XDG_CACHE_HOME", dir.join("cache"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{target}: {stderr}");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["message"], "local", "{target}");
+        assert_eq!(answer["function_id"], "local/tiny", "{target}");
+        assert!(stderr.contains("cold start"), "{target}: {stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "run"])
+        .arg(&tiny)
+        .args(["--rust-target", "riscv"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass native or wasm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

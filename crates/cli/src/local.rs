@@ -18,6 +18,13 @@ pub struct RunArgs {
     /// An environment variable for the handler, `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// native (a static binary) or wasm (a wasi:http component under Wasmtime).
+    #[arg(
+        long = "rust-target",
+        default_value = "native",
+        value_name = "native|wasm"
+    )]
+    rust_target: String,
 }
 
 async fn run_async(args: RunArgs) -> Result<()> {
@@ -29,6 +36,12 @@ async fn run_async(args: RunArgs) -> Result<()> {
             None => bail!("--env {kv:?} is not KEY=VALUE"),
         })
         .collect::<Result<Vec<_>>>()?;
+    let target = ignite_builder::Target::from_flag(&args.rust_target).with_context(|| {
+        format!(
+            "invalid --rust-target {:?}: pass native or wasm",
+            args.rust_target
+        )
+    })?;
     let cache = cache_dir().join("ignite");
     let work = cache.join("run").join(
         args.dir
@@ -38,12 +51,12 @@ async fn run_async(args: RunArgs) -> Result<()> {
             .unwrap_or_default(),
     );
     copy_source(&args.dir, &work)?;
-    let project = ignite_builder::prepare(&work, ignite_builder::Target::Native)?;
-    let options = BuildOptions::new(
-        Sdk::bundled(),
-        cache.join("target"),
-        Duration::from_secs(2400),
-    );
+    let project = ignite_builder::prepare(&work, target)?;
+    // Builds share cargo's target directory when the user has one (CARGO_TARGET_DIR).
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("target"));
+    let options = BuildOptions::new(Sdk::bundled(), target_dir, Duration::from_secs(2400));
     eprintln!("compiling {} …", project.package);
     let artifact = ignite_builder::build(&project, &options, |line| eprintln!("  {line}")).await?;
     eprintln!(
@@ -52,33 +65,24 @@ async fn run_async(args: RunArgs) -> Result<()> {
         artifact.size / 1024,
         artifact.digest
     );
-    let mut config = SpawnConfig::new(&artifact.path);
-    config.env = env.clone();
-    let started = Instant::now();
-    let mut instance = Instance::spawn(&config).await?;
-    let reply = instance
-        .invoke(Invocation {
-            execution_id: ulid::Ulid::new().to_string(),
-            function_id: format!("local/{}", project.package),
-            env,
-            deadline: Some(Instant::now() + Duration::from_secs(30)),
-            method: "POST".into(),
-            path: "/".into(),
-            body: args.payload.into_bytes(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            ..Invocation::default()
-        })
-        .await;
-    let total = started.elapsed();
+    let invocation = Invocation {
+        execution_id: ulid::Ulid::new().to_string(),
+        function_id: format!("local/{}", project.package),
+        env: env.clone(),
+        deadline: Some(Instant::now() + Duration::from_secs(30)),
+        method: "POST".into(),
+        path: "/".into(),
+        body: args.payload.into_bytes(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        ..Invocation::default()
+    };
+    let reply = match target {
+        ignite_builder::Target::Native => run_native(&artifact.path, env, invocation).await?,
+        ignite_builder::Target::Wasm => run_wasm(&cache, &artifact, invocation).await?,
+    };
     for line in &reply.logs.lines {
         eprintln!("log: {line}");
     }
-    eprintln!(
-        "cold start: init {:.3} ms, first response {:.3} ms",
-        instance.init_duration().as_secs_f64() * 1e3,
-        total.as_secs_f64() * 1e3
-    );
-    instance.shutdown(Duration::from_secs(1)).await;
     match reply.outcome {
         Outcome::Response { body, .. } => {
             println!("{}", String::from_utf8_lossy(&body));
@@ -93,6 +97,55 @@ async fn run_async(args: RunArgs) -> Result<()> {
         Outcome::OutOfMemory { exit } => bail!("the handler ran out of memory: {exit}"),
         Outcome::FramingError { message } => bail!("{message}"),
     }
+}
+
+/// Runs the binary as one instance for one request (unconfined, as the developer).
+async fn run_native(
+    program: &Path,
+    env: Vec<(String, String)>,
+    invocation: Invocation,
+) -> Result<ignite_agent::Reply> {
+    let mut config = SpawnConfig::new(program);
+    config.env = env;
+    let started = Instant::now();
+    let mut instance = Instance::spawn(&config).await?;
+    let reply = instance.invoke(invocation).await;
+    eprintln!(
+        "cold start: init {:.3} ms, first response {:.3} ms",
+        instance.init_duration().as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    instance.shutdown(Duration::from_secs(1)).await;
+    Ok(reply)
+}
+
+/// Validates and precompiles the component, then runs the request in a fresh instance with the
+/// platform's defaults (128 MiB, the invocation's deadline).
+async fn run_wasm(
+    cache: &Path,
+    artifact: &ignite_builder::Artifact,
+    invocation: Invocation,
+) -> Result<ignite_agent::Reply> {
+    let mut config = ignite_wasm::WasmConfig::new(cache.join("wasm"));
+    config.max_instances = 1;
+    config.max_memory_mb = 128;
+    let host = ignite_wasm::WasmHost::new(&config)?;
+    let bytes = std::fs::read(&artifact.path)
+        .with_context(|| format!("could not read {}", artifact.path.display()))?;
+    host.precompile(&artifact.digest, &bytes)?;
+    let limits = ignite_wasm::WasmLimits {
+        memory_mb: 128,
+        timeout: Duration::from_secs(30),
+    };
+    let (reply, start) = host
+        .invoke(&artifact.digest, &artifact.path, limits, invocation)
+        .await;
+    eprintln!(
+        "cold start: load {:.3} ms, instantiate {:.3} ms",
+        start.load.as_secs_f64() * 1e3,
+        start.instantiate.as_secs_f64() * 1e3
+    );
+    Ok(reply)
 }
 
 fn cache_dir() -> PathBuf {
