@@ -474,7 +474,7 @@ mod internet;
 
 #[test]
 fn internet_access_is_an_app_setting_off_by_default_that_never_reaches_private_addresses() {
-    let internet = internet::Internet::start();
+    let internet = internet::Internet::shared();
     assert!(internet.reachable_from_host(), "the stand-in is up");
     let arena = Arena::new("egress");
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -577,7 +577,7 @@ fn the_dependency_fetch_reaches_the_registry_and_nothing_else() {
     // The server's fetch runs as `dodil ignite __fetch --proxy <socket> -- cargo fetch …`; here
     // the same wrapper runs a shell that tries every way out, with the stand-in internet's
     // public service as "the registry".
-    let internet = internet::Internet::start();
+    let internet = internet::Internet::shared();
     let dir = scratch("fetch-network");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let registry = internet.public.to_string();

@@ -220,8 +220,7 @@ const EGRESS: Limits = Limits {
 mod internet;
 
 fn internet() -> &'static internet::Internet {
-    static INTERNET: OnceLock<internet::Internet> = OnceLock::new();
-    INTERNET.get_or_init(internet::Internet::start)
+    internet::Internet::shared()
 }
 
 #[test]

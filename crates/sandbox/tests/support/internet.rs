@@ -19,7 +19,6 @@ const PORT: u16 = 8080;
 pub const GREETING: &str = "hello from the internet";
 
 pub struct Internet {
-    namespace: String,
     /// The service at a public address: reachable with egress.
     pub public: SocketAddr,
     /// The same service at a private address: never reachable from an instance.
@@ -37,9 +36,15 @@ fn ip(args: &[&str]) {
 }
 
 impl Internet {
-    /// Sets it up; one per test binary (the addresses are fixed), removing any left by an
-    /// earlier run.
-    pub fn start() -> Internet {
+    /// The test binary's one stand-in (its addresses are fixed, so tests running in parallel
+    /// share it). It lives as long as the process; the next binary's start removes it.
+    pub fn shared() -> &'static Internet {
+        static SHARED: std::sync::OnceLock<Internet> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Internet::start)
+    }
+
+    /// Sets it up, removing any left by an earlier test binary.
+    fn start() -> Internet {
         let pid = std::process::id();
         let namespace = format!("ignite-inet-{pid}");
         let link = format!("tinet{pid:x}");
@@ -91,7 +96,6 @@ impl Internet {
         });
         listening.recv().expect("the service thread failed");
         Internet {
-            namespace,
             public: (PUBLIC, PORT).into(),
             private: (PRIVATE, PORT).into(),
         }
@@ -101,13 +105,5 @@ impl Internet {
     pub fn reachable_from_host(&self) -> bool {
         std::net::TcpStream::connect_timeout(&self.public, std::time::Duration::from_secs(1))
             .is_ok()
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.namespace])
-            .status();
     }
 }
