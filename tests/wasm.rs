@@ -389,3 +389,109 @@ fn dodil_run_builds_and_calls_a_project_locally_on_both_targets() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+const FETCHER: &str = r#"
+use ignite::prelude::*;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{Fields, OutgoingRequest, RequestOptions, Scheme};
+
+fn fetch(authority: &str) -> std::result::Result<String, String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some("/")).map_err(|()| "path")?;
+    let options = RequestOptions::new();
+    options.set_connect_timeout(Some(1_000_000_000)).map_err(|()| "timeout")?;
+    let pending = outgoing_handler::handle(request, Some(options)).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "taken")?
+        .map_err(|e| format!("{e:?}"))?;
+    let body = response.consume().map_err(|()| "body")?;
+    let stream = body.stream().map_err(|()| "stream")?;
+    let mut out = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(4096) {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    let targets: Vec<String> = req.field("targets")?;
+    Ok(targets
+        .iter()
+        .map(|t| format!("{t} => {:?}\n", fetch(t)))
+        .collect::<String>())
+}
+"#;
+
+#[path = "../crates/sandbox/tests/support/internet.rs"]
+mod internet;
+
+#[test]
+fn a_component_reaches_the_internet_only_with_egress_and_never_private_addresses() {
+    let internet = internet::Internet::shared();
+    assert!(internet.reachable_from_host(), "the stand-in is up");
+    let dir = scratch("wasm-egress");
+    let server = start_server(&dir);
+    let fetcher = dir.join("fetcher");
+    std::fs::create_dir_all(fetcher.join("src")).unwrap();
+    std::fs::write(
+        fetcher.join("Cargo.toml"),
+        "[package]\nname = \"fetcher\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nignite = \"*\"\nwasi = \"0.14\"\n",
+    )
+    .unwrap();
+    std::fs::write(fetcher.join("src/lib.rs"), FETCHER).unwrap();
+    deploy_wasm(&server, &fetcher, "acme-corp:fetcher");
+    ok(
+        &server,
+        &fetcher,
+        &["app", "scale", "acme-corp:fetcher", "--timeout", "15"],
+    );
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_service = format!(
+        "{}:{}",
+        internet::HOST_SIDE,
+        host_service.local_addr().unwrap().port()
+    );
+    let targets = [
+        internet.public.to_string(),
+        internet.private.to_string(),
+        host_service.clone(),
+    ];
+    let fetch = || {
+        let (status, body) = http(
+            &server.gateway,
+            "fetcher-acme-corp.ignite.localhost",
+            &serde_json::json!({ "targets": targets }).to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        let line = |t: &str| {
+            body.lines()
+                .find(|l| l.starts_with(t))
+                .unwrap_or_default()
+                .to_string()
+        };
+        (line(&targets[0]), line(&targets[1]), line(&targets[2]))
+    };
+
+    // Off by default: every request refused.
+    let (public, _, _) = fetch();
+    assert!(public.contains("HttpRequestDenied"), "{public}");
+
+    // On: the public service answers; the private address and the node do not.
+    ok(
+        &server,
+        &fetcher,
+        &["app", "network", "acme-corp:fetcher", "--egress", "on"],
+    );
+    let (public, private, node) = fetch();
+    assert!(public.contains(internet::GREETING), "{public}");
+    assert!(public.contains("Ok("), "{public}");
+    assert!(private.contains("Err("), "{private}");
+    assert!(node.contains("Err("), "{node}");
+}

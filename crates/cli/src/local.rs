@@ -136,6 +136,7 @@ async fn run_wasm(
     let limits = ignite_wasm::WasmLimits {
         memory_mb: 128,
         timeout: Duration::from_secs(30),
+        egress: false,
     };
     let (reply, start) = host
         .invoke(&artifact.digest, &artifact.path, limits, invocation)

@@ -241,6 +241,13 @@ impl Sandbox {
         self.egress().map(drop)
     }
 
+    /// A network namespace with internet access (the instances' kind: same filter, same
+    /// address range), for the node's own connections made on a tenant's behalf — a wasm
+    /// component's outgoing HTTP. Needs [`Sandbox::enable_egress`]'s set-up, which it does.
+    pub fn egress_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.egress()?.netns.take()
+    }
+
     fn egress(&self) -> io::Result<Arc<Egress>> {
         let mut slot = self.inner.egress.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(egress) = &*slot {

@@ -949,9 +949,23 @@ async fn run_wasm(
     };
     record.queue_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     state.recorder.begin(&record);
+    let egress = app.network.egress;
+    if egress
+        && !host.egress_enabled()
+        && let Err(e) = enable_wasm_egress(state).await
+    {
+        let failure = Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            format!("internet access for {org}:{name} could not be prepared: {e}"),
+        );
+        return finish(state, record, started, None, Err(failure));
+    }
     let limits = ignite_wasm::WasmLimits {
         memory_mb: u64::from(app.scaling.memory_mb),
         timeout: deadline.saturating_duration_since(Instant::now()),
+        egress,
     };
     let invocation = Invocation {
         execution_id: record.id.clone(),
@@ -1000,6 +1014,19 @@ fn throttled(state: &State, app: &App, label: &crate::metrics::Labels, depth: u3
         .headers_mut()
         .insert("retry-after", axum::http::HeaderValue::from_static("1"));
     response
+}
+
+/// Gives wasm components outgoing HTTP: from one of the sandbox's egress namespaces (the
+/// instances' filter), or the server's own network without the sandbox.
+async fn enable_wasm_egress(state: &State) -> std::io::Result<()> {
+    let sandbox = state.sandbox.clone();
+    let netns = tokio::task::spawn_blocking(move || sandbox.map(|s| s.egress_netns()).transpose())
+        .await
+        .map_err(std::io::Error::other)??;
+    match &state.wasm {
+        Some(host) => host.enable_egress(netns),
+        None => Ok(()),
+    }
 }
 
 fn count_cold_start(state: &State, label: &crate::metrics::Labels, total: Duration) {

@@ -13,8 +13,12 @@
 //! - **Memory** is capped per instance by a resource limiter at the app's `memory_mb`; a guest
 //!   that asks for more is refused, traps, and is recorded as `oom`.
 //! - **No ambient authority**: no preopened directories (no filesystem), TCP, UDP and name
-//!   lookups refused, outgoing HTTP refused, and exactly the app's declared environment.
-//!   stdout and stderr are captured (capped) as the execution's logs.
+//!   lookups refused, and exactly the app's declared environment. Outgoing HTTP
+//!   (`wasi:http/outgoing-handler`) is refused unless the app has internet access (`app
+//!   network --egress on`); then it runs on a runtime whose thread lives in one of the
+//!   sandbox's egress network namespaces, so its sockets (and name lookups) pass the same
+//!   kernel filter as a native instance's: the public internet only. stdout and stderr are
+//!   captured (capped) as the execution's logs.
 //!
 //! Outcomes are the agent's [`ignite_agent::Outcome`], so the server records a wasm execution
 //! exactly like a native one.
@@ -93,6 +97,8 @@ pub enum WasmError {
 pub struct WasmLimits {
     pub memory_mb: u64,
     pub timeout: Duration,
+    /// Outgoing HTTP to the internet (see [`WasmHost::enable_egress`]).
+    pub egress: bool,
 }
 
 /// Where a request's cold start went.
@@ -110,6 +116,17 @@ pub struct WasmHost {
     linker: Linker<Guest>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, ProxyPre<Guest>>>,
+    /// Where outgoing HTTP runs once an app has internet access.
+    egress: Mutex<Option<Egress>>,
+}
+
+/// Where a component's outgoing HTTP goes.
+#[derive(Clone)]
+enum Egress {
+    /// The server's own network (no sandbox: as a native instance with `--no-sandbox`).
+    Direct,
+    /// A runtime whose thread joined an egress network namespace: its sockets are there.
+    Confined(tokio::runtime::Handle),
 }
 
 impl std::fmt::Debug for WasmHost {
@@ -158,7 +175,60 @@ impl WasmHost {
             linker,
             cache_dir: config.cache_dir.clone(),
             loaded: Mutex::default(),
+            egress: Mutex::default(),
         })
+    }
+
+    /// Whether [`WasmHost::enable_egress`] has been done.
+    pub fn egress_enabled(&self) -> bool {
+        self.egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Lets apps with internet access send outgoing HTTP: from inside `netns` (a namespace
+    /// with the instances' egress filter, see `ignite_sandbox::Sandbox::egress_netns`), or,
+    /// with `None`, from the server's own network. Idempotent.
+    pub fn enable_egress(&self, netns: Option<std::os::fd::OwnedFd>) -> std::io::Result<()> {
+        let mut egress = self.egress.lock().unwrap_or_else(|p| p.into_inner());
+        if egress.is_some() {
+            return Ok(());
+        }
+        let Some(netns) = netns else {
+            *egress = Some(Egress::Direct);
+            return Ok(());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ignite-wasm-egress".into())
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on this thread only, with a namespace descriptor it owns. Every
+                // socket this thread (and the threads it starts: the runtime's blocking pool,
+                // which resolves names) creates is in that namespace.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let _ = tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the egress thread ended at start"))??;
+        *egress = Some(Egress::Confined(handle));
+        Ok(())
     }
 
     /// Where `digest`'s machine code for this engine lives.
@@ -318,7 +388,14 @@ impl WasmHost {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: NoOutgoing,
+            hooks: Outgoing(if limits.egress {
+                self.egress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            } else {
+                None
+            }),
             memory: MemoryCap {
                 limit: memory_limit,
                 refused: None,
@@ -517,7 +594,7 @@ struct Guest {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutgoing,
+    hooks: Outgoing,
     memory: MemoryCap,
 }
 
@@ -540,22 +617,58 @@ impl WasiHttpView for Guest {
     }
 }
 
-/// Outgoing HTTP is refused: a handler has no network (as a native one without egress).
-struct NoOutgoing;
+/// Outgoing HTTP: refused without internet access (as a native instance has no network), else
+/// sent from where [`Egress`] says.
+struct Outgoing(Option<Egress>);
 
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<wasmtime_wasi_http::WasiBody>,
-    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-)>;
+type IoFuture = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+type SendResult =
+    wasmtime_wasi_http::Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture)>;
 
-impl WasiHttpHooks for NoOutgoing {
+/// How long an outgoing connection may take when the guest does not say (Wasmtime's own default
+/// is 600 s, past any deadline here).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send(
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> SendResult {
+    let mut options = options.unwrap_or_default();
+    options.connect_timeout = Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
+    let (response, io) =
+        wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+    Ok((
+        response.map(BodyExt::boxed_unsync),
+        Box::new(io) as IoFuture,
+    ))
+}
+
+impl WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: IoFuture,
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        match self.0.clone() {
+            None => Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) }),
+            Some(Egress::Direct) => Box::new(send(request, options)),
+            Some(Egress::Confined(runtime)) => Box::new(async move {
+                let lost = |e: tokio::task::JoinError| {
+                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                };
+                let (response, io) = runtime
+                    .spawn(send(request, options))
+                    .await
+                    .map_err(lost)??;
+                // The connection's sockets belong to that runtime: drive it there too.
+                let io = runtime.spawn(Box::into_pin(io));
+                Ok((
+                    response,
+                    Box::new(async move { io.await.map_err(lost)? }) as IoFuture,
+                ))
+            }),
+        }
     }
 }
 

@@ -91,7 +91,23 @@ impl Internet {
             let listener = TcpListener::bind(("0.0.0.0", PORT)).expect("binding the service");
             bound.send(()).expect("test gone");
             for mut stream in listener.incoming().flatten() {
-                let _ = stream.write_all(GREETING.as_bytes());
+                // An HTTP answer, after the request head if one comes (raw clients that send
+                // nothing get it after a moment).
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match std::io::Read::read(&mut stream, &mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{GREETING}",
+                    GREETING.len()
+                );
             }
         });
         listening.recv().expect("the service thread failed");
