@@ -37,6 +37,11 @@ fn the_seed_handler_runs_as_a_component_through_invoke_and_the_public_url() {
         &["app", "get", "acme-corp:tiny", "-o", "json"],
     ));
     assert_eq!(app["artifact"]["target"], "wasm32-wasip2", "{app}");
+    let shown = ok(&server, &tiny, &["app", "get", "acme-corp:tiny"]);
+    assert!(
+        shown.contains("artifact       wasm32-wasip2 (sha256:"),
+        "{shown}"
+    );
     assert!(app["artifact"]["size"].as_u64().unwrap() > 0, "{app}");
 
     let out = ok(

@@ -541,12 +541,18 @@ fn app(client: Client, out: Output, cmd: AppCmd) -> Result<()> {
             let app: api::App = client.get_as(&format!("/v1/apps/{org}/{name}"))?;
             print(out, &app, || {
                 format!(
-                    "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  public urls    {}\n  draft          {}\n  internet       {}",
+                    "app {}\n  runtime        {}\n  description    {}\n  active version {}\n  artifact       {}\n  public urls    {}\n  draft          {}\n  internet       {}",
                     app.id,
                     app.runtime,
                     app.description,
                     app.active_version
                         .map_or("none (publish the draft)".into(), |n| n.to_string()),
+                    app.artifact.as_ref().map_or("-".into(), |a| format!(
+                        "{} ({}, {} KiB)",
+                        a.target.as_deref().unwrap_or("?"),
+                        a.digest.as_deref().unwrap_or("?"),
+                        a.size.unwrap_or(0) / 1024
+                    )),
                     app.public_urls.join(", "),
                     app.draft
                         .as_ref()

@@ -635,8 +635,7 @@ async fn send(
 ) -> SendResult {
     let mut options = options.unwrap_or_default();
     options.connect_timeout = Some(options.connect_timeout.unwrap_or(CONNECT_TIMEOUT));
-    let (response, io) =
-        wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
     Ok((
         response.map(BodyExt::boxed_unsync),
         Box::new(io) as IoFuture,
