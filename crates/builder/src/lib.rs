@@ -718,17 +718,34 @@ async fn build_jailed(
     run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await
 }
 
-/// Hands a tree to `uid` (only what is not already its).
+/// Hands a tree to `uid` (only what is not already its). Another compile sharing the target
+/// directory may remove files meanwhile (cargo's temporaries): what vanished needs nothing.
 fn chown_tree(dir: &Path, uid: u32) -> Result<(), BuildError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
     if meta.uid() != uid || meta.gid() != uid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(io_err(dir))?;
+        match std::os::unix::fs::lchown(dir, Some(uid), Some(uid)) {
+            Err(e) if !gone(&e) => return Err(io_err(dir)(e)),
+            _ => {}
+        }
     }
     if meta.is_dir() {
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            chown_tree(&entry.path(), uid)?;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        for entry in entries {
+            match entry {
+                Ok(entry) => chown_tree(&entry.path(), uid)?,
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(io_err(dir)(e)),
+            }
         }
     }
     Ok(())

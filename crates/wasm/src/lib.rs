@@ -53,6 +53,8 @@ pub const FUNCTION_ID_HEADER: &str = "x-ignite-function-id";
 pub const ERROR_HEADER: &str = "x-ignite-error";
 /// The SDK's line for a panic (see `ignite::wasm::PANIC_PREFIX`).
 const PANIC_PREFIX: &str = "ignite-panic: ";
+/// Components kept loaded in memory at once.
+const MAX_LOADED: usize = 256;
 /// A request's captured stdout+stderr beyond this is dropped and counted.
 const LOG_CAP: usize = 64 << 10;
 
@@ -312,7 +314,16 @@ impl WasmHost {
             }
         };
         let pre = self.proxy_pre(&component)?;
-        self.lock().insert(digest.to_string(), pre.clone());
+        let mut loaded = self.lock();
+        // Loaded components hold their machine code; versions come and go, so the map is
+        // bounded (one evicted is deserialized again, ~ms, on its next request).
+        if loaded.len() >= MAX_LOADED
+            && let Some(old) = loaded.keys().next().cloned()
+        {
+            loaded.remove(&old);
+        }
+        loaded.insert(digest.to_string(), pre.clone());
+        drop(loaded);
         Ok((pre, started.elapsed()))
     }
 
