@@ -911,3 +911,27 @@ fn artifact_path(line: &str, bin: &str) -> Option<PathBuf> {
 fn toml_string(s: &str) -> String {
     toml_edit::Value::from(s).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chowning_a_tree_that_vanished_is_not_an_error() {
+        // Another compile sharing the target directory can remove a file between the listing
+        // and the chown: nothing is left to hand over.
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("removed-meanwhile.o");
+        assert!(chown_tree(&gone, 1_899_999_999).is_ok());
+        std::fs::write(&gone, b"x").unwrap();
+        // An existing file is handed over (as root) or refused with an I/O error naming it
+        // (otherwise): never skipped.
+        match chown_tree(&gone, 1_899_999_999) {
+            Ok(()) => {
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!(std::fs::metadata(&gone).unwrap().uid(), 1_899_999_999);
+            }
+            Err(e) => assert!(matches!(e, BuildError::Io { .. }), "{e}"),
+        }
+    }
+}
