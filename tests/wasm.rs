@@ -303,23 +303,7 @@ fn a_guest_is_contained_and_each_request_gets_a_fresh_instance() {
 /// Saves `p` as `--rust-target wasm` and compiles it; the compile log, which must say it failed.
 fn failed_wasm_compile(server: &Server, p: &Path, name: &str) -> String {
     let id = format!("acme-corp:{name}");
-    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
-    ok(
-        server,
-        p,
-        &[
-            "draft",
-            "save",
-            &id,
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "wasm",
-        ],
-    );
-    ok(server, p, &["draft", "compile", &id]);
+    compile_wasm(server, p, &id);
     let logs = dodil(server, p, &["draft", "compile-logs", &id]);
     assert!(!logs.status.success(), "the compile of {id} succeeded");
     format!(

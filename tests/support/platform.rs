@@ -259,8 +259,8 @@ pub fn deploy(server: &Server, p: &Path, id: &str, code: &str) {
     ok(server, p, &["draft", "publish", id]);
 }
 
-/// Creates the app and deploys `p` with `--rust-target wasm`; returns the compile log.
-pub fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
+/// Creates the app, saves `p` as its draft with `--rust-target wasm` and starts the compile.
+pub fn compile_wasm(server: &Server, p: &Path, id: &str) {
     let name = id.split(':').nth(1).unwrap();
     ok(server, p, &["app", "create", name, "--runtime", "rust"]);
     ok(
@@ -279,6 +279,11 @@ pub fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
         ],
     );
     ok(server, p, &["draft", "compile", id]);
+}
+
+/// Creates the app and deploys `p` with `--rust-target wasm`; returns the compile log.
+pub fn deploy_wasm(server: &Server, p: &Path, id: &str) -> String {
+    compile_wasm(server, p, id);
     let logs = ok(server, p, &["draft", "compile-logs", id]);
     ok(server, p, &["draft", "publish", id]);
     logs

@@ -854,24 +854,36 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     let mut lease = lease;
     let reply = lease
         .instance
-        .invoke(Invocation {
-            execution_id: id.clone(),
-            function_id: format!("{org}/{name}"),
-            env: version
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            deadline: Some(deadline),
-            method: req.method,
-            path: req.path,
-            query: req.query,
-            headers: req.headers,
-            body: req.body,
-        })
+        .invoke(invocation(&id, app, version, deadline, req))
         .await;
     state.node.release(lease);
     conclude(state, app, &label, record, started, reply)
+}
+
+/// What the handler is asked to run (native or wasm): the request, the version's environment,
+/// the deadline.
+fn invocation(
+    execution_id: &str,
+    app: &App,
+    version: &store::Version,
+    deadline: Instant,
+    req: HttpRequest,
+) -> Invocation {
+    Invocation {
+        execution_id: execution_id.to_string(),
+        function_id: format!("{}/{}", app.org, app.name),
+        env: version
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        deadline: Some(deadline),
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        headers: req.headers,
+        body: req.body,
+    }
 }
 
 /// A wasm handler's request: a fresh instance of the version's component (see `ignite-wasm`).
@@ -967,21 +979,7 @@ async fn run_wasm(
         timeout: deadline.saturating_duration_since(Instant::now()),
         egress,
     };
-    let invocation = Invocation {
-        execution_id: record.id.clone(),
-        function_id: format!("{org}/{name}"),
-        env: version
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        deadline: Some(deadline),
-        method: req.method,
-        path: req.path,
-        query: req.query,
-        headers: req.headers,
-        body: req.body,
-    };
+    let invocation = invocation(&record.id, app, version, deadline, req);
     let blob = state.oci.blob_path(digest);
     let (reply, start) = host.invoke(digest, &blob, limits, invocation).await;
     drop(permit);
