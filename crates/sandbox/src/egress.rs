@@ -301,15 +301,15 @@ impl Wirer {
         let inside = inside.clone();
         runtime
             .block_on(async move {
-                for link in ["lo", "eth0"] {
-                    let index = link_index(&inside, link).await?;
+                let lo = link_index(&inside, "lo").await?;
+                let eth0 = link_index(&inside, "eth0").await?;
+                for index in [lo, eth0] {
                     inside
                         .link()
                         .set(LinkUnspec::new_with_index(index).up().build())
                         .execute()
                         .await?;
                 }
-                let eth0 = link_index(&inside, "eth0").await?;
                 inside
                     .address()
                     .add(eth0, addr.into(), 32)

@@ -245,7 +245,7 @@ impl WasmHost {
     /// Validates a freshly built component and stores its machine code. The error says what is
     /// wrong in the user's terms.
     pub fn precompile(&self, digest: &str, wasm: &[u8]) -> Result<PathBuf, WasmError> {
-        if wasmparser_is_core_module(wasm) {
+        if is_core_module(wasm) {
             return Err(WasmError::Invalid(
                 "the artifact is a core WebAssembly module, not a component: build for \
                  wasm32-wasip2 (what `--rust-target wasm` does) so the handler is a \
@@ -596,7 +596,7 @@ fn http_request(
 }
 
 /// A core module starts `\0asm` with version 1; a component has a different layer/version.
-fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+fn is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
