@@ -143,7 +143,7 @@ async fn measure(config: &SpawnConfig) -> Measured {
     let mut init = Vec::with_capacity(cold_n);
     for _ in 0..cold_n {
         let started = Instant::now();
-        let mut instance = Instance::spawn(config).await.expect("spawn");
+        let instance = Instance::spawn(config).await.expect("spawn");
         let reply = instance.invoke(invocation()).await;
         cold.push(started.elapsed());
         init.push(instance.init_duration());
@@ -159,7 +159,7 @@ async fn measure(config: &SpawnConfig) -> Measured {
     }
 
     let warm_n = iterations("IGNITE_BENCH_WARM", 20_000);
-    let mut instance = Instance::spawn(config).await.expect("spawn");
+    let instance = Instance::spawn(config).await.expect("spawn");
     for _ in 0..1000 {
         instance.invoke(invocation()).await;
     }

@@ -39,7 +39,7 @@ async fn the_seed_handler_answers_the_seed_json_and_stays_warm() {
         "the handler binary is dynamically linked"
     );
 
-    let mut instance = spawn(&artifact.path).await;
+    let instance = spawn(&artifact.path).await;
     let pid = instance.pid();
     let inv = invocation(r#"{"message": "hi there"}"#);
     let execution_id = inv.execution_id.clone();
@@ -74,7 +74,7 @@ async fn handler(_req: Request, _ctx: Context) -> Result<impl IntoResponse> {
 "#,
     ))
     .await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     let reply = instance.invoke(invocation("")).await;
     let Outcome::Response {
         status,
@@ -119,7 +119,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
 "#,
     ))
     .await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     let reply = instance
         .invoke(invocation(r#"{"item": "apple", "quantity": 4}"#))
         .await;
@@ -182,7 +182,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
 "#,
     ))
     .await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     let mut inv = invocation("not json at all \u{1F680}");
     inv.method = "PUT".into();
     inv.path = "/a/b".into();
@@ -217,7 +217,7 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
     .await;
     let mut config = SpawnConfig::new(&bin);
     config.env = vec![("GREETING".into(), "bonjour".into())];
-    let mut instance = Instance::spawn(&config).await.unwrap();
+    let instance = Instance::spawn(&config).await.unwrap();
     let mut inv = invocation("{}");
     inv.env = vec![("GREETING".into(), "bonjour".into())];
     let reply = instance.invoke(inv).await;
@@ -256,7 +256,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
 "#,
     ))
     .await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     let pid = instance.pid();
     let at = |path: &str| {
         let mut inv = invocation("{}");
@@ -317,7 +317,7 @@ async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
 "#,
     ))
     .await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     for n in 1..=3 {
         let reply = instance
             .invoke(invocation(&format!(r#"{{"n": {n}}}"#)))
@@ -368,7 +368,7 @@ async fn handler(_req: Request, ctx: Context) -> Result<impl IntoResponse> {
         ],
     );
     let bin = build_ok(&dir).await;
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     match instance.invoke(invocation("")).await.outcome {
         Outcome::Response {
             status: 200, body, ..
@@ -512,7 +512,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         inv
     };
     for path in ["/sleep", "/spin"] {
-        let mut instance = spawn(&bin).await;
+        let instance = spawn(&bin).await;
         let pid = instance.pid();
         let reply = instance.invoke(at(path, 300)).await;
         assert!(
@@ -534,7 +534,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         );
     }
 
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     assert!(matches!(
         instance.invoke(at("/", 5000)).await.outcome,
         Outcome::Response { status: 200, .. }
@@ -552,7 +552,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         reply.logs
     );
 
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     assert_eq!(
         instance.invoke(at("/exit", 5000)).await.outcome,
         Outcome::Crashed {
@@ -561,7 +561,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     );
 
     // A failed allocation (how a handler meets RLIMIT_AS) is reported as running out of memory.
-    let mut instance = spawn(&bin).await;
+    let instance = spawn(&bin).await;
     assert_eq!(
         instance.invoke(at("/no-memory", 5000)).await.outcome,
         Outcome::OutOfMemory {

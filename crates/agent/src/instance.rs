@@ -1,15 +1,18 @@
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignite_protocol::{ErrorKind, Frame, FrameError};
 use ignite_sandbox::{Limits, Process, Sandbox, pin_to_cpu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::{Mutex as AsyncMutex, oneshot};
 
 use crate::logs::{LogPipe, Logs};
 
@@ -158,22 +161,52 @@ pub struct Reply {
     pub duration: Duration,
 }
 
-/// A running handler process.
+/// A running handler process. Shared (`&self`): with `concurrency` above 1 several requests are
+/// in flight on one instance at once, each matched to its answer by frame id.
+///
+/// Whoever waits for an answer takes turns reading the channel: the request holding the reader
+/// hands every frame it reads to the request it belongs to, and gives the reader up once its
+/// own answer is in. One request at a time (the default) thus reads its own answer, with no
+/// task in between.
 #[derive(Debug)]
 pub struct Instance {
-    child: Process,
     pid: u32,
-    input: pipe::Sender,
-    output: pipe::Receiver,
-    logs: Arc<LogPipe>,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    next_id: u64,
     spawn: Duration,
     init: Duration,
-    alive: bool,
     /// Sandboxed handlers report a death by signal `n` through their init as exit code 128+n.
     sandboxed: bool,
+    child: AsyncMutex<Process>,
+    writer: AsyncMutex<Writer>,
+    reader: AsyncMutex<Reader>,
+    flight: Mutex<Flight>,
+    logs: Arc<LogPipe>,
+    /// Whether the instance may take another request.
+    alive: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Writer {
+    input: pipe::Sender,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Reader {
+    output: pipe::Receiver,
+    buf: Vec<u8>,
+}
+
+/// The requests in flight.
+#[derive(Debug, Default)]
+struct Flight {
+    next_id: u64,
+    pending: HashMap<u64, oneshot::Sender<Outcome>>,
+    /// How the channel ended, once it has: every request in flight then, and any later one,
+    /// gets this.
+    ended: Option<Outcome>,
+    /// A request passed its deadline: the instance takes no more and is stopped once the last
+    /// request in flight has ended (at once when it is the only one).
+    draining: bool,
 }
 
 impl Instance {
@@ -202,31 +235,40 @@ impl Instance {
         let child = spawned.process;
         let input = pipe::Sender::from_owned_fd(spawned.stdin).map_err(exec)?;
         let output = pipe::Receiver::from_owned_fd(spawned.stdout).map_err(exec)?;
-        let stderr = spawned.stderr;
         let pid = child.id();
         if let Some(cpu) = config.cpu
             && let Err(e) = pin_to_cpu(pid, cpu)
         {
             tracing::warn!(pid, cpu, "could not pin the instance: {e}");
         }
-        let stderr = LogPipe::new(File::from(stderr), config.log_limit).map_err(exec)?;
-        tokio::spawn(stderr.clone().pump());
+        let logs = LogPipe::new(File::from(spawned.stderr), config.log_limit, pid).map_err(exec)?;
+        tokio::spawn(logs.clone().pump());
+        // Start-up logs gather under id 0 (requests count from 1).
+        logs.begin(STARTUP);
 
         let mut instance = Instance {
-            child,
             pid,
-            input,
-            output,
-            logs: stderr,
-            rbuf: Vec::with_capacity(16 * 1024),
-            wbuf: Vec::with_capacity(16 * 1024),
-            next_id: 1,
             spawn: spawned_in,
-            sandboxed: config.sandbox.is_some(),
             init: Duration::ZERO,
-            alive: true,
+            sandboxed: config.sandbox.is_some(),
+            child: AsyncMutex::new(child),
+            writer: AsyncMutex::new(Writer {
+                input,
+                buf: Vec::with_capacity(16 * 1024),
+            }),
+            reader: AsyncMutex::new(Reader {
+                output,
+                buf: Vec::with_capacity(16 * 1024),
+            }),
+            flight: Mutex::new(Flight {
+                next_id: STARTUP + 1,
+                ..Flight::default()
+            }),
+            logs,
+            alive: AtomicBool::new(true),
         };
-        let hello = tokio::time::timeout(config.init_timeout, instance.read_frame()).await;
+        let hello =
+            tokio::time::timeout(config.init_timeout, read_frame(instance.reader.get_mut())).await;
         let failure = match hello {
             Ok(Ok(Some(Frame::Hello(hello)))) => {
                 if hello.protocol_version != ignite_protocol::PROTOCOL_VERSION {
@@ -238,8 +280,7 @@ impl Instance {
                 }
                 instance.init = started.elapsed();
                 // Anything logged during start-up is the instance's, not the first request's.
-                let startup = instance.logs.take(true);
-                for line in startup.lines {
+                for line in instance.logs.end(STARTUP, true).lines {
                     tracing::debug!(pid, "handler start-up: {line}");
                 }
                 return Ok(instance);
@@ -248,7 +289,7 @@ impl Instance {
             // exited (or, sandboxed, never got to exec the handler).
             Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) => {
                 let status = instance.reap().await;
-                if let Some(source) = instance.child.launch_failure() {
+                if let Some(source) = instance.child.get_mut().launch_failure() {
                     return Err(SpawnError::Spawn {
                         program: config.program.clone(),
                         source,
@@ -256,7 +297,7 @@ impl Instance {
                 }
                 return Err(SpawnError::ExitedBeforeReady {
                     status,
-                    logs: instance.logs.take(true),
+                    logs: instance.logs.end(STARTUP, true),
                 });
             }
             Ok(Ok(Some(other))) => FrameError::Io(io::Error::new(
@@ -271,14 +312,14 @@ impl Instance {
                 instance.kill().await;
                 return Err(SpawnError::InitTimeout {
                     after: config.init_timeout,
-                    logs: instance.logs.take(true),
+                    logs: instance.logs.end(STARTUP, true),
                 });
             }
         };
         instance.kill().await;
         Err(SpawnError::Framing {
             source: failure,
-            logs: instance.logs.take(true),
+            logs: instance.logs.end(STARTUP, true),
         })
     }
 
@@ -294,11 +335,14 @@ impl Instance {
     }
 
     /// Whether the process has exited (it is then reaped and the instance dead).
-    pub fn has_exited(&mut self) -> bool {
-        if self.alive && matches!(self.child.try_wait(), Ok(Some(_))) {
-            self.alive = false;
+    pub fn has_exited(&self) -> bool {
+        if self.is_alive()
+            && let Ok(mut child) = self.child.try_lock()
+            && matches!(child.try_wait(), Ok(Some(_)))
+        {
+            self.alive.store(false, Ordering::Relaxed);
         }
-        !self.alive
+        !self.is_alive()
     }
 
     pub fn pid(&self) -> u32 {
@@ -307,62 +351,76 @@ impl Instance {
 
     /// Whether the process can take another request.
     pub fn is_alive(&self) -> bool {
-        self.alive
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// How many requests are in flight on this instance.
+    pub fn in_flight(&self) -> usize {
+        self.lock_flight().pending.len()
+    }
+
+    fn lock_flight(&self) -> std::sync::MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs one request. A dead instance answers `Crashed` at once.
-    pub async fn invoke(&mut self, inv: Invocation) -> Reply {
+    pub async fn invoke(&self, inv: Invocation) -> Reply {
         let started = Instant::now();
-        if !self.alive {
-            return Reply {
-                outcome: Outcome::Crashed {
-                    exit: "the instance had already stopped".into(),
-                },
-                logs: Logs::default(),
-                duration: Duration::ZERO,
-            };
-        }
-        // Lines logged between requests belong to no request.
-        let stale = self.logs.take(false);
-        for line in stale.lines {
-            tracing::debug!(pid = self.pid, "handler (between requests): {line}");
-        }
+        let (id, answer) = {
+            let mut flight = self.lock_flight();
+            if let Some(ended) = &flight.ended {
+                return Reply {
+                    outcome: ended.clone(),
+                    logs: Logs::default(),
+                    duration: Duration::ZERO,
+                };
+            }
+            if !self.is_alive() {
+                return Reply {
+                    outcome: Outcome::Crashed {
+                        exit: "the instance had already stopped".into(),
+                    },
+                    logs: Logs::default(),
+                    duration: Duration::ZERO,
+                };
+            }
+            let id = flight.next_id;
+            flight.next_id += 1;
+            let (tx, rx) = oneshot::channel();
+            flight.pending.insert(id, tx);
+            (id, rx)
+        };
+        self.logs.begin(id);
         let deadline = inv.deadline;
-        let exchange = self.exchange(inv);
+        let exchange = self.exchange(id, inv, answer);
         let result = match deadline {
             Some(at) => tokio::time::timeout_at(at.into(), exchange).await,
             None => Ok(exchange.await),
         };
         let outcome = match result {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => {
-                // The process closed its end: it exited or was killed.
-                let exit = self.reap().await;
-                if self.child.oom_killed() {
-                    Outcome::OutOfMemory { exit }
-                } else {
-                    Outcome::Crashed { exit }
-                }
-            }
-            Ok(Err(e)) => {
-                self.kill().await;
-                Outcome::FramingError {
-                    message: e.to_string(),
-                }
-            }
+            Ok(outcome) => outcome,
             Err(_) => {
-                // SIGTERM now; `shutdown` gives the process its grace period and then SIGKILL.
-                self.alive = false;
-                self.signal(libc::SIGTERM);
+                self.lock_flight().pending.remove(&id);
                 Outcome::TimedOut {
                     after: started.elapsed(),
                 }
             }
         };
         if !outcome.keeps_instance() {
-            self.alive = false;
+            self.alive.store(false, Ordering::Relaxed);
         }
-        let logs = self.logs.take(true);
+        let stop_now = {
+            let mut flight = self.lock_flight();
+            if matches!(outcome, Outcome::TimedOut { .. }) {
+                flight.draining = true;
+            }
+            flight.draining && flight.pending.is_empty() && flight.ended.is_none()
+        };
+        if stop_now {
+            // SIGTERM now; `shutdown` gives the process its grace period and then SIGKILL.
+            self.signal(libc::SIGTERM).await;
+        }
+        let logs = self.logs.end(id, true);
         // Where no memory cgroup kills it, a handler meets its limit as a failed allocation
         // (RLIMIT_AS), which Rust reports on stderr before aborting: the same event.
         let outcome = match outcome {
@@ -385,24 +443,31 @@ impl Instance {
 
     /// Asks the handler to exit (a `Shutdown` frame, or the SIGTERM a timed-out instance already
     /// got), waits up to `grace`, then kills it; the process is reaped either way.
-    pub async fn shutdown(mut self, grace: Duration) {
-        if self.alive {
-            self.wbuf.clear();
-            if ignite_protocol::encode_into(&Frame::Shutdown, &mut self.wbuf).is_ok() {
-                let _ = self.input.write_all(&self.wbuf).await;
+    pub async fn shutdown(&self, grace: Duration) {
+        let stopping = async {
+            if self.alive.swap(false, Ordering::Relaxed) {
+                let mut writer = self.writer.lock().await;
+                let Writer { input, buf } = &mut *writer;
+                buf.clear();
+                if ignite_protocol::encode_into(&Frame::Shutdown, buf).is_ok() {
+                    let _ = input.write_all(buf).await;
+                }
             }
-        }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
+            let _ = self.child.lock().await.wait().await;
+        };
+        if tokio::time::timeout(grace, stopping).await.is_err() {
             self.kill().await;
         }
     }
 
-    async fn exchange(&mut self, inv: Invocation) -> Result<Outcome, FrameError> {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Sends request `id` and waits for its answer, reading the channel in turn with the other
+    /// requests in flight.
+    async fn exchange(
+        &self,
+        id: u64,
+        inv: Invocation,
+        mut answer: oneshot::Receiver<Outcome>,
+    ) -> Outcome {
         let deadline_unix_ms = inv.deadline.map_or(0, |at| {
             let left = at.saturating_duration_since(Instant::now());
             (SystemTime::now() + left)
@@ -421,85 +486,177 @@ impl Instance {
             headers: inv.headers,
             body: inv.body,
         });
-        self.wbuf.clear();
-        ignite_protocol::encode_into(&frame, &mut self.wbuf)?;
-        self.input.write_all(&self.wbuf).await?;
+        {
+            let mut writer = self.writer.lock().await;
+            let Writer { input, buf } = &mut *writer;
+            buf.clear();
+            if let Err(e) = ignite_protocol::encode_into(&frame, buf) {
+                drop(writer);
+                self.lock_flight().pending.remove(&id);
+                return Outcome::FramingError {
+                    message: e.to_string(),
+                };
+            }
+            // A failed write means the process closed its end; whoever reads the channel next
+            // finds it closed and tells every request in flight, this one included.
+            if let Err(e) = input.write_all(buf).await {
+                tracing::debug!(pid = self.pid, "writing a request failed: {e}");
+            }
+        }
+        let mut reader = tokio::select! {
+            biased;
+            outcome = &mut answer => return outcome.unwrap_or_else(|_| gone()),
+            reader = self.reader.lock() => reader,
+        };
+        // This request reads now, until its own answer is in.
         loop {
-            let frame = self.read_frame().await?.ok_or(FrameError::Truncated)?;
-            match frame {
-                Frame::Response(r) if r.id == id => {
-                    return Ok(Outcome::Response {
-                        status: r.status,
-                        headers: r.headers,
-                        body: r.body,
-                    });
-                }
-                Frame::Error(e) if e.id == id => {
-                    return Ok(match e.kind {
-                        ErrorKind::Handler => Outcome::HandlerError {
-                            status: e.status,
-                            message: e.message,
-                        },
-                        ErrorKind::Panic => Outcome::Panicked { message: e.message },
-                    });
-                }
-                Frame::Log(log) if log.id == id => self.logs.push(&log.line),
-                other => {
-                    return Err(FrameError::Io(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "the handler sent {} while request {id} was in flight",
-                            frame_name(&other)
-                        ),
-                    )));
-                }
+            match answer.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(oneshot::error::TryRecvError::Closed) => return gone(),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let result = match read_frame(&mut reader).await {
+                Ok(Some(frame)) => self.deliver(frame),
+                Ok(None) => Err(FrameError::Truncated),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                self.end_channel(e).await;
             }
         }
     }
 
-    /// Reads one frame; `Ok(None)` when the handler closed the channel between frames.
-    async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        loop {
-            if let Some((frame, used)) = ignite_protocol::decode(&self.rbuf)? {
-                self.rbuf.drain(..used);
-                return Ok(Some(frame));
+    /// Hands a frame from the handler to the request it answers.
+    fn deliver(&self, frame: Frame) -> Result<(), FrameError> {
+        let (id, outcome) = match frame {
+            Frame::Response(r) => (
+                r.id,
+                Outcome::Response {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                },
+            ),
+            Frame::Error(e) => (
+                e.id,
+                match e.kind {
+                    ErrorKind::Handler => Outcome::HandlerError {
+                        status: e.status,
+                        message: e.message,
+                    },
+                    ErrorKind::Panic => Outcome::Panicked { message: e.message },
+                },
+            ),
+            Frame::Log(log) => {
+                self.logs.push(log.id, &log.line);
+                return Ok(());
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(16 * 1024);
+            other => {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the handler sent {} where answers were expected",
+                        frame_name(&other)
+                    ),
+                )));
             }
-            if self.output.read_buf(&mut self.rbuf).await? == 0 {
-                return if self.rbuf.is_empty() {
-                    Ok(None)
+        };
+        match self.lock_flight().pending.remove(&id) {
+            // The requester may have given up (its deadline) a moment ago: nothing to do.
+            Some(tx) => drop(tx.send(outcome)),
+            // An answer to a request that already ended at its deadline.
+            None => tracing::debug!(pid = self.pid, id, "a late answer was dropped"),
+        }
+        Ok(())
+    }
+
+    /// The channel broke (`e`): works out how the process ended and tells every request in
+    /// flight. Called by the reader, so once.
+    async fn end_channel(&self, e: FrameError) {
+        let outcome = match e {
+            FrameError::Truncated | FrameError::Io(_) => {
+                // The process closed its end: it exited or was killed.
+                let exit = self.reap().await;
+                if self.child.lock().await.oom_killed() {
+                    Outcome::OutOfMemory { exit }
                 } else {
-                    Err(FrameError::Truncated)
-                };
+                    Outcome::Crashed { exit }
+                }
             }
+            e => {
+                self.kill().await;
+                Outcome::FramingError {
+                    message: e.to_string(),
+                }
+            }
+        };
+        self.alive.store(false, Ordering::Relaxed);
+        let pending = {
+            let mut flight = self.lock_flight();
+            flight.ended = Some(outcome.clone());
+            std::mem::take(&mut flight.pending)
+        };
+        for (_, tx) in pending {
+            let _ = tx.send(outcome.clone());
         }
     }
 
     /// Waits for the exited process and describes how it ended.
-    async fn reap(&mut self) -> String {
-        self.alive = false;
+    async fn reap(&self) -> String {
+        self.alive.store(false, Ordering::Relaxed);
         // The framing channel closed; a process that closed it but lives on is killed.
-        match tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await {
+        let mut child = self.child.lock().await;
+        match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
             Ok(Ok(status)) => describe(status, self.sandboxed),
             Ok(Err(e)) => format!("its exit status could not be read: {e}"),
             Err(_) => {
-                self.kill().await;
+                let _ = child.kill().await;
                 "it closed the runtime channel and was killed".into()
             }
         }
     }
 
-    fn signal(&self, signal: i32) {
-        if let Err(e) = self.child.signal(signal) {
+    async fn signal(&self, signal: i32) {
+        if let Err(e) = self.child.lock().await.signal(signal) {
             tracing::warn!(pid = self.pid, "could not signal the instance: {e}");
         }
     }
 
-    async fn kill(&mut self) {
-        self.alive = false;
-        let _ = self.child.kill().await;
+    async fn kill(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+        let _ = self.child.lock().await.kill().await;
+    }
+}
+
+/// The frame id start-up logs gather under.
+const STARTUP: u64 = 0;
+
+/// The outcome of a request whose answer can no longer come (the instance was torn down).
+fn gone() -> Outcome {
+    Outcome::Crashed {
+        exit: "the instance stopped before answering".into(),
+    }
+}
+
+/// Reads one frame; `Ok(None)` when the handler closed the channel between frames. Cancel-safe:
+/// what was read stays in the buffer for the next reader.
+async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError> {
+    let Reader { output, buf } = reader;
+    loop {
+        if let Some((frame, used)) = ignite_protocol::decode(buf)? {
+            buf.drain(..used);
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if output.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
     }
 }
 

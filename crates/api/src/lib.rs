@@ -272,6 +272,9 @@ pub struct TokenList {
     pub tokens: Vec<Token>,
 }
 
+/// The most requests one instance may serve at once.
+pub const MAX_CONCURRENCY: u32 = 1000;
+
 /// How an app scales. Every field has a default; `PUT …/scaling` changes only the fields given.
 ///
 /// Note for Lambda users: `reserved_capacity` keeps instances *warm* (Lambda's "provisioned
@@ -285,7 +288,12 @@ pub struct ScalingConfig {
     pub reserved_capacity: u32,
     /// The most instances of the app that run at once; past it requests queue.
     pub max_instances: u32,
-    /// Requests one instance serves at once (1, like Lambda).
+    /// Requests one instance serves at once: 1 (the default, like Lambda) gives each request a
+    /// process of its own; more lets an async handler overlap its waits (its `.await`s) in one
+    /// process, as Cloud Run does. `max_instances × concurrency` requests run at once, the rest
+    /// queue. With more than 1, a line a handler writes to stderr appears in the logs of every
+    /// request in flight at that moment (`Context::log` attributes a line to its own request),
+    /// and a request past its deadline stops its instance once the others in flight have ended.
     pub concurrency: u32,
     /// An idle instance is stopped after this many seconds (scale to zero); 0 stops it as soon as
     /// its request ends.
@@ -364,10 +372,10 @@ impl ScalingConfig {
                 self.reserved_capacity, self.max_instances
             ));
         }
-        if self.concurrency != 1 {
-            return Some(
-                "concurrency other than 1 is not supported yet: one instance serves one request at a time".into(),
-            );
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Some(format!(
+                "concurrency must be between 1 and {MAX_CONCURRENCY} requests per instance"
+            ));
         }
         if self.timeout_s == 0 || self.timeout_s > 900 {
             return Some("timeout_s must be between 1 and 900 seconds".into());

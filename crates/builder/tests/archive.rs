@@ -20,9 +20,12 @@ fn archive_with(name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// A case: its name, the archive, and the error it must be refused with.
+type Case = (&'static str, Vec<u8>, fn(&ArchiveError) -> bool);
+
 #[test]
 fn hostile_archives_are_refused() {
-    let cases: Vec<(&str, Vec<u8>, fn(&ArchiveError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "dot-dot",
             archive_with("../escape.rs", tar::EntryType::Regular, None, b"x"),

@@ -166,7 +166,8 @@ enum AppCmd {
         /// The most instances that run at once; past it requests queue.
         #[arg(long)]
         max_instances: Option<u32>,
-        /// Requests one instance serves at once.
+        /// Requests one instance serves at once (default 1; raise it for an async handler that
+        /// mostly waits on I/O).
         #[arg(long)]
         concurrency: Option<u32>,
         /// Seconds an idle instance lives before it is stopped (scale to zero).

@@ -108,7 +108,7 @@ async fn run_native(
     let mut config = SpawnConfig::new(program);
     config.env = env;
     let started = Instant::now();
-    let mut instance = Instance::spawn(&config).await?;
+    let instance = Instance::spawn(&config).await?;
     let reply = instance.invoke(invocation).await;
     eprintln!(
         "cold start: init {:.3} ms, first response {:.3} ms",

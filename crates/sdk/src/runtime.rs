@@ -1,18 +1,22 @@
 //! The handler process's main loop.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, BufReader, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
 use ignite_protocol::{ErrorFrame, ErrorKind, Frame, FrameError, Hello, Response as ResponseFrame};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 
-use crate::{Context, Error, IntoResponse, Request};
+use crate::{Context, Error, IntoResponse, Request, Response};
 
 /// Exit status when the framing channel breaks (the agent reports the process as crashed).
 const EXIT_CHANNEL: i32 = 70;
@@ -22,8 +26,8 @@ const EXIT_USAGE: i32 = 64;
 /// Serves requests with `handler` until the agent closes the channel, then exits the process.
 pub fn run<H, Fut, R, E>(handler: H) -> !
 where
-    H: Fn(Request, Context) -> Fut,
-    Fut: Future<Output = Result<R, E>>,
+    H: Fn(Request, Context) -> Fut + 'static,
+    Fut: Future<Output = Result<R, E>> + 'static,
     R: IntoResponse,
     E: Into<Error>,
 {
@@ -36,7 +40,7 @@ where
         std::process::exit(EXIT_USAGE);
     }
     become_init_if_pid_1();
-    let code = match serve(&handler) {
+    let code = match serve(handler) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ignite: {e}");
@@ -110,13 +114,14 @@ fn init(handler: libc::pid_t) -> ! {
 }
 
 struct Channel {
-    input: BufReader<File>,
+    input: pipe::Receiver,
     output: Arc<Mutex<File>>,
 }
 
 /// Moves the framing channel off fds 0 and 1 before any user code runs: the channel goes to
 /// private close-on-exec descriptors, fd 1 becomes a second stderr (so `println!` is a log line,
-/// never a corrupt frame) and fd 0 an empty pipe.
+/// never a corrupt frame) and fd 0 an empty pipe. Must run inside the runtime (the input is
+/// read through its reactor).
 fn take_stdio() -> io::Result<Channel> {
     let input = io::stdin().as_fd().try_clone_to_owned()?;
     let output = io::stdout().as_fd().try_clone_to_owned()?;
@@ -132,7 +137,7 @@ fn take_stdio() -> io::Result<Channel> {
         return Err(io::Error::last_os_error());
     }
     Ok(Channel {
-        input: BufReader::with_capacity(64 * 1024, File::from(input)),
+        input: pipe::Receiver::from_owned_fd(input)?,
         output: Arc::new(Mutex::new(File::from(output))),
     })
 }
@@ -142,38 +147,48 @@ fn send(output: &Mutex<File>, frame: &Frame, buf: &mut Vec<u8>) -> Result<(), Fr
     ignite_protocol::write_frame(&mut *out, frame, buf)
 }
 
-fn serve<H, Fut, R, E>(handler: &H) -> Result<(), FrameError>
+fn serve<H, Fut, R, E>(handler: H) -> Result<(), FrameError>
 where
-    H: Fn(Request, Context) -> Fut,
-    Fut: Future<Output = Result<R, E>>,
+    H: Fn(Request, Context) -> Fut + 'static,
+    Fut: Future<Output = Result<R, E>> + 'static,
     R: IntoResponse,
     E: Into<Error>,
 {
-    let Channel { mut input, output } = take_stdio()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut wbuf = Vec::with_capacity(16 * 1024);
-    let mut rbuf = Vec::with_capacity(16 * 1024);
+    let channel = rt.block_on(async { take_stdio() })?;
+    tokio::task::LocalSet::new().block_on(&rt, serve_channel(handler, channel))
+}
+
+/// Reads requests and runs each as a task of its own, so one process serves as many at once as
+/// the agent sends (the app's `concurrency`: one by default). Each task writes its own answer.
+async fn serve_channel<H, Fut, R, E>(handler: H, channel: Channel) -> Result<(), FrameError>
+where
+    H: Fn(Request, Context) -> Fut + 'static,
+    Fut: Future<Output = Result<R, E>> + 'static,
+    R: IntoResponse,
+    E: Into<Error>,
+{
+    let Channel { mut input, output } = channel;
+    let handler = Rc::new(handler);
+    let wbuf = Rc::new(RefCell::new(Vec::with_capacity(16 * 1024)));
+    let mut rbuf = Vec::with_capacity(64 * 1024);
     // The previous answer is dropped only once the next one exists. musl's allocator unmaps a
     // slab as soon as its last slot is freed; freeing each answer right after sending it cost
     // an mmap/munmap pair (with a TLB shootdown) on every request.
-    let mut previous: Option<Frame> = None;
+    let previous: Rc<RefCell<Option<Frame>>> = Rc::default();
     let hello = Frame::Hello(Hello {
         protocol_version: ignite_protocol::PROTOCOL_VERSION,
         sdk_version: env!("CARGO_PKG_VERSION").to_string(),
     });
-    send(&output, &hello, &mut wbuf)?;
+    send(&output, &hello, &mut wbuf.borrow_mut())?;
 
     loop {
-        let frame = match ignite_protocol::read_frame(&mut input, &mut rbuf)? {
-            Some(frame) => frame,
-            None => return Ok(()),
-        };
-        let mut invoke = match frame {
-            Frame::Invoke(invoke) => invoke,
-            Frame::Shutdown => return Ok(()),
-            other => {
+        let mut invoke = match read_frame(&mut input, &mut rbuf).await? {
+            Some(Frame::Invoke(invoke)) => invoke,
+            None | Some(Frame::Shutdown) => return Ok(()),
+            Some(other) => {
                 return Err(FrameError::Io(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("the agent sent a frame a handler does not expect: {other:?}"),
@@ -183,40 +198,82 @@ where
         let id = invoke.id;
         let ctx = Context::from_invoke(&mut invoke, output.clone());
         let req = Request::from_invoke(invoke);
-        let outcome = rt.block_on(CatchUnwind(Box::pin(async {
-            match handler(req, ctx).await {
-                Ok(r) => Ok(r.into_response()),
-                Err(e) => Err(e.into()),
+        let (handler, output, wbuf, previous) = (
+            handler.clone(),
+            output.clone(),
+            wbuf.clone(),
+            previous.clone(),
+        );
+        tokio::task::spawn_local(async move {
+            let outcome = CatchUnwind(Box::pin(async move {
+                match handler(req, ctx).await {
+                    Ok(r) => Ok(r.into_response()),
+                    Err(e) => Err(e.into()),
+                }
+            }))
+            .await;
+            let reply = reply(id, outcome);
+            // What the handler left in std's stdout buffer (a `print!` without a newline)
+            // belongs to this request: it must reach the log pipe before the answer does.
+            let _ = io::stdout().flush();
+            if let Err(e) = send(&output, &reply, &mut wbuf.borrow_mut()) {
+                // The agent is gone: nobody is left to answer.
+                eprintln!("ignite: {e}");
+                std::process::exit(EXIT_CHANNEL);
             }
-        })));
-        let reply = match outcome {
-            Ok(Ok(response)) => {
-                let (status, headers, body) = response.into_parts();
-                Frame::Response(ResponseFrame {
-                    id,
-                    status,
-                    headers,
-                    body,
-                })
-            }
-            Ok(Err(error)) => Frame::Error(ErrorFrame {
+            drop(previous.replace(Some(reply)));
+        });
+    }
+}
+
+/// The frame that answers request `id`.
+fn reply(id: u64, outcome: Result<Result<Response, Error>, Box<dyn Any + Send>>) -> Frame {
+    match outcome {
+        Ok(Ok(response)) => {
+            let (status, headers, body) = response.into_parts();
+            Frame::Response(ResponseFrame {
                 id,
-                kind: ErrorKind::Handler,
-                status: error.status(),
-                message: error.message().to_string(),
-            }),
-            Err(panic) => Frame::Error(ErrorFrame {
-                id,
-                kind: ErrorKind::Panic,
-                status: 500,
-                message: format!("the handler panicked: {}", panic_message(&*panic)),
-            }),
-        };
-        // What the handler left in std's stdout buffer (a `print!` without a newline) belongs to
-        // this request: it must reach the log pipe before the answer does.
-        let _ = io::stdout().flush();
-        send(&output, &reply, &mut wbuf)?;
-        drop(previous.replace(reply));
+                status,
+                headers,
+                body,
+            })
+        }
+        Ok(Err(error)) => Frame::Error(ErrorFrame {
+            id,
+            kind: ErrorKind::Handler,
+            status: error.status(),
+            message: error.message().to_string(),
+        }),
+        Err(panic) => Frame::Error(ErrorFrame {
+            id,
+            kind: ErrorKind::Panic,
+            status: 500,
+            message: format!("the handler panicked: {}", panic_message(&*panic)),
+        }),
+    }
+}
+
+/// Reads one frame through the runtime's reactor; `Ok(None)` when the agent closed the channel
+/// between frames.
+async fn read_frame(
+    input: &mut pipe::Receiver,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Frame>, FrameError> {
+    loop {
+        if let Some((frame, used)) = ignite_protocol::decode(buf)? {
+            buf.drain(..used);
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        if input.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
     }
 }
 

@@ -851,7 +851,6 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     // The running record is visible at once and written only if the request runs long; the
     // final one is written behind the answer.
     state.recorder.begin(&record);
-    let mut lease = lease;
     let reply = lease
         .instance
         .invoke(invocation(&id, app, version, deadline, req))

@@ -66,9 +66,9 @@ impl ColdStart {
     }
 }
 
-/// An instance checked out of a pool for one request.
+/// A share of an instance checked out of a pool for one request.
 pub struct Lease {
-    pub instance: Instance,
+    pub instance: Arc<Instance>,
     pub cold: Option<ColdStart>,
     pub queued: Duration,
     pool: Arc<Pool>,
@@ -79,24 +79,81 @@ pub struct Lease {
 const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(50);
 
 enum Grant {
-    /// An instance, and whether it must be checked for having died while it waited.
-    Warm(Box<Instance>, bool),
-    /// A slot was freed for the waiter: it starts its own instance.
+    /// A share of an instance (already counted in its `busy`), and whether it must be checked
+    /// for having died while it sat idle.
+    Warm(Arc<Instance>, bool),
+    /// A slot was freed for the waiter (already counted in `starting`): it starts an instance.
     Spawn,
 }
 
-struct Idle {
-    instance: Instance,
+/// A running instance of the pool.
+struct Member {
+    instance: Arc<Instance>,
+    /// Requests it is serving: at most the app's `concurrency`.
+    busy: u32,
+    /// When it last became idle.
     since: Instant,
 }
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<Idle>,
-    /// Instances alive or starting: idle + busy + starting.
-    total: u32,
+    members: Vec<Member>,
+    /// Instances being started.
+    starting: u32,
     waiters: VecDeque<oneshot::Sender<Grant>>,
     retired: bool,
+}
+
+impl PoolState {
+    /// Instances alive or starting.
+    fn total(&self) -> u32 {
+        self.members.len() as u32 + self.starting
+    }
+
+    /// The instance the next request should share: alive and under `concurrency`; the busiest
+    /// first (so that the others go idle and can scale down), then the most recently used.
+    fn pick(&self, concurrency: u32) -> Option<usize> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.busy < concurrency && m.instance.is_alive())
+            .max_by_key(|(_, m)| (m.busy, m.since))
+            .map(|(i, _)| i)
+    }
+
+    fn find(&self, instance: &Arc<Instance>) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.instance, instance))
+    }
+
+    /// Gives member `i`'s spare capacity to the requests waiting.
+    fn hand_out(&mut self, i: usize, concurrency: u32) {
+        while self.members[i].busy < concurrency
+            && let Some(waiter) = self.waiters.pop_front()
+        {
+            self.members[i].busy += 1;
+            if waiter
+                .send(Grant::Warm(self.members[i].instance.clone(), false))
+                .is_err()
+            {
+                // It stopped waiting (its deadline, or its caller left).
+                self.members[i].busy -= 1;
+            }
+        }
+    }
+
+    /// An instance slot became free (its instance died or never started): the first waiter
+    /// still waiting gets to start one.
+    fn free_slot(&mut self) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            self.starting += 1;
+            if waiter.send(Grant::Spawn).is_ok() {
+                return;
+            }
+            self.starting -= 1;
+        }
+    }
 }
 
 struct Pool {
@@ -127,9 +184,9 @@ pub struct Node {
     pub metrics: Metrics,
 }
 
-fn stop_later(instances: Vec<Instance>) {
+fn stop_later(instances: Vec<Arc<Instance>>) {
     for instance in instances {
-        tokio::spawn(instance.shutdown(GRACE));
+        tokio::spawn(async move { instance.shutdown(GRACE).await });
     }
 }
 
@@ -226,7 +283,7 @@ impl Node {
         pool.clone()
     }
 
-    /// Checks out an instance of the route's active version for one request.
+    /// Checks out a share of an instance of the route's active version for one request.
     pub async fn acquire(
         &self,
         state: &State,
@@ -244,11 +301,13 @@ impl Node {
             }
             let next = {
                 let mut st = pool.lock();
-                if let Some(idle) = st.idle.pop() {
-                    let stale = idle.since.elapsed() >= RECHECK_IDLE_AFTER;
-                    Next::Have(Grant::Warm(Box::new(idle.instance), stale))
-                } else if st.total < scaling.max_instances {
-                    st.total += 1;
+                if let Some(i) = st.pick(scaling.concurrency) {
+                    let member = &mut st.members[i];
+                    let stale = member.busy == 0 && member.since.elapsed() >= RECHECK_IDLE_AFTER;
+                    member.busy += 1;
+                    Next::Have(Grant::Warm(member.instance.clone(), stale))
+                } else if st.total() < scaling.max_instances {
+                    st.starting += 1;
                     Next::Have(Grant::Spawn)
                 } else if st.waiters.len() < scaling.queue_depth as usize {
                     let (tx, rx) = oneshot::channel();
@@ -276,10 +335,15 @@ impl Node {
             let queued = started.elapsed();
             match grant {
                 Grant::Warm(instance, stale) => {
-                    let mut instance = *instance;
                     if stale && instance.has_exited() {
-                        // It died while idle (killed from outside): free its slot and retry.
-                        self.release_slot(&pool);
+                        // It died while idle (killed from outside): drop it and retry.
+                        let lease = Lease {
+                            instance,
+                            cold: None,
+                            queued,
+                            pool: pool.clone(),
+                        };
+                        self.release(lease);
                         continue;
                     }
                     return Ok(Lease {
@@ -290,15 +354,29 @@ impl Node {
                     });
                 }
                 Grant::Spawn => {
-                    return match start(&self.spawn_config(&pool)).await {
-                        Ok((instance, cold)) => Ok(Lease {
-                            instance,
-                            cold: Some(cold),
-                            queued,
-                            pool,
-                        }),
+                    let started = start(&self.spawn_config(&pool)).await;
+                    let mut st = pool.lock();
+                    st.starting -= 1;
+                    return match started {
+                        Ok((instance, cold)) => {
+                            let instance = Arc::new(instance);
+                            st.members.push(Member {
+                                instance: instance.clone(),
+                                busy: 1,
+                                since: Instant::now(),
+                            });
+                            let i = st.members.len() - 1;
+                            st.hand_out(i, scaling.concurrency);
+                            drop(st);
+                            Ok(Lease {
+                                instance,
+                                cold: Some(cold),
+                                queued,
+                                pool,
+                            })
+                        }
                         Err(e) => {
-                            self.release_slot(&pool);
+                            st.free_slot();
                             Err(AcquireError::Spawn(e))
                         }
                     };
@@ -307,54 +385,36 @@ impl Node {
         }
     }
 
-    /// Returns an instance after its request: to a waiter, to the idle list, or to its end.
+    /// Gives back a request's share of an instance: the instance serves a waiter, goes idle, or,
+    /// dead or no longer wanted, stops once its last request is done.
     pub fn release(&self, lease: Lease) {
         let Lease { instance, pool, .. } = lease;
-        // A request's outcome tells whether its instance survived; no need to ask the kernel.
-        if !instance.is_alive() {
-            tokio::spawn(instance.shutdown(GRACE));
-            self.release_slot(&pool);
-            return;
-        }
         let scaling = pool.scaling();
         let mut st = pool.lock();
-        if st.retired {
-            st.total -= 1;
-            drop(st);
-            stop_later(vec![instance]);
+        let Some(i) = st.find(&instance) else {
+            return;
+        };
+        st.members[i].busy -= 1;
+        // A request's outcome tells whether its instance survived; no need to ask the kernel.
+        if instance.is_alive() {
+            // Queued requests first, even of a retired pool: they were accepted for this version.
+            st.hand_out(i, scaling.concurrency);
+        }
+        if st.members[i].busy > 0 {
             return;
         }
-        let mut instance = Box::new(instance);
-        while let Some(waiter) = st.waiters.pop_front() {
-            match waiter.send(Grant::Warm(instance, false)) {
-                Ok(()) => return,
-                Err(Grant::Warm(back, _)) => instance = back,
-                Err(Grant::Spawn) => unreachable!("a warm grant comes back warm"),
+        st.members[i].since = Instant::now();
+        let unwanted = !instance.is_alive()
+            || st.retired
+            || (scaling.idle_timeout_s == 0 && st.total() > scaling.reserved_capacity);
+        if unwanted {
+            let gone = st.members.swap_remove(i);
+            if !gone.instance.is_alive() {
+                st.free_slot();
             }
-        }
-        let instance = *instance;
-        if scaling.idle_timeout_s == 0 && st.total > scaling.reserved_capacity {
-            st.total -= 1;
             drop(st);
-            stop_later(vec![instance]);
-            return;
+            stop_later(vec![gone.instance]);
         }
-        st.idle.push(Idle {
-            instance,
-            since: Instant::now(),
-        });
-    }
-
-    /// An instance slot became free (its instance died or never started): hand it to the first
-    /// waiter still waiting, or give it back.
-    fn release_slot(&self, pool: &Pool) {
-        let mut st = pool.lock();
-        while let Some(waiter) = st.waiters.pop_front() {
-            if waiter.send(Grant::Spawn).is_ok() {
-                return;
-            }
-        }
-        st.total = st.total.saturating_sub(1);
     }
 
     /// One pass of reconciliation: drop dead idle instances, stop idle ones past their timeout,
@@ -408,37 +468,41 @@ impl Node {
                 let mut st = pool.lock();
                 // Instances that died while idle.
                 let mut i = 0;
-                while i < st.idle.len() {
-                    if st.idle[i].instance.has_exited() {
-                        let dead = st.idle.swap_remove(i);
-                        st.total -= 1;
-                        to_stop.push(dead.instance);
+                while i < st.members.len() {
+                    if st.members[i].busy == 0 && st.members[i].instance.has_exited() {
+                        to_stop.push(st.members.swap_remove(i).instance);
+                        st.free_slot();
                     } else {
                         i += 1;
                     }
                 }
                 if !active {
                     st.retired = true;
-                    st.total -= st.idle.len() as u32;
-                    to_stop.extend(st.idle.drain(..).map(|i| i.instance));
+                    let (idle, busy) = std::mem::take(&mut st.members)
+                        .into_iter()
+                        .partition(|m| m.busy == 0);
+                    st.members = busy;
+                    to_stop.extend(idle.into_iter().map(|m: Member| m.instance));
                     missing = 0;
                 } else {
                     // Idle past the timeout, oldest first, keeping the reserved ones.
                     let timeout = Duration::from_secs(u64::from(scaling.idle_timeout_s));
-                    st.idle.sort_by_key(|i| std::cmp::Reverse(i.since));
-                    while st.total > scaling.reserved_capacity
-                        && st.idle.last().is_some_and(|i| i.since.elapsed() >= timeout)
-                    {
-                        if let Some(old) = st.idle.pop() {
-                            st.total -= 1;
-                            to_stop.push(old.instance);
-                        }
+                    st.members.sort_by_key(|m| std::cmp::Reverse(m.since));
+                    while st.total() > scaling.reserved_capacity {
+                        let Some(oldest) = st
+                            .members
+                            .iter()
+                            .rposition(|m| m.busy == 0 && m.since.elapsed() >= timeout)
+                        else {
+                            break;
+                        };
+                        to_stop.push(st.members.remove(oldest).instance);
                     }
-                    missing = scaling.reserved_capacity.saturating_sub(st.total);
-                    st.total += missing;
+                    missing = scaling.reserved_capacity.saturating_sub(st.total());
+                    st.starting += missing;
                 }
-                idle_now = st.idle.len() as i64;
-                busy_now = i64::from(st.total) - idle_now;
+                idle_now = st.members.iter().filter(|m| m.busy == 0).count() as i64;
+                busy_now = i64::from(st.total()) - idle_now;
                 queued_now = st.waiters.len() as i64;
             }
             stop_later(to_stop);
@@ -465,38 +529,31 @@ impl Node {
                 let pool = pool.clone();
                 let config = self.spawn_config(&pool);
                 tokio::spawn(async move {
-                    match start(&config).await {
+                    let started = start(&config).await;
+                    let mut st = pool.lock();
+                    st.starting -= 1;
+                    match started {
                         Ok((instance, _)) => {
-                            let mut st = pool.lock();
-                            if let Some(w) = st.waiters.pop_front() {
-                                // Give it to a waiter; if it left, keep it idle.
-                                if let Err(Grant::Warm(back, _)) =
-                                    w.send(Grant::Warm(Box::new(instance), false))
-                                {
-                                    st.idle.push(Idle {
-                                        instance: *back,
-                                        since: Instant::now(),
-                                    });
-                                }
-                            } else {
-                                st.idle.push(Idle {
-                                    instance,
-                                    since: Instant::now(),
-                                });
-                            }
+                            st.members.push(Member {
+                                instance: Arc::new(instance),
+                                busy: 0,
+                                since: Instant::now(),
+                            });
+                            let i = st.members.len() - 1;
+                            st.hand_out(i, pool.scaling().concurrency);
                         }
                         Err(e) => {
                             tracing::warn!(
                                 "a reserved instance of {:?} did not start: {e}",
                                 pool.key
                             );
-                            pool.lock().total -= 1;
+                            st.free_slot();
                         }
                     }
                 });
             }
             // A drained pool with nothing left is forgotten.
-            if !active && pool.lock().total == 0 {
+            if !active && pool.lock().total() == 0 {
                 self.pools
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -537,10 +594,11 @@ impl Node {
             let mut st = pool.lock();
             st.retired = true;
             st.waiters.clear();
-            stopping.extend(st.idle.drain(..).map(|i| i.instance.shutdown(GRACE)));
+            let idle = st.members.iter().filter(|m| m.busy == 0);
+            stopping.extend(idle.map(|m| m.instance.clone()));
         }
-        for s in stopping {
-            s.await;
+        for instance in stopping {
+            instance.shutdown(GRACE).await;
         }
     }
 }
