@@ -569,3 +569,63 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         }
     );
 }
+
+/// Several requests in flight on one process: each gets its own answer (matched by frame id,
+/// whatever order they finish in), lines logged through `Context::log` reach exactly their own
+/// request, and a crash while several are in flight ends every one of them as crashed.
+#[tokio::test]
+async fn one_instance_serves_requests_concurrently_and_a_crash_ends_them_all() {
+    let bin = build_ok(&sdk_project(
+        "h-concurrent",
+        r#"
+use ignite::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+#[ignite::main]
+async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
+    let n: u64 = req.field("n")?;
+    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    PEAK.fetch_max(now, Ordering::SeqCst);
+    ctx.log(format!("request {n} started"));
+    if n == 99 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        std::process::abort();
+    }
+    // The first request sleeps longest: answers come back in the reverse order.
+    tokio::time::sleep(std::time::Duration::from_millis(600 - 150 * n)).await;
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    ctx.log(format!("request {n} done"));
+    Ok(Json(serde_json::json!({ "n": n, "peak": PEAK.load(Ordering::SeqCst) })))
+}
+"#,
+    ))
+    .await;
+    let instance = spawn(&bin).await;
+    let call = |n: u64| instance.invoke(invocation(&format!(r#"{{"n": {n}}}"#)));
+    let (a, b, c) = tokio::join!(call(0), call(1), call(2));
+    for (n, reply) in [a, b, c].iter().enumerate() {
+        let body = json_body(reply);
+        assert_eq!(body["n"], n, "{body}");
+        assert_eq!(
+            reply.logs.lines,
+            vec![format!("request {n} started"), format!("request {n} done")],
+            "Context::log lines belong to their own request only"
+        );
+    }
+    // All three overlapped in the one process.
+    assert_eq!(json_body(&call(3).await)["peak"], 3);
+    assert_eq!(instance.in_flight(), 0);
+
+    // A crash with three requests in flight: each ends, none waits for ever.
+    let (a, b, c) = tokio::join!(call(1), call(2), call(99));
+    for reply in [a, b, c] {
+        match reply.outcome {
+            Outcome::Crashed { exit } => assert!(exit.contains("SIGABRT"), "{exit}"),
+            other => panic!("expected a crash, got {other:?}"),
+        }
+    }
+    assert!(!instance.is_alive());
+}

@@ -44,7 +44,10 @@ fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
 }
 
-fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+/// Status, headers and body of an answer.
+type Answer = (u16, Vec<(String, String)>, String);
+
+fn call(server: &Server, app: &str, body: &str) -> Answer {
     http_full(&server.gateway, &host(app), "POST", "/", body)
 }
 
@@ -491,4 +494,165 @@ fn a_caller_that_hangs_up_leaks_no_instance_and_no_running_record() {
         let all = list["executions"].as_array().unwrap();
         all.len() == 2 && all.iter().all(|e| e["status"] == "succeeded")
     });
+}
+
+/// Tracks how many requests its process serves at once; logs its own execution id through
+/// `Context::log`.
+const OVERLAPPING: &str = r#"
+use ignite::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+#[ignite::main]
+async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
+    let sleep_ms: u64 = req.field("sleep_ms").unwrap_or(0);
+    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    PEAK.fetch_max(now, Ordering::SeqCst);
+    ctx.log(format!("mine: {}", ctx.execution_id()));
+    tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    static INSTANCE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    });
+    Ok(serde_json::json!({ "instance": instance.to_string(), "peak": PEAK.load(Ordering::SeqCst) }))
+}
+"#;
+
+/// Sends `body` to `app` from a thread of its own after `delay_ms`.
+fn call_later(
+    server: &Arc<Server>,
+    app: &'static str,
+    delay_ms: u64,
+    body: &'static str,
+) -> std::thread::JoinHandle<Answer> {
+    let server = server.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        call(&server, app, body)
+    })
+}
+
+#[test]
+fn concurrency_lets_one_instance_serve_several_requests_at_once() {
+    let dir = scratch("concurrency");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "overlap", OVERLAPPING);
+    deploy(&server, &p, "acme-corp:overlap", "./");
+    let refused = fails(
+        &server,
+        &p,
+        &["app", "scale", "acme-corp:overlap", "--concurrency", "0"],
+    );
+    assert!(
+        refused.contains("concurrency must be between 1 and 1000"),
+        "{refused}"
+    );
+    ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:overlap",
+            "--concurrency",
+            "4",
+            "--max-instances",
+            "1",
+            "--timeout",
+            "20",
+        ],
+    );
+    let app = json(&ok(
+        &server,
+        &p,
+        &["app", "get", "acme-corp:overlap", "-o", "json"],
+    ));
+    assert_eq!(app["scaling"]["concurrency"], 4, "{app}");
+
+    // Six at once on one instance of concurrency 4: four run together, two wait for a share.
+    let calls: Vec<_> = (0..6)
+        .map(|_| call_later(&server, "overlap", 0, r#"{"sleep_ms": 800}"#))
+        .collect();
+    let mut instances = std::collections::BTreeSet::new();
+    let mut peak = 0;
+    let mut queued = 0;
+    for c in calls {
+        let (status, headers, body) = c.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        instances.insert(instance(&body));
+        peak = peak.max(json(&body)["peak"].as_u64().unwrap());
+        let e = execution(&server, &p, &headers);
+        if e["metrics"]["queue_ms"].as_f64().unwrap() > 400.0 {
+            queued += 1;
+        }
+        // Its own Context::log line, and no other request's.
+        let logs: Vec<&str> = e["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            logs,
+            vec![format!("mine: {}", e["id"].as_str().unwrap())],
+            "{e}"
+        );
+    }
+    assert_eq!(instances.len(), 1, "one instance served all six");
+    assert_eq!(peak, 4, "it served exactly `concurrency` requests at once");
+    assert_eq!(
+        queued, 2,
+        "the two past its concurrency waited in the queue"
+    );
+}
+
+#[test]
+fn a_deadline_with_concurrency_spares_the_requests_sharing_the_instance() {
+    let dir = scratch("concurrency-deadline");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "sharing", OVERLAPPING);
+    deploy(&server, &p, "acme-corp:sharing", "./");
+    ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:sharing",
+            "--concurrency",
+            "4",
+            "--max-instances",
+            "1",
+            "--timeout",
+            "4",
+        ],
+    );
+    // A request that passes its deadline (at 4 s), a neighbour on the same instance that
+    // outlives it (2 s → 5 s, within its own deadline), and a later request that arrives while
+    // the timed-out instance drains (4.4 s).
+    let slow = call_later(&server, "sharing", 0, r#"{"sleep_ms": 30000}"#);
+    let neighbour = call_later(&server, "sharing", 2000, r#"{"sleep_ms": 3000}"#);
+    let later = call_later(&server, "sharing", 4400, "{}");
+
+    let (status, headers, body) = slow.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(execution(&server, &p, &headers)["status"], "timeout");
+    let (status, _, neighbour) = neighbour.join().unwrap();
+    assert_eq!(
+        status, 200,
+        "the neighbour finished on the draining instance: {neighbour}"
+    );
+    let (status, headers, later) = later.join().unwrap();
+    assert_eq!(status, 200, "{later}");
+    assert_ne!(
+        instance(&neighbour),
+        instance(&later),
+        "the draining instance takes no new request"
+    );
+    let e = execution(&server, &p, &headers);
+    assert!(e["metrics"]["cold_start_ms"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(e["metrics"]["queue_ms"].as_f64().unwrap() > 200.0, "{e}");
 }

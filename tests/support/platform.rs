@@ -73,7 +73,19 @@ pub fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
 
 /// Also sets variables in the server's environment.
 pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dodil"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dodil"));
+    // A test that fails while other threads still hold its server must not leave the server
+    // running: it stops with the test's thread.
+    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args([
             "ignite",
             "server",
