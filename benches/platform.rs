@@ -310,6 +310,23 @@ fn main() {
         let (bare, _) = rt.block_on(throughput(hello_addr, host, clients, secs));
         tput.push((clients, ignite, bare, errors));
     }
+    // The same app with `concurrency` 16: one instance overlaps requests, one wake-up of the
+    // handler serves every request its channel holds.
+    ok(
+        &server,
+        &project,
+        &["app", "scale", "acme-corp:tiny", "--concurrency", "16"],
+    );
+    let mut shared = Vec::new();
+    for (clients, _, bare, _) in &tput {
+        let (ignite, errors) = rt.block_on(throughput(gateway, host, *clients, secs));
+        shared.push((*clients, ignite, *bare, errors));
+    }
+    ok(
+        &server,
+        &project,
+        &["app", "scale", "acme-corp:tiny", "--concurrency", "1"],
+    );
 
     // The same handler as a wasm component (every request a fresh instance), beside the bare
     // hyper server and, when one is installed, `wasmtime serve` on the same component.
@@ -498,13 +515,15 @@ fn main() {
         println!("| {name:<14} | {p50:>7.3} | {p99:>7.3} |");
     }
     println!();
-    println!("| clients | ignite req/s | bare hyper req/s | ratio | errors |");
-    println!("|---------|--------------|------------------|-------|--------|");
-    for (clients, ignite, bare, errors) in &tput {
-        println!(
-            "| {clients:>7} | {ignite:>12.0} | {bare:>16.0} | {:>4.0}% | {errors:>6} |",
-            100.0 * ignite / bare
-        );
+    println!("| clients | concurrency | ignite req/s | bare hyper req/s | ratio | errors |");
+    println!("|---------|-------------|--------------|------------------|-------|--------|");
+    for (concurrency, rows) in [(1, &tput), (16, &shared)] {
+        for (clients, ignite, bare, errors) in rows {
+            println!(
+                "| {clients:>7} | {concurrency:>11} | {ignite:>12.0} | {bare:>16.0} | {:>4.0}% | {errors:>6} |",
+                100.0 * ignite / bare
+            );
+        }
     }
     println!();
     println!("--rust-target wasm (the same handler; every request a fresh instance):");

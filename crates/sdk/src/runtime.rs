@@ -7,10 +7,9 @@ use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
+use std::task::Poll;
 
 use ignite_protocol::{ErrorFrame, ErrorKind, Frame, FrameError, Hello, Response as ResponseFrame};
 use tokio::io::AsyncReadExt;
@@ -178,6 +177,7 @@ where
     // slab as soon as its last slot is freed; freeing each answer right after sending it cost
     // an mmap/munmap pair (with a TLB shootdown) on every request.
     let previous: Rc<RefCell<Option<Frame>>> = Rc::default();
+    let mut previous_task = None;
     let hello = Frame::Hello(Hello {
         protocol_version: ignite_protocol::PROTOCOL_VERSION,
         sdk_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -204,13 +204,13 @@ where
             wbuf.clone(),
             previous.clone(),
         );
-        tokio::task::spawn_local(async move {
-            let outcome = CatchUnwind(Box::pin(async move {
+        let task = tokio::task::spawn_local(async move {
+            let outcome = catch_panic(async move {
                 match handler(req, ctx).await {
                     Ok(r) => Ok(r.into_response()),
                     Err(e) => Err(e.into()),
                 }
-            }))
+            })
             .await;
             let reply = reply(id, outcome);
             // What the handler left in std's stdout buffer (a `print!` without a newline)
@@ -223,6 +223,8 @@ where
             }
             drop(previous.replace(Some(reply)));
         });
+        // Likewise the previous task's memory: its handle keeps it until the next task exists.
+        drop(previous_task.replace(task));
     }
 }
 
@@ -287,18 +289,16 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// Polls a future, turning a panic inside it into `Err(payload)`.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
-        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+/// Runs a future, turning a panic inside it into `Err(payload)`. The future stays where the
+/// task put it (no box of its own).
+async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, Box<dyn Any + Send>> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(
+        move |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
+        },
+    )
+    .await
 }
