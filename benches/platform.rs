@@ -292,6 +292,26 @@ fn main() {
         .unwrap();
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
+    // `IGNITE_BENCH_LOAD=<concurrency>`: only hold 64 clients on the app for 20 s, with that
+    // concurrency per instance (to profile the server under load, e.g. with `perf record -a`).
+    if let Ok(concurrency) = std::env::var("IGNITE_BENCH_LOAD") {
+        ok(
+            &server,
+            &project,
+            &[
+                "app",
+                "scale",
+                "acme-corp:tiny",
+                "--concurrency",
+                &concurrency,
+            ],
+        );
+        eprintln!("load: 64 clients for 20 s");
+        let (rate, errors) = rt.block_on(throughput(gateway, host, 64, 20.0));
+        println!("{rate:.0} req/s, {errors} errors");
+        return;
+    }
+
     // Warm latency, one client.
     let warm_n = env_usize("IGNITE_BENCH_WARM", 5000);
     let warm = rt.block_on(latencies(gateway, host, 500, warm_n));
