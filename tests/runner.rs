@@ -629,3 +629,77 @@ async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
     }
     assert!(!instance.is_alive());
 }
+
+/// A request whose deadline passes while its frame is still being written (the handler is busy
+/// and the channel full) leaves a frame cut off mid-way, so nothing may be written after it: a
+/// timed-out instance takes no new request. The request already in flight on it still gets its
+/// answer, and the instance stops after it.
+#[tokio::test]
+async fn a_request_cut_off_mid_write_stops_its_instance_after_the_others() {
+    let bin = build_ok(&sdk_project(
+        "h-busy",
+        r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    // Holds the process's only thread, so the channel is not read meanwhile.
+    if req.path() == "/busy" {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+    Ok(Response::text("done"))
+}
+"#,
+    ))
+    .await;
+    let instance = spawn(&bin).await;
+    let pid = instance.pid();
+    let busy = {
+        let mut inv = invocation("{}");
+        inv.path = "/busy".into();
+        inv
+    };
+    // Larger than a pipe holds, with a short deadline.
+    let big = {
+        let mut inv = invocation(&"x".repeat(1 << 20));
+        inv.deadline = Some(Instant::now() + Duration::from_millis(400));
+        inv
+    };
+    let (busy, big, after) = tokio::join!(
+        instance.invoke(busy),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            instance.invoke(big).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            instance.invoke(invocation("{}")).await
+        }
+    );
+    assert!(
+        matches!(busy.outcome, Outcome::Response { status: 200, .. }),
+        "the request in flight is spared: {:?}",
+        busy.outcome
+    );
+    assert!(
+        matches!(big.outcome, Outcome::TimedOut { .. }),
+        "{:?}",
+        big.outcome
+    );
+    match after.outcome {
+        Outcome::Crashed { exit } => assert!(exit.contains("already stopped"), "{exit}"),
+        other => panic!("a request after the cut-off frame must not be written: {other:?}"),
+    }
+    // Once the last request in flight ended, the instance was told to stop.
+    let stopped = Instant::now();
+    while process_alive(pid) && stopped.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !process_alive(pid),
+        "the instance stops once its requests have ended"
+    );
+}
