@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignite_protocol::{ErrorKind, Frame, FrameError};
 use ignite_sandbox::{Limits, Process, Sandbox, pin_to_cpu};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
 
@@ -641,23 +641,7 @@ fn gone() -> Outcome {
 /// Reads one frame; `Ok(None)` when the handler closed the channel between frames. Cancel-safe:
 /// what was read stays in the buffer for the next reader.
 async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError> {
-    let Reader { output, buf } = reader;
-    loop {
-        if let Some((frame, used)) = ignite_protocol::decode(buf)? {
-            buf.drain(..used);
-            return Ok(Some(frame));
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        if output.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
-        }
-    }
+    ignite_protocol::read_frame_async(&mut reader.output, &mut reader.buf).await
 }
 
 fn describe(status: ExitStatus, sandboxed: bool) -> String {

@@ -18,9 +18,9 @@
 //! misread length. The length is checked against [`MAX_FRAME_LEN`] *before* anything is
 //! allocated for the payload.
 //!
-//! This crate must never depend on an async runtime: the SDK frames with blocking std I/O on its
-//! own thread, the agent with tokio. It offers the header/payload codec for either and blocking
-//! helpers for `std::io`.
+//! This crate must never depend on an async runtime: it offers the header/payload codec, blocking
+//! helpers for `std::io` and, with the `tokio` feature, one async reader over tokio's `AsyncRead`
+//! trait (no runtime), which both the agent and the SDK read frames with.
 
 use std::io::{self, Read, Write};
 
@@ -288,4 +288,31 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame, buf: &mut Vec<u8>) -> Resu
     encode_into(frame, buf)?;
     w.write_all(buf)?;
     Ok(())
+}
+
+/// Reads one frame from an async reader, keeping any bytes past it in `buf` for the next call.
+/// `Ok(None)` means the channel closed cleanly between frames. Cancel-safe: what was read stays
+/// in `buf`.
+#[cfg(feature = "tokio")]
+pub async fn read_frame_async<R>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some((frame, used)) = decode(buf)? {
+            buf.drain(..used);
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if r.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+    }
 }

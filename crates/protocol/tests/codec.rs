@@ -141,6 +141,49 @@ fn encoder_refuses_frames_over_the_cap() {
     assert_eq!(out, b"keep", "a refused frame leaves the buffer as it was");
 }
 
+/// The async reader: frames arriving a few bytes at a time, back to back, come out whole and
+/// in order; a clean close between frames is `None`, a close mid-frame `Truncated`.
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn async_reader_reassembles_split_frames() {
+    use tokio::io::AsyncWriteExt;
+    let frames = [invoke(), Frame::Shutdown, invoke()];
+    let mut bytes = Vec::new();
+    for f in &frames {
+        encode_into(f, &mut bytes).unwrap();
+    }
+    let (mut tx, mut rx) = tokio::io::duplex(7);
+    let sent = bytes.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(5) {
+            tx.write_all(chunk).await.unwrap();
+        }
+    });
+    let mut buf = Vec::new();
+    for f in &frames {
+        assert_eq!(
+            read_frame_async(&mut rx, &mut buf).await.unwrap().as_ref(),
+            Some(f)
+        );
+    }
+    writer.await.unwrap();
+    assert!(read_frame_async(&mut rx, &mut buf).await.unwrap().is_none());
+
+    let cut = &bytes[..bytes.len() - 3];
+    let mut buf = Vec::new();
+    let mut reader = cut;
+    for _ in 0..2 {
+        assert!(read_frame_async(&mut reader, &mut buf)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert!(matches!(
+        read_frame_async(&mut reader, &mut buf).await,
+        Err(FrameError::Truncated)
+    ));
+}
+
 fn arb_string() -> impl Strategy<Value = String> {
     ".{0,40}"
 }

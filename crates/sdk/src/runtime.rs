@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use ignite_protocol::{ErrorFrame, ErrorKind, Frame, FrameError, Hello, Response as ResponseFrame};
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use crate::{Context, Error, IntoResponse, Request, Response};
@@ -185,7 +184,7 @@ where
     send(&output, &hello, &mut wbuf.borrow_mut())?;
 
     loop {
-        let mut invoke = match read_frame(&mut input, &mut rbuf).await? {
+        let mut invoke = match ignite_protocol::read_frame_async(&mut input, &mut rbuf).await? {
             Some(Frame::Invoke(invoke)) => invoke,
             None | Some(Frame::Shutdown) => return Ok(()),
             Some(other) => {
@@ -252,30 +251,6 @@ fn reply(id: u64, outcome: Result<Result<Response, Error>, Box<dyn Any + Send>>)
             status: 500,
             message: format!("the handler panicked: {}", panic_message(&*panic)),
         }),
-    }
-}
-
-/// Reads one frame through the runtime's reactor; `Ok(None)` when the agent closed the channel
-/// between frames.
-async fn read_frame(
-    input: &mut pipe::Receiver,
-    buf: &mut Vec<u8>,
-) -> Result<Option<Frame>, FrameError> {
-    loop {
-        if let Some((frame, used)) = ignite_protocol::decode(buf)? {
-            buf.drain(..used);
-            return Ok(Some(frame));
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
-        }
-        if input.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
-        }
     }
 }
 
