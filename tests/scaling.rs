@@ -656,3 +656,51 @@ fn a_deadline_with_concurrency_spares_the_requests_sharing_the_instance() {
     assert!(e["metrics"]["cold_start_ms"].as_f64().unwrap() > 0.0, "{e}");
     assert!(e["metrics"]["queue_ms"].as_f64().unwrap() > 200.0, "{e}");
 }
+
+#[test]
+fn a_request_whose_deadline_passes_in_the_queue_answers_504_and_the_pool_keeps_serving() {
+    let dir = scratch("queue-deadline");
+    let server = Arc::new(start_server(&dir));
+    let p = project(&dir, "queued", &handler("v1"));
+    deploy(&server, &p, "acme-corp:queued", "./");
+    let scale = |timeout: &str| {
+        ok(
+            &server,
+            &p,
+            &[
+                "app",
+                "scale",
+                "acme-corp:queued",
+                "--max-instances",
+                "1",
+                "--timeout",
+                timeout,
+            ],
+        )
+    };
+    scale("30");
+    // The only instance is busy for 3 s; a request with a 1 s deadline waits for it in vain.
+    let busy = call_later(&server, "queued", 0, r#"{"sleep_ms": 3000}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    scale("1");
+    let (status, headers, body) = call(&server, "queued", "{}");
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("no instance") && body.contains("1s deadline"),
+        "{body}"
+    );
+    let e = execution(&server, &p, &headers);
+    assert_eq!(e["status"], "timeout", "{e}");
+    assert!(e["metrics"]["queue_ms"].as_f64().unwrap() >= 900.0, "{e}");
+
+    // The busy request finishes under its own (30 s) deadline, and the pool serves on.
+    let (status, _, first) = busy.join().unwrap();
+    assert_eq!(status, 200, "{first}");
+    let (status, _, next) = call(&server, "queued", "{}");
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(
+        instance(&first),
+        instance(&next),
+        "the instance went back to the pool"
+    );
+}

@@ -321,16 +321,26 @@ impl Node {
             };
             let grant = match next {
                 Next::Have(grant) => grant,
-                Next::Wait(rx) => match tokio::time::timeout_at(deadline.into(), rx).await {
-                    Ok(Ok(grant)) => grant,
-                    // The pool went away (server stopping): try again, it will answer.
-                    Ok(Err(_)) => continue,
-                    Err(_) => {
-                        return Err(AcquireError::Deadline {
-                            waited: started.elapsed(),
-                        });
+                Next::Wait(mut rx) => {
+                    tokio::select! {
+                        grant = &mut rx => match grant {
+                            Ok(grant) => grant,
+                            // The pool went away (server stopping): try again, it will answer.
+                            Err(_) => continue,
+                        },
+                        _ = tokio::time::sleep_until(deadline.into()) => {
+                            // A grant sent just as the deadline passed is not lost: it goes
+                            // back (a share to the next waiter, a slot freed).
+                            rx.close();
+                            if let Ok(grant) = rx.try_recv() {
+                                self.give_back(&pool, grant);
+                            }
+                            return Err(AcquireError::Deadline {
+                                waited: started.elapsed(),
+                            });
+                        }
                     }
-                },
+                }
             };
             let queued = started.elapsed();
             match grant {
@@ -381,6 +391,23 @@ impl Node {
                         }
                     };
                 }
+            }
+        }
+    }
+
+    /// Returns a grant its waiter could not use.
+    fn give_back(&self, pool: &Arc<Pool>, grant: Grant) {
+        match grant {
+            Grant::Warm(instance, _) => self.release(Lease {
+                instance,
+                cold: None,
+                queued: Duration::ZERO,
+                pool: pool.clone(),
+            }),
+            Grant::Spawn => {
+                let mut st = pool.lock();
+                st.starting -= 1;
+                st.free_slot();
             }
         }
     }
