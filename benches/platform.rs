@@ -241,11 +241,7 @@ fn cold_requests(
     host: &str,
     n: usize,
 ) -> Vec<Duration> {
-    ok(
-        server,
-        project,
-        &["app", "scale", "acme-corp:tiny", "--idle-timeout", "0"],
-    );
+    scale_tiny(server, project, &["--idle-timeout", "0"]);
     std::thread::sleep(Duration::from_millis(600));
     rt.block_on(async {
         let mut c = Client::connect(gateway, host).await;
@@ -262,6 +258,15 @@ fn cold_requests(
     })
 }
 
+/// `dodil ignite app scale acme-corp:tiny <flags>`.
+fn scale_tiny(server: &support::platform::Server, project: &Path, flags: &[&str]) {
+    ok(
+        server,
+        project,
+        &[&["app", "scale", "acme-corp:tiny"], flags].concat(),
+    );
+}
+
 fn main() {
     let work = scratch("bench-platform");
     let server = start_server(&work);
@@ -269,18 +274,10 @@ fn main() {
     copy_tiny(&project);
     eprintln!("deploying examples/tiny …");
     deploy(&server, &project, "acme-corp:tiny", "./");
-    ok(
+    scale_tiny(
         &server,
         &project,
-        &[
-            "app",
-            "scale",
-            "acme-corp:tiny",
-            "--max-instances",
-            "4",
-            "--queue-depth",
-            "10000",
-        ],
+        &["--max-instances", "4", "--queue-depth", "10000"],
     );
     let host = "tiny-acme-corp.ignite.localhost";
     let gateway: SocketAddr = server.gateway.parse().expect("the gateway address");
@@ -295,17 +292,7 @@ fn main() {
     // `IGNITE_BENCH_LOAD=<concurrency>`: only hold 64 clients on the app for 20 s, with that
     // concurrency per instance (to profile the server under load, e.g. with `perf record -a`).
     if let Ok(concurrency) = std::env::var("IGNITE_BENCH_LOAD") {
-        ok(
-            &server,
-            &project,
-            &[
-                "app",
-                "scale",
-                "acme-corp:tiny",
-                "--concurrency",
-                &concurrency,
-            ],
-        );
+        scale_tiny(&server, &project, &["--concurrency", &concurrency]);
         eprintln!("load: 64 clients for 20 s");
         let (rate, errors) = rt.block_on(throughput(gateway, host, 64, 20.0));
         println!("{rate:.0} req/s, {errors} errors");
@@ -332,21 +319,13 @@ fn main() {
     }
     // The same app with `concurrency` 16: one instance overlaps requests, one wake-up of the
     // handler serves every request its channel holds.
-    ok(
-        &server,
-        &project,
-        &["app", "scale", "acme-corp:tiny", "--concurrency", "16"],
-    );
+    scale_tiny(&server, &project, &["--concurrency", "16"]);
     let mut shared = Vec::new();
     for (clients, _, bare, _) in &tput {
         let (ignite, errors) = rt.block_on(throughput(gateway, host, *clients, secs));
         shared.push((*clients, ignite, *bare, errors));
     }
-    ok(
-        &server,
-        &project,
-        &["app", "scale", "acme-corp:tiny", "--concurrency", "1"],
-    );
+    scale_tiny(&server, &project, &["--concurrency", "1"]);
 
     // The same handler as a wasm component (every request a fresh instance), beside the bare
     // hyper server and, when one is installed, `wasmtime serve` on the same component.

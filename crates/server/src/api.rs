@@ -812,21 +812,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         Ok(lease) => lease,
         Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),
         Err(AcquireError::Deadline { waited }) => {
-            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
-            let message = format!(
-                "no instance of {org}:{name} became free within the {}s deadline (waited {:.0} ms; \
-                 all {} instances were busy)",
-                app.scaling.timeout_s,
-                waited.as_secs_f64() * 1e3,
-                app.scaling.max_instances
-            );
-            let failure = Failure::new(
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                "deadline_exceeded",
-                message,
-            );
-            return finish(state, record, started, None, Err(failure));
+            return queue_timeout(state, app, record, started, waited);
         }
         Err(AcquireError::Spawn(e)) => {
             record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
@@ -940,23 +926,8 @@ async fn run_wasm(
             }
         }
     };
-    let permit = match permit {
-        Some(permit) => permit,
-        None => {
-            let waited = started.elapsed();
-            record.queue_ms = Some(waited.as_secs_f64() * 1e3);
-            let failure = Failure::new(
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                "deadline_exceeded",
-                format!(
-                    "no instance of {org}:{name} became free within the {}s deadline (all {} \
-                     instances were busy)",
-                    app.scaling.timeout_s, app.scaling.max_instances
-                ),
-            );
-            return finish(state, record, started, None, Err(failure));
-        }
+    let Some(permit) = permit else {
+        return queue_timeout(state, app, record, started, started.elapsed());
     };
     record.queue_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     state.recorder.begin(&record);
@@ -991,6 +962,34 @@ async fn run_wasm(
     record.init_ms = Some(0.0);
     record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
     conclude(state, app, &label, record, started, reply)
+}
+
+/// A request whose deadline passed while it waited for an instance (native or wasm): 504,
+/// recorded as `timeout` with its wait.
+fn queue_timeout(
+    state: &State,
+    app: &App,
+    mut record: Execution,
+    started: Instant,
+    waited: Duration,
+) -> Response {
+    record.queue_ms = Some(waited.as_secs_f64() * 1e3);
+    let message = format!(
+        "no instance of {}:{} became free within the {}s deadline (waited {:.0} ms; all {} \
+         instances were busy)",
+        app.org,
+        app.name,
+        app.scaling.timeout_s,
+        waited.as_secs_f64() * 1e3,
+        app.scaling.max_instances
+    );
+    let failure = Failure::new(
+        "timeout",
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline_exceeded",
+        message,
+    );
+    finish(state, record, started, None, Err(failure))
 }
 
 /// A request refused because the app's instances are busy and its queue is full: 429 with

@@ -127,6 +127,17 @@ impl PoolState {
             .position(|m| Arc::ptr_eq(&m.instance, instance))
     }
 
+    /// A started instance joins the pool with `busy` requests already on it; its spare capacity
+    /// goes to the requests waiting.
+    fn admit(&mut self, instance: Arc<Instance>, busy: u32, concurrency: u32) {
+        self.members.push(Member {
+            instance,
+            busy,
+            since: Instant::now(),
+        });
+        self.hand_out(self.members.len() - 1, concurrency);
+    }
+
     /// Gives member `i`'s spare capacity to the requests waiting.
     fn hand_out(&mut self, i: usize, concurrency: u32) {
         while self.members[i].busy < concurrency
@@ -347,13 +358,7 @@ impl Node {
                 Grant::Warm(instance, stale) => {
                     if stale && instance.has_exited() {
                         // It died while idle (killed from outside): drop it and retry.
-                        let lease = Lease {
-                            instance,
-                            cold: None,
-                            queued,
-                            pool: pool.clone(),
-                        };
-                        self.release(lease);
+                        self.give_back(&pool, Grant::Warm(instance, stale));
                         continue;
                     }
                     return Ok(Lease {
@@ -370,13 +375,7 @@ impl Node {
                     return match started {
                         Ok((instance, cold)) => {
                             let instance = Arc::new(instance);
-                            st.members.push(Member {
-                                instance: instance.clone(),
-                                busy: 1,
-                                since: Instant::now(),
-                            });
-                            let i = st.members.len() - 1;
-                            st.hand_out(i, scaling.concurrency);
+                            st.admit(instance.clone(), 1, scaling.concurrency);
                             drop(st);
                             Ok(Lease {
                                 instance,
@@ -561,13 +560,7 @@ impl Node {
                     st.starting -= 1;
                     match started {
                         Ok((instance, _)) => {
-                            st.members.push(Member {
-                                instance: Arc::new(instance),
-                                busy: 0,
-                                since: Instant::now(),
-                            });
-                            let i = st.members.len() - 1;
-                            st.hand_out(i, pool.scaling().concurrency);
+                            st.admit(Arc::new(instance), 0, pool.scaling().concurrency)
                         }
                         Err(e) => {
                             tracing::warn!(
