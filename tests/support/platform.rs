@@ -15,6 +15,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub api: String,
     pub gateway: String,
+    /// The admin token of the org this start created, if it created one.
+    pub admin_token: Option<String>,
 }
 
 impl Server {
@@ -113,7 +115,7 @@ pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
             let _ = tx.send(line);
         }
     });
-    let (mut api, mut gateway) = (None, None);
+    let (mut api, mut gateway, mut admin_token) = (None, None, None);
     while api.is_none() || gateway.is_none() {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
@@ -124,12 +126,16 @@ pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
         if let Some(g) = line.strip_prefix("gateway listening on http://") {
             gateway = Some(g.to_string());
         }
+        if let Some((_, t)) = line.split_once("admin token (shown once): ") {
+            admin_token = Some(t.trim().to_string());
+        }
     }
     Server {
         child,
         dir: dir.to_path_buf(),
         api: api.unwrap(),
         gateway: gateway.unwrap(),
+        admin_token,
     }
 }
 

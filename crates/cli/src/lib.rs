@@ -112,7 +112,8 @@ struct ServerArgs {
     /// The compile budget, in seconds.
     #[arg(long, default_value_t = 2400)]
     build_timeout: u64,
-    /// One cargo target directory for all apps (default: one per app).
+    /// A cargo target directory shared by the apps of each org, as `<dir>/<org>` (default: one
+    /// per app). Never shared across orgs: a build sees only its own org's part.
     #[arg(long)]
     build_target_dir: Option<PathBuf>,
     /// Run handlers and compiles unconfined, with the server's own privileges, instead of in
@@ -130,6 +131,33 @@ struct ServerArgs {
     /// How much a compile may write (its target directory's growth, and any one file), in MiB.
     #[arg(long, default_value_t = 10240)]
     build_disk_mb: u64,
+    /// Instances running on this node at once, all apps together (default: what the machine's
+    /// descriptors, processes and memory allow). Past it, a cold start stops the least
+    /// recently used idle instance; with none, the requesting app gets 503.
+    #[arg(long)]
+    node_instances: Option<u32>,
+    /// The most `max_instances` one app may set (default: a quarter of --node-instances).
+    #[arg(long)]
+    app_instances: Option<u32>,
+    /// Instances kept warm (`reserved_capacity`) over all apps together (default: half of
+    /// --node-instances).
+    #[arg(long)]
+    reserved_instances: Option<u32>,
+    /// The most `memory_mb` one instance may have (default: a quarter of the machine's
+    /// memory, at most 10240).
+    #[arg(long)]
+    instance_memory_mb: Option<u32>,
+    /// Connections one client address may hold on each listener (default: a quarter of what
+    /// the descriptors allow, at most 256); past it, 503.
+    #[arg(long)]
+    connections_per_client: Option<u32>,
+    /// Seconds a request's headers may take to arrive before the connection is closed.
+    #[arg(long, value_name = "SECONDS")]
+    header_read_timeout: Option<u64>,
+    /// Seconds a client connection may sit without traffic before it is closed (a request in
+    /// flight is answered first).
+    #[arg(long, value_name = "SECONDS")]
+    idle_connection_timeout: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -897,6 +925,15 @@ fn server(a: ServerArgs) -> Result<()> {
         sandbox_spare: a.sandbox_spare,
         build_memory_mb: a.build_memory_mb,
         build_disk_mb: a.build_disk_mb,
+        limits: ignite_server::limits::LimitSettings {
+            node_instances: a.node_instances,
+            app_instances: a.app_instances,
+            reserved_instances: a.reserved_instances,
+            instance_memory_mb: a.instance_memory_mb,
+            connections_per_client: a.connections_per_client,
+            header_timeout_s: a.header_read_timeout,
+            idle_connection_s: a.idle_connection_timeout,
+        },
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -940,6 +977,7 @@ fn server(a: ServerArgs) -> Result<()> {
             }
             println!("data in {}", data_dir.display());
             println!("sandbox: {}", started.sandbox);
+            println!("limits: {}", started.limits.describe());
             for note in notes {
                 println!("{note}");
             }

@@ -203,7 +203,7 @@ async fn create_app(
             body.runtime
         )));
     }
-    if !store::create_app(
+    match store::create_app(
         &state.db,
         &org,
         &body.name,
@@ -212,11 +212,33 @@ async fn create_app(
     )
     .await?
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_exists",
-            format!("app {org}:{} already exists", body.name),
-        ));
+        store::CreateApp::Created => {
+            // The defaults, within what this node lets one app have.
+            let defaults = api::ScalingConfig::default();
+            let fitted = state.node.limits.clamp(defaults.clone());
+            if fitted != defaults {
+                store::set_scaling(&state.db, &org, &body.name, &fitted).await?;
+            }
+        }
+        store::CreateApp::Exists => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("app {org}:{} already exists", body.name),
+            ));
+        }
+        store::CreateApp::HostnameTaken => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!(
+                    "the public hostname of {org}:{} would be {}, which another app already \
+                     has (app and org names both may contain '-'); choose another app name",
+                    body.name,
+                    state.public_host(&org, &body.name)
+                ),
+            ));
+        }
     }
     let app = store::get_app(&state.db, &org, &body.name)
         .await?
@@ -293,12 +315,8 @@ async fn set_env(
     JsonBody(body): JsonBody<api::SetEnv>,
 ) -> ApiResult<Json<api::EnvSet>> {
     owned_app(&state, &headers, &org, &name).await?;
-    for key in body.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "invalid environment variable name {key:?}: no '=' or NUL, not empty"
-            )));
-        }
+    if let Some(problem) = env_problem(&body.env) {
+        return Err(ApiError::bad_request(problem));
     }
     let env: Vec<(String, String)> = body.env.clone().into_iter().collect();
     store::set_env(&state.db, &org, &name, &env).await?;
@@ -307,6 +325,64 @@ async fn set_env(
         env: body.env,
         note: "environment changes take effect at the next draft publish".into(),
     }))
+}
+
+/// Limits of an app's environment: names as a shell takes them, values that an `execve`
+/// environment can carry (no NUL), and a size that fits any instance's start.
+pub const ENV_MAX_VARS: usize = 256;
+pub const ENV_MAX_NAME: usize = 128;
+pub const ENV_MAX_VALUE: usize = 32 * 1024;
+pub const ENV_MAX_TOTAL: usize = 64 * 1024;
+
+/// What is wrong with an environment, if anything, and how to fix it.
+pub fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
+    if env.len() > ENV_MAX_VARS {
+        return Some(format!(
+            "{} environment variables is too many: at most {ENV_MAX_VARS}; pass a structured \
+             value (JSON) in one variable instead",
+            env.len()
+        ));
+    }
+    let mut total = 0;
+    for (key, value) in env {
+        let shown: String = key.chars().take(64).collect();
+        let valid_name = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            return Some(format!(
+                "invalid environment variable name {shown:?}: use letters, digits and '_', \
+                 starting with a letter or '_' (for example GREETING or DATABASE_URL)"
+            ));
+        }
+        if key.len() > ENV_MAX_NAME {
+            return Some(format!(
+                "environment variable name {shown:?}… is over {ENV_MAX_NAME} bytes"
+            ));
+        }
+        if value.contains('\0') {
+            return Some(format!(
+                "the value of environment variable {key} contains a NUL byte, which no process \
+                 environment can carry; encode binary data (base64, say)"
+            ));
+        }
+        if value.len() > ENV_MAX_VALUE {
+            return Some(format!(
+                "the value of environment variable {key} is {} bytes; the limit is \
+                 {ENV_MAX_VALUE} bytes — pass large data by reference (a URL) instead",
+                value.len()
+            ));
+        }
+        total += key.len() + value.len() + 2;
+    }
+    if total > ENV_MAX_TOTAL {
+        return Some(format!(
+            "the environment is {total} bytes in all; the limit is {ENV_MAX_TOTAL} bytes"
+        ));
+    }
+    None
 }
 
 /// Change how the app scales (only the fields given); takes effect at once.
@@ -322,8 +398,18 @@ async fn set_scaling(
 ) -> ApiResult<Json<api::ScalingConfig>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
     let scaling = body.apply(&app.scaling);
-    if let Some(problem) = scaling.problem() {
+    let limits = state.node.limits;
+    if let Some(problem) = scaling
+        .problem()
+        .or_else(|| limits.problem(&scaling, &app.scaling))
+    {
         return Err(ApiError::bad_request(problem));
+    }
+    if scaling.reserved_capacity > app.scaling.reserved_capacity {
+        let others = store::reserved_elsewhere(&state.db, &org, &name).await?;
+        if let Some(problem) = limits.reserve_problem(scaling.reserved_capacity, others) {
+            return Err(ApiError::bad_request(problem));
+        }
     }
     store::set_scaling(&state.db, &org, &name, &scaling).await?;
     state
@@ -767,8 +853,11 @@ pub async fn execute(
     let task = tokio::spawn(async move { run_execution(&state, &route, req, trigger).await });
     match task.await {
         Ok(response) => response,
-        Err(e) => ApiError::internal(format!("the invocation failed inside the platform: {e}"))
-            .into_response(),
+        Err(e) => {
+            tracing::error!("an invocation task failed: {e}");
+            ApiError::internal("the invocation failed inside the platform; retry it")
+                .into_response()
+        }
     }
 }
 
@@ -814,10 +903,11 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         Err(AcquireError::Deadline { waited }) => {
             return queue_timeout(state, app, record, started, waited);
         }
+        Err(AcquireError::NodeFull { instances }) => return node_full(app, instances),
         Err(AcquireError::Spawn(e)) => {
             record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
             let message = format!("the instance did not start: {e}");
-            let failure = Failure::new(
+            let failure = Failure::platform(
                 "crashed",
                 StatusCode::BAD_GATEWAY,
                 "handler_crashed",
@@ -887,7 +977,7 @@ async fn run_wasm(
     let (org, name) = (app.org.as_str(), app.name.as_str());
     let label = app_label(org, name);
     let (Some(host), Some(digest)) = (&state.wasm, version.artifact_digest.as_deref()) else {
-        let failure = Failure::new(
+        let failure = Failure::platform(
             "crashed",
             StatusCode::BAD_GATEWAY,
             "handler_crashed",
@@ -936,7 +1026,7 @@ async fn run_wasm(
         && !host.egress_enabled()
         && let Err(e) = enable_wasm_egress(state).await
     {
-        let failure = Failure::new(
+        let failure = Failure::platform(
             "crashed",
             StatusCode::BAD_GATEWAY,
             "handler_crashed",
@@ -1003,6 +1093,25 @@ fn throttled(state: &State, app: &App, label: &crate::metrics::Labels, depth: u3
             "{}:{} is at max_instances ({}) and {depth} requests are already waiting; retry \
              shortly, or raise its limits with `dodil ignite app scale`",
             app.org, app.name, app.scaling.max_instances
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// A cold start the node has no room for: every one of its instances is busy. 503 with
+/// `Retry-After` to the app that asked, not an execution (as a throttle).
+fn node_full(app: &App, instances: u32) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!(
+            "{}:{} needs one more instance, but all {instances} instances this node holds are \
+             busy; retry shortly",
+            app.org, app.name
         ),
     )
     .into_response();
@@ -1132,15 +1241,45 @@ struct Failure {
     code: StatusCode,
     kind: &'static str,
     message: String,
+    /// The message tells of the platform's insides (host paths, OS errors): the record keeps
+    /// it for the owner; a public (gateway) caller gets a short reason and the execution id.
+    internal: bool,
 }
 
 impl Failure {
+    /// A failure the handler caused and may know about (its own error, a panic, a deadline).
     fn new(status: &'static str, code: StatusCode, kind: &'static str, message: String) -> Self {
         Failure {
             status,
             code,
             kind,
             message,
+            internal: false,
+        }
+    }
+
+    /// A failure whose details are the platform's own.
+    fn platform(
+        status: &'static str,
+        code: StatusCode,
+        kind: &'static str,
+        message: String,
+    ) -> Self {
+        Failure {
+            internal: true,
+            ..Failure::new(status, code, kind, message)
+        }
+    }
+
+    /// What a caller of `trigger` is told.
+    fn answer(&self, trigger: &str, execution_id: &str) -> String {
+        if self.internal && trigger == "http" {
+            format!(
+                "the app could not serve this request (a platform failure); its owner can see \
+                 why with `dodil ignite execution get {execution_id}`"
+            )
+        } else {
+            self.message.clone()
         }
     }
 }
@@ -1161,7 +1300,8 @@ fn finish(
         }
         Err(f) => {
             record.status = f.status.into();
-            let response = ApiError::new(f.code, f.kind, f.message.clone()).into_response();
+            let answer = f.answer(&record.trigger, &record.id);
+            let response = ApiError::new(f.code, f.kind, answer).into_response();
             record.error = Some(f.message);
             (f.code, response)
         }

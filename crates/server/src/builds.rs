@@ -185,15 +185,19 @@ async fn compile(
     };
     live.push(format!("compiling {org}:{app} for {}", target.triple()));
     let project = ignite_builder::prepare(&src, target)?;
-    let mut options = BuildOptions::new(
-        Sdk::bundled(),
-        state
-            .config
-            .shared_target_dir
-            .clone()
-            .unwrap_or_else(|| app_dir.join("target")),
-        state.config.build_timeout,
-    );
+    // The operator's shared target directory is shared within an org, never across orgs: the
+    // jail mounts only the org's part of it, so a build script sees no other tenant's output.
+    let target_dir = match &state.config.shared_target_dir {
+        Some(shared) => {
+            live.push(format!(
+                "note: this build shares its target directory with {org}'s other apps (the \
+                 server's --build-target-dir)"
+            ));
+            shared.join(org)
+        }
+        None => app_dir.join("target"),
+    };
+    let mut options = BuildOptions::new(Sdk::bundled(), target_dir, state.config.build_timeout);
     options.toolchain = draft.toolchain.clone();
     let mut cgroup = None;
     if let Some(sandbox) = &state.sandbox {

@@ -63,9 +63,45 @@ pub mod extract {
 
     use super::ApiError;
 
-    #[derive(FromRequest)]
-    #[from_request(via(axum::Json), rejection(ApiError))]
+    /// The largest JSON body an endpoint takes: settings, never data.
+    pub const JSON_LIMIT: usize = 1 << 20;
+
+    /// A JSON request body: a declared length over [`JSON_LIMIT`] is refused before anything is
+    /// read, a longer body as soon as it passes the limit (413 either way).
     pub struct JsonBody<T>(pub T);
+
+    fn json_too_large(size: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the JSON body is {size}; the limit is {JSON_LIMIT} bytes (1 MiB), far more than \
+                 any setting needs — check what is being sent"
+            ),
+        )
+    }
+
+    impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+        type Rejection = ApiError;
+
+        async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+            let declared = req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(n) = declared
+                && n > JSON_LIMIT as u64
+            {
+                return Err(json_too_large(&format!("{n} bytes")));
+            }
+            let bytes = axum::body::to_bytes(req.into_body(), JSON_LIMIT)
+                .await
+                .map_err(|_| json_too_large("over the limit"))?;
+            let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+            Ok(JsonBody(value))
+        }
+    }
 
     #[derive(FromRequestParts)]
     #[from_request(via(axum::extract::Query), rejection(ApiError))]

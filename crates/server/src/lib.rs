@@ -10,9 +10,12 @@ mod auth;
 mod builds;
 mod error;
 mod gateway;
+mod journal;
+pub mod limits;
 mod metrics;
 mod node;
 mod recorder;
+mod serve;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -40,7 +43,8 @@ pub struct Config {
     pub public_port: Option<u16>,
     /// The compile budget.
     pub build_timeout: Duration,
-    /// One cargo target directory for every app instead of one per app (tests share one).
+    /// A cargo target directory shared by each org's apps (`<dir>/<org>`) instead of one per
+    /// app (tests share one); never shared across orgs.
     pub shared_target_dir: Option<PathBuf>,
     /// Run every instance in the sandbox and every compile in the build jail (see
     /// `ignite-sandbox`). Off only by explicit choice.
@@ -52,6 +56,9 @@ pub struct Config {
     pub build_memory_mb: u64,
     /// How much a compile may write.
     pub build_disk_mb: u64,
+    /// The node's instance budget and the most one app may ask for (derived from the machine
+    /// where not set).
+    pub limits: limits::LimitSettings,
 }
 
 /// What the server tells its caller once it is listening.
@@ -63,6 +70,8 @@ pub struct Started {
     pub admin_token: Option<String>,
     /// What confines the instances.
     pub sandbox: String,
+    /// The node's budgets, as resolved.
+    pub limits: limits::Limits,
 }
 
 pub(crate) struct State {
@@ -86,9 +95,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// `<app>-<org>.ignite.<domain>`.
+    pub fn public_host(&self, org: &str, app: &str) -> String {
+        format!(
+            "{}.ignite.{}",
+            store::hostname_label(org, app),
+            self.config.domain
+        )
+    }
+
     pub fn public_url(&self, org: &str, app: &str) -> String {
         let port = self.config.public_port.unwrap_or(self.gateway_port);
-        let host = format!("{app}-{org}.ignite.{}", self.config.domain);
+        let host = self.public_host(org, app);
         if port == 80 {
             format!("http://{host}")
         } else {
@@ -109,6 +127,18 @@ impl WasmSlots {
         WasmSlots {
             running: Arc::new(tokio::sync::Semaphore::new(max_instances as usize)),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The soft open-files limit, raised to the hard limit first: every instance holds a few of
+/// the server's descriptors.
+fn open_files_limit() -> u64 {
+    match ignite_sandbox::raise_open_files_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not raise the open-files limit: {e}");
+            1024
         }
     }
 }
@@ -148,6 +178,9 @@ pub async fn run(
             None
         }
     };
+    let open_files = open_files_limit();
+    let limits =
+        limits::Limits::for_machine(limits::Machine::read(open_files)).with(&config.limits);
     let sandbox_line = match &sandbox {
         Some(s) => s.describe(),
         None => "OFF (--no-sandbox): handlers run unconfined, with the server's privileges".into(),
@@ -156,6 +189,17 @@ pub async fn run(
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
     store::fail_interrupted_builds(&db).await?;
+    // Records an earlier run answered (or began) but had not written yet: a crash keeps them
+    // in the journal; the store gets them before anything else happens.
+    let journal_dir = config.data_dir.join("journal");
+    let left = journal::replay(&journal_dir)?;
+    if !left.is_empty() {
+        tracing::info!("writing {} execution records from the journal", left.len());
+        for chunk in left.chunks(1024) {
+            store::upsert_executions(&db, chunk).await?;
+        }
+    }
+    let journal = journal::Journal::open(&journal_dir)?;
     store::fail_interrupted_executions(&db).await?;
     let admin_token = if store::org_exists(&db, &config.org).await? {
         None
@@ -171,7 +215,7 @@ pub async fn run(
     let gateway_listener = TcpListener::bind(config.gateway_addr).await?;
     let api_addr = api_listener.local_addr()?;
     let gateway_addr = gateway_listener.local_addr()?;
-    let (recorder, records) = recorder::Recorder::new();
+    let (recorder, records) = recorder::Recorder::new(journal);
     let sdk_fingerprint = ignite_builder::Sdk::bundled()
         .fingerprint()
         .inspect_err(|e| tracing::warn!("the build cache is off: cannot read the SDK sources: {e}"))
@@ -183,7 +227,7 @@ pub async fn run(
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
-        node: node::Node::new(sandbox.clone()),
+        node: node::Node::new(sandbox.clone(), limits),
         sandbox,
         registry_proxy,
         wasm,
@@ -195,6 +239,7 @@ pub async fn run(
         gateway_addr,
         admin_token,
         sandbox: sandbox_line,
+        limits,
     });
 
     let writer = {
@@ -206,10 +251,20 @@ pub async fn run(
         let shutdown = shutdown.clone();
         tokio::spawn(async move { state.node.maintain(&state, shutdown).await })
     };
-    let api = axum::serve(api_listener, api::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let gateway = axum::serve(gateway_listener, gateway::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let connections =
+        serve::ConnectionLimits::new(limits.connections as usize, &state.config.limits);
+    let api = serve::serve(
+        api_listener,
+        api::router(state.clone()),
+        connections,
+        shutdown.clone(),
+    );
+    let gateway = serve::serve(
+        gateway_listener,
+        gateway::router(state.clone()),
+        connections,
+        shutdown.clone(),
+    );
     let (a, g) = tokio::join!(api, gateway);
     let _ = maintenance.await;
     state.node.shutdown().await;

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use ignite_agent::{Instance, SpawnConfig, SpawnError};
 use ignite_api::ScalingConfig;
-use ignite_sandbox::{Limits, Sandbox};
-use tokio::sync::oneshot;
+use ignite_sandbox::{Limits as SandboxLimits, Sandbox};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::State;
+use crate::limits::Limits;
 use crate::metrics::{Metrics, app_label};
 use crate::store::{self, App, Version};
 
@@ -50,6 +51,8 @@ pub enum AcquireError {
     Deadline { waited: Duration },
     /// A new instance did not start.
     Spawn(SpawnError),
+    /// The node's instance budget is spent and every instance is busy.
+    NodeFull { instances: u32 },
 }
 
 /// Where a cold start's time went.
@@ -93,6 +96,8 @@ struct Member {
     busy: u32,
     /// When it last became idle.
     since: Instant,
+    /// Its share of the node's instance budget, given back when it leaves the pool.
+    _budget: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -129,11 +134,18 @@ impl PoolState {
 
     /// A started instance joins the pool with `busy` requests already on it; its spare capacity
     /// goes to the requests waiting.
-    fn admit(&mut self, instance: Arc<Instance>, busy: u32, concurrency: u32) {
+    fn admit(
+        &mut self,
+        instance: Arc<Instance>,
+        busy: u32,
+        concurrency: u32,
+        budget: OwnedSemaphorePermit,
+    ) {
         self.members.push(Member {
             instance,
             busy,
             since: Instant::now(),
+            _budget: budget,
         });
         self.hand_out(self.members.len() - 1, concurrency);
     }
@@ -192,6 +204,11 @@ pub struct Node {
     sandbox: Option<Sandbox>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     routes: Mutex<HashMap<AppKey, Arc<Route>>>,
+    /// The node's instance budget: a permit per instance running or starting, over all pools.
+    budget: Arc<Semaphore>,
+    pub limits: Limits,
+    /// Public hostname labels (`<app>-<org>`) seen by the gateway, and the app each names.
+    hosts: Mutex<HashMap<String, AppKey>>,
     pub metrics: Metrics,
 }
 
@@ -202,11 +219,14 @@ fn stop_later(instances: Vec<Arc<Instance>>) {
 }
 
 impl Node {
-    pub fn new(sandbox: Option<Sandbox>) -> Node {
+    pub fn new(sandbox: Option<Sandbox>, limits: Limits) -> Node {
         Node {
             sandbox,
+            budget: Arc::new(Semaphore::new(limits.node_instances as usize)),
+            limits,
             pools: Mutex::default(),
             routes: Mutex::default(),
+            hosts: Mutex::default(),
             metrics: Metrics::default(),
         }
     }
@@ -216,7 +236,7 @@ impl Node {
     fn spawn_config(&self, pool: &Pool) -> SpawnConfig {
         let mut config = pool.spawn.clone();
         if let Some(sandbox) = &self.sandbox {
-            let limits = Limits {
+            let limits = SandboxLimits {
                 memory_mb: u64::from(pool.scaling().memory_mb),
                 egress: pool.key.3,
             };
@@ -259,12 +279,47 @@ impl Node {
         Ok(Some(route))
     }
 
+    /// The app whose public hostname label (`<app>-<org>`) is `label`, from the cache or the
+    /// store. Labels are unique across orgs (the store refuses a second), so exactly one app or
+    /// none answers, whatever the order they were created in.
+    pub async fn route_by_host(
+        &self,
+        db: &store::Db,
+        label: &str,
+    ) -> sqlx::Result<Option<Arc<Route>>> {
+        let cached = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .cloned();
+        let (org, app) = match cached {
+            Some(key) => key,
+            None => match store::app_by_hostname(db, label).await? {
+                Some(key) => {
+                    self.hosts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(label.to_string(), key.clone());
+                    key
+                }
+                None => return Ok(None),
+            },
+        };
+        self.route(db, &org, &app).await
+    }
+
     /// Forgets what is cached about an app; the next request reads the store.
     pub fn invalidate(&self, org: &str, app: &str) {
+        let key = (org.to_string(), app.to_string());
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(org.to_string(), app.to_string()));
+            .remove(&key);
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, k| *k != key);
     }
 
     fn pool(&self, state: &State, route: &Route, version: &Version) -> Arc<Pool> {
@@ -304,6 +359,8 @@ impl Node {
     ) -> Result<Lease, AcquireError> {
         let pool = self.pool(state, route, version);
         let scaling = pool.scaling();
+        // The operator's per-app cap holds even for settings stored before it was lowered.
+        let max_instances = scaling.max_instances.min(self.limits.app_instances);
         let started = Instant::now();
         loop {
             enum Next {
@@ -317,7 +374,7 @@ impl Node {
                     let stale = member.busy == 0 && member.since.elapsed() >= RECHECK_IDLE_AFTER;
                     member.busy += 1;
                     Next::Have(Grant::Warm(member.instance.clone(), stale))
-                } else if st.total() < scaling.max_instances {
+                } else if st.total() < max_instances {
                     st.starting += 1;
                     Next::Have(Grant::Spawn)
                 } else if st.waiters.len() < scaling.queue_depth as usize {
@@ -369,13 +426,21 @@ impl Node {
                     });
                 }
                 Grant::Spawn => {
+                    let Some(budget) = self.take_budget() else {
+                        let mut st = pool.lock();
+                        st.starting -= 1;
+                        st.free_slot();
+                        return Err(AcquireError::NodeFull {
+                            instances: self.limits.node_instances,
+                        });
+                    };
                     let started = start(&self.spawn_config(&pool)).await;
                     let mut st = pool.lock();
                     st.starting -= 1;
                     return match started {
                         Ok((instance, cold)) => {
                             let instance = Arc::new(instance);
-                            st.admit(instance.clone(), 1, scaling.concurrency);
+                            st.admit(instance.clone(), 1, scaling.concurrency, budget);
                             drop(st);
                             Ok(Lease {
                                 instance,
@@ -390,6 +455,70 @@ impl Node {
                         }
                     };
                 }
+            }
+        }
+    }
+
+    /// A share of the node's instance budget for one more instance: a free one, or the one the
+    /// least recently used idle instance (of any app, beyond its reserved capacity) held, which
+    /// is stopped for it. `None` when every instance on the node is busy or reserved. Must be
+    /// called holding no pool's lock.
+    fn take_budget(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(permit) = self.budget.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            let pools: Vec<Arc<Pool>> = self
+                .pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            // The oldest idle instance that no reserve keeps.
+            let mut oldest: Option<(Instant, Arc<Pool>)> = None;
+            for pool in &pools {
+                let reserved = pool.scaling().reserved_capacity as usize;
+                let st = pool.lock();
+                let keep = if st.retired { 0 } else { reserved };
+                let idle = st.members.iter().filter(|m| m.busy == 0).count();
+                if st.members.len() <= keep || idle == 0 {
+                    continue;
+                }
+                if let Some(since) = st
+                    .members
+                    .iter()
+                    .filter(|m| m.busy == 0)
+                    .map(|m| m.since)
+                    .min()
+                    && oldest.as_ref().is_none_or(|(t, _)| since < *t)
+                {
+                    oldest = Some((since, pool.clone()));
+                }
+            }
+            let (_, pool) = oldest?;
+            let evicted = {
+                let mut st = pool.lock();
+                let i = st
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.busy == 0)
+                    .min_by_key(|(_, m)| m.since)
+                    .map(|(i, _)| i);
+                i.map(|i| st.members.swap_remove(i))
+            };
+            match evicted {
+                // Its budget permit is free again; the process stops in the background.
+                Some(member) => {
+                    tracing::debug!(
+                        "node budget spent: stopping an idle instance of {:?}",
+                        pool.key
+                    );
+                    stop_later(vec![member.instance.clone()]);
+                }
+                // Taken meanwhile: look again.
+                None => continue,
             }
         }
     }
@@ -525,7 +654,6 @@ impl Node {
                         to_stop.push(st.members.remove(oldest).instance);
                     }
                     missing = scaling.reserved_capacity.saturating_sub(st.total());
-                    st.starting += missing;
                 }
                 idle_now = st.members.iter().filter(|m| m.busy == 0).count() as i64;
                 busy_now = i64::from(st.total()) - idle_now;
@@ -551,7 +679,22 @@ impl Node {
                     .get_or_create(&busy_label)
                     .set(busy_now);
             }
-            for _ in 0..missing {
+            // Reserved instances take their budget first (stopping idle ones of other apps if
+            // they must); what cannot be had now is tried again at the next pass.
+            let mut budgets = Vec::new();
+            while budgets.len() < missing as usize {
+                match self.take_budget() {
+                    Some(b) => budgets.push(b),
+                    None => break,
+                }
+            }
+            {
+                let mut st = pool.lock();
+                let still_missing = scaling.reserved_capacity.saturating_sub(st.total()) as usize;
+                budgets.truncate(still_missing);
+                st.starting += budgets.len() as u32;
+            }
+            for budget in budgets {
                 let pool = pool.clone();
                 let config = self.spawn_config(&pool);
                 tokio::spawn(async move {
@@ -560,7 +703,7 @@ impl Node {
                     st.starting -= 1;
                     match started {
                         Ok((instance, _)) => {
-                            st.admit(Arc::new(instance), 0, pool.scaling().concurrency)
+                            st.admit(Arc::new(instance), 0, pool.scaling().concurrency, budget)
                         }
                         Err(e) => {
                             tracing::warn!(

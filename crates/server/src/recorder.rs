@@ -2,12 +2,19 @@
 //! recorder and answers; a background task writes records in batches, one transaction each.
 //! Until a record is in the store, `get` serves it from memory, so a caller never sees an
 //! execution go missing between its answer and the next write.
+//!
+//! Before the answer is released, each record is also appended to a journal with one
+//! `write(2)`: the kernel keeps it through a crash of the process (`kill -9`), and the next
+//! start writes what the journal holds to the store (see [`crate::journal`]). Every answered
+//! request therefore has its record; a request still running at the crash is recorded as
+//! failed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 
+use crate::journal::Journal;
 use crate::store::{self, Db, Execution};
 
 /// Unwritten records by id, each with the sequence number of its latest version and whether that
@@ -21,41 +28,52 @@ pub struct Recorder {
     tx: mpsc::UnboundedSender<(u64, Execution)>,
     /// Records not yet written, with the sequence number of their latest version.
     pending: Mutex<Pending>,
+    journal: Journal,
 }
 
 impl Recorder {
     /// The recorder and the receiving end its writer task drains.
-    pub fn new() -> (Recorder, mpsc::UnboundedReceiver<(u64, Execution)>) {
+    pub fn new(journal: Journal) -> (Recorder, mpsc::UnboundedReceiver<(u64, Execution)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Recorder {
                 tx,
                 pending: Mutex::new((0, HashMap::new())),
+                journal,
             },
             rx,
         )
     }
 
-    /// Notes an execution that has started. It is visible at once; it is written only if it is
-    /// still running after a moment ([`Recorder::flush_running`]), so a quick request costs one
-    /// write, not two.
+    /// Notes an execution that has started. It is visible at once and journaled (a crash from
+    /// here on leaves it recorded as failed); it is written to the store only if it is still
+    /// running after a moment ([`Recorder::flush_running`]), so a quick request costs one
+    /// store write, not two.
     pub fn begin(&self, e: &Execution) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.0 += 1;
-        let seq = pending.0;
-        pending.1.insert(e.id.clone(), (seq, e.clone(), false));
-    }
-
-    /// Records (a new version of) an execution and queues it for writing.
-    pub fn record(&self, e: &Execution) {
-        let seq = {
+        self.journal.append_then(e, || {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.0 += 1;
             let seq = pending.0;
-            pending.1.insert(e.id.clone(), (seq, e.clone(), true));
-            seq
-        };
-        if self.tx.send((seq, e.clone())).is_err() {
+            pending.1.insert(e.id.clone(), (seq, e.clone(), false));
+        });
+    }
+
+    /// Records (a new version of) an execution and queues it for writing. It is in the journal
+    /// when this returns, before the caller answers.
+    pub fn record(&self, e: &Execution) {
+        // Journaled and queued under one lock, so the writer's rotation of the journal finds
+        // every record of the old segment already queued.
+        let sent = self.journal.append_then(e, || {
+            let seq = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.0 += 1;
+                let seq = pending.0;
+                pending.1.insert(e.id.clone(), (seq, e.clone(), true));
+                seq
+            };
+            self.tx.send((seq, e.clone())).is_ok()
+        });
+        if !sent {
             tracing::error!("execution {} could not be queued for writing", e.id);
         }
     }
@@ -70,6 +88,17 @@ impl Recorder {
                 let _ = self.tx.send((*seq, e.clone()));
             }
         }
+    }
+
+    /// Executions begun and not yet finished.
+    fn unfinished(&self) -> Vec<Execution> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .1
+            .values()
+            .filter(|(_, e, _)| e.finished_at.is_none())
+            .map(|(_, e, _)| e.clone())
+            .collect()
     }
 
     /// A record not yet written, if there is one.
@@ -97,6 +126,13 @@ impl Recorder {
                     n = rx.recv_many(&mut batch, room) => if n == 0 { break },
                 }
             }
+            // New records go to a fresh journal segment from here; every record of the old
+            // one was queued before the switch, so taking what is queued now gets them all,
+            // and once they are committed the old segment can go.
+            let done = self.journal.rotate(|| self.unfinished());
+            while let Ok(item) = rx.try_recv() {
+                batch.push(item);
+            }
             // Keep the latest version of each execution in this batch.
             let mut latest: HashMap<String, (u64, Execution)> = HashMap::new();
             for (seq, e) in batch.drain(..) {
@@ -104,6 +140,7 @@ impl Recorder {
             }
             let records: Vec<Execution> = latest.values().map(|(_, e)| e.clone()).collect();
             let mut tries = 0;
+            let mut written = true;
             while let Err(e) = store::upsert_executions(&db, &records).await {
                 tries += 1;
                 tracing::error!(
@@ -111,9 +148,15 @@ impl Recorder {
                     records.len()
                 );
                 if tries >= 5 {
+                    written = false;
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            if written {
+                self.journal.retire(done);
+            } else {
+                tracing::error!("keeping journal segment {done:?} for the next start");
             }
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (id, (seq, _)) in latest {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
@@ -55,7 +55,7 @@ pub struct App {
 /// A version as the API shows it; the store reads it straight into the API's type.
 pub type Version = ignite_api::Version;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Execution {
     pub id: String,
     pub org: String,
@@ -226,25 +226,70 @@ pub async fn revoke_token(db: &Db, org: &str, id: &str) -> sqlx::Result<bool> {
 
 // ---- apps ----
 
+/// The label of an app's public hostname: `<app>-<org>` (`<label>.ignite.<domain>`).
+pub fn hostname_label(org: &str, name: &str) -> String {
+    format!("{name}-{org}")
+}
+
+/// Why an app could not be created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateApp {
+    Created,
+    /// The org already has an app of that name.
+    Exists,
+    /// Another app (of any org) already has that public hostname.
+    HostnameTaken,
+}
+
 pub async fn create_app(
     db: &Db,
     org: &str,
     name: &str,
     runtime: &str,
     description: &str,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO apps (org, name, runtime, description, env, created_at) VALUES ($1, $2, $3, $4, '[]', $5) \
-         ON CONFLICT (org, name) DO NOTHING",
+) -> sqlx::Result<CreateApp> {
+    let mut tx = begin_write(db).await?;
+    let exists = sqlx::query("SELECT 1 FROM apps WHERE org = $1 AND name = $2")
+        .bind(org)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if exists {
+        return Ok(CreateApp::Exists);
+    }
+    let hostname = hostname_label(org, name);
+    let taken = sqlx::query("SELECT 1 FROM apps WHERE hostname = $1")
+        .bind(&hostname)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if taken {
+        return Ok(CreateApp::HostnameTaken);
+    }
+    sqlx::query(
+        "INSERT INTO apps (org, name, runtime, description, env, created_at, hostname) \
+         VALUES ($1, $2, $3, $4, '[]', $5, $6)",
     )
     .bind(org)
     .bind(name)
     .bind(runtime)
     .bind(description)
     .bind(now_ms())
-    .execute(db)
+    .bind(&hostname)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    tx.commit().await?;
+    Ok(CreateApp::Created)
+}
+
+/// `(org, name)` of the app whose public hostname label is `label`.
+pub async fn app_by_hostname(db: &Db, label: &str) -> sqlx::Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT org, name FROM apps WHERE hostname = $1")
+        .bind(label)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| (r.get("org"), r.get("name"))))
 }
 
 pub async fn get_app(db: &Db, org: &str, name: &str) -> sqlx::Result<Option<App>> {
@@ -310,6 +355,21 @@ pub async fn set_network(
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// The instances every app but `org:name` keeps warm (`reserved_capacity`), all orgs together.
+pub async fn reserved_elsewhere(db: &Db, org: &str, name: &str) -> sqlx::Result<u64> {
+    let rows = sqlx::query("SELECT org, name, scaling FROM apps")
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .iter()
+        .filter(|r| !(r.get::<&str, _>("org") == org && r.get::<&str, _>("name") == name))
+        .map(|r| {
+            serde_json::from_str::<ignite_api::ScalingConfig>(r.get::<&str, _>("scaling"))
+                .map_or(0, |s| u64::from(s.reserved_capacity))
+        })
+        .sum())
 }
 
 /// `(org, name)` of every app that has a published version.
