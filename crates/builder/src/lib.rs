@@ -13,8 +13,10 @@
 pub mod archive;
 pub mod oci;
 mod proxy;
+mod sources;
 
 pub use proxy::{CRATES_IO, RegistryProxy};
+pub use sources::{check_sources, remove_cargo_configs};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -110,20 +112,41 @@ pub enum BuildError {
     )]
     DiskFull { limit_mb: u64 },
     #[error(
-        "git dependencies are not supported ({0}): the compile has no network; depend on a \
-         crates.io release, or copy the crate into the project and use a path dependency"
+        "{manifest}: `{key}` is a git dependency: git dependencies are not supported (the \
+         compile has no network); depend on a crates.io release, or copy the crate into the \
+         project and use a path dependency"
     )]
-    GitDependency(String),
+    GitDependency { manifest: String, key: String },
     #[error(
-        "dependency {0} names another registry: only crates.io dependencies (and path \
-         dependencies inside the project) are fetched"
+        "{manifest}: dependency `{key}` names another registry: only crates.io dependencies \
+         (and path dependencies inside the project) are fetched; depend on the crates.io \
+         release, or copy the crate into the project and use a path dependency"
     )]
-    OtherRegistry(String),
+    OtherRegistry { manifest: String, key: String },
     #[error(
-        "dependency {0} has path {1:?}, outside the project: path dependencies must be relative \
-         and stay inside the uploaded directory"
+        "{manifest}: `{key}` is {path:?}, outside the project: every path in a manifest must \
+         be relative and stay inside the uploaded directory (no `..` past its top); copy the \
+         crate into the project (say, to vendor/<crate>) and point the path there"
     )]
-    PathOutside(String, String),
+    PathOutside {
+        /// The manifest, relative to the project.
+        manifest: String,
+        /// The dotted key that holds the path (`workspace.dependencies.x.path`).
+        key: String,
+        path: String,
+    },
+    #[error(
+        "{0} uses `cargo-features` (unstable Cargo features): they are not supported; remove \
+         the `cargo-features` line"
+    )]
+    UnstableFeatures(String),
+    #[error("{manifest} is not valid TOML: {reason}; fix it, or leave it out of the upload")]
+    InvalidManifest { manifest: String, reason: String },
+    #[error(
+        "{0} is a symbolic link: the source may hold only files and directories; replace the \
+         link with a copy of what it points to"
+    )]
+    Symlink(String),
     #[error("cannot find the toolchain: {0}")]
     Toolchain(String),
     #[error(
@@ -370,9 +393,12 @@ pub async fn build(
 ) -> Result<Artifact, BuildError> {
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut log = LogCap::new(options.max_log_bytes, log);
-    let result = match &options.jail {
-        None => build_unconfined(project, options, deadline, &mut log).await,
-        Some(jail) => build_jailed(project, options, jail, deadline, &mut log).await,
+    let result = match admit(project, &mut log) {
+        Err(e) => Err(e),
+        Ok(()) => match &options.jail {
+            None => build_unconfined(project, options, deadline, &mut log).await,
+            Some(jail) => build_jailed(project, options, jail, deadline, &mut log).await,
+        },
     };
     log.finish();
     let path = result?.ok_or_else(|| BuildError::NoBinary(project.package.clone()))?;
@@ -383,6 +409,20 @@ pub async fn build(
         path,
         target: project.target.triple().to_string(),
     })
+}
+
+/// What runs before cargo, jailed or not: the tree's manifests are checked (see
+/// [`check_sources`]) and its `.cargo` directories removed (the platform alone configures
+/// cargo; see [`remove_cargo_configs`]).
+fn admit(project: &Project, log: &mut LogCap<impl FnMut(&str)>) -> Result<(), BuildError> {
+    check_sources(&project.dir)?;
+    for removed in remove_cargo_configs(&project.dir)? {
+        log.line(&format!(
+            "note: removed the project's {removed} (cargo's configuration comes from the \
+             platform; settings there, such as a rustc wrapper, rustflags or [env], are not used)"
+        ));
+    }
+    Ok(())
 }
 
 /// Passes log lines on until `limit` bytes, then counts what it drops.
@@ -544,67 +584,6 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// Refuses dependencies from anywhere but crates.io and the project itself: git ones would need
-/// the network during the compile, and another registry's index is a URL the fetch would
-/// contact on the user's say-so.
-fn check_dependencies(project: &Project) -> Result<(), BuildError> {
-    let manifest = project.dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
-    let doc: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| BuildError::BadManifest(e.to_string()))?;
-    let mut tables: Vec<&Item> = Vec::new();
-    for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-        if let Some(t) = doc.get(key) {
-            tables.push(t);
-        }
-    }
-    if let Some(targets) = doc.get("target").and_then(Item::as_table_like) {
-        for (_, t) in targets.iter() {
-            for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-                if let Some(d) = t.get(key) {
-                    tables.push(d);
-                }
-            }
-        }
-    }
-    // [patch.<source>] and [replace] hold dependency specs too.
-    if let Some(patch) = doc.get("patch").and_then(Item::as_table_like) {
-        tables.extend(patch.iter().map(|(_, t)| t));
-    }
-    if let Some(replace) = doc.get("replace") {
-        tables.push(replace);
-    }
-    for deps in tables {
-        let Some(deps) = deps.as_table_like() else {
-            continue;
-        };
-        for (name, spec) in deps.iter() {
-            if spec.get("git").is_some() {
-                return Err(BuildError::GitDependency(name.to_string()));
-            }
-            if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
-                return Err(BuildError::OtherRegistry(name.to_string()));
-            }
-            // The fetch runs outside the jail: a path may not lead it out of the project.
-            if let Some(path) = spec.get("path").and_then(Item::as_str) {
-                let escapes = Path::new(path).components().any(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::RootDir
-                            | std::path::Component::Prefix(_)
-                            | std::path::Component::ParentDir
-                    )
-                });
-                if escapes {
-                    return Err(BuildError::PathOutside(name.to_string(), path.to_string()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn build_jailed(
     project: &Project,
     options: &BuildOptions,
@@ -612,14 +591,6 @@ async fn build_jailed(
     deadline: tokio::time::Instant,
     log: &mut LogCap<impl FnMut(&str)>,
 ) -> Result<Option<PathBuf>, BuildError> {
-    check_dependencies(project)?;
-    // Cargo reads .cargo/config.toml from the project: an uploaded one could point the fetch
-    // at other hosts or change the compile's tools. The platform's settings only.
-    let uploaded_config = project.dir.join(".cargo");
-    if uploaded_config.exists() {
-        std::fs::remove_dir_all(&uploaded_config).map_err(io_err(&uploaded_config))?;
-        log.line("note: ignoring the project's .cargo/ directory (the platform sets the build's configuration)");
-    }
     let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
     let home = cargo_home();
     let patch = sdk_patch(&options.sdk);
