@@ -18,10 +18,12 @@ mod sources;
 pub use proxy::{CRATES_IO, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ignite_sandbox::jail::{JailNetwork, JailSpec};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -259,11 +261,11 @@ impl BuildOptions {
     }
 }
 
-/// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, with the
-/// registry as the only network (through `fetch_proxy`) and without running any of the user's
-/// code; then cargo runs offline in the jail,
-/// as `uid`, seeing its source, its target directory, the toolchain, the SDK and a read-only
-/// registry cache.
+/// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, in a jail of
+/// their own (the project, the toolchain, the SDK and the registry cache in sight, the registry
+/// as the only network through `fetch_proxy`) and without running any of the user's code; then
+/// cargo runs offline in the jail, as `uid`, seeing its source, its target directory, the
+/// toolchain, the SDK and a read-only registry cache. Both run as `<helper> ignite __jail`.
 #[derive(Debug, Clone)]
 pub struct JailOptions {
     /// The program that runs a jail spec: invoked as `<helper> ignite __jail <spec>`.
@@ -593,42 +595,8 @@ async fn build_jailed(
 ) -> Result<Option<PathBuf>, BuildError> {
     let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
     let home = cargo_home();
-    let patch = sdk_patch(&options.sdk);
-    // 1. Dependencies, with the registry as the only network. No code of the user's runs here:
-    // fetch resolves and downloads, it does not build.
-    let mut fetch = match &jail.fetch_proxy {
-        Some(proxy) => {
-            let mut c = Command::new(&jail.helper);
-            c.args(["ignite", "__fetch", "--proxy"])
-                .arg(proxy)
-                .arg("--")
-                .arg(&tools.cargo);
-            c
-        }
-        None => Command::new(&tools.cargo),
-    };
-    fetch
-        .args([
-            "fetch",
-            "--color",
-            "never",
-            "--target",
-            project.target.triple(),
-        ])
-        .arg("--manifest-path")
-        .arg(project.dir.join("Cargo.toml"))
-        .args(["--config", &patch])
-        .env("RUSTC", &tools.rustc)
-        .env("CARGO_HOME", &home)
-        .current_dir(&project.dir);
-    run_cargo(fetch, project, options.timeout, deadline, None, log)
-        .await
-        .map_err(|e| match e {
-            BuildError::Failed { status } => BuildError::Failed {
-                status: format!("fetching dependencies: {status}"),
-            },
-            other => other,
-        })?;
+    // 1. Dependencies, with the registry as the only network, in a mount view of the project.
+    fetch_with(project, options, &tools, deadline, log).await?;
     // 2. The compile, offline, in the jail, as the build user.
     std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
     let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
@@ -643,7 +611,7 @@ async fn build_jailed(
     let path_env = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tools.dir.display());
     let mut args = build_args(project, &options.sdk);
     args.push("--offline".into());
-    let spec = ignite_sandbox::jail::JailSpec {
+    let spec = JailSpec {
         root: jail.root.clone(),
         read_only: vec![
             tools.dir.clone(),
@@ -675,6 +643,7 @@ async fn build_jailed(
         .collect(),
         program: tools.cargo.clone(),
         args: args.into_iter().map(Into::into).collect(),
+        network: JailNetwork::None,
     };
     let mut cmd = Command::new(&jail.helper);
     cmd.arg("ignite")
@@ -687,6 +656,157 @@ async fn build_jailed(
         limit: jail.max_disk_bytes,
     };
     run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await
+}
+
+/// Step 1 of a jailed build on its own: resolves the project's dependencies and downloads them
+/// into the registry cache, sending cargo's output to `log`. With a jail in `options`, cargo
+/// runs in a mount view that holds only the project, the toolchain, the SDK (read-only) and the
+/// registry cache (writable: the downloads go there), with the registry as its only network (`fetch_proxy`),
+/// or the host's network when there is no proxy.
+///
+/// This does not check the sources: [`build`] runs [`check_sources`] first, for its messages;
+/// this is the confinement that holds when a route escapes the check.
+pub async fn fetch(
+    project: &Project,
+    options: &BuildOptions,
+    log: impl FnMut(&str),
+) -> Result<(), BuildError> {
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let mut log = LogCap::new(options.max_log_bytes, log);
+    let result = async {
+        let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
+        fetch_with(project, options, &tools, deadline, &mut log).await
+    }
+    .await;
+    log.finish();
+    result
+}
+
+async fn fetch_with(
+    project: &Project,
+    options: &BuildOptions,
+    tools: &Toolchain,
+    deadline: tokio::time::Instant,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<(), BuildError> {
+    let home = cargo_home();
+    let args = fetch_args(project, &options.sdk);
+    let cmd = match &options.jail {
+        None => {
+            let mut c = Command::new(&tools.cargo);
+            c.args(&args)
+                .env("RUSTC", &tools.rustc)
+                .env("CARGO_HOME", &home)
+                .current_dir(&project.dir);
+            c
+        }
+        Some(jail) => {
+            let spec = fetch_spec(project, options, jail, tools, &home, args)?;
+            let mut c = Command::new(&jail.helper);
+            c.arg("ignite")
+                .arg("__jail")
+                .args(spec.to_args())
+                .env_clear()
+                .current_dir("/");
+            c
+        }
+    };
+    // No code of the user's runs here: fetch resolves and downloads, it does not build.
+    run_cargo(cmd, project, options.timeout, deadline, None, log)
+        .await
+        .map(drop)
+        .map_err(|e| match e {
+            BuildError::Failed { status } => BuildError::Failed {
+                status: format!("fetching dependencies: {status}"),
+            },
+            other => other,
+        })
+}
+
+/// `cargo fetch`'s arguments.
+fn fetch_args(project: &Project, sdk: &Sdk) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["fetch", "--color", "never", "--target"]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    args.push(project.target.triple().into());
+    args.push("--manifest-path".into());
+    args.push(project.dir.join("Cargo.toml").into());
+    args.push("--config".into());
+    args.push(sdk_patch(sdk).into());
+    args
+}
+
+/// The dependency fetch's jail: the same mount view as the compile's, but for the registry
+/// cache, which the fetch writes (downloads, and the lock files cargo takes on the cache, the
+/// very files concurrent fetches lock), and the TLS roots (and, on the host's network, name
+/// resolution). It runs as the caller (the cache is the caller's) without any capability, and
+/// with no process limit (the caller's uid has its own processes on the host).
+fn fetch_spec(
+    project: &Project,
+    options: &BuildOptions,
+    jail: &JailOptions,
+    tools: &Toolchain,
+    home: &Path,
+    args: Vec<OsString>,
+) -> Result<JailSpec, BuildError> {
+    let registry = home.join("registry");
+    std::fs::create_dir_all(&registry).map_err(io_err(&registry))?;
+    let mut writable = vec![project.dir.clone(), registry];
+    for lock in [".package-cache", ".package-cache-mutate"] {
+        let path = home.join(lock);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        writable.push(path);
+    }
+    let mut etc = vec!["/etc/ssl", "/etc/pki", "/etc/ca-certificates"];
+    let network = match &jail.fetch_proxy {
+        Some(proxy) => JailNetwork::Proxy(proxy.clone()),
+        None => {
+            etc.extend([
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/etc/nsswitch.conf",
+                "/etc/host.conf",
+                "/etc/gai.conf",
+            ]);
+            JailNetwork::Host
+        }
+    };
+    let mut read_only = vec![tools.dir.clone(), options.sdk.crates_dir.clone()];
+    read_only.extend(etc.into_iter().map(PathBuf::from).filter(|p| p.exists()));
+    let path_env = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tools.dir.display());
+    Ok(JailSpec {
+        root: jail.root.clone(),
+        read_only,
+        writable,
+        scratch: vec![home.to_path_buf()],
+        tmp_mb: jail.tmp_mb,
+        uid: caller_uid(),
+        cgroups: jail.cgroups.clone(),
+        max_file_bytes: jail.max_disk_bytes,
+        max_processes: 0,
+        max_address_space: jail.max_address_space,
+        cwd: project.dir.clone(),
+        env: vec![
+            ("PATH".into(), path_env.into()),
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("RUSTC".into(), tools.rustc.clone().into()),
+            ("CARGO_HOME".into(), home.into()),
+        ],
+        program: tools.cargo.clone(),
+        args,
+        network,
+    })
+}
+
+fn caller_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Hands a tree to `uid` (only what is not already its). Another compile sharing the target

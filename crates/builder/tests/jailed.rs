@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ignite_builder::{BuildError, BuildOptions, JailOptions, Sdk, Target};
+use ignite_builder::{BuildError, BuildOptions, JailOptions, RegistryProxy, Sdk, Target};
 
 /// An unprivileged uid with no account, as the server's build uid.
 const BUILD_UID: u32 = 1_899_999_998;
@@ -44,6 +44,18 @@ const TESTS: &[Test] = &[
     (
         "path_dependencies_inside_the_project_build",
         path_dependencies_inside_the_project_build,
+    ),
+    (
+        "the_fetch_sees_nothing_outside_the_project",
+        the_fetch_sees_nothing_outside_the_project,
+    ),
+    (
+        "the_fetch_through_the_proxy_sees_nothing_outside_the_project",
+        the_fetch_through_the_proxy_sees_nothing_outside_the_project,
+    ),
+    (
+        "the_confined_fetch_downloads_from_crates_io_through_the_proxy",
+        the_confined_fetch_downloads_from_crates_io_through_the_proxy,
     ),
 ];
 
@@ -176,6 +188,36 @@ impl Scene {
             log.push_str(line);
             log.push('\n');
         }));
+        (result, log)
+    }
+
+    /// The fetch step alone (no check of the sources first), jailed or not, through a
+    /// registry proxy or not.
+    fn fetch(&self, jailed: bool, proxied: bool) -> (Result<(), BuildError>, String) {
+        let project = ignite_builder::prepare(&self.project, Target::Native).unwrap();
+        let mut options = options(jailed);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let proxy = proxied.then(|| {
+            runtime.block_on(async {
+                RegistryProxy::start(
+                    &self.project.with_file_name("proxy.sock"),
+                    ignite_builder::CRATES_IO,
+                )
+                .unwrap()
+            })
+        });
+        if let (Some(jail), Some(proxy)) = (&mut options.jail, &proxy) {
+            jail.fetch_proxy = Some(proxy.path().to_path_buf());
+        }
+        let mut log = String::new();
+        let result = runtime.block_on(ignite_builder::fetch(&project, &options, |line| {
+            log.push_str(line);
+            log.push('\n');
+        }));
+        drop(proxy);
         (result, log)
     }
 
@@ -394,6 +436,73 @@ fn path_dependencies_inside_the_project_build() {
             ("crates/other/src/lib.rs", "pub fn hi() { sub::hi() }\n"),
         ],
     );
+    let (result, log) = scene.build(true);
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+/// A project whose `[workspace.dependencies]` lead outside: the check refuses it, so the
+/// fetch is called on its own here, as if a route had escaped the check.
+fn escaping_scene(name: &str) -> Scene {
+    let manifest = package(
+        "victim",
+        "\n[dependencies]\nx = { workspace = true }\n\n\
+         [workspace.dependencies]\nx = { path = \"@OUTSIDE@\" }\n",
+    );
+    let scene = Scene::new(name, &[("Cargo.toml", &manifest), ("src/main.rs", MAIN)]);
+    assert!(ignite_builder::check_sources(&scene.project).is_err());
+    scene
+}
+
+/// The fetch failed for not finding the outside manifest, and never read it.
+fn assert_not_seen(scene: &Scene, result: &Result<(), BuildError>, log: &str) {
+    assert!(
+        matches!(result, Err(BuildError::Failed { .. })),
+        "{result:?}\n{log}"
+    );
+    assert!(
+        !log.contains(&scene.canary),
+        "the fetch read {}:\n{log}",
+        scene.outside.display()
+    );
+    assert!(
+        log.contains(&format!("{}/Cargo.toml", scene.outside.display()))
+            && log.contains("No such file or directory"),
+        "{log}"
+    );
+}
+
+fn the_fetch_sees_nothing_outside_the_project() {
+    // The control: unconfined, the same fetch reads the outside manifest (so the check below
+    // can fail).
+    let scene = escaping_scene("fetch-control");
+    let (result, log) = scene.fetch(false, false);
+    assert!(result.is_err(), "{log}");
+    assert!(log.contains(&scene.canary), "{log}");
+
+    let scene = escaping_scene("fetch-host");
+    let (result, log) = scene.fetch(true, false);
+    assert_not_seen(&scene, &result, &log);
+}
+
+fn the_fetch_through_the_proxy_sees_nothing_outside_the_project() {
+    let scene = escaping_scene("fetch-proxy");
+    let (result, log) = scene.fetch(true, true);
+    assert_not_seen(&scene, &result, &log);
+}
+
+fn the_confined_fetch_downloads_from_crates_io_through_the_proxy() {
+    // What the fetch needs in its mount view: the TLS roots, the registry cache (writable)
+    // and its locks, the SDK, the toolchain.
+    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
+    let scene = Scene::new(
+        "fetch-crates-io",
+        &[("Cargo.toml", &manifest), ("src/main.rs", MAIN)],
+    );
+    let (result, log) = scene.fetch(true, true);
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let lock = std::fs::read_to_string(scene.project.join("Cargo.lock")).unwrap();
+    assert!(lock.contains("name = \"cfg-if\""), "{lock}");
+    // And the compile, offline, finds what was fetched.
     let (result, log) = scene.build(true);
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }
