@@ -413,18 +413,17 @@ pub async fn build(
     })
 }
 
-/// What runs before cargo, jailed or not: the tree's manifests are checked (see
-/// [`check_sources`]) and its `.cargo` directories removed (the platform alone configures
-/// cargo; see [`remove_cargo_configs`]).
+/// What runs before cargo, jailed or not: the tree's `.cargo` directories are removed (the
+/// platform alone configures cargo; see [`remove_cargo_configs`]) and its manifests checked
+/// (see [`check_sources`]).
 fn admit(project: &Project, log: &mut LogCap<impl FnMut(&str)>) -> Result<(), BuildError> {
-    check_sources(&project.dir)?;
     for removed in remove_cargo_configs(&project.dir)? {
         log.line(&format!(
             "note: removed the project's {removed} (cargo's configuration comes from the \
              platform; settings there, such as a rustc wrapper, rustflags or [env], are not used)"
         ));
     }
-    Ok(())
+    check_sources(&project.dir)
 }
 
 /// Passes log lines on until `limit` bytes, then counts what it drops.

@@ -3,8 +3,8 @@
 //! [`check_sources`] reads every `Cargo.toml` in the tree (not only the root's: a nested one
 //! is read by cargo as soon as the root depends on it) and refuses each path that, resolved
 //! against its manifest's directory, leaves the project, and each dependency from anywhere but
-//! crates.io. [`remove_cargo_configs`] removes every `.cargo` directory in the tree: the
-//! platform alone configures cargo.
+//! crates.io. [`remove_cargo_configs`] removes every `.cargo` directory in the tree (before the
+//! check, which then has nothing of theirs to judge): the platform alone configures cargo.
 //!
 //! The check is for good error messages and for the unconfined mode; in the jail the fetch and
 //! the compile see nothing outside the project anyway (see `JailSpec`), so a route this misses
@@ -29,8 +29,13 @@ const DEPENDENCY_TABLES: &[&str] = &[
 const TARGET_ARRAYS: &[&str] = &["bin", "example", "test", "bench"];
 
 /// Every file of the tree, depth first, refusing symbolic links (an upload never has one: the
-/// unpacker refuses them; a link would make a path that looks inside lead out).
-fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(&Path, bool)) -> Result<(), BuildError> {
+/// unpacker refuses them; a link would make a path that looks inside lead out). `visit` gets
+/// each path and whether it is a directory, and says whether to go into it.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    visit: &mut dyn FnMut(&Path, bool) -> bool,
+) -> Result<(), BuildError> {
     let mut entries = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .map(|e| e.map(|e| e.path()))
@@ -42,8 +47,7 @@ fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(&Path, bool)) -> Result<(
         if meta.file_type().is_symlink() {
             return Err(BuildError::Symlink(relative(root, &path)));
         }
-        visit(&path, meta.is_dir());
-        if meta.is_dir() {
+        if visit(&path, meta.is_dir()) && meta.is_dir() {
             walk(root, &path, visit)?;
         }
     }
@@ -58,7 +62,7 @@ fn relative(root: &Path, path: &Path) -> String {
         .into_owned()
 }
 
-/// Removes every `.cargo` (directory or file) in the project: cargo reads `.cargo/config.toml`
+/// Removes every `.cargo` (directory or file) in the project, without looking inside: cargo reads `.cargo/config.toml`
 /// from the directory it runs in and each parent, and a project's could name a rustc wrapper,
 /// a linker, a runner, rustflags, `[env]`, a source replacement or another registry. Returns
 /// what was removed, relative to the project.
@@ -67,7 +71,9 @@ pub fn remove_cargo_configs(root: &Path) -> Result<Vec<String>, BuildError> {
     walk(root, root, &mut |path, _| {
         if path.file_name().is_some_and(|n| n == ".cargo") {
             found.push(path.to_path_buf());
+            return false;
         }
+        true
     })?;
     // Removing during the walk would leave it reading a directory that is gone.
     let mut removed = Vec::new();
@@ -94,6 +100,7 @@ pub fn check_sources(root: &Path) -> Result<(), BuildError> {
         if !is_dir && path.file_name().is_some_and(|n| n == "Cargo.toml") {
             manifests.push(path.to_path_buf());
         }
+        true
     })?;
     for path in manifests {
         let name = relative(root, &path);

@@ -316,9 +316,11 @@ fn every_cargo_config_in_the_tree_is_removed() {
             ("sub/.cargo/config", config),
             ("a/b/c/.cargo/config.toml", config),
             ("file/.cargo", "a file named .cargo"),
+            ("sub/.cargo/vendored/Cargo.toml", "not looked at"),
             ("src/cargo.rs", "// kept"),
         ],
     );
+    std::os::unix::fs::symlink("/etc", dir.path().join(".cargo/etc")).unwrap();
     let mut removed = remove_cargo_configs(dir.path()).unwrap();
     removed.sort();
     assert_eq!(
@@ -329,5 +331,7 @@ fn every_cargo_config_in_the_tree_is_removed() {
         assert!(!dir.path().join(gone).exists(), "{gone}");
     }
     assert!(dir.path().join("src/cargo.rs").exists());
+    // What was inside is gone before the check, which finds nothing to refuse.
+    check_sources(dir.path()).unwrap();
     assert!(remove_cargo_configs(dir.path()).unwrap().is_empty());
 }
