@@ -660,8 +660,9 @@ async fn build_jailed(
 /// Step 1 of a jailed build on its own: resolves the project's dependencies and downloads them
 /// into the registry cache, sending cargo's output to `log`. With a jail in `options`, cargo
 /// runs in a mount view that holds only the project, the toolchain, the SDK (read-only) and the
-/// registry cache (writable: the downloads go there), with the registry as its only network (`fetch_proxy`),
-/// or the host's network when there is no proxy.
+/// registry cache (writable: the downloads go there), with the registry as its only network
+/// (`fetch_proxy`), or the host's network when there is no proxy; its configuration is the
+/// platform's alone (a `CARGO_HOME` with no `config.toml`, a fixed environment).
 ///
 /// This does not check the sources: [`build`] runs [`check_sources`] first, for its messages;
 /// this is the confinement that holds when a route escapes the check.
@@ -736,10 +737,10 @@ fn fetch_args(project: &Project, sdk: &Sdk) -> Vec<OsString> {
     args
 }
 
-/// The dependency fetch's jail: the same mount view as the compile's, but for the registry
-/// cache, which the fetch writes (downloads, and the lock files cargo takes on the cache, the
-/// very files concurrent fetches lock), and the TLS roots (and, on the host's network, name
-/// resolution). It runs as the caller (the cache is the caller's) without any capability, and
+/// The dependency fetch's jail: the compile's mount view without the target directory, and
+/// with the registry cache writable (downloads, and the lock files cargo takes on the cache:
+/// the very files concurrent fetches lock), the TLS roots and, on the host's network, the
+/// resolver's files. It runs as the caller (the cache is the caller's) without any capability, and
 /// with no process limit (the caller's uid has its own processes on the host).
 fn fetch_spec(
     project: &Project,
