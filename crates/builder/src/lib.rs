@@ -13,13 +13,17 @@
 pub mod archive;
 pub mod oci;
 mod proxy;
+mod sources;
 
 pub use proxy::{CRATES_IO, RegistryProxy};
+pub use sources::{check_sources, remove_cargo_configs};
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ignite_sandbox::jail::{JailNetwork, JailSpec};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -110,20 +114,41 @@ pub enum BuildError {
     )]
     DiskFull { limit_mb: u64 },
     #[error(
-        "git dependencies are not supported ({0}): the compile has no network; depend on a \
-         crates.io release, or copy the crate into the project and use a path dependency"
+        "{manifest}: `{key}` is a git dependency: git dependencies are not supported (the \
+         compile has no network); depend on a crates.io release, or copy the crate into the \
+         project and use a path dependency"
     )]
-    GitDependency(String),
+    GitDependency { manifest: String, key: String },
     #[error(
-        "dependency {0} names another registry: only crates.io dependencies (and path \
-         dependencies inside the project) are fetched"
+        "{manifest}: dependency `{key}` names another registry: only crates.io dependencies \
+         (and path dependencies inside the project) are fetched; depend on the crates.io \
+         release, or copy the crate into the project and use a path dependency"
     )]
-    OtherRegistry(String),
+    OtherRegistry { manifest: String, key: String },
     #[error(
-        "dependency {0} has path {1:?}, outside the project: path dependencies must be relative \
-         and stay inside the uploaded directory"
+        "{manifest}: `{key}` is {path:?}, outside the project: every path in a manifest must \
+         be relative and stay inside the uploaded directory (no `..` past its top); copy the \
+         crate into the project (say, to vendor/<crate>) and point the path there"
     )]
-    PathOutside(String, String),
+    PathOutside {
+        /// The manifest, relative to the project.
+        manifest: String,
+        /// The dotted key that holds the path (`workspace.dependencies.x.path`).
+        key: String,
+        path: String,
+    },
+    #[error(
+        "{0} uses `cargo-features` (unstable Cargo features): they are not supported; remove \
+         the `cargo-features` line"
+    )]
+    UnstableFeatures(String),
+    #[error("{manifest} is not valid TOML: {reason}; fix it, or leave it out of the upload")]
+    InvalidManifest { manifest: String, reason: String },
+    #[error(
+        "{0} is a symbolic link: the source may hold only files and directories; replace the \
+         link with a copy of what it points to"
+    )]
+    Symlink(String),
     #[error("cannot find the toolchain: {0}")]
     Toolchain(String),
     #[error(
@@ -236,11 +261,11 @@ impl BuildOptions {
     }
 }
 
-/// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, with the
-/// registry as the only network (through `fetch_proxy`) and without running any of the user's
-/// code; then cargo runs offline in the jail,
-/// as `uid`, seeing its source, its target directory, the toolchain, the SDK and a read-only
-/// registry cache.
+/// The build jail (see `ignite_sandbox::jail`): dependencies are fetched first, in a jail of
+/// their own (the project, the toolchain, the SDK and the registry cache in sight, the registry
+/// as the only network through `fetch_proxy`) and without running any of the user's code; then
+/// cargo runs offline in the jail, as `uid`, seeing its source, its target directory, the
+/// toolchain, the SDK and a read-only registry cache. Both run as `<helper> ignite __jail`.
 #[derive(Debug, Clone)]
 pub struct JailOptions {
     /// The program that runs a jail spec: invoked as `<helper> ignite __jail <spec>`.
@@ -370,9 +395,12 @@ pub async fn build(
 ) -> Result<Artifact, BuildError> {
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut log = LogCap::new(options.max_log_bytes, log);
-    let result = match &options.jail {
-        None => build_unconfined(project, options, deadline, &mut log).await,
-        Some(jail) => build_jailed(project, options, jail, deadline, &mut log).await,
+    let result = match admit(project, &mut log) {
+        Err(e) => Err(e),
+        Ok(()) => match &options.jail {
+            None => build_unconfined(project, options, deadline, &mut log).await,
+            Some(jail) => build_jailed(project, options, jail, deadline, &mut log).await,
+        },
     };
     log.finish();
     let path = result?.ok_or_else(|| BuildError::NoBinary(project.package.clone()))?;
@@ -383,6 +411,19 @@ pub async fn build(
         path,
         target: project.target.triple().to_string(),
     })
+}
+
+/// What runs before cargo, jailed or not: the tree's `.cargo` directories are removed (the
+/// platform alone configures cargo; see [`remove_cargo_configs`]) and its manifests checked
+/// (see [`check_sources`]).
+fn admit(project: &Project, log: &mut LogCap<impl FnMut(&str)>) -> Result<(), BuildError> {
+    for removed in remove_cargo_configs(&project.dir)? {
+        log.line(&format!(
+            "note: removed the project's {removed} (cargo's configuration comes from the \
+             platform; settings there, such as a rustc wrapper, rustflags or [env], are not used)"
+        ));
+    }
+    check_sources(&project.dir)
 }
 
 /// Passes log lines on until `limit` bytes, then counts what it drops.
@@ -544,67 +585,6 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// Refuses dependencies from anywhere but crates.io and the project itself: git ones would need
-/// the network during the compile, and another registry's index is a URL the fetch would
-/// contact on the user's say-so.
-fn check_dependencies(project: &Project) -> Result<(), BuildError> {
-    let manifest = project.dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
-    let doc: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| BuildError::BadManifest(e.to_string()))?;
-    let mut tables: Vec<&Item> = Vec::new();
-    for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-        if let Some(t) = doc.get(key) {
-            tables.push(t);
-        }
-    }
-    if let Some(targets) = doc.get("target").and_then(Item::as_table_like) {
-        for (_, t) in targets.iter() {
-            for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-                if let Some(d) = t.get(key) {
-                    tables.push(d);
-                }
-            }
-        }
-    }
-    // [patch.<source>] and [replace] hold dependency specs too.
-    if let Some(patch) = doc.get("patch").and_then(Item::as_table_like) {
-        tables.extend(patch.iter().map(|(_, t)| t));
-    }
-    if let Some(replace) = doc.get("replace") {
-        tables.push(replace);
-    }
-    for deps in tables {
-        let Some(deps) = deps.as_table_like() else {
-            continue;
-        };
-        for (name, spec) in deps.iter() {
-            if spec.get("git").is_some() {
-                return Err(BuildError::GitDependency(name.to_string()));
-            }
-            if spec.get("registry").is_some() || spec.get("registry-index").is_some() {
-                return Err(BuildError::OtherRegistry(name.to_string()));
-            }
-            // The fetch runs outside the jail: a path may not lead it out of the project.
-            if let Some(path) = spec.get("path").and_then(Item::as_str) {
-                let escapes = Path::new(path).components().any(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::RootDir
-                            | std::path::Component::Prefix(_)
-                            | std::path::Component::ParentDir
-                    )
-                });
-                if escapes {
-                    return Err(BuildError::PathOutside(name.to_string(), path.to_string()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn build_jailed(
     project: &Project,
     options: &BuildOptions,
@@ -612,52 +592,10 @@ async fn build_jailed(
     deadline: tokio::time::Instant,
     log: &mut LogCap<impl FnMut(&str)>,
 ) -> Result<Option<PathBuf>, BuildError> {
-    check_dependencies(project)?;
-    // Cargo reads .cargo/config.toml from the project: an uploaded one could point the fetch
-    // at other hosts or change the compile's tools. The platform's settings only.
-    let uploaded_config = project.dir.join(".cargo");
-    if uploaded_config.exists() {
-        std::fs::remove_dir_all(&uploaded_config).map_err(io_err(&uploaded_config))?;
-        log.line("note: ignoring the project's .cargo/ directory (the platform sets the build's configuration)");
-    }
     let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
     let home = cargo_home();
-    let patch = sdk_patch(&options.sdk);
-    // 1. Dependencies, with the registry as the only network. No code of the user's runs here:
-    // fetch resolves and downloads, it does not build.
-    let mut fetch = match &jail.fetch_proxy {
-        Some(proxy) => {
-            let mut c = Command::new(&jail.helper);
-            c.args(["ignite", "__fetch", "--proxy"])
-                .arg(proxy)
-                .arg("--")
-                .arg(&tools.cargo);
-            c
-        }
-        None => Command::new(&tools.cargo),
-    };
-    fetch
-        .args([
-            "fetch",
-            "--color",
-            "never",
-            "--target",
-            project.target.triple(),
-        ])
-        .arg("--manifest-path")
-        .arg(project.dir.join("Cargo.toml"))
-        .args(["--config", &patch])
-        .env("RUSTC", &tools.rustc)
-        .env("CARGO_HOME", &home)
-        .current_dir(&project.dir);
-    run_cargo(fetch, project, options.timeout, deadline, None, log)
-        .await
-        .map_err(|e| match e {
-            BuildError::Failed { status } => BuildError::Failed {
-                status: format!("fetching dependencies: {status}"),
-            },
-            other => other,
-        })?;
+    // 1. Dependencies, with the registry as the only network, in a mount view of the project.
+    fetch_with(project, options, &tools, deadline, log).await?;
     // 2. The compile, offline, in the jail, as the build user.
     std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
     let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
@@ -672,7 +610,7 @@ async fn build_jailed(
     let path_env = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tools.dir.display());
     let mut args = build_args(project, &options.sdk);
     args.push("--offline".into());
-    let spec = ignite_sandbox::jail::JailSpec {
+    let spec = JailSpec {
         root: jail.root.clone(),
         read_only: vec![
             tools.dir.clone(),
@@ -704,6 +642,7 @@ async fn build_jailed(
         .collect(),
         program: tools.cargo.clone(),
         args: args.into_iter().map(Into::into).collect(),
+        network: JailNetwork::None,
     };
     let mut cmd = Command::new(&jail.helper);
     cmd.arg("ignite")
@@ -716,6 +655,158 @@ async fn build_jailed(
         limit: jail.max_disk_bytes,
     };
     run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await
+}
+
+/// Step 1 of a jailed build on its own: resolves the project's dependencies and downloads them
+/// into the registry cache, sending cargo's output to `log`. With a jail in `options`, cargo
+/// runs in a mount view that holds only the project, the toolchain, the SDK (read-only) and the
+/// registry cache (writable: the downloads go there), with the registry as its only network
+/// (`fetch_proxy`), or the host's network when there is no proxy; its configuration is the
+/// platform's alone (a `CARGO_HOME` with no `config.toml`, a fixed environment).
+///
+/// This does not check the sources: [`build`] runs [`check_sources`] first, for its messages;
+/// this is the confinement that holds when a route escapes the check.
+pub async fn fetch(
+    project: &Project,
+    options: &BuildOptions,
+    log: impl FnMut(&str),
+) -> Result<(), BuildError> {
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let mut log = LogCap::new(options.max_log_bytes, log);
+    let result = async {
+        let tools = Toolchain::resolve(options.toolchain.as_deref()).await?;
+        fetch_with(project, options, &tools, deadline, &mut log).await
+    }
+    .await;
+    log.finish();
+    result
+}
+
+async fn fetch_with(
+    project: &Project,
+    options: &BuildOptions,
+    tools: &Toolchain,
+    deadline: tokio::time::Instant,
+    log: &mut LogCap<impl FnMut(&str)>,
+) -> Result<(), BuildError> {
+    let home = cargo_home();
+    let args = fetch_args(project, &options.sdk);
+    let cmd = match &options.jail {
+        None => {
+            let mut c = Command::new(&tools.cargo);
+            c.args(&args)
+                .env("RUSTC", &tools.rustc)
+                .env("CARGO_HOME", &home)
+                .current_dir(&project.dir);
+            c
+        }
+        Some(jail) => {
+            let spec = fetch_spec(project, options, jail, tools, &home, args)?;
+            let mut c = Command::new(&jail.helper);
+            c.arg("ignite")
+                .arg("__jail")
+                .args(spec.to_args())
+                .env_clear()
+                .current_dir("/");
+            c
+        }
+    };
+    // No code of the user's runs here: fetch resolves and downloads, it does not build.
+    run_cargo(cmd, project, options.timeout, deadline, None, log)
+        .await
+        .map(drop)
+        .map_err(|e| match e {
+            BuildError::Failed { status } => BuildError::Failed {
+                status: format!("fetching dependencies: {status}"),
+            },
+            other => other,
+        })
+}
+
+/// `cargo fetch`'s arguments.
+fn fetch_args(project: &Project, sdk: &Sdk) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["fetch", "--color", "never", "--target"]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    args.push(project.target.triple().into());
+    args.push("--manifest-path".into());
+    args.push(project.dir.join("Cargo.toml").into());
+    args.push("--config".into());
+    args.push(sdk_patch(sdk).into());
+    args
+}
+
+/// The dependency fetch's jail: the compile's mount view without the target directory, and
+/// with the registry cache writable (downloads, and the lock files cargo takes on the cache:
+/// the very files concurrent fetches lock), the TLS roots and, on the host's network, the
+/// resolver's files. It runs as the caller (the cache is the caller's) without any capability, and
+/// with no process limit (the caller's uid has its own processes on the host).
+fn fetch_spec(
+    project: &Project,
+    options: &BuildOptions,
+    jail: &JailOptions,
+    tools: &Toolchain,
+    home: &Path,
+    args: Vec<OsString>,
+) -> Result<JailSpec, BuildError> {
+    let registry = home.join("registry");
+    std::fs::create_dir_all(&registry).map_err(io_err(&registry))?;
+    let mut writable = vec![project.dir.clone(), registry];
+    for lock in [".package-cache", ".package-cache-mutate"] {
+        let path = home.join(lock);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        writable.push(path);
+    }
+    let mut etc = vec!["/etc/ssl", "/etc/pki", "/etc/ca-certificates"];
+    let network = match &jail.fetch_proxy {
+        Some(proxy) => JailNetwork::Proxy(proxy.clone()),
+        None => {
+            etc.extend([
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/etc/nsswitch.conf",
+                "/etc/host.conf",
+                "/etc/gai.conf",
+            ]);
+            JailNetwork::Host
+        }
+    };
+    let mut read_only = vec![tools.dir.clone(), options.sdk.crates_dir.clone()];
+    read_only.extend(etc.into_iter().map(PathBuf::from).filter(|p| p.exists()));
+    let path_env = format!("{}/bin:/usr/local/bin:/usr/bin:/bin", tools.dir.display());
+    Ok(JailSpec {
+        root: jail.root.clone(),
+        read_only,
+        writable,
+        scratch: vec![home.to_path_buf()],
+        tmp_mb: jail.tmp_mb,
+        uid: caller_uid(),
+        cgroups: jail.cgroups.clone(),
+        max_file_bytes: jail.max_disk_bytes,
+        max_processes: 0,
+        max_address_space: jail.max_address_space,
+        cwd: project.dir.clone(),
+        env: vec![
+            ("PATH".into(), path_env.into()),
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("RUSTC".into(), tools.rustc.clone().into()),
+            ("CARGO_HOME".into(), home.into()),
+        ],
+        program: tools.cargo.clone(),
+        args,
+        network,
+    })
+}
+
+fn caller_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Hands a tree to `uid` (only what is not already its). Another compile sharing the target

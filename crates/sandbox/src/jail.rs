@@ -7,13 +7,33 @@
 //! threaded, so the set-up is ordinary code: the agent spawns it, it sets the jail up and execs
 //! the command. Unlike an instance, a build is rare and long, so this favours simplicity over
 //! microseconds (pivot_root, a network namespace made on the spot).
+//!
+//! The dependency fetch runs in the same kind of jail (its own mount view: the project, the
+//! toolchain, the SDK and the registry cache, nothing else), with [`JailNetwork::Proxy`] as its
+//! network and the caller's uid stripped of every capability, since it writes the registry
+//! cache the compile then reads.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// One compile's jail.
+/// What the jail's network is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JailNetwork {
+    /// A network namespace of its own with nothing in it, not even loopback up: the compile.
+    #[default]
+    None,
+    /// A network namespace of its own whose only way out is this Unix socket, an HTTP
+    /// `CONNECT` proxy of the server's (`ignite_builder::RegistryProxy`): a forwarder, outside
+    /// the jail's mount view but in its network namespace, listens on loopback, and
+    /// `CARGO_HTTP_PROXY` (added to the environment) points cargo at it. The dependency fetch.
+    Proxy(PathBuf),
+    /// The host's network: a fetch on a server that runs no registry proxy.
+    Host,
+}
+
+/// One compile's (or one dependency fetch's) jail.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JailSpec {
     /// An empty directory of the agent's, the mount point of the jail's root.
@@ -26,13 +46,16 @@ pub struct JailSpec {
     /// before the binds, which may sit inside them.
     pub scratch: Vec<PathBuf>,
     pub tmp_mb: u64,
-    /// The unprivileged host uid (and gid) the command runs as.
+    /// The host uid (and gid) the command runs as: an unprivileged one for a compile. Whatever
+    /// it is, the command runs without any capability (uid 0 included: it then has only what
+    /// file permissions give root's files' owner).
     pub uid: u32,
     /// `cgroup.procs` files to join before anything else.
     pub cgroups: Vec<PathBuf>,
     /// Largest file the command may write (RLIMIT_FSIZE), in bytes.
     pub max_file_bytes: u64,
-    /// Processes of the build uid (RLIMIT_NPROC).
+    /// Processes of the build uid (RLIMIT_NPROC), 0 to keep the inherited limit (for a uid
+    /// shared with the host's own processes, which the limit counts).
     pub max_processes: u64,
     /// Address space per process (RLIMIT_AS), 0 for none: a backstop for hosts whose memory
     /// controller the server cannot use.
@@ -42,6 +65,7 @@ pub struct JailSpec {
     pub env: Vec<(OsString, OsString)>,
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    pub network: JailNetwork,
 }
 
 impl JailSpec {
@@ -77,6 +101,11 @@ impl JailSpec {
             OsStr::new(&self.max_address_space.to_string()),
         );
         flag("cwd", self.cwd.as_os_str());
+        match &self.network {
+            JailNetwork::None => {}
+            JailNetwork::Proxy(socket) => flag("network-proxy", socket.as_os_str()),
+            JailNetwork::Host => flag("network", OsStr::new("host")),
+        }
         for (k, v) in &self.env {
             let mut kv = k.clone();
             kv.push("=");
@@ -123,6 +152,18 @@ impl JailSpec {
                 "--max-processes" => spec.max_processes = number(value)?,
                 "--max-address-space" => spec.max_address_space = number(value)?,
                 "--cwd" => spec.cwd = value.into(),
+                "--network-proxy" => spec.network = JailNetwork::Proxy(value.into()),
+                "--network" => {
+                    spec.network = match value.to_str() {
+                        Some("host") => JailNetwork::Host,
+                        Some("none") => JailNetwork::None,
+                        _ => {
+                            return Err(bad(format!(
+                                "--network {value:?} is neither host nor none"
+                            )));
+                        }
+                    }
+                }
                 "--env" => {
                     let bytes = value.as_bytes();
                     let eq = bytes
@@ -232,18 +273,52 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
         std::fs::write(procs, "0")
             .map_err(|e| io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
     }
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    match &spec.network {
+        JailNetwork::None => enter(spec, namespaces | libc::CLONE_NEWNET),
+        JailNetwork::Host => enter(spec, namespaces),
+        JailNetwork::Proxy(proxy) => {
+            let (listener, port) = proxied_network()?;
+            let mut inner = spec.clone();
+            inner.env.push((
+                "CARGO_HTTP_PROXY".into(),
+                format!("http://127.0.0.1:{port}").into(),
+            ));
+            // The jail is a child: this process stays in the host's mount namespace, where
+            // the proxy's socket is, and forwards.
+            // SAFETY: single-threaded (the forwarder's threads start after the fork, in the
+            // parent); the child goes on with this program's single-threaded set-up.
+            match unsafe { libc::fork() } {
+                -1 => Err(io::Error::last_os_error()),
+                0 => {
+                    drop(listener);
+                    let e = match enter(&inner, namespaces) {
+                        Ok(never) => match never {},
+                        Err(e) => e,
+                    };
+                    eprintln!("ignite build jail: {e}");
+                    // SAFETY: ends the child without running the parent's destructors twice.
+                    unsafe { libc::_exit(126) }
+                }
+                child => {
+                    forward_all(listener, proxy.clone());
+                    let code = wait_for(child);
+                    std::process::exit(code)
+                }
+            }
+        }
+    }
+}
+
+/// Creates the jail's namespaces (`namespaces`, the `CLONE_NEW*` flags) and its init.
+fn enter(spec: &JailSpec, namespaces: libc::c_int) -> io::Result<Never> {
     check(
         // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
-        unsafe {
-            libc::unshare(
-                libc::CLONE_NEWNS
-                    | libc::CLONE_NEWPID
-                    | libc::CLONE_NEWIPC
-                    | libc::CLONE_NEWUTS
-                    | libc::CLONE_NEWNET
-                    | libc::CLONE_NEWCGROUP,
-            )
-        },
+        unsafe { libc::unshare(namespaces) },
         "creating the build's namespaces",
     )?;
     // The next child is pid 1 of the new pid namespace: it reaps, and when it exits the kernel
@@ -394,9 +469,10 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         unsafe { libc::sethostname(c"ignite-build".as_ptr(), 12) },
         "setting the hostname",
     )?;
+    // No process limit (0) leaves the inherited one: raising it may need CAP_SYS_RESOURCE.
+    let processes = (spec.max_processes > 0).then_some((libc::RLIMIT_NPROC, spec.max_processes));
     for (resource, value) in [
         (libc::RLIMIT_FSIZE, spec.max_file_bytes),
-        (libc::RLIMIT_NPROC, spec.max_processes),
         (libc::RLIMIT_CORE, 0),
         (
             libc::RLIMIT_AS,
@@ -405,7 +481,10 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
                 n => n,
             },
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(processes)
+    {
         let limit = libc::rlimit {
             rlim_cur: value,
             rlim_max: value,
@@ -416,6 +495,7 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
             "setting limits",
         )?;
     }
+    drop_bounding_set()?;
     // SAFETY: single-threaded: the glibc wrappers are fine; they drop every privilege (the
     // change from uid 0 clears the capability sets).
     unsafe {
@@ -428,11 +508,14 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
             libc::setresuid(spec.uid, spec.uid, spec.uid),
             "dropping to the build user",
         )?;
-        check(
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-            "setting no_new_privs",
-        )?;
     }
+    // A uid that stays 0 (the fetch) keeps its capabilities through setresuid: clear them.
+    clear_capabilities()?;
+    check(
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        "setting no_new_privs",
+    )?;
     // The command runs as pid 2 under this init, which reaps whatever the build orphans.
     // SAFETY: single-threaded; the child only execs (or reports and exits).
     match unsafe { libc::fork() } {
@@ -451,6 +534,71 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
             // SAFETY: ends init; the kernel kills what is left in the namespace.
             unsafe { libc::_exit(code) }
         }
+    }
+}
+
+/// Empties the capability bounding set, so that no exec (of a root-owned or a file-capability
+/// binary) can give a capability back. Needs CAP_SETPCAP: before the uid changes.
+fn drop_bounding_set() -> io::Result<()> {
+    for cap in 0..=63 {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            match io::Error::last_os_error() {
+                // Past the kernel's last capability.
+                e if e.raw_os_error() == Some(libc::EINVAL) => break,
+                e => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("dropping capability {cap}: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clears the ambient, permitted, effective and inheritable capabilities.
+fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: prctl with integer arguments only; capset reads one header and the two data
+    // structs that version 3 takes, all alive for the call.
+    unsafe {
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+            "clearing ambient capabilities",
+        )?;
+        check(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
+            "clearing capabilities",
+        )
     }
 }
 
@@ -501,7 +649,8 @@ fn exec_command(spec: &JailSpec) -> io::Error {
 /// way out is `proxy`, a Unix socket the server answers on (see `ignite_builder::RegistryProxy`,
 /// which lets through the registry's hosts and nothing else). Inside, a forwarder listens on
 /// loopback and `CARGO_HTTP_PROXY` points cargo at it; the program has no other route. It keeps
-/// the caller's files and user: it runs no code of the user's (a fetch builds nothing).
+/// the caller's files and user. The builder's fetch no longer runs this way but in a jail with
+/// [`JailNetwork::Proxy`], the same network plus a mount view of the project alone.
 ///
 /// The whole of `dodil ignite __fetch`; returns only on failure, else exits with the program's
 /// status. Must run as root (it creates the namespace).
@@ -513,25 +662,12 @@ pub fn fetch_exec(proxy: &Path, program: &OsStr, args: &[OsString]) -> io::Error
 }
 
 fn fetch_run(proxy: &Path, program: &OsStr, args: &[OsString]) -> io::Result<Never> {
-    check(
-        // SAFETY: unshare has no memory-safety preconditions; no thread exists yet.
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        "creating the fetch's network namespace",
-    )?;
-    loopback_up()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
+    let (listener, port) = proxied_network()?;
     let mut child = std::process::Command::new(program)
         .args(args)
         .env("CARGO_HTTP_PROXY", format!("http://127.0.0.1:{port}"))
         .spawn()?;
-    let proxy = proxy.to_path_buf();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let proxy = proxy.clone();
-            std::thread::spawn(move || forward(client, &proxy));
-        }
-    });
+    forward_all(listener, proxy.to_path_buf());
     let status = child.wait()?;
     let code = {
         use std::os::unix::process::ExitStatusExt;
@@ -540,6 +676,30 @@ fn fetch_run(proxy: &Path, program: &OsStr, args: &[OsString]) -> io::Result<Nev
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     };
     std::process::exit(code)
+}
+
+/// Moves this process into a network namespace of its own with loopback up, and listens there
+/// for the forwarder. Call while single-threaded.
+fn proxied_network() -> io::Result<(std::net::TcpListener, u16)> {
+    check(
+        // SAFETY: unshare has no memory-safety preconditions; no thread exists yet.
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        "creating the fetch's network namespace",
+    )?;
+    loopback_up()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
+}
+
+/// Carries every connection made to `listener` to `proxy`, on threads of their own.
+fn forward_all(listener: std::net::TcpListener, proxy: PathBuf) {
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || forward(client, &proxy));
+        }
+    });
 }
 
 /// Brings the namespace's loopback up (it starts down).
@@ -613,7 +773,18 @@ mod tests {
             ],
             program: "/opt/toolchain/bin/cargo".into(),
             args: vec!["build".into(), "--release".into(), "--".into()],
+            network: JailNetwork::None,
         };
         assert_eq!(JailSpec::from_args(&spec.to_args()).unwrap(), spec);
+        for network in [
+            JailNetwork::Host,
+            JailNetwork::Proxy("/data/sandbox/registry.sock".into()),
+        ] {
+            let spec = JailSpec {
+                network,
+                ..spec.clone()
+            };
+            assert_eq!(JailSpec::from_args(&spec.to_args()).unwrap(), spec);
+        }
     }
 }
