@@ -194,10 +194,12 @@ impl Sandbox {
             Some(c) => format!("cgroups {}", c.describe()),
             None => "no cgroups (rlimits only)".into(),
         };
+        let families: Vec<&str> = seccomp::SOCKET_FAMILIES.iter().map(|f| f.1).collect();
         format!(
             "user, mount, pid, ipc, uts, cgroup and network namespaces; {cgroups}; seccomp \
-             ({} syscalls refused); read-only root, {} MiB /tmp",
+             ({} syscalls refused, sockets of {} only); read-only root, {} MiB /tmp",
             denied_syscalls().count() + 2,
+            families.join(", "),
             self.inner.config.tmp_mb
         )
     }
