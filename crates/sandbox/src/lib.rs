@@ -7,7 +7,8 @@
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
 //!   (made ahead of need, see `netns.rs`) with nothing in it;
-//! - a read-only tmpfs root holding `/proc` (of its own pid namespace), a size-capped `/tmp`
+//! - a read-only tmpfs root holding `/proc` (of its own pid namespace, with what it tells of the
+//!   host's kernel masked or read-only, see `spawn.rs`), a size-capped `/tmp`
 //!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
 //!   it is in the tree;
 //! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
@@ -197,7 +198,7 @@ impl Sandbox {
         let families: Vec<&str> = seccomp::SOCKET_FAMILIES.iter().map(|f| f.1).collect();
         format!(
             "user, mount, pid, ipc, uts, cgroup and network namespaces; {cgroups}; seccomp \
-             ({} syscalls refused, sockets of {} only); read-only root, {} MiB /tmp",
+             ({} syscalls refused, sockets of {} only); read-only root, masked /proc, {} MiB /tmp",
             denied_syscalls().count() + 2,
             families.join(", "),
             self.inner.config.tmp_mb

@@ -276,6 +276,69 @@ fn host_files_are_out_of_reach() {
 }
 
 #[test]
+fn the_hosts_kernel_information_in_proc_is_masked() {
+    let files = [
+        "kallsyms",
+        "kcore",
+        "keys",
+        "key-users",
+        "sched_debug",
+        "timer_list",
+        "timer_stats",
+        "latency_stats",
+        "sysrq-trigger",
+        "interrupts",
+    ];
+    let dirs = ["acpi", "asound", "scsi"];
+    let on_host = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| format!("/proc/{n}"))
+            .filter(|p| Path::new(p).exists())
+            .collect()
+    };
+    let (files, dirs) = (on_host(&files), on_host(&dirs));
+    assert!(
+        files.iter().any(|f| f == "/proc/kallsyms"),
+        "this kernel has /proc/kallsyms"
+    );
+    let env = [
+        ("PROBE_READ", files.join(":")),
+        ("PROBE_LIST", dirs.join(":")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (r, exit) = run(&env, true, 64);
+    assert!(
+        exit.starts_with("ExitStatus(unix_wait_status(0))"),
+        "{exit}"
+    );
+    for file in &files {
+        let read = &r[&format!("read {file}")];
+        // Empty (/dev/null), or refused where the file is root's only.
+        assert!(
+            read == "READ " || read.contains("Permission denied"),
+            "{file}: {read}"
+        );
+    }
+    for dir in &dirs {
+        assert_eq!(r[&format!("list {dir}")], "LISTED ", "{dir}");
+    }
+    for read_only in ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq"] {
+        if Path::new(read_only).exists() {
+            let options = &r[&format!("mount {read_only}")];
+            assert!(options.starts_with("ro,"), "{read_only}: {options}");
+        }
+    }
+    // What an instance may read of /proc still reads.
+    assert_eq!(r["hostname"], "ignite");
+    assert_eq!(r["proc_pids"], "1");
+
+    // The control: unconfined, kallsyms has something in it.
+    let (r, _) = run(&[("PROBE_READ", "/proc/kallsyms")], false, 64);
+    assert!(r["read /proc/kallsyms"].len() > "READ ".len());
+}
+
+#[test]
 fn a_fork_bomb_hits_the_process_limit_and_dies_with_its_parent() {
     let (r, exit) = run(&[("PROBE_FORK", "1")], true, 64);
     let forked: u32 = r["forked"].parse().unwrap();

@@ -135,6 +135,26 @@ fn main() {
             );
         }
     }
+    if let Ok(dirs) = std::env::var("PROBE_LIST") {
+        for dir in dirs.split(':') {
+            line(&format!("list {dir}"), match std::fs::read_dir(dir) {
+                Ok(d) => {
+                    let mut v: Vec<String> =
+                        d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    v.sort();
+                    format!("LISTED {}", v.join(","))
+                }
+                Err(e) => e.to_string(),
+            });
+        }
+    }
+    // Each mount point with its per-mount options: `mount /proc/sys=ro,nosuid,…`.
+    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        let fields: Vec<&str> = l.split(' ').collect();
+        if fields.len() > 5 {
+            line(&format!("mount {}", fields[4]), fields[5].to_string());
+        }
+    }
     if std::env::var("PROBE_FORK").is_ok() {
         let mut n = 0;
         // SAFETY: the children only pause.
