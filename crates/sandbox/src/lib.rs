@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-pub use cpu::{current_cpu, kill_process_group, pin_to_cpu};
+pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_nofile_limit};
 pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
 pub use process::Process;
 pub use seccomp::denied_syscalls;

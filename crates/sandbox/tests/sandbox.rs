@@ -457,3 +457,56 @@ fn a_host_that_cannot_run_the_sandbox_fails_at_start_naming_the_step() {
     assert!(err.contains("mapping the instance's user"), "{err}");
     assert!(err.contains("--no-sandbox"), "{err}");
 }
+
+/// Runs one of the `helper_*` tests below in a child process of its own (so that the cgroups
+/// named after its pid and the uids it uses are its sandbox's alone), with `var` set.
+fn run_helper(name: &str, var: &str) {
+    let out = Std::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn helper_nofile() {
+    if std::env::var_os("IGNITE_TEST_NOFILE").is_none() {
+        return;
+    }
+    let get = || {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `limit`.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        limit
+    };
+    let hard = get().rlim_max;
+    let low = libc::rlimit {
+        rlim_cur: 256.min(hard),
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the initialised `low`.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+    let raised = ignite_sandbox::raise_nofile_limit().unwrap();
+    assert_eq!(raised, hard);
+    assert_eq!(get().rlim_cur, hard);
+    assert_eq!(get().rlim_max, hard, "the hard limit is left as it was");
+    // Idempotent.
+    assert_eq!(ignite_sandbox::raise_nofile_limit().unwrap(), hard);
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    run_helper("helper_nofile", "IGNITE_TEST_NOFILE");
+}
