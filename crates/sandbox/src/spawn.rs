@@ -486,8 +486,13 @@ impl Zygote {
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {
+        sandbox.check_open().map_err(prep("starting the sandbox"))?;
         let slot = sandbox
             .take_slot()
+            .map_err(prep("preparing the instance's cgroups"))?;
+        // Open only until the child is cloned (it inherits copies): idle slots hold none.
+        let cgroup_procs = slot
+            .open_cgroup_procs()
             .map_err(prep("preparing the instance's cgroups"))?;
         let netns = sandbox.take_netns(egress).map_err(prep(if egress {
             "preparing the instance's internet access"
@@ -495,7 +500,7 @@ impl Zygote {
             "preparing the instance's network namespace"
         }))?;
         let isolation = sandbox
-            .isolation(&slot, netns.as_raw_fd(), egress)
+            .isolation(&slot, netns.as_raw_fd(), &cgroup_procs, egress)
             .map_err(prep("preparing the sandbox"))?;
         let streams = prep("creating the standard stream pipes");
         let (stdin_child, stdin) = pipe().map_err(&streams)?;
@@ -552,6 +557,7 @@ impl Zygote {
             stderr_child,
             control_child,
             netns,
+            cgroup_procs,
         ));
         let mut zygote = Zygote {
             pid,

@@ -474,6 +474,124 @@ fn run_helper(name: &str, var: &str) {
     );
 }
 
+/// The `ignite-<pid>-<n>` cgroups of process `pid`, in every hierarchy.
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, prefix: &str, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                found.push(entry.path());
+            } else if depth > 0 && !name.starts_with("ignite-") && !name.starts_with("slot-") {
+                walk(&entry.path(), depth - 1, prefix, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        Path::new("/sys/fs/cgroup"),
+        6,
+        &format!("ignite-{pid}-"),
+        &mut found,
+    );
+    found
+}
+
+/// The directories the sandbox makes its cgroups in (this process's own, per hierarchy).
+fn own_cgroups() -> Vec<PathBuf> {
+    sandbox();
+    let mut owns: Vec<PathBuf> = cgroups_of(std::process::id())
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    owns.sort();
+    owns.dedup();
+    assert!(!owns.is_empty(), "the sandbox has cgroups on this host");
+    owns
+}
+
+/// How many of this process's descriptors are open on files of its sandboxes' cgroups.
+fn cgroup_descriptors() -> usize {
+    let ours = format!("/ignite-{}-", std::process::id());
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(&ours)))
+        .count()
+}
+
+fn small_config(name: &str, first_uid: u32) -> SandboxConfig {
+    let mut config = SandboxConfig::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join(name));
+    config.first_uid = first_uid;
+    config.spare_netns = 2;
+    config.spare_zygotes = 2;
+    config.spare_slots = 0;
+    config.tmp_mb = 4;
+    config
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn sleeper() -> std::process::Child {
+    Std::new("sleep").arg("600").spawn().unwrap()
+}
+
+fn killed(child: &mut std::process::Child) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.signal() == Some(libc::SIGKILL);
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn helper_idle_slots() {
+    if std::env::var_os("IGNITE_TEST_IDLE_SLOTS").is_none() {
+        return;
+    }
+    let mut config = small_config("sandbox-idle-slots", 1_750_000_000);
+    config.spare_slots = 40;
+    let sandbox = Sandbox::new(config).unwrap();
+    let slots = || {
+        cgroups_of(std::process::id())
+            .first()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .map_or(0, |d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("slot-"))
+                    .count()
+            })
+    };
+    // The first zygote's slot, the 40 spare ones (the second zygote reuses one of them).
+    wait_for("40 spare slots", || slots() >= 41);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let held = cgroup_descriptors();
+    assert_eq!(held, 0, "descriptors held on cgroup files by 41 slots");
+    sandbox.shutdown();
+}
+
+#[test]
+fn idle_instance_slots_hold_no_descriptors() {
+    run_helper("helper_idle_slots", "IGNITE_TEST_IDLE_SLOTS");
+}
+
 #[test]
 fn helper_nofile() {
     if std::env::var_os("IGNITE_TEST_NOFILE").is_none() {
@@ -509,4 +627,219 @@ fn helper_nofile() {
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit() {
     run_helper("helper_nofile", "IGNITE_TEST_NOFILE");
+}
+
+const SHUTDOWN_UID: u32 = 1_760_000_000;
+
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+#[test]
+fn helper_shutdown() {
+    if std::env::var_os("IGNITE_TEST_SHUTDOWN").is_none() {
+        return;
+    }
+    let uids = SHUTDOWN_UID..SHUTDOWN_UID + 10_000;
+    let me = std::process::id();
+
+    // Dropping the last clone shuts the sandbox down.
+    let sandbox = Sandbox::new(small_config("sandbox-shutdown", SHUTDOWN_UID)).unwrap();
+    wait_for("two parked zygotes", || {
+        processes_of_uids(uids.clone()).len() >= 2
+    });
+    assert!(!cgroups_of(me).is_empty());
+    drop(sandbox);
+    assert!(cgroups_of(me).is_empty(), "{:?}", cgroups_of(me));
+    assert!(processes_of_uids(uids.clone()).is_empty());
+    wait_for("the threads to end", || {
+        threads_named("ignite-zygotes") + threads_named("ignite-netns") == 0
+    });
+
+    // An explicit shutdown while an instance and a compile run, and clones live on.
+    let sandbox = Sandbox::new(small_config("sandbox-shutdown", SHUTDOWN_UID)).unwrap();
+    let clone = sandbox.clone();
+    let limits = Limits {
+        memory_mb: 64,
+        egress: false,
+    };
+    let env = [("PROBE_LINGER".to_string(), "1".to_string())];
+    let spawned = spawn(
+        &Command {
+            program: probe(),
+            env: &env,
+        },
+        Some((&sandbox, &limits)),
+    )
+    .unwrap();
+    let mut instance = spawned.process;
+    let build = sandbox
+        .build_cgroup("shutdown-test", 256)
+        .unwrap()
+        .expect("cgroups on this host");
+    let mut compile = sleeper();
+    for procs in build.procs() {
+        std::fs::write(procs, compile.id().to_string()).unwrap();
+    }
+    wait_for("zygotes and the instance", || {
+        processes_of_uids(uids.clone()).len() >= 3
+    });
+    sandbox.shutdown();
+    sandbox.shutdown();
+    clone.shutdown();
+    assert!(sandbox.is_shut_down());
+    assert!(cgroups_of(me).is_empty(), "{:?}", cgroups_of(me));
+    assert!(killed(&mut compile), "the compile was killed");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(instance.wait()).unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the instance was killed"
+    );
+    assert!(processes_of_uids(uids.clone()).is_empty());
+    assert_eq!(
+        threads_named("ignite-zygotes") + threads_named("ignite-netns"),
+        0
+    );
+    let err = spawn(
+        &Command {
+            program: probe(),
+            env: &[],
+        },
+        Some((&clone, &limits)),
+    )
+    .expect_err("nothing starts after shutdown")
+    .to_string();
+    assert!(err.contains("shut down"), "{err}");
+    let err = clone
+        .build_cgroup("late", 256)
+        .expect_err("no compile either");
+    assert!(err.to_string().contains("shut down"), "{err}");
+    drop((build, clone));
+}
+
+#[test]
+fn shutdown_stops_the_sandbox_and_removes_its_cgroups() {
+    run_helper("helper_shutdown", "IGNITE_TEST_SHUTDOWN");
+}
+
+/// A pid that no process has (a child that has been reaped).
+fn dead_pid() -> u32 {
+    let mut child = Std::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    pid
+}
+
+/// Makes a stand-in for a server's cgroups, `ignite-<pid>-0` with a slot and a compile in it,
+/// in every hierarchy, with `process` in the slot; returns the base directories.
+fn fake_server_cgroups(pid: u32, process: u32, owner: Option<&str>) -> Vec<PathBuf> {
+    own_cgroups()
+        .iter()
+        .map(|own| {
+            let base = own.join(format!("ignite-{pid}-0"));
+            std::fs::create_dir_all(base.join("slot-0")).unwrap();
+            std::fs::create_dir_all(base.join("build-fake")).unwrap();
+            std::fs::write(base.join("slot-0/cgroup.procs"), process.to_string()).unwrap();
+            if let Some(owner) = owner {
+                let path = std::ffi::CString::new(base.to_str().unwrap()).unwrap();
+                // SAFETY: setxattr reads two C strings and `owner.len()` bytes of `owner`.
+                let rc = unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        c"trusted.ignite.owner".as_ptr(),
+                        owner.as_ptr().cast(),
+                        owner.len(),
+                        0,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            }
+            base
+        })
+        .collect()
+}
+
+#[test]
+fn a_dead_servers_cgroups_are_emptied_and_removed_at_start() {
+    // Left by a server that crashed, with an instance (or a compile) still running in them.
+    let mut orphan = sleeper();
+    let dead = fake_server_cgroups(dead_pid(), orphan.id(), None);
+    // A running process's pid, reused: its start time is not the one the owner mark records.
+    let mut reused_orphan = sleeper();
+    let reuser = sleeper();
+    let reused = fake_server_cgroups(
+        reuser.id(),
+        reused_orphan.id(),
+        Some(&format!("{} 1", reuser.id())),
+    );
+    let sandbox = Sandbox::new(small_config("sandbox-stale", 1_770_000_000)).unwrap();
+    assert!(killed(&mut orphan), "the dead server's process was killed");
+    assert!(
+        killed(&mut reused_orphan),
+        "so was the one under a reused pid"
+    );
+    for base in dead.iter().chain(&reused) {
+        assert!(!base.exists(), "{} was removed", base.display());
+    }
+    sandbox.shutdown();
+    let mut reuser = reuser;
+    let _ = reuser.kill();
+    let _ = reuser.wait();
+}
+
+#[test]
+fn a_running_servers_cgroups_are_left_alone() {
+    let mut server = sleeper();
+    let mut instance = sleeper();
+    let live = fake_server_cgroups(server.id(), instance.id(), None);
+    // And one marked by a process that is running.
+    let mut marked_server = sleeper();
+    let mut marked_instance = sleeper();
+    let start = std::fs::read_to_string(format!("/proc/{}/stat", marked_server.id())).unwrap();
+    let start = start[start.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let marked = fake_server_cgroups(
+        marked_server.id(),
+        marked_instance.id(),
+        Some(&format!("{} {start}", marked_server.id())),
+    );
+    let sandbox = Sandbox::new(small_config("sandbox-live", 1_780_000_000)).unwrap();
+    for base in live.iter().chain(&marked) {
+        assert!(base.join("slot-0").exists(), "{} was left", base.display());
+    }
+    assert!(
+        instance.try_wait().unwrap().is_none(),
+        "its instance runs on"
+    );
+    assert!(marked_instance.try_wait().unwrap().is_none());
+    sandbox.shutdown();
+    for child in [
+        &mut server,
+        &mut instance,
+        &mut marked_server,
+        &mut marked_instance,
+    ] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for base in live.iter().chain(&marked) {
+        for dir in ["slot-0", "build-fake", ""] {
+            let _ = std::fs::remove_dir(base.join(dir));
+        }
+    }
 }
