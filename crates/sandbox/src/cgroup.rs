@@ -1,14 +1,23 @@
 //! Per-instance cgroups: memory, pids and CPU, on whichever hierarchy (v1 or v2) offers each
 //! controller. A host may mix both — this one mounts v1 controllers beside an empty v2 tree.
 //!
-//! Each instance slot gets its cgroups when the slot is created, ahead of need; starting an
-//! instance only writes its memory limit when it changed and has the child join by writing `0`
-//! to descriptors opened in advance.
+//! Each instance slot gets its cgroups when the slot is created, ahead of need; a slot holds no
+//! descriptor while idle. Preparing a zygote opens its slot's `cgroup.procs` files, the child
+//! joins by writing `0` to them, and they are closed as soon as it is cloned. Starting an
+//! instance only writes its memory limit when it changed.
+//!
+//! The server's cgroups live under `ignite-<pid>-<n>` (one per hierarchy and [`crate::Sandbox`]),
+//! marked with the owner's pid and start time; [`Cgroups::remove_all`] kills what is left in them
+//! and removes them at shutdown, and the next start does the same for those of a server that is
+//! no longer running.
 
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const WANTED: &[&str] = &["memory", "pids", "cpu"];
 
@@ -35,7 +44,6 @@ pub(crate) struct CgroupLimits {
 #[derive(Debug)]
 pub(crate) struct SlotCgroups {
     dirs: Vec<PathBuf>,
-    procs: Vec<OwnedFd>,
     memory: Option<(PathBuf, bool)>,
     memory_limit: u64,
     oom_kills: u64,
@@ -149,7 +157,6 @@ impl Cgroups {
     pub(crate) fn create(&self, name: &str, limits: CgroupLimits) -> io::Result<SlotCgroups> {
         let mut slot = SlotCgroups {
             dirs: Vec::new(),
-            procs: Vec::new(),
             memory: None,
             memory_limit: 0,
             oom_kills: 0,
@@ -180,10 +187,6 @@ impl Cgroups {
                     _ => {}
                 }
             }
-            let procs = fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))?;
-            slot.procs.push(procs.into());
             slot.dirs.push(dir);
         }
         slot.oom_kills = slot.read_oom_kills();
@@ -191,17 +194,41 @@ impl Cgroups {
     }
 }
 
-impl Drop for Cgroups {
-    fn drop(&mut self) {
+impl Cgroups {
+    /// Kills every process left in the server's cgroups (instances, zygotes, compiles) and
+    /// removes them. Idempotent.
+    pub(crate) fn remove_all(&self) {
         for h in &self.hierarchies {
-            remove_tree(&h.base);
+            match kill_and_remove(&h.base, h.v2) {
+                Ok(0) => {}
+                Ok(killed) => tracing::info!(
+                    "killed {killed} sandboxed processes left in {}",
+                    h.base.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "cannot remove the sandbox's cgroup {}: {e}; remove it (rmdir, deepest \
+                     directories first) once the processes in it are gone",
+                    h.base.display()
+                ),
+            }
         }
     }
 }
 
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+/// The extended attribute on a server's base cgroups naming their owner: `<pid> <start time>`
+/// (the start time in clock ticks after boot, as `/proc/<pid>/stat` has it), so that a process
+/// that reused a dead server's pid is not taken for it.
+const OWNER_XATTR: &str = "trusted.ignite.owner";
+
 impl Hierarchy {
     fn create(v2: bool, own: &Path, controllers: Vec<&'static str>) -> Option<Hierarchy> {
-        clean_stale(own);
+        clean_stale(own, v2);
         // One base per Sandbox: two in one process (tests) must not remove each other's.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -214,6 +241,12 @@ impl Hierarchy {
                 return None;
             }
         }
+        if let Some(start) = start_time("self") {
+            let owner = format!("{} {start}", std::process::id());
+            if let Err(e) = set_xattr(&base, OWNER_XATTR, owner.as_bytes()) {
+                tracing::debug!("cannot mark cgroup {} as ours: {e}", base.display());
+            }
+        }
         Some(Hierarchy {
             v2,
             base,
@@ -222,40 +255,198 @@ impl Hierarchy {
     }
 }
 
-/// Removes the cgroups of servers that are no longer running.
-fn clean_stale(own: &Path) {
+/// Removes the cgroups of servers that are no longer running, killing what is still in them
+/// first (instances outlive a crashed server: they clear their parent-death signal at exec; so
+/// do compiles). Only `ignite-<pid>-<n>` directories under our own cgroup, and only when that
+/// pid is not running, or is running but is not the process that made them (a reused pid).
+fn clean_stale(own: &Path, v2: bool) {
     let Ok(entries) = fs::read_dir(own) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("ignite-"))
-            .and_then(|n| n.split('-').next())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(owner_pid) else {
             continue;
         };
-        if pid
-            .parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
-        {
-            remove_tree(&entry.path());
+        let dir = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || owner_alive(pid, &dir) {
+            continue;
+        }
+        match kill_and_remove(&dir, v2) {
+            Ok(0) => tracing::debug!("removed stale cgroup {}", dir.display()),
+            Ok(killed) => tracing::warn!(
+                "killed {killed} processes left by a server (pid {pid}) that is no longer \
+                 running, and removed its cgroup {}",
+                dir.display()
+            ),
+            Err(e) => tracing::warn!(
+                "cannot remove the cgroup {} of a server (pid {pid}) that is no longer running: \
+                 {e}; remove it (rmdir, deepest directories first) once the processes in it are \
+                 gone",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// The pid in a base cgroup's name, `ignite-<pid>-<n>`; `None` for any other name.
+fn owner_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("ignite-")?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether the server that made `dir` still runs: its pid is alive and, where the cgroup
+/// carries our owner mark, that process started when the mark says (else the pid was reused).
+/// Unmarked cgroups (a server of an older version) count as alive while the pid is.
+fn owner_alive(pid: u32, dir: &Path) -> bool {
+    let Some(now) = start_time(&pid.to_string()) else {
+        return false;
+    };
+    let Ok(mark) = get_xattr(dir, OWNER_XATTR) else {
+        return true;
+    };
+    let mark = String::from_utf8_lossy(&mark);
+    let mut parts = mark.split_whitespace();
+    let (Some(marked_pid), Some(marked_start)) = (parts.next(), parts.next()) else {
+        return true;
+    };
+    marked_pid != pid.to_string() || marked_start == now.to_string()
+}
+
+/// A process's start time (clock ticks after boot, field 22 of `/proc/<pid>/stat`); `None` if
+/// it is not running.
+fn start_time(pid: &str) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let (path, name) = (c_path(path)?, CString::new(name).map_err(io::Error::other)?);
+    // SAFETY: setxattr reads two NUL-terminated strings and `value.len()` bytes of `value`,
+    // all alive for the call.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let (path, name) = (c_path(path)?, CString::new(name).map_err(io::Error::other)?);
+    let mut value = vec![0u8; 64];
+    // SAFETY: getxattr reads two NUL-terminated strings and writes at most `value.len()` bytes
+    // into `value`, all alive for the call.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    value.truncate(n);
+    Ok(value)
+}
+
+/// How long killed processes get to leave their cgroups before removal gives up.
+const REMOVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills every process in the cgroup tree at `dir` (`cgroup.kill` on v2, a SIGKILL to each pid
+/// of every `cgroup.procs` on v1, again until none is left), then removes the tree, children
+/// first. Returns how many processes it signalled; a tree that is already gone is `Ok(0)`.
+fn kill_and_remove(dir: &Path, v2: bool) -> io::Result<usize> {
+    let deadline = Instant::now() + REMOVE_WAIT;
+    let mut killed = 0;
+    loop {
+        killed += kill_tree(dir, v2);
+        match remove_tree(dir) {
+            Ok(()) => return Ok(killed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(killed),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            // EBUSY: a killed process has not exited yet.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// One round of [`kill_and_remove`]'s killing: how many processes it signalled.
+fn kill_tree(dir: &Path, v2: bool) -> usize {
+    let mut pids = Vec::new();
+    procs_of_tree(dir, &mut pids);
+    if pids.is_empty() {
+        return 0;
+    }
+    // cgroup.kill (v2, Linux 5.14) kills the whole subtree at once, forks in flight included.
+    if v2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return pids.len();
+    }
+    let me = std::process::id() as libc::pid_t;
+    for &pid in &pids {
+        if pid > 1 && pid != me {
+            // SAFETY: kill(2) has no memory-safety preconditions. The pid was read from the
+            // cgroup a moment ago; a dead server's processes are no children of ours, so the
+            // window for its reuse is the kernel's whole pid space going round.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    pids.len()
+}
+
+fn procs_of_tree(dir: &Path, pids: &mut Vec<libc::pid_t>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(
+            text.lines()
+                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+        );
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                procs_of_tree(&entry.path(), pids);
+            }
         }
     }
 }
 
 /// cgroup directories are removed with rmdir, children first; a cgroup still holding a process
-/// stays.
-fn remove_tree(dir: &Path) {
+/// stays, and the first such error is returned.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    let mut result = Ok(());
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path());
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && let Err(e) = remove_tree(&entry.path())
+                && e.kind() != io::ErrorKind::NotFound
+                && result.is_ok()
+            {
+                result = Err(e);
             }
         }
     }
-    let _ = fs::remove_dir(dir);
+    match fs::remove_dir(dir) {
+        Err(e) if result.is_ok() => Err(e),
+        _ => result,
+    }
 }
 
 fn relative<'a>(path: &'a str, root: &str) -> &'a str {
@@ -283,8 +474,22 @@ impl SlotCgroups {
         }
     }
 
-    pub(crate) fn procs(&self) -> Vec<RawFd> {
-        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    /// Opens the `cgroup.procs` files a process joins by writing `0`; held only while a zygote
+    /// is being made, so that idle slots hold no descriptor.
+    pub(crate) fn open_procs(&self) -> io::Result<Vec<OwnedFd>> {
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                    })
+            })
+            .collect()
     }
 
     /// Sets the memory limit, if the host has a memory controller and it changed.

@@ -1,5 +1,5 @@
-//! CPU placement and process-group signals: small system calls the agent and builder need,
-//! kept here with the rest of the crate's `unsafe`.
+//! CPU placement, process-group signals and the descriptor limit: small system calls the
+//! agent, builder and server need, kept here with the rest of the crate's `unsafe`.
 
 use std::io;
 
@@ -44,27 +44,50 @@ pub fn kill_process_group(leader: u32) {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (every instance holds a few descriptors
-/// of the process that runs it); returns the soft limit now in force.
-pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
+/// Raises this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit and returns
+/// the new soft limit. The server calls it at start: a node with thousands of instances holds
+/// several descriptors for each (standard streams, pidfd), beyond the usual soft limit of 1024.
+/// Instances are not affected: each gets its own limit (`SandboxConfig::open_files`).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes only the rlimit struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
+    // SAFETY: getrlimit64 writes one rlimit64 into the struct it is given.
+    if unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot read the open-file limit (RLIMIT_NOFILE): {e}"),
+        ));
     }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the rlimit struct it is given.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit = raised;
+    // Linux caps the hard limit at fs.nr_open; an unlimited one cannot be the soft limit.
+    let mut target = limit.rlim_max;
+    if target == libc::RLIM64_INFINITY {
+        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1 << 20);
     }
-    Ok(limit.rlim_cur)
+    if limit.rlim_cur >= target {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit64 {
+        rlim_cur: target,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit64 reads the struct it is given, which is initialised.
+    if unsafe { libc::setrlimit64(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot raise the open-file limit (RLIMIT_NOFILE) from {} to its hard limit {}: \
+                 {e}; raise it before starting the server (ulimit -n, or LimitNOFILE= in its \
+                 systemd unit)",
+                limit.rlim_cur, target
+            ),
+        ));
+    }
+    Ok(target)
 }

@@ -7,7 +7,8 @@
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
 //!   (made ahead of need, see `netns.rs`) with nothing in it;
-//! - a read-only tmpfs root holding `/proc` (of its own pid namespace), a size-capped `/tmp`
+//! - a read-only tmpfs root holding `/proc` (of its own pid namespace, with what it tells of the
+//!   host's kernel masked or read-only, see `spawn.rs`), a size-capped `/tmp`
 //!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
 //!   it is in the tree;
 //! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
@@ -30,11 +31,12 @@ mod spawn;
 
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_open_files_limit};
+pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_nofile_limit};
 pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
@@ -110,6 +112,8 @@ pub enum SandboxError {
     Seccomp(#[from] seccompiler::BackendError),
     #[error("cannot start the network namespace pool: {0}")]
     Netns(#[source] io::Error),
+    #[error("cannot start the sandbox's zygote thread: {0}")]
+    Thread(#[source] io::Error),
     #[error(
         "the sandbox cannot start a process on this host ({0}); check that user namespaces are \
          enabled (sysctl user.max_user_namespaces) and mounts are allowed, or pass --no-sandbox \
@@ -119,6 +123,10 @@ pub enum SandboxError {
 }
 
 /// The node's sandbox: prepared resources shared by every instance it starts. Cheap to clone.
+///
+/// [`Sandbox::shutdown`] (or dropping the last clone) stops its background threads, kills what
+/// it prepared or started and removes its cgroups; the server calls it when it stops, since a
+/// process that exits runs no destructor of what its threads and tasks still hold.
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -131,9 +139,17 @@ struct Inner {
     cgroups: Option<cgroup::Cgroups>,
     slots: Arc<SlotPool>,
     netns: netns::Pool,
-    zygotes: ZygotePool,
+    /// Shared with the `ignite-zygotes` thread, which holds no strong reference to `Inner`
+    /// while it waits (it would keep the sandbox alive).
+    zygotes: Arc<ZygotePool>,
     /// Set up the first time an app asks for internet access.
     egress: Mutex<Option<Arc<Egress>>>,
+    /// Set when shutdown begins: nothing is prepared or started from then on.
+    closing: AtomicBool,
+    /// Held through a shutdown (a second caller waits for the first); true once it is done.
+    shut_down: Mutex<bool>,
+    /// The `ignite-zygotes` thread, joined at shutdown.
+    refill: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Internet access for instances: the wired namespaces and what goes in their `/etc`.
@@ -164,6 +180,10 @@ impl Sandbox {
         let filter = seccomp::program()?;
         let cgroups = cgroup::Cgroups::detect();
         let netns = netns::Pool::new(config.spare_netns).map_err(SandboxError::Netns)?;
+        let zygotes = Arc::new(ZygotePool {
+            spare: config.spare_zygotes,
+            ..ZygotePool::default()
+        });
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 config,
@@ -172,8 +192,11 @@ impl Sandbox {
                 cgroups,
                 slots: Arc::new(SlotPool::default()),
                 netns,
-                zygotes: ZygotePool::default(),
+                zygotes,
                 egress: Mutex::new(None),
+                closing: AtomicBool::new(false),
+                shut_down: Mutex::new(false),
+                refill: Mutex::new(None),
             }),
         };
         // One zygote now: a host that cannot make one (no user namespaces, a refused mount, …)
@@ -181,11 +204,40 @@ impl Sandbox {
         let first = Zygote::create(&sandbox, false).map_err(SandboxError::Probe)?;
         sandbox.inner.zygotes.lock().ready.push(first);
         let weak = Arc::downgrade(&sandbox.inner);
-        std::thread::Builder::new()
+        let pool = sandbox.inner.zygotes.clone();
+        let refill = std::thread::Builder::new()
             .name("ignite-zygotes".into())
-            .spawn(move || refill_zygotes(&weak))
-            .map_err(SandboxError::Netns)?;
+            .spawn(move || refill_zygotes(&weak, &pool))
+            .map_err(SandboxError::Thread)?;
+        *lock(&sandbox.inner.refill) = Some(refill);
         Ok(sandbox)
+    }
+
+    /// Stops the sandbox: ends its background threads (zygotes, network namespaces), kills the
+    /// parked zygotes, releases the prepared network namespaces and kills every process still in
+    /// its cgroups (instances, compiles) before removing those cgroups. Idempotent, and safe to
+    /// call from any thread while other clones are in use: from then on, starting an instance
+    /// or a compile fails, saying the sandbox is shut down. Dropping the last clone does the
+    /// same. Blocks for as long as the threads take to notice (a few milliseconds) and the
+    /// killed processes take to exit (at most a few seconds): from async code, call it through
+    /// `tokio::task::spawn_blocking`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// Whether [`Sandbox::shutdown`] has begun.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.is_shut_down() {
+            return Err(io::Error::other(
+                "the sandbox is shut down (the server is stopping); start the server again to \
+                 run instances",
+            ));
+        }
+        Ok(())
     }
 
     /// One line for the server's start-up banner.
@@ -194,10 +246,12 @@ impl Sandbox {
             Some(c) => format!("cgroups {}", c.describe()),
             None => "no cgroups (rlimits only)".into(),
         };
+        let families: Vec<&str> = seccomp::SOCKET_FAMILIES.iter().map(|f| f.1).collect();
         format!(
             "user, mount, pid, ipc, uts, cgroup and network namespaces; {cgroups}; seccomp \
-             ({} syscalls refused); read-only root, {} MiB /tmp",
+             ({} syscalls refused, sockets of {} only); read-only root, masked /proc, {} MiB /tmp",
             denied_syscalls().count() + 2,
+            families.join(", "),
             self.inner.config.tmp_mb
         )
     }
@@ -249,7 +303,8 @@ impl Sandbox {
     }
 
     fn egress(&self) -> io::Result<Arc<Egress>> {
-        let mut slot = self.inner.egress.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_open()?;
+        let mut slot = lock(&self.inner.egress);
         if let Some(egress) = &*slot {
             return Ok(egress.clone());
         }
@@ -271,7 +326,15 @@ impl Sandbox {
         }
     }
 
-    fn isolation(&self, slot: &Slot, netns: RawFd, egress: bool) -> io::Result<spawn::Isolation> {
+    /// What a zygote is made with. `cgroup_procs` are the slot's `cgroup.procs` files, opened
+    /// by [`Slot::open_cgroup_procs`] and closed once the zygote is cloned.
+    fn isolation(
+        &self,
+        slot: &Slot,
+        netns: RawFd,
+        cgroup_procs: &[OwnedFd],
+        egress: bool,
+    ) -> io::Result<spawn::Isolation> {
         let state = slot
             .state
             .as_ref()
@@ -281,7 +344,7 @@ impl Sandbox {
         let c = |s: String| std::ffi::CString::new(s).map_err(io::Error::other);
         Ok(spawn::Isolation {
             netns,
-            cgroup_procs: state.cgroups.as_ref().map_or_else(Vec::new, |c| c.procs()),
+            cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
             paths: &self.inner.paths,
             resolv_conf: if egress {
                 Some(self.egress()?.resolv_conf.clone())
@@ -311,6 +374,7 @@ impl Sandbox {
 
     /// The cgroups of one compile (memory and processes), made now, removed when dropped.
     pub fn build_cgroup(&self, name: &str, memory_mb: u64) -> io::Result<Option<BuildCgroup>> {
+        self.check_open()?;
         let Some(cgroups) = &self.inner.cgroups else {
             return Ok(None);
         };
@@ -357,6 +421,8 @@ impl Sandbox {
 struct ZygotePool {
     state: Mutex<ZygoteState>,
     wake: Condvar,
+    /// How many the thread keeps ready.
+    spare: usize,
 }
 
 #[derive(Default)]
@@ -377,11 +443,50 @@ impl ZygotePool {
     }
 }
 
+impl Inner {
+    fn shutdown(&self) {
+        let mut done = lock(&self.shut_down);
+        if *done {
+            return;
+        }
+        self.closing.store(true, Ordering::Release);
+        // The zygote thread first: once it has ended, nothing new is made in the background.
+        let ready = {
+            let mut state = self.zygotes.lock();
+            state.closed = true;
+            std::mem::take(&mut state.ready)
+        };
+        self.zygotes.wake.notify_all();
+        if let Some(refill) = lock(&self.refill).take() {
+            // The last clone may be dropped on that thread itself: it cannot wait for itself,
+            // and ends on its own once this returns.
+            if refill.thread().id() != std::thread::current().id() && refill.join().is_err() {
+                tracing::warn!("the sandbox's zygote thread panicked");
+            }
+        }
+        // Kills and reaps each parked zygote; their slots go back to the pool.
+        drop(ready);
+        self.netns.close();
+        if let Some(egress) = lock(&self.egress).take() {
+            egress.netns.close();
+        }
+        // Whatever is still running in the sandbox's cgroups (instances, compiles, a zygote
+        // made on the spot meanwhile) is killed before they are removed.
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_all();
+        }
+        *done = true;
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.zygotes.lock().closed = true;
-        self.zygotes.wake.notify_all();
+        self.shutdown();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long background preparation waits after the pool is drawn on.
@@ -404,37 +509,31 @@ pub(crate) fn run_when_idle() {
     }
 }
 
-fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
+/// The `ignite-zygotes` thread. It upgrades `inner` only while it makes something, so that
+/// dropping the last [`Sandbox`] clone shuts the sandbox down; it ends when the pool closes.
+fn refill_zygotes(inner: &std::sync::Weak<Inner>, pool: &ZygotePool) {
     run_when_idle();
     // Instance slots (a uid and cgroups in every hierarchy, ~0.3 ms each to make) ahead of the
     // first burst; they are reused from then on.
     if let Some(strong) = inner.upgrade() {
-        let sandbox = Sandbox {
-            inner: strong.clone(),
-        };
-        let made: Vec<Slot> = (0..strong.config.spare_slots)
-            .filter_map(|_| sandbox.take_slot().ok())
-            .collect();
+        let sandbox = Sandbox { inner: strong };
+        let mut made: Vec<Slot> = Vec::new();
+        for _ in 0..sandbox.inner.config.spare_slots {
+            if pool.lock().closed {
+                break;
+            }
+            if let Ok(slot) = sandbox.take_slot() {
+                made.push(slot);
+            }
+        }
         drop(made);
+        drop(sandbox);
     }
     loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
         {
-            let spare = strong.config.spare_zygotes;
-            let pool = &strong.zygotes;
             let mut state = pool.lock();
-            while !state.closed && state.ready.len() >= spare {
-                // Wake now and then to notice a dropped sandbox.
-                state = pool
-                    .wake
-                    .wait_timeout(state, std::time::Duration::from_secs(1))
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
-                if std::sync::Arc::strong_count(&strong) == 1 {
-                    return;
-                }
+            while !state.closed && state.ready.len() >= pool.spare {
+                state = pool.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             if state.closed {
                 return;
@@ -443,20 +542,35 @@ fn refill_zygotes(inner: &std::sync::Weak<Inner>) {
         // Let the start that took a zygote finish first: making the next one right away
         // contends with it for the kernel's namespace and cgroup locks (it doubled the cold
         // start here). A burst that empties the pool makes its own meanwhile.
-        drop(strong);
         std::thread::sleep(SETTLE);
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let sandbox = Sandbox {
-            inner: strong.clone(),
-        };
-        match Zygote::create(&sandbox, false) {
-            Ok(zygote) => strong.zygotes.lock().ready.push(zygote),
+        let sandbox = Sandbox { inner: strong };
+        let made = Zygote::create(&sandbox, false);
+        // Dropping this clone may shut the sandbox down (if it was the last): not under the
+        // pool's lock, which the shutdown takes.
+        drop(sandbox);
+        match made {
+            Ok(zygote) => {
+                let mut state = pool.lock();
+                if state.closed {
+                    drop(state);
+                    return;
+                }
+                state.ready.push(zygote);
+            }
             Err(e) => {
+                if pool.lock().closed {
+                    return;
+                }
                 tracing::warn!("cannot prepare a sandboxed instance ahead of need: {e}");
-                drop((sandbox, strong));
-                std::thread::sleep(std::time::Duration::from_secs(1));
+                let state = pool.lock();
+                let _ =
+                    pool.wake
+                        .wait_timeout_while(state, std::time::Duration::from_secs(1), |s| {
+                            !s.closed
+                        });
             }
         }
     }
@@ -522,6 +636,15 @@ impl Slot {
         match self.state.as_mut().and_then(|s| s.cgroups.as_mut()) {
             Some(c) => c.set_memory(memory_mb.saturating_mul(1 << 20)),
             None => Ok(()),
+        }
+    }
+
+    /// The slot's `cgroup.procs` files, opened for a zygote to join (see
+    /// [`cgroup::SlotCgroups::open_procs`]).
+    fn open_cgroup_procs(&self) -> io::Result<Vec<OwnedFd>> {
+        match self.state.as_ref().and_then(|s| s.cgroups.as_ref()) {
+            Some(c) => c.open_procs(),
+            None => Ok(Vec::new()),
         }
     }
 

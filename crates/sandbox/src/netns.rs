@@ -32,6 +32,8 @@ pub(crate) struct Pool {
     shared: Arc<Shared>,
     spare: usize,
     egress: bool,
+    /// The refill thread, joined by [`Pool::close`].
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 /// How long a start waits for a namespace with internet access when none is ready.
@@ -67,7 +69,7 @@ impl Pool {
         });
         let refill = shared.clone();
         let (started, ready) = std::sync::mpsc::channel();
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name(name.into())
             .spawn(move || match maker() {
                 Ok(make) => {
@@ -85,7 +87,28 @@ impl Pool {
             shared,
             spare,
             egress,
+            thread: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Stops the refill thread (waiting for it) and releases the namespaces made ahead of need
+    /// (with egress, their veth pairs go with them). Idempotent; `take` fails from then on.
+    pub(crate) fn close(&self) {
+        let ready = {
+            let mut state = lock(&self.shared);
+            state.closed = true;
+            std::mem::take(&mut state.namespaces)
+        };
+        self.shared.wake.notify_all();
+        self.shared.ready_cv.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.thread().id() != thread::current().id()
+            && handle.join().is_err()
+        {
+            tracing::warn!("a network namespace thread panicked");
+        }
+        drop(ready);
     }
 
     /// A fresh namespace. An empty one is made on the spot (on a short-lived thread) if none is
@@ -96,6 +119,11 @@ impl Pool {
         let taken = {
             let mut state = lock(&self.shared);
             loop {
+                if state.closed {
+                    return Err(io::Error::other(
+                        "the sandbox is shut down (the server is stopping): no network namespace",
+                    ));
+                }
                 let fd = state.namespaces.pop();
                 if state.namespaces.len() < self.spare {
                     self.shared.wake.notify_all();
@@ -129,8 +157,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        lock(&self.shared).closed = true;
-        self.shared.wake.notify_all();
+        self.close();
     }
 }
 
@@ -169,12 +196,19 @@ fn refill_loop(shared: &Shared, spare: usize, mut make: impl FnMut() -> io::Resu
         thread::sleep(crate::SETTLE);
         match make() {
             Ok(fd) => {
-                lock(shared).namespaces.push(fd);
+                let mut state = lock(shared);
+                if state.closed {
+                    return;
+                }
+                state.namespaces.push(fd);
                 shared.ready_cv.notify_one();
             }
             Err(e) => {
                 tracing::warn!("cannot create a network namespace: {e}");
-                thread::sleep(std::time::Duration::from_secs(1));
+                let state = lock(shared);
+                let _ = shared
+                    .wake
+                    .wait_timeout_while(state, Duration::from_secs(1), |s| !s.closed);
             }
         }
     }

@@ -4,8 +4,15 @@
 //! everything a std/tokio program does (files in its own tmpfs, threads, timers, epoll, sockets
 //! that its empty network namespace makes useless anyway) keeps working, and what only an
 //! attacker needs is refused with `EPERM`: debugging other processes, mounting, new namespaces,
-//! BPF, the kernel keyring, modules, raw and packet sockets, io_uring (whose operations bypass
-//! seccomp), clock and host changes.
+//! BPF, the kernel keyring, modules, raw sockets, io_uring (whose operations bypass seccomp),
+//! clock and host changes.
+//!
+//! Sockets are the one allow list: `socket` and `socketpair` work for Unix, IPv4 and IPv6 only
+//! ([`SOCKET_FAMILIES`]); every other address family fails with `EAFNOSUPPORT`, which is what
+//! the kernel answers for a family it was built without, so programs that probe for one treat
+//! it as absent rather than as an error. That keeps out `AF_VSOCK` (a network namespace does not
+//! confine it: it reaches the host and its VM peers), `AF_PACKET`, `AF_ALG`, `AF_NETLINK` and the
+//! rest of the kernel's rarely used protocol code.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +77,23 @@ const DENIED: &[(i64, &str)] = &[
     (libc::SYS_uselib, "uselib"),
 ];
 
+/// The address families an instance may create sockets of.
+///
+/// `AF_NETLINK` is not among them. Nothing of the platform uses it inside an instance (the SDK
+/// talks over its inherited streams); the common library path to it (`getifaddrs` and
+/// `if_nameindex`, which open `SOCK_RAW` netlink sockets) was already refused by the raw-socket
+/// rule; an instance's network is known (`lo`, and `eth0` with egress). What it would expose is
+/// not: `NETLINK_KOBJECT_UEVENT` delivers the host's device events into every network namespace
+/// owned by the initial user namespace, which the instances' are (the server makes them as
+/// root), and generic netlink, netfilter, xfrm and sock_diag are large surfaces for a tenant
+/// that needs none of them. Even `NETLINK_ROUTE` alone would only give a read-only dump of
+/// that known network.
+pub(crate) const SOCKET_FAMILIES: &[(i32, &str)] = &[
+    (libc::AF_UNIX, "unix"),
+    (libc::AF_INET, "inet"),
+    (libc::AF_INET6, "inet6"),
+];
+
 /// `clone` flags that would create a namespace.
 const NAMESPACE_FLAGS: &[i32] = &[
     libc::CLONE_NEWNS,
@@ -87,7 +111,8 @@ const NAMESPACE_FLAGS: &[i32] = &[
 /// A short hand-written prologue runs before seccompiler's rules: it refuses x32-ABI numbers
 /// (same architecture token, numbers offset by 2^30 — a deny list keyed on x86-64 numbers would
 /// miss them) and answers `clone3` with `ENOSYS`, so that runtimes fall back to `clone`, whose
-/// flags a filter can inspect (clone3 passes them in memory, out of seccomp's reach).
+/// flags a filter can inspect (clone3 passes them in memory, out of seccomp's reach). It also
+/// checks the address family of `socket` and `socketpair` (see [`SOCKET_FAMILIES`]).
 pub(crate) fn program() -> Result<BpfProgram, seccompiler::BackendError> {
     let arch = TargetArch::x86_64;
     // seccompiler compiles the rules that look at arguments; the syscalls refused outright are
@@ -100,24 +125,17 @@ pub(crate) fn program() -> Result<BpfProgram, seccompiler::BackendError> {
             .map(|&flag| masked_eq(0, flag as u64))
             .collect::<Result<_, _>>()?,
     );
-    // Packet sockets, and raw sockets of any family (the type's low bits; the high ones carry
-    // SOCK_CLOEXEC / SOCK_NONBLOCK).
+    // Raw sockets of the allowed families (the type's low bits; the high ones carry
+    // SOCK_CLOEXEC / SOCK_NONBLOCK). Packet sockets and every other family never get here: the
+    // prologue's family check refuses them first.
     deny.insert(
         libc::SYS_socket,
-        vec![
-            SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::AF_PACKET as u64,
-            )?])?,
-            SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::MaskedEq(0xf),
-                libc::SOCK_RAW as u64,
-            )?])?,
-        ],
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xf),
+            libc::SOCK_RAW as u64,
+        )?])?],
     );
     let rules: BpfProgram = SeccompFilter::new(
         deny,
@@ -131,7 +149,8 @@ pub(crate) fn program() -> Result<BpfProgram, seccompiler::BackendError> {
         .map(|&(nr, _)| (nr as u32, Target::Deny))
         .chain([
             (libc::SYS_clone as u32, Target::Rules),
-            (libc::SYS_socket as u32, Target::Rules),
+            (libc::SYS_socket as u32, Target::Family),
+            (libc::SYS_socketpair as u32, Target::Family),
         ])
         .collect();
     keys.sort_unstable();
@@ -157,13 +176,17 @@ fn op(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
 enum Target {
     Deny,
     Rules,
+    /// `socket` and `socketpair`: the address family first.
+    Family,
 }
 
 /// Runs before seccompiler's rules, which are a linear chain: the kernel's action cache
 /// emulates the filter once per syscall number when it is installed, so a chain of ~60 rules
 /// cost ~0.3 ms per instance start. The prologue finds the syscall number by binary search (a
 /// handful of steps): refused outright → EPERM, argument rules → seccompiler's chain, anything
-/// else → ALLOW. It also refuses x32-ABI numbers (same architecture token, numbers
+/// else → ALLOW; `socket` and `socketpair` → the address-family check (`EAFNOSUPPORT` for a
+/// family not in [`SOCKET_FAMILIES`]), then seccompiler's chain or ALLOW. It also refuses
+/// x32-ABI numbers (same architecture token, numbers
 /// offset by 2^30 — a deny list keyed on x86-64 numbers would miss them) and answers `clone3`
 /// with `ENOSYS`, so that runtimes fall back to `clone`, whose flags a filter can inspect.
 fn prologue(keys: &[(u32, Target)]) -> Vec<sock_filter> {
@@ -179,17 +202,34 @@ fn prologue(keys: &[(u32, Target)]) -> Vec<sock_filter> {
     ];
     let tree_start = out.len();
     let tree_len = tree_size(keys.len());
-    // Layout: [header][search tree][RET ALLOW][RET EPERM][seccompiler's rules…]
+    // Layout: [header][search tree][RET ALLOW][RET EPERM][family check][seccompiler's rules…]
+    // (BPF jumps only forward, so the family check ends with its own RET ALLOW.)
     let allow = tree_start + tree_len;
+    let family = allow + 2;
     let labels = Labels {
         allow,
         deny: allow + 1,
-        rules: allow + 2,
+        family,
     };
     search(keys, &mut out, &labels);
     debug_assert_eq!(out.len(), allow);
     out.push(op(RET_K, 0, 0, RET_ALLOW));
     out.push(op(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32));
+    // The family is the first argument's low 32 bits (an int; seccomp_data.args[0] is a
+    // little-endian u64 at offset 16).
+    out.push(op(LD_W_ABS, 0, 0, 16));
+    let n = SOCKET_FAMILIES.len();
+    for (i, &(af, _)) in SOCKET_FAMILIES.iter().enumerate() {
+        // Matches skip the rest of the list and the refusal.
+        let jt = u8::try_from(n - i).expect("a short list of families");
+        out.push(op(JEQ_K, jt, 0, af as u32));
+    }
+    out.push(op(RET_K, 0, 0, RET_ERRNO | libc::EAFNOSUPPORT as u32));
+    // An allowed family: `socket` goes on to the raw-socket rule, `socketpair` is allowed.
+    out.push(op(LD_W_ABS, 0, 0, 0));
+    out.push(op(JEQ_K, 1, 0, libc::SYS_socket as u32));
+    out.push(op(RET_K, 0, 0, RET_ALLOW));
+    debug_assert_eq!(out.len(), family + n + 5);
     out
 }
 
@@ -204,7 +244,14 @@ fn tree_size(n: usize) -> usize {
 struct Labels {
     allow: usize,
     deny: usize,
-    rules: usize,
+    /// Where the family check starts; seccompiler's rules follow it.
+    family: usize,
+}
+
+impl Labels {
+    fn rules(&self) -> usize {
+        self.family + SOCKET_FAMILIES.len() + 5
+    }
 }
 
 /// Emits "which of `keys` is the syscall number (in A)? go to its target, else to allow".
@@ -215,7 +262,8 @@ fn search(keys: &[(u32, Target)], out: &mut Vec<sock_filter>, labels: &Labels) {
             let at = out.len();
             let to = match target {
                 Target::Deny => labels.deny,
-                Target::Rules => labels.rules,
+                Target::Rules => labels.rules(),
+                Target::Family => labels.family,
             };
             let jt = u8::try_from(rel(at, to)).expect("the search tree is short");
             out.push(op(JEQ_K, jt, 0, k));
@@ -242,8 +290,9 @@ fn masked_eq(arg: u8, bits: u64) -> Result<SeccompRule, seccompiler::BackendErro
     )?])
 }
 
-/// The names of the refused syscalls (beyond `clone3`, namespace flags of `clone`, and raw and
-/// packet sockets), for the README and the start-up banner.
+/// The names of the refused syscalls (beyond `clone3`, namespace flags of `clone`, raw sockets
+/// and sockets of other address families than [`SOCKET_FAMILIES`]), for the README and the
+/// start-up banner.
 pub fn denied_syscalls() -> impl Iterator<Item = &'static str> {
     DENIED.iter().map(|&(_, name)| name)
 }

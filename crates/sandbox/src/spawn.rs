@@ -89,6 +89,7 @@ const STEPS: &[&str] = &[
     "installing the seccomp filter",
     STEP_EXEC,
     "writing the instance's /etc",
+    "masking the host's kernel information in /proc",
 ];
 const _: () = assert!(STEP_EXEC_INDEX < STEPS.len());
 
@@ -148,17 +149,76 @@ pub(crate) struct RootPaths {
     pub etc: CString,
     pub resolv_conf: CString,
     pub hosts: CString,
+    /// What of the instance's `/proc` is masked or made read-only (see [`ProcMasks`]).
+    pub masks: ProcMasks,
+}
+
+/// Files of `/proc` that tell of the host's kernel rather than of the instance: container
+/// runtimes' default `maskedPaths` (runc, Docker) plus `kallsyms`, `key-users`,
+/// `sysrq-trigger` and `interrupts`. `/dev/null` is bound over each (reads find nothing, writes
+/// go nowhere).
+const MASKED_FILES: &[&str] = &[
+    "kallsyms",
+    "kcore",
+    "keys",
+    "key-users",
+    "sched_debug",
+    "timer_list",
+    "timer_stats",
+    "latency_stats",
+    "sysrq-trigger",
+    "interrupts",
+];
+/// Directories of `/proc` about the host's hardware: an empty read-only tmpfs over each.
+const MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+/// Kernel settings and hardware state, readable but made read-only (runtimes'
+/// `readonlyPaths`): a bind of the path onto itself, remounted read-only.
+const READ_ONLY: &[&str] = &["sys", "bus", "fs", "irq"];
+
+/// The mount points under the instance's `/proc`, for the ones this kernel has (the same for
+/// every instance: it is the host's kernel, so it is looked up once, in the host's `/proc`).
+/// The root has no `/sys`, so runtimes' `/sys/firmware` mask has nothing to cover here.
+pub(crate) struct ProcMasks {
+    pub null: CString,
+    pub files: Vec<CString>,
+    pub dirs: Vec<CString>,
+    pub read_only: Vec<CString>,
+    pub dir_options: CString,
+}
+
+impl ProcMasks {
+    fn new(proc_: &Path, null: CString) -> io::Result<ProcMasks> {
+        let present = |names: &[&str], dir: bool| -> io::Result<Vec<CString>> {
+            names
+                .iter()
+                .filter(|n| {
+                    std::fs::symlink_metadata(Path::new("/proc").join(n))
+                        .is_ok_and(|m| m.is_dir() == dir)
+                })
+                .map(|n| c_path(&proc_.join(n)))
+                .collect()
+        };
+        Ok(ProcMasks {
+            null,
+            files: present(MASKED_FILES, false)?,
+            dirs: present(MASKED_DIRS, true)?,
+            read_only: present(READ_ONLY, true)?,
+            dir_options: CString::new("size=4k,nr_inodes=8,mode=555").map_err(io::Error::other)?,
+        })
+    }
+}
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 impl RootPaths {
     pub(crate) fn new(root: &Path) -> io::Result<RootPaths> {
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
-            })
-        };
+        let c = c_path;
         let dev = root.join("dev");
         Ok(RootPaths {
+            masks: ProcMasks::new(&root.join("proc"), c(&dev.join("null"))?)?,
             root: c(root)?,
             root_options: CString::new("size=64k,nr_inodes=64,mode=755")
                 .map_err(io::Error::other)?,
@@ -426,8 +486,13 @@ impl Zygote {
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {
+        sandbox.check_open().map_err(prep("starting the sandbox"))?;
         let slot = sandbox
             .take_slot()
+            .map_err(prep("preparing the instance's cgroups"))?;
+        // Open only until the child is cloned (it inherits copies): idle slots hold none.
+        let cgroup_procs = slot
+            .open_cgroup_procs()
             .map_err(prep("preparing the instance's cgroups"))?;
         let netns = sandbox.take_netns(egress).map_err(prep(if egress {
             "preparing the instance's internet access"
@@ -435,7 +500,7 @@ impl Zygote {
             "preparing the instance's network namespace"
         }))?;
         let isolation = sandbox
-            .isolation(&slot, netns.as_raw_fd(), egress)
+            .isolation(&slot, netns.as_raw_fd(), &cgroup_procs, egress)
             .map_err(prep("preparing the sandbox"))?;
         let streams = prep("creating the standard stream pipes");
         let (stdin_child, stdin) = pipe().map_err(&streams)?;
@@ -492,6 +557,7 @@ impl Zygote {
             stderr_child,
             control_child,
             netns,
+            cgroup_procs,
         ));
         let mut zygote = Zygote {
             pid,
@@ -857,6 +923,62 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             )?;
             for (path, dev) in &paths.devices {
                 ok(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev), 10)?;
+            }
+            // Done here, as root of the host's user namespace (the instance's comes later), so
+            // no rule about mounts in a user namespace applies, and the instance, which never
+            // holds a capability over this mount namespace, cannot undo any of it (seccomp
+            // refuses umount2 and mount besides).
+            let masks = &paths.masks;
+            for file in &masks.files {
+                ok(
+                    libc::mount(
+                        masks.null.as_ptr(),
+                        file.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ),
+                    23,
+                )?;
+            }
+            for dir in &masks.dirs {
+                ok(
+                    libc::mount(
+                        c"masked".as_ptr(),
+                        dir.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        masks.dir_options.as_ptr().cast(),
+                    ),
+                    23,
+                )?;
+            }
+            for dir in &masks.read_only {
+                ok(
+                    libc::mount(
+                        dir.as_ptr(),
+                        dir.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ),
+                    23,
+                )?;
+                ok(
+                    libc::mount(
+                        ptr::null(),
+                        dir.as_ptr(),
+                        ptr::null(),
+                        libc::MS_REMOUNT
+                            | libc::MS_BIND
+                            | libc::MS_RDONLY
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV
+                            | libc::MS_NOEXEC,
+                        ptr::null(),
+                    ),
+                    23,
+                )?;
             }
             if let Some(resolv_conf) = &iso.resolv_conf {
                 ok(libc::mkdir(paths.etc.as_ptr(), 0o755), 22)?;

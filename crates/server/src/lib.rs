@@ -134,7 +134,7 @@ impl WasmSlots {
 /// The soft open-files limit, raised to the hard limit first: every instance holds a few of
 /// the server's descriptors.
 fn open_files_limit() -> u64 {
-    match ignite_sandbox::raise_open_files_limit() {
+    match ignite_sandbox::raise_nofile_limit() {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!("could not raise the open-files limit: {e}");

@@ -8,6 +8,8 @@ extern "C" {
     fn getuid() -> u32;
     fn ptrace(request: i32, pid: i32, addr: usize, data: usize) -> i64;
     fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+    fn socketpair(domain: i32, ty: i32, protocol: i32, fds: *mut i32) -> i32;
+    fn close(fd: i32) -> i32;
     fn unshare(flags: i32) -> i32;
     fn fork() -> i32;
     fn pause() -> i32;
@@ -30,6 +32,34 @@ fn main() {
         line("raw_socket", if r < 0 { errno() } else { "opened".into() });
         let r = socket(17 /* AF_PACKET */, 2, 0);
         line("packet_socket", if r < 0 { errno() } else { "opened".into() });
+        // Address families (each `socket <family>` / `socketpair <family>`).
+        for (name, family, ty, protocol) in [
+            ("unix", 1, 1 /* SOCK_STREAM */, 0),
+            ("inet", 2, 2 /* SOCK_DGRAM */, 0),
+            ("inet6", 10, 2, 0),
+            ("vsock", 40, 1, 0),
+            ("netlink", 16, 2, 0 /* NETLINK_ROUTE */),
+            ("netlink_uevent", 16, 2, 15 /* NETLINK_KOBJECT_UEVENT */),
+            ("alg", 38, 5 /* SOCK_SEQPACKET */, 0),
+            ("packet_dgram", 17, 2, 0),
+        ] {
+            let r = socket(family, ty | 0o2000000 /* SOCK_CLOEXEC */, protocol);
+            line(&format!("socket {name}"), if r < 0 { errno() } else { close(r); "opened".into() });
+        }
+        for (name, family) in [("unix", 1), ("vsock", 40), ("netlink", 16)] {
+            let mut fds = [-1i32; 2];
+            let r = socketpair(family, 1, 0, fds.as_mut_ptr());
+            line(
+                &format!("socketpair {name}"),
+                if r < 0 {
+                    errno()
+                } else {
+                    close(fds[0]);
+                    close(fds[1]);
+                    "opened".into()
+                },
+            );
+        }
         let r = unshare(0x10000000 /* CLONE_NEWUSER */);
         line("unshare", if r < 0 { errno() } else { "done".into() });
     }
@@ -103,6 +133,26 @@ fn main() {
                     Err(e) => e.to_string(),
                 },
             );
+        }
+    }
+    if let Ok(dirs) = std::env::var("PROBE_LIST") {
+        for dir in dirs.split(':') {
+            line(&format!("list {dir}"), match std::fs::read_dir(dir) {
+                Ok(d) => {
+                    let mut v: Vec<String> =
+                        d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    v.sort();
+                    format!("LISTED {}", v.join(","))
+                }
+                Err(e) => e.to_string(),
+            });
+        }
+    }
+    // Each mount point with its per-mount options: `mount /proc/sys=ro,nosuid,…`.
+    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        let fields: Vec<&str> = l.split(' ').collect();
+        if fields.len() > 5 {
+            line(&format!("mount {}", fields[4]), fields[5].to_string());
         }
     }
     if std::env::var("PROBE_FORK").is_ok() {
