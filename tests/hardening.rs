@@ -320,6 +320,7 @@ fn a_crash_loses_no_record_of_an_answered_request() {
                     return answered;
                 };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.set_nodelay(true);
                 let request = format!(
                     "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 2\r\n\r\n{{}}",
                     host("tiny")
@@ -356,13 +357,12 @@ fn a_crash_loses_no_record_of_an_answered_request() {
     let auth = format!("Bearer {}", token(&server));
     let mut s = TcpStream::connect(&server.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
     let mut missing = Vec::new();
     for id in &answered {
-        write!(
-            s,
-            "GET /v1/executions/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
-        )
-        .unwrap();
+        let request =
+            format!("GET /v1/executions/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+        s.write_all(request.as_bytes()).unwrap();
         let (status, _) = read_response(&mut s).unwrap();
         if status != 200 {
             missing.push(id.clone());
@@ -646,4 +646,250 @@ fn send_bytes(addr: &str, request: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The cgroup directories a server with this pid made (`ignite-<pid>-<n>`, in every hierarchy).
+fn cgroups_of(pid: u32) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, prefix: &str, depth: u32, found: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(path);
+            } else if depth > 0 {
+                walk(&path, prefix, depth - 1, found);
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut found = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !right.starts_with("cgroup") {
+            continue;
+        }
+        if let Some(mount) = left.split(' ').nth(4) {
+            walk(Path::new(mount), &format!("ignite-{pid}-"), 6, &mut found);
+        }
+    }
+    found
+}
+
+/// Pids of live processes whose command line mentions every one of `words`.
+fn processes_with(words: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                words.iter().all(|w| c.contains(w))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopped_or_crashed_server_leaves_no_cgroups_and_no_compile_behind() {
+    let dir = scratch("hardening-leftovers");
+    let p = dir.join("tiny");
+    copy_tiny(&p);
+    // A clean stop removes what the sandbox made.
+    let server = start_server(&dir);
+    let pid = server.pid();
+    deploy(&server, &p, "acme-corp:tiny", "./");
+    assert_eq!(http(&server.gateway, &host("tiny"), "{}").0, 200);
+    assert!(!cgroups_of(pid).is_empty(), "the sandbox made no cgroups?");
+    server.stop();
+    assert_eq!(cgroups_of(pid), Vec::<std::path::PathBuf>::new());
+    assert!(!dir.join("data/sandbox/registry-proxy.sock").exists());
+
+    // A crash during a compile whose build script never ends.
+    let server = start_server(&dir);
+    let crashed = server.pid();
+    let sleeper = project(&dir, "sleeper", SLEEPY);
+    std::fs::write(
+        sleeper.join("build.rs"),
+        "fn main() { std::thread::sleep(std::time::Duration::from_secs(3600)); }\n",
+    )
+    .unwrap();
+    let admin = token(&server);
+    for args in [
+        &["app", "create", "sleeper", "--runtime", "rust"][..],
+        &[
+            "draft",
+            "save",
+            "acme-corp:sleeper",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+        &["draft", "compile", "acme-corp:sleeper"],
+    ] {
+        ok_as(&server, &sleeper, &admin, args);
+    }
+    let script = ["sleeper-", "build-script-build"];
+    wait_until(Duration::from_secs(300), "the build script to run", || {
+        !processes_with(&script).is_empty()
+    });
+    let status = Command::new("kill")
+        .args(["-KILL", &crashed.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nothing of the compile outlives the server (its process group is left alone: only the
+    // server itself was killed).
+    wait_until(
+        Duration::from_secs(10),
+        "the compile to end with the server",
+        || processes_with(&script).is_empty(),
+    );
+    // The next start clears the crashed server's cgroups, marks the compile failed, and the
+    // next compile sharing its target directory is not blocked.
+    let after = start_server_with(&dir, &["--build-timeout", "300"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the crashed server's cgroups to go",
+        || cgroups_of(crashed).is_empty(),
+    );
+    let app = json(&ok_as(
+        &after,
+        &sleeper,
+        &admin,
+        &["app", "get", "acme-corp:sleeper", "-o", "json"],
+    ));
+    assert_eq!(app["draft"]["compile_status"], "failed", "{app}");
+    let other = dir.join("other");
+    copy_tiny(&other);
+    std::fs::write(
+        other.join("src/lib.rs"),
+        std::fs::read_to_string(other.join("src/lib.rs"))
+            .unwrap()
+            .replace("Hello from Rust!", "Hello after the crash"),
+    )
+    .unwrap();
+    for args in [
+        &["app", "create", "other", "--runtime", "rust"][..],
+        &[
+            "draft",
+            "save",
+            "acme-corp:other",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+        &["draft", "compile", "acme-corp:other"],
+        &["draft", "compile-logs", "acme-corp:other"],
+        &["draft", "publish", "acme-corp:other"],
+    ] {
+        ok_as(&after, &other, &admin, args);
+    }
+    let (status, body) = http(&after.gateway, &host("other"), "{}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello after the crash"), "{body}");
+    drop(server);
+}
+
+#[test]
+fn a_shared_target_directory_is_never_shared_across_orgs() {
+    let dir = scratch("hardening-shared-target");
+    let p = dir.join("tiny");
+    copy_tiny(&p);
+    let server = start_server(&dir);
+    deploy(&server, &p, "acme-corp:tiny", "./");
+    server.stop();
+    // Where acme-corp's compiled crates are, in the operator's shared target directory.
+    let shared = support::target_dir();
+    let deps = [
+        shared.join("acme-corp/x86_64-unknown-linux-musl/release/deps"),
+        shared.join("x86_64-unknown-linux-musl/release/deps"),
+    ]
+    .into_iter()
+    .find(|d| {
+        std::fs::read_dir(d).is_ok_and(|mut e| {
+            e.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("libtiny-")))
+        })
+    })
+    .expect("acme-corp's build output in the shared target directory");
+    let planted = deps.join("planted-by-corp");
+
+    // Another org's build script goes looking for it.
+    let server = start_server_with(&dir, &["--org", "corp"]);
+    let corp = server.admin_token.clone().expect("corp's admin token");
+    let snoop = dir.join("snoop");
+    std::fs::create_dir_all(snoop.join("src")).unwrap();
+    std::fs::write(
+        snoop.join("Cargo.toml"),
+        "[package]\nname = \"snoop\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nignite = \"*\"\n",
+    )
+    .unwrap();
+    std::fs::write(snoop.join("src/lib.rs"), SLEEPY).unwrap();
+    std::fs::write(
+        snoop.join("build.rs"),
+        format!(
+            r#"fn main() {{
+    let deps = std::path::Path::new({deps:?});
+    let read = match std::fs::read_dir(deps) {{
+        Ok(e) => format!("listed {{}} entries", e.count()),
+        Err(e) => format!("refused ({{}})", e.kind()),
+    }};
+    let write = match std::fs::write({planted:?}, "x") {{
+        Ok(()) => "written".to_string(),
+        Err(e) => format!("refused ({{}})", e.kind()),
+    }};
+    println!("cargo:warning=SNOOP read={{read}} write={{write}}");
+    panic!("stopping here");
+}}
+"#
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["app", "create", "snoop", "--runtime", "rust"][..],
+        &[
+            "draft",
+            "save",
+            "corp:snoop",
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+        &["draft", "compile", "corp:snoop"],
+    ] {
+        ok_as(&server, &snoop, &corp, args);
+    }
+    let out = dodil_as(
+        &server,
+        &snoop,
+        &corp,
+        &["draft", "compile-logs", "corp:snoop"],
+    );
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("SNOOP read=refused"), "{log}");
+    assert!(log.contains("write=refused"), "{log}");
+    assert!(
+        !planted.exists(),
+        "another org's build wrote into acme-corp's outputs"
+    );
 }

@@ -1069,3 +1069,137 @@ fn dependencies_from_elsewhere_than_crates_io_are_refused_before_any_fetch() {
         );
     }
 }
+
+/// A manifest outside the project that cargo's parse error would quote, were it read.
+fn plant_outside_manifest(at: &Path, canary: &str) {
+    std::fs::create_dir_all(at.join("src")).unwrap();
+    std::fs::write(at.join("Cargo.toml"), format!("not a manifest {canary}\n")).unwrap();
+    std::fs::write(at.join("src/lib.rs"), "").unwrap();
+}
+
+#[test]
+fn manifest_paths_that_leave_the_project_are_refused_before_cargo_reads_them() {
+    let dir = scratch("hostile-build-escapes");
+    let server = start_server(&dir);
+    let canary = marker("outside-manifest");
+    let outside = dir.join("outside");
+    plant_outside_manifest(&outside, &canary);
+    let outside = format!("{:?}", outside.display().to_string());
+    let sub = |extra: &str| {
+        format!("[package]\nname = \"evil-sub\"\nversion = \"0.1.0\"\nedition = \"2021\"\n{extra}")
+    };
+    let cases: Vec<(&str, String, Option<String>, &str)> = vec![
+        (
+            "wsdeps",
+            format!(
+                "evil = {{ workspace = true }}\n\n[workspace.dependencies]\nevil = {{ path = {outside} }}\n"
+            ),
+            None,
+            "workspace.dependencies.evil.path",
+        ),
+        (
+            "nested",
+            "evil-sub = { path = \"sub\" }\n".into(),
+            Some(sub(
+                "\n[dependencies]\nevil = { path = \"../../outside\" }\n",
+            )),
+            "sub/Cargo.toml",
+        ),
+        (
+            "pkgws",
+            "evil-sub = { path = \"sub\" }\n".into(),
+            Some(sub("workspace = \"../../outside\"\n")),
+            "package.workspace",
+        ),
+        (
+            "patchout",
+            format!("\n[patch.crates-io]\nevil = {{ path = {outside} }}\n"),
+            None,
+            "patch.crates-io.evil.path",
+        ),
+    ];
+    for (name, extra, sub_manifest, key) in cases {
+        let p = project(&dir, name, NEIGHBOUR);
+        let manifest = p.join("Cargo.toml");
+        let mut toml = std::fs::read_to_string(&manifest).unwrap();
+        toml.push_str(&extra);
+        std::fs::write(&manifest, toml).unwrap();
+        if let Some(sub_manifest) = sub_manifest {
+            std::fs::create_dir_all(p.join("sub/src")).unwrap();
+            std::fs::write(p.join("sub/Cargo.toml"), sub_manifest).unwrap();
+            std::fs::write(p.join("sub/src/lib.rs"), "").unwrap();
+        }
+        // Where ../../outside leads from the unpacked source's sub/.
+        plant_outside_manifest(
+            &dir.join("data/builds/acme-corp").join(name).join("outside"),
+            &canary,
+        );
+        ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
+        let id = format!("acme-corp:{name}");
+        save_native(&server, &p, &id, "./");
+        ok(&server, &p, &["draft", "compile", &id]);
+        let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+        assert!(!out.status.success(), "{name}: {all}");
+        assert!(err.contains("outside the project"), "{name}: {err}");
+        assert!(err.contains(key), "{name}: {err}");
+        assert!(
+            err.contains("copy the crate into the project"),
+            "{name}: {err}"
+        );
+        assert!(
+            !all.contains(&canary),
+            "{name}: cargo read the outside manifest: {all}"
+        );
+    }
+}
+
+#[test]
+fn a_project_cargo_config_has_no_effect_on_its_build() {
+    let dir = scratch("hostile-build-config");
+    let server = start_server(&dir);
+    let name = "cargoconfig";
+    let lib = format!(
+        "#[cfg(evil_flag)]\ncompile_error!(\"the project's rustflags took effect\");\n\
+         const _: () = assert!(option_env!(\"EVIL_ENV\").is_none(), \"the project's [env] took effect\");\n\
+         {NEIGHBOUR}"
+    );
+    let p = project(&dir, name, &lib);
+    let config = "[build]\nrustc-wrapper = \"./wrap.sh\"\nrustflags = [\"--cfg\", \"evil_flag\"]\n\n\
+                  [env]\nEVIL_ENV = \"1\"\n\n[target.x86_64-unknown-linux-musl]\n\
+                  linker = \"./wrap.sh\"\nrustflags = [\"--cfg\", \"evil_flag\"]\n";
+    for at in [".cargo", "src/.cargo"] {
+        std::fs::create_dir_all(p.join(at)).unwrap();
+        std::fs::write(p.join(at).join("config.toml"), config).unwrap();
+    }
+    let wrap = p.join("wrap.sh");
+    std::fs::write(
+        &wrap,
+        "#!/bin/sh\ntouch \"$(dirname \"$0\")/WRAPPER_RAN\"\nexec \"$@\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
+    let id = format!("acme-corp:{name}");
+    save_native(&server, &p, &id, "./");
+    ok(&server, &p, &["draft", "compile", &id]);
+    let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("removed the project's .cargo"), "{log}");
+    assert!(log.contains("removed the project's src/.cargo"), "{log}");
+    let src = dir.join("data/builds/acme-corp").join(name).join("src");
+    assert!(
+        !src.join("WRAPPER_RAN").exists(),
+        "the project's rustc-wrapper ran: {log}"
+    );
+    assert!(!src.join(".cargo").exists() && !src.join("src/.cargo").exists());
+}

@@ -317,12 +317,16 @@ fn owner_alive(pid: u32, dir: &Path) -> bool {
 }
 
 /// A process's start time (clock ticks after boot, field 22 of `/proc/<pid>/stat`); `None` if
-/// it is not running.
+/// it is not running (gone, or a zombie its parent has not reaped yet: dead all the same).
 fn start_time(pid: &str) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {

@@ -268,7 +268,22 @@ pub fn exec(spec: &JailSpec) -> io::Error {
 
 enum Never {}
 
+/// Has the kernel SIGKILL this process when its parent dies: a compile must not outlive the
+/// server that started it (what a crash leaves in the build cgroups is also killed at the next
+/// start). Each process of the chain sets it for itself: the outer jail (its parent is the
+/// server), the one that enters the namespaces, and the namespace's init (once it has become
+/// the build user: a change of user clears the setting), whose death ends everything in the
+/// build's pid namespace.
+fn die_with_parent() -> io::Result<()> {
+    check(
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        "asking to end with the server",
+    )
+}
+
 fn run(spec: &JailSpec) -> io::Result<Never> {
+    die_with_parent()?;
     for procs in &spec.cgroups {
         std::fs::write(procs, "0")
             .map_err(|e| io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
@@ -316,6 +331,7 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
 
 /// Creates the jail's namespaces (`namespaces`, the `CLONE_NEW*` flags) and its init.
 fn enter(spec: &JailSpec, namespaces: libc::c_int) -> io::Result<Never> {
+    die_with_parent()?;
     check(
         // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
         unsafe { libc::unshare(namespaces) },
@@ -516,6 +532,8 @@ fn init(spec: &JailSpec) -> io::Result<Never> {
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
         "setting no_new_privs",
     )?;
+    // Changing the user cleared the parent-death signal: set it again.
+    die_with_parent()?;
     // The command runs as pid 2 under this init, which reaps whatever the build orphans.
     // SAFETY: single-threaded; the child only execs (or reports and exits).
     match unsafe { libc::fork() } {

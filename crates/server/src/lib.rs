@@ -150,6 +150,8 @@ pub async fn run(
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    // Before the sandbox's threads and zygotes start: they inherit it.
+    let open_files = open_files_limit();
     let sandbox = if config.sandbox {
         let mut sandbox_config =
             ignite_sandbox::SandboxConfig::new(config.data_dir.join("sandbox"));
@@ -178,7 +180,6 @@ pub async fn run(
             None
         }
     };
-    let open_files = open_files_limit();
     let limits =
         limits::Limits::for_machine(limits::Machine::read(open_files)).with(&config.limits);
     let sandbox_line = match &sandbox {
@@ -268,6 +269,11 @@ pub async fn run(
     let (a, g) = tokio::join!(api, gateway);
     let _ = maintenance.await;
     state.node.shutdown().await;
+    // Zygotes, prepared namespaces, cgroups and anything still in them (a compile) go with
+    // the server.
+    if let Some(sandbox) = state.sandbox.clone() {
+        let _ = tokio::task::spawn_blocking(move || sandbox.shutdown()).await;
+    }
     // Every execution answered so far is written before the process ends.
     state.recorder.flush_running(None);
     let flushed = async {
