@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::State;
-use crate::api::{HttpRequest, execute};
 use crate::error::ApiError;
+use crate::invoke::{HttpRequest, execute};
 
 const BODY_LIMIT: usize = 6 * 1024 * 1024;
 
@@ -72,13 +72,17 @@ async fn serve(AxState(state): AxState<Arc<State>>, req: Request) -> Response {
         return not_found();
     };
     let (parts, body) = req.into_parts();
-    let body =
-        match crate::api::read_payload(&parts.headers, body, BODY_LIMIT, crate::api::PAYLOAD_HINT)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return e.into_response(),
-        };
+    let body = match crate::routes::read_payload(
+        &parts.headers,
+        body,
+        BODY_LIMIT,
+        crate::routes::PAYLOAD_HINT,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let headers = parts
         .headers
         .iter()

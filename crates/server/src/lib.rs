@@ -5,16 +5,17 @@
 //! the shutdown token fires. It must never let one org see another's objects: every query is
 //! scoped by the org of the caller's token, and a foreign object answers as a missing one.
 
-mod api;
 mod auth;
 mod builds;
 mod error;
 mod gateway;
+mod invoke;
 mod journal;
 pub mod limits;
 mod metrics;
 mod node;
 mod recorder;
+mod routes;
 mod serve;
 pub mod store;
 
@@ -26,8 +27,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::openapi;
 pub use auth::{hash_secret, mint_token};
+pub use routes::openapi;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -256,7 +257,7 @@ pub async fn run(
         serve::ConnectionLimits::new(limits.connections as usize, &state.config.limits);
     let api = serve::serve(
         api_listener,
-        api::router(state.clone()),
+        routes::router(state.clone()),
         connections,
         shutdown.clone(),
     );

@@ -1,0 +1,516 @@
+//! The invocation engine: one request, from the gateway or the API, through admission to an
+//! instance and back, ending in exactly one execution record. Every runtime takes this path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ignite_agent::{Invocation, Outcome, Reply};
+
+use crate::State;
+use crate::error::ApiError;
+use crate::metrics::app_label;
+use crate::node::{AcquireError, Route};
+use crate::store::{self, App, Execution};
+
+/// The request as the handler will see it.
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Runs one request on the app's active version and records its execution. The response is the
+/// handler's, or an error response that says what happened.
+///
+/// The work runs in a task of its own: a caller that goes away mid-request (a closed connection
+/// drops the HTTP handler's future) must neither leak the instance it holds nor leave its
+/// execution `running`.
+pub async fn execute(
+    state: Arc<State>,
+    route: Arc<Route>,
+    req: HttpRequest,
+    trigger: &'static str,
+) -> Response {
+    let task = tokio::spawn(async move { run_execution(&state, &route, req, trigger).await });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!("an invocation task failed: {e}");
+            ApiError::internal("the invocation failed inside the platform; retry it")
+                .into_response()
+        }
+    }
+}
+
+async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: &str) -> Response {
+    let app = &route.app;
+    let (org, name) = (app.org.as_str(), app.name.as_str());
+    let Some(version) = route.version.as_ref() else {
+        return ApiError::conflict(format!(
+            "{org}:{name} has no published version yet; run `dodil ignite draft publish {org}:{name}`"
+        ))
+        .into_response();
+    };
+    let label = app_label(org, name);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(u64::from(app.scaling.timeout_s));
+    let id = ulid::Ulid::new().to_string();
+    let mut record = Execution {
+        id: id.clone(),
+        org: org.into(),
+        app: name.into(),
+        version: version.version,
+        status: "running".into(),
+        trigger: trigger.into(),
+        started_at: store::now_ms(),
+        finished_at: None,
+        cold_start_ms: None,
+        init_ms: None,
+        queue_ms: None,
+        fetch_ms: None,
+        spawn_ms: None,
+        duration_ms: None,
+        billed_duration_ms: None,
+        response_status: None,
+        error: None,
+        logs: vec![],
+    };
+    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
+        return run_wasm(state, route, version, req, record, started, deadline).await;
+    }
+    let lease = match state.node.acquire(state, route, version, deadline).await {
+        Ok(lease) => lease,
+        Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),
+        Err(AcquireError::Deadline { waited }) => {
+            return queue_timeout(state, app, record, started, waited);
+        }
+        Err(AcquireError::NodeFull { instances }) => return node_full(app, instances),
+        Err(AcquireError::Spawn(e)) => {
+            record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
+            let message = format!("the instance did not start: {e}");
+            let failure = Failure::platform(
+                "crashed",
+                StatusCode::BAD_GATEWAY,
+                "handler_crashed",
+                message,
+            );
+            return finish(state, record, started, None, Err(failure));
+        }
+    };
+    record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
+    if let Some(cold) = &lease.cold {
+        count_cold_start(state, &label, cold.total());
+        record.fetch_ms = Some(cold.fetch.as_secs_f64() * 1e3);
+        record.spawn_ms = Some(cold.spawn.as_secs_f64() * 1e3);
+        record.init_ms = Some(cold.init.as_secs_f64() * 1e3);
+    }
+    record.cold_start_ms = Some(lease.cold.map_or(0.0, |c| c.total().as_secs_f64() * 1e3));
+    // The running record is visible at once and written only if the request runs long; the
+    // final one is written behind the answer.
+    state.recorder.begin(&record);
+    let reply = lease
+        .instance
+        .invoke(invocation(&id, app, version, deadline, req))
+        .await;
+    state.node.release(lease);
+    conclude(state, app, &label, record, started, reply)
+}
+
+/// What the handler is asked to run (native or wasm): the request, the version's environment,
+/// the deadline.
+fn invocation(
+    execution_id: &str,
+    app: &App,
+    version: &store::Version,
+    deadline: Instant,
+    req: HttpRequest,
+) -> Invocation {
+    Invocation {
+        execution_id: execution_id.to_string(),
+        function_id: format!("{}/{}", app.org, app.name),
+        env: version
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        deadline: Some(deadline),
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        headers: req.headers,
+        body: req.body,
+    }
+}
+
+/// A wasm handler's request: a fresh instance of the version's component (see `ignite-wasm`).
+/// `max_instances` caps the instances of the app that run at once; a request waits for one
+/// under its deadline.
+async fn run_wasm(
+    state: &State,
+    route: &Route,
+    version: &store::Version,
+    req: HttpRequest,
+    mut record: Execution,
+    started: Instant,
+    deadline: Instant,
+) -> Response {
+    let app = &route.app;
+    let (org, name) = (app.org.as_str(), app.name.as_str());
+    let label = app_label(org, name);
+    let (Some(host), Some(digest)) = (&state.wasm, version.artifact_digest.as_deref()) else {
+        let failure = Failure::platform(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            "this server cannot run wasm handlers (Wasmtime did not start; see its log)".into(),
+        );
+        return finish(state, record, started, None, Err(failure));
+    };
+    let slots = state
+        .wasm_slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((org.to_string(), name.to_string()))
+        .or_insert_with(|| Arc::new(crate::WasmSlots::new(app.scaling.max_instances)))
+        .clone();
+    let permit = match slots.running.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        // All busy: wait in the app's bounded queue, as a native request does.
+        Err(_) => {
+            let depth = app.scaling.queue_depth;
+            let ahead = slots
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let waited = if ahead >= depth as usize {
+                None
+            } else {
+                let wait = slots.running.clone().acquire_owned();
+                Some(tokio::time::timeout_at(deadline.into(), wait).await)
+            };
+            slots
+                .waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            match waited {
+                None => return throttled(state, app, &label, depth),
+                Some(Ok(Ok(permit))) => Some(permit),
+                Some(_) => None,
+            }
+        }
+    };
+    let Some(permit) = permit else {
+        return queue_timeout(state, app, record, started, started.elapsed());
+    };
+    record.queue_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    state.recorder.begin(&record);
+    let egress = app.network.egress;
+    if egress
+        && !host.egress_enabled()
+        && let Err(e) = enable_wasm_egress(state).await
+    {
+        let failure = Failure::platform(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            format!("internet access for {org}:{name} could not be prepared: {e}"),
+        );
+        return finish(state, record, started, None, Err(failure));
+    }
+    let limits = ignite_wasm::WasmLimits {
+        memory_mb: u64::from(app.scaling.memory_mb),
+        timeout: deadline.saturating_duration_since(Instant::now()),
+        egress,
+    };
+    let invocation = invocation(&record.id, app, version, deadline, req);
+    let blob = state.oci.blob_path(digest);
+    let (reply, start) = host.invoke(digest, &blob, limits, invocation).await;
+    drop(permit);
+    // Every request is a fresh instance: its cold start is loading (first request of a version
+    // on this node) plus instantiating.
+    let cold = start.load + start.instantiate;
+    count_cold_start(state, &label, cold);
+    record.fetch_ms = Some(start.load.as_secs_f64() * 1e3);
+    record.spawn_ms = Some(start.instantiate.as_secs_f64() * 1e3);
+    record.init_ms = Some(0.0);
+    record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
+    conclude(state, app, &label, record, started, reply)
+}
+
+/// A request whose deadline passed while it waited for an instance (native or wasm): 504,
+/// recorded as `timeout` with its wait.
+fn queue_timeout(
+    state: &State,
+    app: &App,
+    mut record: Execution,
+    started: Instant,
+    waited: Duration,
+) -> Response {
+    record.queue_ms = Some(waited.as_secs_f64() * 1e3);
+    let message = format!(
+        "no instance of {}:{} became free within the {}s deadline (waited {:.0} ms; all {} \
+         instances were busy)",
+        app.org,
+        app.name,
+        app.scaling.timeout_s,
+        waited.as_secs_f64() * 1e3,
+        app.scaling.max_instances
+    );
+    let failure = Failure::new(
+        "timeout",
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline_exceeded",
+        message,
+    );
+    finish(state, record, started, None, Err(failure))
+}
+
+/// A request refused because the app's instances are busy and its queue is full: 429 with
+/// `Retry-After`, not an execution (like a Lambda throttle).
+fn throttled(state: &State, app: &App, label: &crate::metrics::Labels, depth: u32) -> Response {
+    state.node.metrics.throttled.get_or_create(label).inc();
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "resource_exhausted",
+        format!(
+            "{}:{} is at max_instances ({}) and {depth} requests are already waiting; retry \
+             shortly, or raise its limits with `dodil ignite app scale`",
+            app.org, app.name, app.scaling.max_instances
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// A cold start the node has no room for: every one of its instances is busy. 503 with
+/// `Retry-After` to the app that asked, not an execution (as a throttle).
+fn node_full(app: &App, instances: u32) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!(
+            "{}:{} needs one more instance, but all {instances} instances this node holds are \
+             busy; retry shortly",
+            app.org, app.name
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// Gives wasm components outgoing HTTP: from one of the sandbox's egress namespaces (the
+/// instances' filter), or the server's own network without the sandbox.
+async fn enable_wasm_egress(state: &State) -> std::io::Result<()> {
+    let sandbox = state.sandbox.clone();
+    let netns = tokio::task::spawn_blocking(move || sandbox.map(|s| s.egress_netns()).transpose())
+        .await
+        .map_err(std::io::Error::other)??;
+    match &state.wasm {
+        Some(host) => host.enable_egress(netns),
+        None => Ok(()),
+    }
+}
+
+fn count_cold_start(state: &State, label: &crate::metrics::Labels, total: Duration) {
+    state.node.metrics.cold_starts.get_or_create(label).inc();
+    state
+        .node
+        .metrics
+        .cold_start
+        .get_or_create(label)
+        .observe(total.as_secs_f64());
+}
+
+/// Ends an execution from its reply (native or wasm): its logs, the duration metric, the
+/// caller's answer and the record.
+fn conclude(
+    state: &State,
+    app: &App,
+    label: &crate::metrics::Labels,
+    mut record: Execution,
+    started: Instant,
+    reply: Reply,
+) -> Response {
+    record.logs = reply.logs.lines;
+    if reply.logs.dropped_bytes > 0 {
+        record.logs.push(format!(
+            "[{} bytes of log dropped: over the per-execution limit]",
+            reply.logs.dropped_bytes
+        ));
+    }
+    state
+        .node
+        .metrics
+        .duration
+        .get_or_create(label)
+        .observe(reply.duration.as_secs_f64());
+    let answer = answer_of(app, reply.outcome);
+    finish(state, record, started, Some(reply.duration), answer)
+}
+
+/// The caller's answer (or the failure to record) for how an invocation ended; the same for
+/// native and wasm handlers.
+fn answer_of(app: &App, outcome: Outcome) -> Result<(StatusCode, Response), Failure> {
+    match outcome {
+        Outcome::Response {
+            status,
+            headers,
+            body,
+        } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = Response::builder().status(code);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            let resp = resp
+                .body(Body::from(body))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+            Ok((code, resp))
+        }
+        Outcome::HandlerError { status, message } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Err(Failure::new("failed", code, "handler_error", message))
+        }
+        Outcome::Panicked { message } => Err(Failure::new(
+            "failed",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handler_panicked",
+            message,
+        )),
+        Outcome::TimedOut { after } => Err(Failure::new(
+            "timeout",
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!(
+                "the handler did not answer within its {}s deadline and was stopped (after {:.0} ms)",
+                app.scaling.timeout_s,
+                after.as_secs_f64() * 1e3
+            ),
+        )),
+        Outcome::Crashed { exit } => Err(Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "handler_crashed",
+            format!("the handler crashed ({exit})"),
+        )),
+        Outcome::OutOfMemory { exit } => Err(Failure::new(
+            "oom",
+            StatusCode::BAD_GATEWAY,
+            "out_of_memory",
+            format!(
+                "the handler ran out of memory: it was killed at its {} MiB limit ({exit}); raise \
+                 it with `dodil ignite app scale {}:{} --memory <MiB>`",
+                app.scaling.memory_mb, app.org, app.name
+            ),
+        )),
+        Outcome::FramingError { message } => Err(Failure::new(
+            "crashed",
+            StatusCode::BAD_GATEWAY,
+            "framing_error",
+            message,
+        )),
+    }
+}
+
+/// How an execution failed: its recorded status, and the error response the caller gets.
+struct Failure {
+    status: &'static str,
+    code: StatusCode,
+    kind: &'static str,
+    message: String,
+    /// The message tells of the platform's insides (host paths, OS errors): the record keeps
+    /// it for the owner; a public (gateway) caller gets a short reason and the execution id.
+    internal: bool,
+}
+
+impl Failure {
+    /// A failure the handler caused and may know about (its own error, a panic, a deadline).
+    fn new(status: &'static str, code: StatusCode, kind: &'static str, message: String) -> Self {
+        Failure {
+            status,
+            code,
+            kind,
+            message,
+            internal: false,
+        }
+    }
+
+    /// A failure whose details are the platform's own.
+    fn platform(
+        status: &'static str,
+        code: StatusCode,
+        kind: &'static str,
+        message: String,
+    ) -> Self {
+        Failure {
+            internal: true,
+            ..Failure::new(status, code, kind, message)
+        }
+    }
+
+    /// What a caller of `trigger` is told.
+    fn answer(&self, trigger: &str, execution_id: &str) -> String {
+        if self.internal && trigger == "http" {
+            format!(
+                "the app could not serve this request (a platform failure); its owner can see \
+                 why with `dodil ignite execution get {execution_id}`"
+            )
+        } else {
+            self.message.clone()
+        }
+    }
+}
+
+/// Completes an execution record from its answer (or failure), hands it to the recorder and
+/// stamps the response with the execution id.
+fn finish(
+    state: &State,
+    mut record: Execution,
+    started: Instant,
+    duration: Option<Duration>,
+    answer: Result<(StatusCode, Response), Failure>,
+) -> Response {
+    let (status, mut response) = match answer {
+        Ok((code, response)) => {
+            record.status = "succeeded".into();
+            (code, response)
+        }
+        Err(f) => {
+            record.status = f.status.into();
+            let answer = f.answer(&record.trigger, &record.id);
+            let response = ApiError::new(f.code, f.kind, answer).into_response();
+            record.error = Some(f.message);
+            (f.code, response)
+        }
+    };
+    let label = app_label(&record.org, &record.app);
+    let duration_ms = duration.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    record.duration_ms = Some(duration_ms);
+    record.finished_at = Some(store::now_ms());
+    record.response_status = Some(i64::from(status.as_u16()));
+    let billed = duration_ms + record.init_ms.unwrap_or(0.0);
+    record.billed_duration_ms = Some(billed.ceil().max(1.0) as i64);
+    let mut status_label = label;
+    status_label.push(("status".into(), record.status.clone()));
+    state
+        .node
+        .metrics
+        .invocations
+        .get_or_create(&status_label)
+        .inc();
+    state.recorder.record(&record);
+    tracing::debug!(id = %record.id, total_ms = started.elapsed().as_secs_f64() * 1e3, "executed");
+    if let Ok(v) = record.id.parse() {
+        response.headers_mut().insert("x-ignite-execution-id", v);
+    }
+    response
+}

@@ -1,0 +1,322 @@
+//! The draft (version 0): save its source, compile it, follow the compile's log, publish it.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+
+use axum::Json;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ignite_api as api;
+
+use super::{S, UPLOAD_LIMIT, owned_app, read_payload};
+use crate::builds;
+use crate::error::extract::{Path, Query};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{self};
+
+/// Upload source into the draft slot (version 0), replacing what was there.
+#[utoipa::path(put, path = "/v1/apps/{org}/{app}/draft", tag = "drafts", security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path), api::SaveDraftParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "a .tar.gz or .zip of the project (Cargo.toml and src/), or one source file"),
+    responses((status = 200, body = api::DraftSaved), (status = 400, body = api::ErrorBody),
+        (status = 413, body = api::ErrorBody)))]
+pub(super) async fn save_draft(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+    Query(q): Query<api::SaveDraftParams>,
+    body: axum::body::Body,
+) -> ApiResult<Json<api::DraftSaved>> {
+    let app = owned_app(&state, &headers, &org, &name).await?;
+    let body = read_payload(
+        &headers,
+        body,
+        UPLOAD_LIMIT,
+        "upload the project without its target/ directory (`dodil ignite draft save` leaves it out)",
+    )
+    .await?;
+    let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
+    if runtime != "rust" {
+        return Err(ApiError::bad_request(format!(
+            "unsupported runtime {runtime:?}: use --runtime rust"
+        )));
+    }
+    let rust_target = match q.rust_target.as_deref() {
+        Some(t @ ("native" | "wasm")) => t.to_string(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid --rust-target {other:?}: pass --rust-target native (or wasm)"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "--rust-target is required for Rust: pass --rust-target native (or wasm)",
+            ));
+        }
+    };
+    if let Some(toolchain) = q.toolchain.as_deref() {
+        check_toolchain(toolchain).await?;
+    }
+    let kind = q.kind.unwrap_or_else(|| "archive".into());
+    if kind != "archive" && kind != "file" {
+        return Err(ApiError::bad_request(format!(
+            "invalid source kind {kind:?}: archive or file"
+        )));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the uploaded source is empty; point --code at your project",
+        ));
+    }
+    if kind == "archive" {
+        // Refuse a hostile or broken archive now, not at compile time.
+        let probe = tempdir_in(&state.config.data_dir.join("builds"))
+            .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
+        let checked = ignite_builder::archive::unpack(&body, &probe, builds::SOURCE_CAP);
+        let _ = std::fs::remove_dir_all(&probe);
+        checked.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let digest = state
+        .oci
+        .put_blob(&body)
+        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
+    store::save_draft(
+        &state.db,
+        &org,
+        &name,
+        store::DraftSource {
+            runtime: &runtime,
+            rust_target: &rust_target,
+            toolchain: q.toolchain.as_deref(),
+            source_digest: &digest,
+            source_kind: &kind,
+        },
+    )
+    .await?;
+    let draft = store::get_version(&state.db, &org, &name, 0).await?;
+    Ok(Json(api::DraftSaved {
+        id: format!("{org}:{name}"),
+        version: 0,
+        draft,
+    }))
+}
+
+fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let dir = parent.join(format!("upload-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub(super) async fn check_toolchain(toolchain: &str) -> ApiResult<()> {
+    let out = tokio::process::Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .await
+        .map_err(|e| ApiError::internal(format!("could not list toolchains: {e}")))?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let matches = installed
+        .iter()
+        .any(|t| *t == toolchain || t.starts_with(&format!("{toolchain}-")));
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "toolchain {toolchain:?} is not installed on this platform; installed: {}",
+            installed.join(", ")
+        )))
+    }
+}
+
+fn no_source(org: &str, name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "the draft of {org}:{name} has no source; run `dodil ignite draft save {org}:{name} --code ./ --runtime rust --rust-target native` first"
+    ))
+}
+
+/// Compile the Rust draft in the background; follow it with `compile-logs`.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/draft/compile", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 202, body = api::CompileStarted), (status = 409, body = api::ErrorBody),
+        (status = 501, body = api::ErrorBody, description = "--rust-target wasm on a server without Wasmtime")))]
+pub(super) async fn compile(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<api::CompileStarted>)> {
+    owned_app(&state, &headers, &org, &name).await?;
+    let draft = store::get_version(&state.db, &org, &name, 0)
+        .await?
+        .ok_or_else(|| no_source(&org, &name))?;
+    if draft.rust_target.as_deref() == Some("wasm") && state.wasm.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unimplemented",
+            "this server could not start Wasmtime (see its log), so --rust-target wasm cannot \
+             run here; save the draft with --rust-target native",
+        ));
+    }
+    if draft.compile_status == "compiling" {
+        return Err(ApiError::conflict(format!(
+            "a compile of {org}:{name} is already running; follow it with `dodil ignite draft compile-logs {org}:{name}`"
+        )));
+    }
+    let build_id = builds::start(state.clone(), &org, &name, &draft).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::CompileStarted {
+            id: format!("{org}:{name}"),
+            build_id,
+            status: "compiling".into(),
+        }),
+    ))
+}
+
+/// The draft's latest compile log as newline-delimited JSON: a `{"line"}` per log line, then
+/// `{"status", "error"}`. With `follow=true` the stream stays open until the compile ends.
+#[utoipa::path(get, path = "/v1/apps/{org}/{app}/draft/compile-logs", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path), api::LogsParams),
+    responses((status = 200, content_type = "application/x-ndjson", body = api::LogEvent),
+        (status = 404, body = api::ErrorBody)))]
+pub(super) async fn compile_logs(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+    Query(q): Query<api::LogsParams>,
+) -> ApiResult<Response> {
+    owned_app(&state, &headers, &org, &name).await?;
+    let draft = store::get_version(&state.db, &org, &name, 0).await?;
+    let Some(build_id) = draft.and_then(|d| d.build_id) else {
+        return Err(ApiError::not_found(format!(
+            "{org}:{name} has not been compiled yet; run `dodil ignite draft compile {org}:{name}`"
+        )));
+    };
+    let follow = q.follow.unwrap_or(false);
+    let line = |l: String| api::LogEvent {
+        line: Some(l),
+        ..Default::default()
+    };
+    if let Some(live) = state.builds.live(&build_id) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        tokio::spawn(async move {
+            let mut sent = 0;
+            loop {
+                let notified = live.changed.notified();
+                let (lines, done) = {
+                    let lines = live.lines.lock().unwrap_or_else(|p| p.into_inner());
+                    let done = live.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    (lines[sent..].to_vec(), done)
+                };
+                sent += lines.len();
+                for l in lines {
+                    if tx.send(Ok(ndjson(&line(l)))).await.is_err() {
+                        return;
+                    }
+                }
+                let end = match done {
+                    Some((status, error)) => api::LogEvent {
+                        status: Some(status),
+                        error,
+                        ..Default::default()
+                    },
+                    None if !follow => api::LogEvent {
+                        status: Some("running".into()),
+                        ..Default::default()
+                    },
+                    None => {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                        continue;
+                    }
+                };
+                let _ = tx.send(Ok(ndjson(&end))).await;
+                return;
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        return Ok((
+            [("content-type", "application/x-ndjson")],
+            Body::from_stream(stream),
+        )
+            .into_response());
+    }
+    let (status, error, log) = store::get_build(&state.db, &build_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("the build record is missing"))?;
+    let mut out = Vec::new();
+    for l in log.lines() {
+        out.extend_from_slice(&ndjson(&line(l.to_string())));
+    }
+    out.extend_from_slice(&ndjson(&api::LogEvent {
+        status: Some(status),
+        error,
+        ..Default::default()
+    }));
+    Ok(([("content-type", "application/x-ndjson")], out).into_response())
+}
+
+fn ndjson(v: &impl serde::Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Cut a new immutable version from the compiled draft and make it active.
+#[utoipa::path(post, path = "/v1/apps/{org}/{app}/draft/publish", tag = "drafts",
+    security(("token" = [])),
+    params(("org" = String, Path), ("app" = String, Path)),
+    responses((status = 200, body = api::Published),
+        (status = 409, body = api::ErrorBody, description = "the draft isn't compiled")))]
+pub(super) async fn publish(
+    AxState(state): S,
+    headers: HeaderMap,
+    Path((org, name)): Path<(String, String)>,
+) -> ApiResult<Json<api::Published>> {
+    let app = owned_app(&state, &headers, &org, &name).await?;
+    let draft = store::get_version(&state.db, &org, &name, 0)
+        .await?
+        .ok_or_else(|| no_source(&org, &name))?;
+    match draft.compile_status.as_str() {
+        "compiled" => {}
+        "compiling" => {
+            return Err(ApiError::conflict(format!(
+                "the draft of {org}:{name} is still compiling; wait for `dodil ignite draft compile-logs {org}:{name}` to finish, then publish"
+            )));
+        }
+        "failed" | "timed_out" => {
+            return Err(ApiError::conflict(format!(
+                "the draft of {org}:{name} isn't compiled: its last compile {} ({}); fix it, then run `dodil ignite draft compile {org}:{name}`",
+                if draft.compile_status == "failed" {
+                    "failed"
+                } else {
+                    "timed out"
+                },
+                draft.compile_error.unwrap_or_default()
+            )));
+        }
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "the draft of {org}:{name} isn't compiled: Rust drafts need an explicit compile step; run `dodil ignite draft compile {org}:{name}` before publishing"
+            )));
+        }
+    }
+    let version = store::publish(&state.db, &org, &name, &app.env).await?;
+    state.node.invalidate(&org, &name);
+    // New requests go to the new version now; the old one drains; reserved capacity starts.
+    state.node.reconcile(&state).await;
+    Ok(Json(api::Published {
+        id: format!("{org}:{name}"),
+        version,
+        active_version: version,
+        public_urls: vec![state.public_url(&org, &name)],
+    }))
+}
