@@ -121,6 +121,10 @@ async fn handler(req: Request, ctx: Context) -> Result<impl IntoResponse> {
             let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
             format!("calls {calls}")
         }
+        "nap" => {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            "napped".to_string()
+        }
         "spin" => {
             let mut x: u64 = 0;
             loop {
@@ -301,6 +305,51 @@ fn a_guest_is_contained_and_each_request_gets_a_fresh_instance() {
 }
 
 /// Saves `p` as `--rust-target wasm` and compiles it; the compile log, which must say it failed.
+/// `n` requests at once that each sleep 1.5 s: the statuses they got, sorted.
+fn naps(server: &Server, host: &str, n: usize) -> Vec<u16> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let gateway = server.gateway.clone();
+            let host = host.to_string();
+            std::thread::spawn(move || {
+                http_full(&gateway, &host, "POST", "/", r#"{"do": "nap"}"#).0
+            })
+        })
+        .collect();
+    let mut got: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn a_wasm_app_deleted_and_created_again_gets_its_new_limits() {
+    let dir = scratch("wasm-recreated");
+    let server = start_server(&dir);
+    let guest = project(&dir, "again", GUEST);
+    let host = "again-acme-corp.ignite.localhost";
+    deploy_wasm(&server, &guest, "acme-corp:again");
+    ok(
+        &server,
+        &guest,
+        &[
+            "app",
+            "scale",
+            "acme-corp:again",
+            "--max-instances",
+            "1",
+            "--queue-depth",
+            "0",
+        ],
+    );
+    // One runs; with no queue, the others are refused.
+    assert_eq!(naps(&server, host, 3), [200, 429, 429]);
+    // The app again, from scratch: the defaults (10 instances, a queue of 100), not the old
+    // app's limits.
+    ok(&server, &guest, &["app", "delete", "acme-corp:again"]);
+    deploy_wasm(&server, &guest, "acme-corp:again");
+    assert_eq!(naps(&server, host, 3), [200, 200, 200]);
+}
+
 fn failed_wasm_compile(server: &Server, p: &Path, name: &str) -> String {
     let id = format!("acme-corp:{name}");
     compile_wasm(server, p, &id);

@@ -13,6 +13,7 @@ use crate::State;
 use crate::error::ApiError;
 use crate::metrics::app_label;
 use crate::node::{AcquireError, Route};
+use crate::runtime::ColdStart;
 use crate::store::{self, App, Execution};
 
 /// The request as the handler will see it.
@@ -80,9 +81,6 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         error: None,
         logs: vec![],
     };
-    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
-        return run_wasm(state, route, version, req, record, started, deadline).await;
-    }
     let lease = match state.node.acquire(state, route, version, deadline).await {
         Ok(lease) => lease,
         Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),
@@ -90,9 +88,9 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             return queue_timeout(state, app, record, started, waited);
         }
         Err(AcquireError::NodeFull { instances }) => return node_full(app, instances),
-        Err(AcquireError::Spawn(e)) => {
-            record.logs = e.logs().map(|l| l.lines.clone()).unwrap_or_default();
-            let message = format!("the instance did not start: {e}");
+        Err(AcquireError::Start(e)) => {
+            record.logs = e.logs;
+            let message = format!("the instance did not start: {}", e.message);
             let failure = Failure::platform(
                 "crashed",
                 StatusCode::BAD_GATEWAY,
@@ -103,22 +101,37 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         }
     };
     record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
-    if let Some(cold) = &lease.cold {
-        count_cold_start(state, &label, cold.total());
-        record.fetch_ms = Some(cold.fetch.as_secs_f64() * 1e3);
-        record.spawn_ms = Some(cold.spawn.as_secs_f64() * 1e3);
-        record.init_ms = Some(cold.init.as_secs_f64() * 1e3);
-    }
-    record.cold_start_ms = Some(lease.cold.map_or(0.0, |c| c.total().as_secs_f64() * 1e3));
+    let lease_cold = lease.cold;
+    note_cold_start(&mut record, lease.cold);
     // The running record is visible at once and written only if the request runs long; the
     // final one is written behind the answer.
     state.recorder.begin(&record);
-    let reply = lease
+    let invoked = lease
         .instance
         .invoke(invocation(&id, app, version, deadline, req))
         .await;
-    state.node.release(lease);
-    conclude(state, app, &label, record, started, reply)
+    // The share of the instance goes back now, before the answer is made.
+    drop(lease);
+    // A runtime that starts an instance per request (wasm) reports that start itself.
+    let cold = invoked.start.or(lease_cold);
+    if invoked.start.is_some() {
+        note_cold_start(&mut record, cold);
+    }
+    if let Some(cold) = cold {
+        count_cold_start(state, &label, cold.total());
+    }
+    conclude(state, app, &label, record, started, invoked.reply)
+}
+
+/// Puts where a cold start's time went (or that there was none) in the record.
+fn note_cold_start(record: &mut Execution, cold: Option<ColdStart>) {
+    let ms = |d: Duration| Some(d.as_secs_f64() * 1e3);
+    record.cold_start_ms = Some(cold.map_or(0.0, |c| c.total().as_secs_f64() * 1e3));
+    if let Some(cold) = cold {
+        record.fetch_ms = ms(cold.fetch);
+        record.spawn_ms = ms(cold.spawn);
+        record.init_ms = ms(cold.init);
+    }
 }
 
 /// What the handler is asked to run (native or wasm): the request, the version's environment,
@@ -145,99 +158,6 @@ fn invocation(
         headers: req.headers,
         body: req.body,
     }
-}
-
-/// A wasm handler's request: a fresh instance of the version's component (see `ignite-wasm`).
-/// `max_instances` caps the instances of the app that run at once; a request waits for one
-/// under its deadline.
-async fn run_wasm(
-    state: &State,
-    route: &Route,
-    version: &store::Version,
-    req: HttpRequest,
-    mut record: Execution,
-    started: Instant,
-    deadline: Instant,
-) -> Response {
-    let app = &route.app;
-    let (org, name) = (app.org.as_str(), app.name.as_str());
-    let label = app_label(org, name);
-    let (Some(host), Some(digest)) = (&state.wasm, version.artifact_digest.as_deref()) else {
-        let failure = Failure::platform(
-            "crashed",
-            StatusCode::BAD_GATEWAY,
-            "handler_crashed",
-            "this server cannot run wasm handlers (Wasmtime did not start; see its log)".into(),
-        );
-        return finish(state, record, started, None, Err(failure));
-    };
-    let slots = state
-        .wasm_slots
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry((org.to_string(), name.to_string()))
-        .or_insert_with(|| Arc::new(crate::WasmSlots::new(app.scaling.max_instances)))
-        .clone();
-    let permit = match slots.running.clone().try_acquire_owned() {
-        Ok(permit) => Some(permit),
-        // All busy: wait in the app's bounded queue, as a native request does.
-        Err(_) => {
-            let depth = app.scaling.queue_depth;
-            let ahead = slots
-                .waiting
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            let waited = if ahead >= depth as usize {
-                None
-            } else {
-                let wait = slots.running.clone().acquire_owned();
-                Some(tokio::time::timeout_at(deadline.into(), wait).await)
-            };
-            slots
-                .waiting
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            match waited {
-                None => return throttled(state, app, &label, depth),
-                Some(Ok(Ok(permit))) => Some(permit),
-                Some(_) => None,
-            }
-        }
-    };
-    let Some(permit) = permit else {
-        return queue_timeout(state, app, record, started, started.elapsed());
-    };
-    record.queue_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-    state.recorder.begin(&record);
-    let egress = app.network.egress;
-    if egress
-        && !host.egress_enabled()
-        && let Err(e) = enable_wasm_egress(state).await
-    {
-        let failure = Failure::platform(
-            "crashed",
-            StatusCode::BAD_GATEWAY,
-            "handler_crashed",
-            format!("internet access for {org}:{name} could not be prepared: {e}"),
-        );
-        return finish(state, record, started, None, Err(failure));
-    }
-    let limits = ignite_wasm::WasmLimits {
-        memory_mb: u64::from(app.scaling.memory_mb),
-        timeout: deadline.saturating_duration_since(Instant::now()),
-        egress,
-    };
-    let invocation = invocation(&record.id, app, version, deadline, req);
-    let blob = state.oci.blob_path(digest);
-    let (reply, start) = host.invoke(digest, &blob, limits, invocation).await;
-    drop(permit);
-    // Every request is a fresh instance: its cold start is loading (first request of a version
-    // on this node) plus instantiating.
-    let cold = start.load + start.instantiate;
-    count_cold_start(state, &label, cold);
-    record.fetch_ms = Some(start.load.as_secs_f64() * 1e3);
-    record.spawn_ms = Some(start.instantiate.as_secs_f64() * 1e3);
-    record.init_ms = Some(0.0);
-    record.cold_start_ms = Some(cold.as_secs_f64() * 1e3);
-    conclude(state, app, &label, record, started, reply)
 }
 
 /// A request whose deadline passed while it waited for an instance (native or wasm): 504,
@@ -305,19 +225,6 @@ fn node_full(app: &App, instances: u32) -> Response {
         .headers_mut()
         .insert("retry-after", axum::http::HeaderValue::from_static("1"));
     response
-}
-
-/// Gives wasm components outgoing HTTP: from one of the sandbox's egress namespaces (the
-/// instances' filter), or the server's own network without the sandbox.
-async fn enable_wasm_egress(state: &State) -> std::io::Result<()> {
-    let sandbox = state.sandbox.clone();
-    let netns = tokio::task::spawn_blocking(move || sandbox.map(|s| s.egress_netns()).transpose())
-        .await
-        .map_err(std::io::Error::other)??;
-    match &state.wasm {
-        Some(host) => host.enable_egress(netns),
-        None => Ok(()),
-    }
 }
 
 fn count_cold_start(state: &State, label: &crate::metrics::Labels, total: Duration) {

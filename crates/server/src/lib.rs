@@ -16,6 +16,7 @@ mod metrics;
 mod node;
 mod recorder;
 mod routes;
+mod runtime;
 mod serve;
 pub mod store;
 
@@ -88,9 +89,7 @@ pub(crate) struct State {
     /// The dependency fetch's only way out (with the sandbox).
     pub registry_proxy: Option<ignite_builder::RegistryProxy>,
     /// Runs `--rust-target wasm` handlers; `None` if Wasmtime could not start on this host.
-    pub wasm: Option<ignite_wasm::WasmHost>,
-    /// Per app, the wasm instances that may run at once and the requests waiting for one.
-    pub wasm_slots: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<WasmSlots>>>,
+    pub wasm: Option<Arc<ignite_wasm::WasmHost>>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
 }
@@ -112,22 +111,6 @@ impl State {
             format!("http://{host}")
         } else {
             format!("http://{host}:{port}")
-        }
-    }
-}
-
-/// A wasm app's instance slots: `max_instances` running, and a count of requests waiting (at
-/// most `queue_depth`, past it 429).
-pub(crate) struct WasmSlots {
-    pub running: Arc<tokio::sync::Semaphore>,
-    pub waiting: std::sync::atomic::AtomicUsize,
-}
-
-impl WasmSlots {
-    pub fn new(max_instances: u32) -> WasmSlots {
-        WasmSlots {
-            running: Arc::new(tokio::sync::Semaphore::new(max_instances as usize)),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -175,7 +158,7 @@ pub async fn run(
     let wasm = match ignite_wasm::WasmHost::new(&ignite_wasm::WasmConfig::new(
         config.data_dir.join("wasm-cache"),
     )) {
-        Ok(host) => Some(host),
+        Ok(host) => Some(Arc::new(host)),
         Err(e) => {
             tracing::warn!("wasm handlers are unavailable: {e}");
             None
@@ -229,11 +212,10 @@ pub async fn run(
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),
         builds: builds::Builds::default(),
-        node: node::Node::new(sandbox.clone(), limits),
+        node: node::Node::new(limits),
         sandbox,
         registry_proxy,
         wasm,
-        wasm_slots: Default::default(),
         config,
     });
     started(Started {

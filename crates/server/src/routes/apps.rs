@@ -287,11 +287,6 @@ pub(super) async fn set_scaling(
         }
     }
     store::set_scaling(&state.db, &org, &name, &scaling).await?;
-    state
-        .wasm_slots
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&(org.clone(), name.clone()));
     state.node.invalidate(&org, &name);
     state.node.reconcile(&state).await;
     Ok(Json(scaling))

@@ -1,4 +1,6 @@
-//! The node agent inside the server: one pool of instances per (app, version).
+//! The node: one pool of instances per (app, version, network access), whatever their
+//! runtime — a pool holds [`crate::runtime::Instance`]s and starts them through its
+//! [`crate::runtime::Launcher`], and this is the only admission there is.
 //!
 //! A request takes a warm idle instance, or starts one (cold) while the pool is under
 //! `max_instances`, or waits in a bounded queue (its deadline still counts); a full queue is a
@@ -14,14 +16,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ignite_agent::{Instance, SpawnConfig, SpawnError};
 use ignite_api::ScalingConfig;
-use ignite_sandbox::{Limits as SandboxLimits, Sandbox};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::State;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, app_label};
+use crate::runtime::native::NativeLauncher;
+use crate::runtime::wasm::WasmLauncher;
+use crate::runtime::{ColdStart, Instance, Launcher, StartError, StartSettings};
 use crate::store::{self, App, Version};
 
 /// How often the maintenance loop runs.
@@ -50,31 +53,24 @@ pub enum AcquireError {
     /// The deadline passed while waiting for an instance.
     Deadline { waited: Duration },
     /// A new instance did not start.
-    Spawn(SpawnError),
+    Start(StartError),
     /// The node's instance budget is spent and every instance is busy.
     NodeFull { instances: u32 },
 }
 
-/// Where a cold start's time went.
-#[derive(Debug, Clone, Copy)]
-pub struct ColdStart {
-    pub fetch: Duration,
-    pub spawn: Duration,
-    pub init: Duration,
-}
-
-impl ColdStart {
-    pub fn total(&self) -> Duration {
-        self.fetch + self.init
-    }
-}
-
-/// A share of an instance checked out of a pool for one request.
+/// A share of an instance checked out of a pool for one request; dropping it gives the share
+/// back (to the next waiter, or the instance goes idle, or stops if it is no longer wanted).
 pub struct Lease {
-    pub instance: Arc<Instance>,
+    pub instance: Arc<dyn Instance>,
     pub cold: Option<ColdStart>,
     pub queued: Duration,
     pool: Arc<Pool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.release(&self.instance);
+    }
 }
 
 /// An instance idle for less than this is handed out without asking the kernel whether it still
@@ -84,14 +80,14 @@ const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(50);
 enum Grant {
     /// A share of an instance (already counted in its `busy`), and whether it must be checked
     /// for having died while it sat idle.
-    Warm(Arc<Instance>, bool),
+    Warm(Arc<dyn Instance>, bool),
     /// A slot was freed for the waiter (already counted in `starting`): it starts an instance.
     Spawn,
 }
 
 /// A running instance of the pool.
 struct Member {
-    instance: Arc<Instance>,
+    instance: Arc<dyn Instance>,
     /// Requests it is serving: at most the app's `concurrency`.
     busy: u32,
     /// When it last became idle.
@@ -126,7 +122,7 @@ impl PoolState {
             .map(|(i, _)| i)
     }
 
-    fn find(&self, instance: &Arc<Instance>) -> Option<usize> {
+    fn find(&self, instance: &Arc<dyn Instance>) -> Option<usize> {
         self.members
             .iter()
             .position(|m| Arc::ptr_eq(&m.instance, instance))
@@ -136,7 +132,7 @@ impl PoolState {
     /// goes to the requests waiting.
     fn admit(
         &mut self,
-        instance: Arc<Instance>,
+        instance: Arc<dyn Instance>,
         busy: u32,
         concurrency: u32,
         budget: OwnedSemaphorePermit,
@@ -181,7 +177,7 @@ impl PoolState {
 
 struct Pool {
     key: PoolKey,
-    spawn: SpawnConfig,
+    launcher: Box<dyn Launcher>,
     scaling: Mutex<ScalingConfig>,
     state: Mutex<PoolState>,
 }
@@ -197,11 +193,49 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Gives back a request's share of an instance: the instance serves a waiter, goes idle, or,
+    /// dead or no longer wanted, stops once its last request is done.
+    fn release(&self, instance: &Arc<dyn Instance>) {
+        let scaling = self.scaling();
+        let mut st = self.lock();
+        let Some(i) = st.find(instance) else {
+            return;
+        };
+        st.members[i].busy -= 1;
+        // A request's outcome tells whether its instance survived; no need to ask the kernel.
+        if instance.is_alive() {
+            // Queued requests first, even of a retired pool: they were accepted for this version.
+            st.hand_out(i, scaling.concurrency);
+        }
+        if st.members[i].busy > 0 {
+            return;
+        }
+        st.members[i].since = Instant::now();
+        let unwanted = !instance.is_alive()
+            || st.retired
+            || (scaling.idle_timeout_s == 0 && st.total() > scaling.reserved_capacity);
+        if unwanted {
+            let gone = st.members.swap_remove(i);
+            if !gone.instance.is_alive() {
+                st.free_slot();
+            }
+            drop(st);
+            stop_later(vec![gone.instance]);
+        }
+    }
+
+    /// What an instance starting now gets: the app's current memory limit, and the network
+    /// access the pool was made for.
+    fn settings(&self) -> StartSettings {
+        StartSettings {
+            memory_mb: self.scaling().memory_mb,
+            egress: self.key.3,
+        }
+    }
 }
 
 pub struct Node {
-    /// Where instances run; `None` when the operator turned the sandbox off.
-    sandbox: Option<Sandbox>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     routes: Mutex<HashMap<AppKey, Arc<Route>>>,
     /// The node's instance budget: a permit per instance running or starting, over all pools.
@@ -212,16 +246,15 @@ pub struct Node {
     pub metrics: Metrics,
 }
 
-fn stop_later(instances: Vec<Arc<Instance>>) {
+fn stop_later(instances: Vec<Arc<dyn Instance>>) {
     for instance in instances {
         tokio::spawn(async move { instance.shutdown(GRACE).await });
     }
 }
 
 impl Node {
-    pub fn new(sandbox: Option<Sandbox>, limits: Limits) -> Node {
+    pub fn new(limits: Limits) -> Node {
         Node {
-            sandbox,
             budget: Arc::new(Semaphore::new(limits.node_instances as usize)),
             limits,
             pools: Mutex::default(),
@@ -229,20 +262,6 @@ impl Node {
             hosts: Mutex::default(),
             metrics: Metrics::default(),
         }
-    }
-
-    /// How to start an instance of `pool` now: its app's current memory limit applies, and the
-    /// network access its pool was made for.
-    fn spawn_config(&self, pool: &Pool) -> SpawnConfig {
-        let mut config = pool.spawn.clone();
-        if let Some(sandbox) = &self.sandbox {
-            let limits = SandboxLimits {
-                memory_mb: u64::from(pool.scaling().memory_mb),
-                egress: pool.key.3,
-            };
-            config.sandbox = Some((sandbox.clone(), limits));
-        }
-        config
     }
 
     /// The app and its active version, from the cache or the store.
@@ -331,16 +350,9 @@ impl Node {
         );
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let pool = pools.entry(key.clone()).or_insert_with(|| {
-            let digest = version.artifact_digest.clone().unwrap_or_default();
-            let mut spawn = SpawnConfig::new(state.oci.blob_path(&digest));
-            spawn.env = version
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
             Arc::new(Pool {
                 key,
-                spawn,
+                launcher: launcher(state, version),
                 scaling: Mutex::new(route.app.scaling.clone()),
                 state: Mutex::new(PoolState::default()),
             })
@@ -434,12 +446,11 @@ impl Node {
                             instances: self.limits.node_instances,
                         });
                     };
-                    let started = start(&self.spawn_config(&pool)).await;
+                    let started = pool.launcher.start(pool.settings()).await;
                     let mut st = pool.lock();
                     st.starting -= 1;
                     return match started {
                         Ok((instance, cold)) => {
-                            let instance = Arc::new(instance);
                             st.admit(instance.clone(), 1, scaling.concurrency, budget);
                             drop(st);
                             Ok(Lease {
@@ -451,7 +462,7 @@ impl Node {
                         }
                         Err(e) => {
                             st.free_slot();
-                            Err(AcquireError::Spawn(e))
+                            Err(AcquireError::Start(e))
                         }
                     };
                 }
@@ -526,49 +537,12 @@ impl Node {
     /// Returns a grant its waiter could not use.
     fn give_back(&self, pool: &Arc<Pool>, grant: Grant) {
         match grant {
-            Grant::Warm(instance, _) => self.release(Lease {
-                instance,
-                cold: None,
-                queued: Duration::ZERO,
-                pool: pool.clone(),
-            }),
+            Grant::Warm(instance, _) => pool.release(&instance),
             Grant::Spawn => {
                 let mut st = pool.lock();
                 st.starting -= 1;
                 st.free_slot();
             }
-        }
-    }
-
-    /// Gives back a request's share of an instance: the instance serves a waiter, goes idle, or,
-    /// dead or no longer wanted, stops once its last request is done.
-    pub fn release(&self, lease: Lease) {
-        let Lease { instance, pool, .. } = lease;
-        let scaling = pool.scaling();
-        let mut st = pool.lock();
-        let Some(i) = st.find(&instance) else {
-            return;
-        };
-        st.members[i].busy -= 1;
-        // A request's outcome tells whether its instance survived; no need to ask the kernel.
-        if instance.is_alive() {
-            // Queued requests first, even of a retired pool: they were accepted for this version.
-            st.hand_out(i, scaling.concurrency);
-        }
-        if st.members[i].busy > 0 {
-            return;
-        }
-        st.members[i].since = Instant::now();
-        let unwanted = !instance.is_alive()
-            || st.retired
-            || (scaling.idle_timeout_s == 0 && st.total() > scaling.reserved_capacity);
-        if unwanted {
-            let gone = st.members.swap_remove(i);
-            if !gone.instance.is_alive() {
-                st.free_slot();
-            }
-            drop(st);
-            stop_later(vec![gone.instance]);
         }
     }
 
@@ -696,14 +670,13 @@ impl Node {
             }
             for budget in budgets {
                 let pool = pool.clone();
-                let config = self.spawn_config(&pool);
                 tokio::spawn(async move {
-                    let started = start(&config).await;
+                    let started = pool.launcher.start(pool.settings()).await;
                     let mut st = pool.lock();
                     st.starting -= 1;
                     match started {
                         Ok((instance, _)) => {
-                            st.admit(Arc::new(instance), 0, pool.scaling().concurrency, budget)
+                            st.admit(instance, 0, pool.scaling().concurrency, budget)
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -766,23 +739,26 @@ impl Node {
     }
 }
 
-/// Starts an instance, timing the phases of the cold start.
-async fn start(config: &SpawnConfig) -> Result<(Instance, ColdStart), SpawnError> {
-    let t0 = Instant::now();
-    // The artifact is a local blob: "fetching" it is finding it (and failing clearly if it is
-    // gone). A remote registry would pull here.
-    if let Err(source) = std::fs::metadata(&config.program) {
-        return Err(SpawnError::Exec {
-            program: config.program.clone(),
-            source,
-        });
+/// How instances of `version` start: its artifact's runtime decides.
+fn launcher(state: &State, version: &Version) -> Box<dyn Launcher> {
+    let digest = version.artifact_digest.clone().unwrap_or_default();
+    let blob = state.oci.blob_path(&digest);
+    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
+        Box::new(WasmLauncher {
+            host: state.wasm.clone(),
+            digest,
+            blob,
+            sandbox: state.sandbox.clone(),
+        })
+    } else {
+        Box::new(NativeLauncher {
+            program: blob,
+            env: version
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sandbox: state.sandbox.clone(),
+        })
     }
-    let fetch = t0.elapsed();
-    let instance = Instance::spawn(config).await?;
-    let cold = ColdStart {
-        fetch,
-        spawn: instance.spawn_duration(),
-        init: instance.init_duration(),
-    };
-    Ok((instance, cold))
 }

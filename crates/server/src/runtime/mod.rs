@@ -1,0 +1,87 @@
+//! The seam every runtime plugs into: an [`Instance`] serves requests, a [`Launcher`] starts
+//! instances of one version. The node's pools admit, start, lease, drain and stop instances
+//! through these two traits and never learn which kind they hold; adding a runtime (an
+//! interpreter's template process that forks instances, a container answering HTTP in its
+//! network namespace) adds an implementation here and nothing to admission.
+//!
+//! - [`native`]: a static binary in the sandbox, one process serving `concurrency` requests.
+//! - [`wasm`]: a `wasi:http` component; an instance is the app's component made ready to run,
+//!   and each request runs in a fresh wasm instance of it (nothing survives between requests).
+
+pub mod native;
+pub mod wasm;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignite_agent::{Invocation, Reply};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a cold start's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColdStart {
+    /// Finding (a remote registry would: pulling) the artifact, or loading it.
+    pub fetch: Duration,
+    /// Creating the process (or the wasm instance).
+    pub spawn: Duration,
+    /// From spawn to ready (the SDK's `Hello`).
+    pub init: Duration,
+}
+
+impl ColdStart {
+    pub fn total(&self) -> Duration {
+        self.fetch + self.spawn.max(self.init)
+    }
+}
+
+/// How one request on an instance ended.
+pub struct Invoked {
+    pub reply: Reply,
+    /// A start that this request paid for itself: runtimes that make a fresh instance per
+    /// request (wasm) report it here; `None` for a request served by a running instance.
+    pub start: Option<ColdStart>,
+}
+
+/// A running instance of some runtime, shared by the requests in flight on it.
+pub trait Instance: Send + Sync + 'static {
+    /// Runs one request (the instance may be serving others, up to the app's concurrency).
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Invoked>;
+    /// Whether it can take another request, as far as the requests it served tell.
+    fn is_alive(&self) -> bool;
+    /// Whether it has ended, asking the kernel: for an instance that sat idle a while.
+    fn has_exited(&self) -> bool;
+    /// Stops it: at once when nothing is in flight, else after `grace` at most.
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// What the current settings ask of an instance about to start.
+#[derive(Debug, Clone, Copy)]
+pub struct StartSettings {
+    pub memory_mb: u32,
+    /// Internet access (the pool was made for one value; a change makes a new pool).
+    pub egress: bool,
+}
+
+/// Why an instance did not start, with what it logged meanwhile.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    pub logs: Vec<String>,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A started instance and where its start's time went.
+pub type Started = Result<(Arc<dyn Instance>, ColdStart), StartError>;
+
+/// Starts instances of one version of one app.
+pub trait Launcher: Send + Sync + 'static {
+    fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started>;
+}

@@ -1,0 +1,87 @@
+//! Native instances: the version's static binary, started in the sandbox (through a pre-made
+//! zygote) by `ignite-agent`, one process serving up to `concurrency` requests at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ignite_agent::{Invocation, SpawnConfig, SpawnError};
+use ignite_sandbox::{Limits, Sandbox};
+
+use super::{
+    BoxFuture, ColdStart, Instance, Invoked, Launcher, StartError, StartSettings, Started,
+};
+
+impl Instance for ignite_agent::Instance {
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Invoked> {
+        Box::pin(async move {
+            Invoked {
+                reply: ignite_agent::Instance::invoke(self, invocation).await,
+                start: None,
+            }
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        ignite_agent::Instance::is_alive(self)
+    }
+
+    fn has_exited(&self) -> bool {
+        ignite_agent::Instance::has_exited(self)
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(ignite_agent::Instance::shutdown(self, grace))
+    }
+}
+
+/// Starts processes of one binary with the version's environment.
+pub struct NativeLauncher {
+    pub program: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Where instances run; `None` when the operator turned the sandbox off.
+    pub sandbox: Option<Sandbox>,
+}
+
+impl From<SpawnError> for StartError {
+    fn from(e: SpawnError) -> StartError {
+        StartError {
+            logs: e.logs().map(|l| l.lines.clone()).unwrap_or_default(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Launcher for NativeLauncher {
+    fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started> {
+        Box::pin(async move {
+            let t0 = Instant::now();
+            // The artifact is a local blob: "fetching" it is finding it (and failing clearly if
+            // it is gone). A remote registry would pull here.
+            if let Err(source) = std::fs::metadata(&self.program) {
+                return Err(SpawnError::Exec {
+                    program: self.program.clone(),
+                    source,
+                }
+                .into());
+            }
+            let fetch = t0.elapsed();
+            let mut config = SpawnConfig::new(&self.program);
+            config.env = self.env.clone();
+            if let Some(sandbox) = &self.sandbox {
+                let limits = Limits {
+                    memory_mb: u64::from(settings.memory_mb),
+                    egress: settings.egress,
+                };
+                config.sandbox = Some((sandbox.clone(), limits));
+            }
+            let instance = ignite_agent::Instance::spawn(&config).await?;
+            let cold = ColdStart {
+                fetch,
+                spawn: instance.spawn_duration(),
+                init: instance.init_duration(),
+            };
+            Ok((Arc::new(instance) as Arc<dyn Instance>, cold))
+        })
+    }
+}
