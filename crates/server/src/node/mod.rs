@@ -12,20 +12,22 @@
 //! The maintenance loop reconciles what runs with what the store says should run, every
 //! [`TICK`]; it is idempotent, and publish, rollback and scaling changes also trigger it at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ignite_api::ScalingConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::State;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, app_label};
-use crate::runtime::native::NativeLauncher;
-use crate::runtime::wasm::WasmLauncher;
-use crate::runtime::{ColdStart, Instance, Launcher, StartError, StartSettings};
+use crate::runtime::StartError;
 use crate::store::{self, App, Version};
+
+mod pool;
+
+pub use pool::Lease;
+use pool::{Grant, Member, Pool, PoolState, RECHECK_IDLE_AFTER, stop_later};
 
 /// How often the maintenance loop runs.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -58,183 +60,6 @@ pub enum AcquireError {
     NodeFull { instances: u32 },
 }
 
-/// A share of an instance checked out of a pool for one request; dropping it gives the share
-/// back (to the next waiter, or the instance goes idle, or stops if it is no longer wanted).
-pub struct Lease {
-    pub instance: Arc<dyn Instance>,
-    pub cold: Option<ColdStart>,
-    pub queued: Duration,
-    pool: Arc<Pool>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.pool.release(&self.instance);
-    }
-}
-
-/// An instance idle for less than this is handed out without asking the kernel whether it still
-/// runs (a `wait4` per request); older ones are checked, and the reconcile loop sweeps the rest.
-const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(50);
-
-enum Grant {
-    /// A share of an instance (already counted in its `busy`), and whether it must be checked
-    /// for having died while it sat idle.
-    Warm(Arc<dyn Instance>, bool),
-    /// A slot was freed for the waiter (already counted in `starting`): it starts an instance.
-    Spawn,
-}
-
-/// A running instance of the pool.
-struct Member {
-    instance: Arc<dyn Instance>,
-    /// Requests it is serving: at most the app's `concurrency`.
-    busy: u32,
-    /// When it last became idle.
-    since: Instant,
-    /// Its share of the node's instance budget, given back when it leaves the pool.
-    _budget: OwnedSemaphorePermit,
-}
-
-#[derive(Default)]
-struct PoolState {
-    members: Vec<Member>,
-    /// Instances being started.
-    starting: u32,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
-    retired: bool,
-}
-
-impl PoolState {
-    /// Instances alive or starting.
-    fn total(&self) -> u32 {
-        self.members.len() as u32 + self.starting
-    }
-
-    /// The instance the next request should share: alive and under `concurrency`; the busiest
-    /// first (so that the others go idle and can scale down), then the most recently used.
-    fn pick(&self, concurrency: u32) -> Option<usize> {
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.busy < concurrency && m.instance.is_alive())
-            .max_by_key(|(_, m)| (m.busy, m.since))
-            .map(|(i, _)| i)
-    }
-
-    fn find(&self, instance: &Arc<dyn Instance>) -> Option<usize> {
-        self.members
-            .iter()
-            .position(|m| Arc::ptr_eq(&m.instance, instance))
-    }
-
-    /// A started instance joins the pool with `busy` requests already on it; its spare capacity
-    /// goes to the requests waiting.
-    fn admit(
-        &mut self,
-        instance: Arc<dyn Instance>,
-        busy: u32,
-        concurrency: u32,
-        budget: OwnedSemaphorePermit,
-    ) {
-        self.members.push(Member {
-            instance,
-            busy,
-            since: Instant::now(),
-            _budget: budget,
-        });
-        self.hand_out(self.members.len() - 1, concurrency);
-    }
-
-    /// Gives member `i`'s spare capacity to the requests waiting.
-    fn hand_out(&mut self, i: usize, concurrency: u32) {
-        while self.members[i].busy < concurrency
-            && let Some(waiter) = self.waiters.pop_front()
-        {
-            self.members[i].busy += 1;
-            if waiter
-                .send(Grant::Warm(self.members[i].instance.clone(), false))
-                .is_err()
-            {
-                // It stopped waiting (its deadline, or its caller left).
-                self.members[i].busy -= 1;
-            }
-        }
-    }
-
-    /// An instance slot became free (its instance died or never started): the first waiter
-    /// still waiting gets to start one.
-    fn free_slot(&mut self) {
-        while let Some(waiter) = self.waiters.pop_front() {
-            self.starting += 1;
-            if waiter.send(Grant::Spawn).is_ok() {
-                return;
-            }
-            self.starting -= 1;
-        }
-    }
-}
-
-struct Pool {
-    key: PoolKey,
-    launcher: Box<dyn Launcher>,
-    scaling: Mutex<ScalingConfig>,
-    state: Mutex<PoolState>,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn scaling(&self) -> ScalingConfig {
-        self.scaling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Gives back a request's share of an instance: the instance serves a waiter, goes idle, or,
-    /// dead or no longer wanted, stops once its last request is done.
-    fn release(&self, instance: &Arc<dyn Instance>) {
-        let scaling = self.scaling();
-        let mut st = self.lock();
-        let Some(i) = st.find(instance) else {
-            return;
-        };
-        st.members[i].busy -= 1;
-        // A request's outcome tells whether its instance survived; no need to ask the kernel.
-        if instance.is_alive() {
-            // Queued requests first, even of a retired pool: they were accepted for this version.
-            st.hand_out(i, scaling.concurrency);
-        }
-        if st.members[i].busy > 0 {
-            return;
-        }
-        st.members[i].since = Instant::now();
-        let unwanted = !instance.is_alive()
-            || st.retired
-            || (scaling.idle_timeout_s == 0 && st.total() > scaling.reserved_capacity);
-        if unwanted {
-            let gone = st.members.swap_remove(i);
-            if !gone.instance.is_alive() {
-                st.free_slot();
-            }
-            drop(st);
-            stop_later(vec![gone.instance]);
-        }
-    }
-
-    /// What an instance starting now gets: the app's current memory limit, and the network
-    /// access the pool was made for.
-    fn settings(&self) -> StartSettings {
-        StartSettings {
-            memory_mb: self.scaling().memory_mb,
-            egress: self.key.3,
-        }
-    }
-}
-
 pub struct Node {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     routes: Mutex<HashMap<AppKey, Arc<Route>>>,
@@ -244,12 +69,6 @@ pub struct Node {
     /// Public hostname labels (`<app>-<org>`) seen by the gateway, and the app each names.
     hosts: Mutex<HashMap<String, AppKey>>,
     pub metrics: Metrics,
-}
-
-fn stop_later(instances: Vec<Arc<dyn Instance>>) {
-    for instance in instances {
-        tokio::spawn(async move { instance.shutdown(GRACE).await });
-    }
 }
 
 impl Node {
@@ -352,7 +171,7 @@ impl Node {
         let pool = pools.entry(key.clone()).or_insert_with(|| {
             Arc::new(Pool {
                 key,
-                launcher: launcher(state, version),
+                launcher: crate::runtime::launcher(state, version),
                 scaling: Mutex::new(route.app.scaling.clone()),
                 state: Mutex::new(PoolState::default()),
             })
@@ -736,29 +555,5 @@ impl Node {
         for instance in stopping {
             instance.shutdown(GRACE).await;
         }
-    }
-}
-
-/// How instances of `version` start: its artifact's runtime decides.
-fn launcher(state: &State, version: &Version) -> Box<dyn Launcher> {
-    let digest = version.artifact_digest.clone().unwrap_or_default();
-    let blob = state.oci.blob_path(&digest);
-    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
-        Box::new(WasmLauncher {
-            host: state.wasm.clone(),
-            digest,
-            blob,
-            sandbox: state.sandbox.clone(),
-        })
-    } else {
-        Box::new(NativeLauncher {
-            program: blob,
-            env: version
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            sandbox: state.sandbox.clone(),
-        })
     }
 }

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use ignite_agent::{Invocation, Reply};
 
+use native::NativeLauncher;
+use wasm::WasmLauncher;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a cold start's time went.
@@ -84,4 +87,28 @@ pub type Started = Result<(Arc<dyn Instance>, ColdStart), StartError>;
 /// Starts instances of one version of one app.
 pub trait Launcher: Send + Sync + 'static {
     fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started>;
+}
+
+/// How instances of `version` start: its artifact's runtime decides.
+pub fn launcher(state: &crate::State, version: &crate::store::Version) -> Box<dyn Launcher> {
+    let digest = version.artifact_digest.clone().unwrap_or_default();
+    let blob = state.oci.blob_path(&digest);
+    if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
+        Box::new(WasmLauncher {
+            host: state.wasm.clone(),
+            digest,
+            blob,
+            sandbox: state.sandbox.clone(),
+        })
+    } else {
+        Box::new(NativeLauncher {
+            program: blob,
+            env: version
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sandbox: state.sandbox.clone(),
+        })
+    }
 }
