@@ -63,6 +63,30 @@ impl Target {
     }
 }
 
+/// Whether `toolchain` (the default one when `None`) has the standard library of `target`; a
+/// compile for a target without it fails deep in rustc ("can't find crate for `std`"), so the
+/// server says so at start and at `draft save` instead.
+pub async fn has_target(toolchain: Option<&str>, target: Target) -> Result<bool, BuildError> {
+    let tools = Toolchain::resolve(toolchain).await?;
+    Ok(sysroot_has(&tools.dir, target))
+}
+
+fn sysroot_has(sysroot: &Path, target: Target) -> bool {
+    sysroot
+        .join("lib/rustlib")
+        .join(target.triple())
+        .join("lib")
+        .is_dir()
+}
+
+/// The command that adds `target` to `toolchain` (the default one when `None`).
+pub fn add_target_command(toolchain: Option<&str>, target: Target) -> String {
+    match toolchain {
+        Some(t) => format!("rustup target add {} --toolchain {t}", target.triple()),
+        None => format!("rustup target add {}", target.triple()),
+    }
+}
+
 /// The file, inside the project, that holds the binary entry of a library crate.
 const ENTRY_FILE: &str = ".ignite/main.rs";
 
@@ -1006,6 +1030,25 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_missing_target_is_told_with_the_command_that_adds_it() {
+        // CI installs the musl target; a sysroot without it says so.
+        assert!(has_target(None, Target::Native).await.unwrap());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(!sysroot_has(empty.path(), Target::Wasm));
+        std::fs::create_dir_all(empty.path().join("lib/rustlib/wasm32-wasip2/lib")).unwrap();
+        assert!(sysroot_has(empty.path(), Target::Wasm));
+        assert_eq!(
+            add_target_command(Some("1.95"), Target::Wasm),
+            "rustup target add wasm32-wasip2 --toolchain 1.95"
+        );
+        assert!(
+            has_target(Some("no-such-toolchain-here"), Target::Native)
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn chowning_a_tree_that_vanished_is_not_an_error() {

@@ -978,6 +978,9 @@ fn server(a: ServerArgs) -> Result<()> {
             println!("data in {}", data_dir.display());
             println!("sandbox: {}", started.sandbox);
             println!("limits: {}", started.limits.describe());
+            for warning in &started.warnings {
+                println!("warning: {warning}");
+            }
             for note in notes {
                 println!("{note}");
             }

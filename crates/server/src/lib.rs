@@ -74,6 +74,8 @@ pub struct Started {
     pub sandbox: String,
     /// The node's budgets, as resolved.
     pub limits: limits::Limits,
+    /// What the operator should know before the first compile (a missing target, say).
+    pub warnings: Vec<String>,
 }
 
 pub(crate) struct State {
@@ -218,12 +220,28 @@ pub async fn run(
         wasm,
         config,
     });
+    let mut warnings = Vec::new();
+    for target in [ignite_builder::Target::Native, ignite_builder::Target::Wasm] {
+        if let Ok(false) = ignite_builder::has_target(None, target).await {
+            warnings.push(format!(
+                "the Rust toolchain has no {} target: compiles with --rust-target {} will be \
+                 refused until it is added with `{}`",
+                target.triple(),
+                match target {
+                    ignite_builder::Target::Native => "native",
+                    ignite_builder::Target::Wasm => "wasm",
+                },
+                ignite_builder::add_target_command(None, target)
+            ));
+        }
+    }
     started(Started {
         api_addr,
         gateway_addr,
         admin_token,
         sandbox: sandbox_line,
         limits,
+        warnings,
     });
 
     let writer = {

@@ -60,6 +60,7 @@ pub(super) async fn save_draft(
     if let Some(toolchain) = q.toolchain.as_deref() {
         check_toolchain(toolchain).await?;
     }
+    check_target(q.toolchain.as_deref(), &rust_target).await?;
     let kind = q.kind.unwrap_or_else(|| "archive".into());
     if kind != "archive" && kind != "file" {
         return Err(ApiError::bad_request(format!(
@@ -108,6 +109,29 @@ fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let dir = parent.join(format!("upload-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A compile for a target the toolchain lacks would fail deep in rustc ("can't find crate for
+/// `std`"): say so now, with the command that adds it.
+async fn check_target(toolchain: Option<&str>, flag: &str) -> ApiResult<()> {
+    let Some(target) = ignite_builder::Target::from_flag(flag) else {
+        return Ok(());
+    };
+    match ignite_builder::has_target(toolchain, target).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::conflict(format!(
+            "this server's Rust toolchain{} has no {} target, so --rust-target {flag} cannot \
+             compile here; the operator adds it with `{}`",
+            toolchain.map(|t| format!(" {t}")).unwrap_or_default(),
+            target.triple(),
+            ignite_builder::add_target_command(toolchain, target)
+        ))),
+        // The toolchain itself is the problem; the compile will say so in its log.
+        Err(e) => {
+            tracing::warn!("cannot check the toolchain's targets: {e}");
+            Ok(())
+        }
+    }
 }
 
 pub(super) async fn check_toolchain(toolchain: &str) -> ApiResult<()> {
