@@ -20,8 +20,8 @@
 //!   kernel filter as a native instance's: the public internet only. stdout and stderr are
 //!   captured (capped) as the execution's logs.
 //!
-//! Outcomes are the agent's [`ignite_agent::Outcome`], so the server records a wasm execution
-//! exactly like a native one.
+//! Requests and outcomes are the shared [`ignite_invocation`] types a native instance speaks
+//! too, so the server records a wasm execution exactly like a native one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use ignite_agent::{Logs, Outcome, Reply};
+use ignite_invocation::{Invocation, Logs, Outcome, Reply};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
@@ -338,7 +338,7 @@ impl WasmHost {
         digest: &str,
         wasm_path: &Path,
         limits: WasmLimits,
-        invocation: ignite_agent::Invocation,
+        invocation: Invocation,
     ) -> (Reply, WasmStart) {
         let started = Instant::now();
         let log = CappedLog::default();
@@ -382,7 +382,7 @@ impl WasmHost {
         &self,
         pre: ProxyPre<Guest>,
         limits: WasmLimits,
-        inv: ignite_agent::Invocation,
+        inv: Invocation,
         log: &CappedLog,
         start: &mut WasmStart,
         started: Instant,
@@ -568,7 +568,7 @@ fn serde_json_message(body: &[u8]) -> Option<String> {
 }
 
 fn http_request(
-    inv: &ignite_agent::Invocation,
+    inv: &Invocation,
 ) -> Result<hyper::Request<http_body_util::combinators::BoxBody<Bytes, ErrorCode>>, String> {
     let target = if inv.query.is_empty() {
         inv.path.clone()
