@@ -38,6 +38,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_nofile_limit};
 pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
+pub use netns::{Netns, SpawnThread, spawn_in_netns};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
@@ -297,9 +298,10 @@ impl Sandbox {
 
     /// A network namespace with internet access (the instances' kind: same filter, same
     /// address range), for the node's own connections made on a tenant's behalf — a wasm
-    /// component's outgoing HTTP. Needs [`Sandbox::enable_egress`]'s set-up, which it does.
-    pub fn egress_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
-        self.egress()?.netns.take()
+    /// component's outgoing HTTP ([`Netns::spawn`] starts a thread inside it). Needs
+    /// [`Sandbox::enable_egress`]'s set-up, which it does.
+    pub fn egress_netns(&self) -> io::Result<Netns> {
+        self.egress()?.netns.take().map(Netns::from)
     }
 
     fn egress(&self) -> io::Result<Arc<Egress>> {

@@ -122,12 +122,21 @@ pub struct WasmHost {
     egress: Mutex<Option<Egress>>,
 }
 
+/// Starts a thread, named by the first argument, running the second: where [`WasmHost`] runs
+/// outgoing HTTP once an app has internet access (see [`WasmHost::enable_egress`]). The caller
+/// decides where that thread's sockets are: the server wires in `ignite_sandbox`'s, whose
+/// `Netns` converts into this, so this crate needs no sandbox (nor any namespace call) of its
+/// own.
+pub type SpawnThread =
+    Box<dyn FnOnce(String, Box<dyn FnOnce() + Send>) -> std::io::Result<()> + Send>;
+
 /// Where a component's outgoing HTTP goes.
 #[derive(Clone)]
 enum Egress {
     /// The server's own network (no sandbox: as a native instance with `--no-sandbox`).
     Direct,
-    /// A runtime whose thread joined an egress network namespace: its sockets are there.
+    /// A runtime on a thread the caller placed (in an egress network namespace): its sockets
+    /// are there.
     Confined(tokio::runtime::Handle),
 }
 
@@ -189,30 +198,26 @@ impl WasmHost {
             .is_some()
     }
 
-    /// Lets apps with internet access send outgoing HTTP: from inside `netns` (a namespace
-    /// with the instances' egress filter, see `ignite_sandbox::Sandbox::egress_netns`), or,
-    /// with `None`, from the server's own network. Idempotent.
-    pub fn enable_egress(&self, netns: Option<std::os::fd::OwnedFd>) -> std::io::Result<()> {
+    /// Lets apps with internet access send outgoing HTTP: from a thread that `network` starts
+    /// (one inside a namespace with the instances' egress filter: pass the
+    /// `ignite_sandbox::Netns` of `Sandbox::egress_netns`, which converts into a
+    /// [`SpawnThread`]), or, with `None`, from the server's own network. Idempotent.
+    pub fn enable_egress(&self, network: Option<impl Into<SpawnThread>>) -> std::io::Result<()> {
         let mut egress = self.egress.lock().unwrap_or_else(|p| p.into_inner());
         if egress.is_some() {
             return Ok(());
         }
-        let Some(netns) = netns else {
+        let Some(network) = network else {
             *egress = Some(Egress::Direct);
             return Ok(());
         };
+        let spawn: SpawnThread = network.into();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("ignite-wasm-egress".into())
-            .spawn(move || {
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on this thread only, with a namespace descriptor it owns. Every
-                // socket this thread (and the threads it starts: the runtime's blocking pool,
-                // which resolves names) creates is in that namespace.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let _ = tx.send(Err(std::io::Error::last_os_error()));
-                    return;
-                }
+        // Every socket this thread (and the threads it starts: the runtime's blocking pool,
+        // which resolves names) creates is where `network` put it.
+        spawn(
+            "ignite-wasm-egress".into(),
+            Box::new(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -225,7 +230,8 @@ impl WasmHost {
                 };
                 let _ = tx.send(Ok(runtime.handle().clone()));
                 runtime.block_on(std::future::pending::<()>());
-            })?;
+            }),
+        )?;
         let handle = rx
             .recv()
             .map_err(|_| std::io::Error::other("the egress thread ended at start"))??;
