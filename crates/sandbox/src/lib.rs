@@ -3,12 +3,12 @@
 //! This crate owns every namespace, cgroup, rlimit and seccomp detail (and the `unsafe` that
 //! comes with them). [`spawn`] starts a process sharing the agent's memory until exec, either
 //! plain (tests, or an operator who turned the sandbox off) or inside a [`Sandbox`], through a
-//! *zygote* prepared ahead of need (see `spawn.rs`):
+//! *zygote* prepared ahead of need (see `spawn/mod.rs`):
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
 //!   (made ahead of need, see `netns.rs`) with nothing in it;
 //! - a read-only tmpfs root holding `/proc` (of its own pid namespace, with what it tells of the
-//!   host's kernel masked or read-only, see `spawn.rs`), a size-capped `/tmp`
+//!   host's kernel masked or read-only, see `spawn/isolation.rs`), a size-capped `/tmp`
 //!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
 //!   it is in the tree;
 //! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
@@ -23,6 +23,7 @@
 mod cgroup;
 mod cpu;
 mod egress;
+mod failure;
 pub mod jail;
 mod netns;
 mod process;
@@ -38,11 +39,12 @@ use std::sync::{Arc, Condvar, Mutex};
 
 pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_nofile_limit};
 pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
+pub use failure::SpawnError;
 pub use netns::{Netns, SpawnThread, spawn_in_netns};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Command, SpawnError, Spawned, spawn, spawn_async};
+pub use spawn::{Command, Spawned, spawn, spawn_async};
 
 /// Node-wide sandbox settings.
 #[derive(Debug, Clone)]
