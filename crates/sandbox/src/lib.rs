@@ -18,8 +18,6 @@
 //! The handler starts as pid 1 of its namespace (the SDK then forks, like `tini`): when pid 1
 //! exits, the kernel kills whatever the instance started. [`jail`] is the compile's sandbox.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 mod cgroup;
 mod cpu;
 mod egress;

@@ -304,7 +304,7 @@ impl WasmHost {
         }
         let started = Instant::now();
         let cached = self.cwasm_path(digest);
-        // SAFETY (wasmtime's contract for deserialize_file): the file was written by
+        // SAFETY: wasmtime's contract for deserialize_file holds: the file was written by
         // `precompile` with this engine's configuration (its name carries the engine's
         // compatibility hash) into the server's own data directory, which nothing else writes.
         let component = match unsafe { Component::deserialize_file(&self.engine, &cached) } {
