@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ignite_invocation::{Invocation, Logs, Outcome, Reply};
 use ignite_protocol::{ErrorKind, Frame, FrameError};
 use ignite_sandbox::{Limits, Process, Sandbox, pin_to_cpu};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
 
-use crate::logs::{LogPipe, Logs};
+use crate::logs::LogPipe;
 
 /// How to start one handler instance.
 #[derive(Debug, Clone)]
@@ -101,64 +102,6 @@ fn tail(logs: &Logs) -> String {
         Some(last) => format!("; its last log line: {last}"),
         None => String::new(),
     }
-}
-
-/// One request for a handler.
-#[derive(Debug, Clone, Default)]
-pub struct Invocation {
-    pub execution_id: String,
-    pub function_id: String,
-    /// The app's environment, handed to `Context::env`.
-    pub env: Vec<(String, String)>,
-    /// When to give up; `None` waits for ever.
-    pub deadline: Option<Instant>,
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-/// How an invocation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The handler answered.
-    Response {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    },
-    /// The handler returned `Err`; the instance stays warm.
-    HandlerError { status: u16, message: String },
-    /// The handler panicked; the SDK caught it and the instance stays warm.
-    Panicked { message: String },
-    /// The deadline passed; the instance was killed.
-    TimedOut { after: Duration },
-    /// The process died before answering.
-    Crashed { exit: String },
-    /// The kernel killed the process at its memory limit.
-    OutOfMemory { exit: String },
-    /// The process wrote bytes that are not frames; the instance was killed.
-    FramingError { message: String },
-}
-
-impl Outcome {
-    /// Whether the instance that produced this outcome can take another request.
-    pub fn keeps_instance(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Response { .. } | Outcome::HandlerError { .. } | Outcome::Panicked { .. }
-        )
-    }
-}
-
-/// An invocation's outcome, with the logs attributed to it and how long it took.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub outcome: Outcome,
-    pub logs: Logs,
-    /// From sending the request to its outcome.
-    pub duration: Duration,
 }
 
 /// A running handler process. Shared (`&self`): with `concurrency` above 1 several requests are

@@ -17,6 +17,6 @@
 mod instance;
 mod logs;
 
+pub use ignite_invocation::{Invocation, Logs, Outcome, Reply};
 pub use ignite_sandbox::{current_cpu, pin_to_cpu};
-pub use instance::{Instance, Invocation, Outcome, Reply, SpawnConfig, SpawnError};
-pub use logs::Logs;
+pub use instance::{Instance, SpawnConfig, SpawnError};

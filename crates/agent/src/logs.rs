@@ -4,16 +4,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
+use ignite_invocation::Logs;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-
-/// The logs gathered for one request.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Logs {
-    pub lines: Vec<String>,
-    /// Bytes that were dropped because the request passed its log limit.
-    pub dropped_bytes: u64,
-}
 
 /// The logs of one request in flight, and how many bytes of them are kept.
 #[derive(Debug, Default)]

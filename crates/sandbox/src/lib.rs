@@ -3,12 +3,12 @@
 //! This crate owns every namespace, cgroup, rlimit and seccomp detail (and the `unsafe` that
 //! comes with them). [`spawn`] starts a process sharing the agent's memory until exec, either
 //! plain (tests, or an operator who turned the sandbox off) or inside a [`Sandbox`], through a
-//! *zygote* prepared ahead of need (see `spawn.rs`):
+//! *zygote* prepared ahead of need (see `spawn/mod.rs`):
 //!
 //! - new user, mount, pid, ipc, uts and cgroup namespaces, and a network namespace of its own
 //!   (made ahead of need, see `netns.rs`) with nothing in it;
 //! - a read-only tmpfs root holding `/proc` (of its own pid namespace, with what it tells of the
-//!   host's kernel masked or read-only, see `spawn.rs`), a size-capped `/tmp`
+//!   host's kernel masked or read-only, see `spawn/isolation.rs`), a size-capped `/tmp`
 //!   and `/dev/{null,zero,random,urandom}`; the binary is executed from a descriptor, so not even
 //!   it is in the tree;
 //! - a per-instance host uid (mapped to 1000 inside), no capabilities, `no_new_privs`;
@@ -18,13 +18,13 @@
 //! The handler starts as pid 1 of its namespace (the SDK then forks, like `tini`): when pid 1
 //! exits, the kernel kills whatever the instance started. [`jail`] is the compile's sandbox.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 mod cgroup;
 mod cpu;
 mod egress;
+mod failure;
 pub mod jail;
 mod netns;
+mod pool;
 mod process;
 mod seccomp;
 mod spawn;
@@ -34,14 +34,18 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 pub use cpu::{current_cpu, kill_process_group, pin_to_cpu, raise_nofile_limit};
 pub use egress::{BLOCKED as EGRESS_BLOCKED, EGRESS_NET};
+pub use failure::SpawnError;
+pub use netns::{Netns, SpawnThread, spawn_in_netns};
+pub(crate) use pool::{SETTLE, Slot, run_when_idle};
+use pool::{SlotPool, SlotState, ZygotePool, refill_zygotes};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Command, SpawnError, Spawned, spawn, spawn_async};
+pub use spawn::{Command, Spawned, spawn, spawn_async};
 
 /// Node-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -297,9 +301,10 @@ impl Sandbox {
 
     /// A network namespace with internet access (the instances' kind: same filter, same
     /// address range), for the node's own connections made on a tenant's behalf — a wasm
-    /// component's outgoing HTTP. Needs [`Sandbox::enable_egress`]'s set-up, which it does.
-    pub fn egress_netns(&self) -> io::Result<std::os::fd::OwnedFd> {
-        self.egress()?.netns.take()
+    /// component's outgoing HTTP ([`Netns::spawn`] starts a thread inside it). Needs
+    /// [`Sandbox::enable_egress`]'s set-up, which it does.
+    pub fn egress_netns(&self) -> io::Result<Netns> {
+        self.egress()?.netns.take().map(Netns::from)
     }
 
     fn egress(&self) -> io::Result<Arc<Egress>> {
@@ -416,33 +421,6 @@ impl Sandbox {
     }
 }
 
-/// Zygotes made ahead of need by the `ignite-zygotes` thread.
-#[derive(Default)]
-struct ZygotePool {
-    state: Mutex<ZygoteState>,
-    wake: Condvar,
-    /// How many the thread keeps ready.
-    spare: usize,
-}
-
-#[derive(Default)]
-struct ZygoteState {
-    ready: Vec<Zygote>,
-    closed: bool,
-}
-
-impl ZygotePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ZygoteState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn take(&self) -> Option<Zygote> {
-        let zygote = self.lock().ready.pop();
-        self.wake.notify_one();
-        zygote
-    }
-}
-
 impl Inner {
     fn shutdown(&self) {
         let mut done = lock(&self.shut_down);
@@ -489,93 +467,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How long background preparation waits after the pool is drawn on.
-pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// Background work that should yield to the instances being started: nice 10 (not SCHED_IDLE,
-/// which starves under sustained load and leaves every start to make its own). Zygotes reset
-/// their own niceness first thing.
-pub(crate) fn run_when_idle() {
-    // SAFETY: gettid and setpriority on the calling thread only.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
-    };
-    if rc != 0 {
-        tracing::debug!(
-            "could not lower the sandbox's background priority: {}",
-            io::Error::last_os_error()
-        );
-    }
-}
-
-/// The `ignite-zygotes` thread. It upgrades `inner` only while it makes something, so that
-/// dropping the last [`Sandbox`] clone shuts the sandbox down; it ends when the pool closes.
-fn refill_zygotes(inner: &std::sync::Weak<Inner>, pool: &ZygotePool) {
-    run_when_idle();
-    // Instance slots (a uid and cgroups in every hierarchy, ~0.3 ms each to make) ahead of the
-    // first burst; they are reused from then on.
-    if let Some(strong) = inner.upgrade() {
-        let sandbox = Sandbox { inner: strong };
-        let mut made: Vec<Slot> = Vec::new();
-        for _ in 0..sandbox.inner.config.spare_slots {
-            if pool.lock().closed {
-                break;
-            }
-            if let Ok(slot) = sandbox.take_slot() {
-                made.push(slot);
-            }
-        }
-        drop(made);
-        drop(sandbox);
-    }
-    loop {
-        {
-            let mut state = pool.lock();
-            while !state.closed && state.ready.len() >= pool.spare {
-                state = pool.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            if state.closed {
-                return;
-            }
-        }
-        // Let the start that took a zygote finish first: making the next one right away
-        // contends with it for the kernel's namespace and cgroup locks (it doubled the cold
-        // start here). A burst that empties the pool makes its own meanwhile.
-        std::thread::sleep(SETTLE);
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let sandbox = Sandbox { inner: strong };
-        let made = Zygote::create(&sandbox, false);
-        // Dropping this clone may shut the sandbox down (if it was the last): not under the
-        // pool's lock, which the shutdown takes.
-        drop(sandbox);
-        match made {
-            Ok(zygote) => {
-                let mut state = pool.lock();
-                if state.closed {
-                    drop(state);
-                    return;
-                }
-                state.ready.push(zygote);
-            }
-            Err(e) => {
-                if pool.lock().closed {
-                    return;
-                }
-                tracing::warn!("cannot prepare a sandboxed instance ahead of need: {e}");
-                let state = pool.lock();
-                let _ =
-                    pool.wake
-                        .wait_timeout_while(state, std::time::Duration::from_secs(1), |s| {
-                            !s.closed
-                        });
-            }
-        }
-    }
-}
-
 /// A compile's cgroups.
 #[derive(Debug)]
 pub struct BuildCgroup {
@@ -597,82 +488,5 @@ impl BuildCgroup {
 impl Drop for BuildCgroup {
     fn drop(&mut self) {
         self.group.remove();
-    }
-}
-
-#[derive(Debug, Default)]
-struct SlotPool {
-    state: Mutex<SlotPoolState>,
-}
-
-#[derive(Debug, Default)]
-struct SlotPoolState {
-    free: Vec<SlotState>,
-    next: u32,
-}
-
-impl SlotPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotPoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[derive(Debug)]
-struct SlotState {
-    index: u32,
-    cgroups: Option<cgroup::SlotCgroups>,
-}
-
-/// An instance's uid and cgroups, returned to the pool when its process has been reaped (its
-/// pid namespace, and so every process it started, is gone by then).
-#[derive(Debug)]
-pub(crate) struct Slot {
-    state: Option<SlotState>,
-    pool: Arc<SlotPool>,
-}
-
-impl Slot {
-    fn set_memory(&mut self, memory_mb: u64) -> io::Result<()> {
-        match self.state.as_mut().and_then(|s| s.cgroups.as_mut()) {
-            Some(c) => c.set_memory(memory_mb.saturating_mul(1 << 20)),
-            None => Ok(()),
-        }
-    }
-
-    /// The slot's `cgroup.procs` files, opened for a zygote to join (see
-    /// [`cgroup::SlotCgroups::open_procs`]).
-    fn open_cgroup_procs(&self) -> io::Result<Vec<OwnedFd>> {
-        match self.state.as_ref().and_then(|s| s.cgroups.as_ref()) {
-            Some(c) => c.open_procs(),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    fn has_memory_cgroup(&self) -> bool {
-        self.state
-            .as_ref()
-            .and_then(|s| s.cgroups.as_ref())
-            .is_some_and(|c| c.has_memory())
-    }
-
-    /// Returns the slot; says whether its memory controller killed a process meanwhile.
-    pub(crate) fn release(mut self) -> bool {
-        let Some(mut state) = self.state.take() else {
-            return false;
-        };
-        let oom = state.cgroups.as_mut().is_some_and(|c| c.take_oom_kill());
-        self.pool.lock().free.push(state);
-        oom
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(mut state) = self.state.take() {
-            if let Some(c) = &mut state.cgroups {
-                c.take_oom_kill();
-            }
-            self.pool.lock().free.push(state);
-        }
     }
 }

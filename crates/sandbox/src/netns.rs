@@ -4,13 +4,109 @@
 //! background thread keeps a few fresh, empty namespaces (a loopback device that is down, no
 //! other interface) ready, and each instance joins one of its own, so instances cannot reach the
 //! host, the API or each other, not even over loopback.
+//!
+//! [`Netns`] and [`spawn_in_netns`] place a thread of the node's own in one of them: the sockets
+//! it (and every thread it starts) opens are the namespace's, under the same filter as the
+//! instances'.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// A network namespace, held open by its descriptor (see `Sandbox::egress_netns`).
+#[derive(Debug)]
+pub struct Netns(OwnedFd);
+
+impl Netns {
+    /// Starts a thread named `name` inside this namespace (see [`spawn_in_netns`]).
+    pub fn spawn<F>(self, name: impl Into<String>, f: F) -> io::Result<thread::JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        spawn_in_netns(self.0, name, f)
+    }
+}
+
+impl From<OwnedFd> for Netns {
+    fn from(fd: OwnedFd) -> Netns {
+        Netns(fd)
+    }
+}
+
+impl From<Netns> for OwnedFd {
+    fn from(netns: Netns) -> OwnedFd {
+        netns.0
+    }
+}
+
+impl AsFd for Netns {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Starts a thread, named `name`, with its sockets in a namespace: what a runtime that opens
+/// connections on a tenant's behalf takes (`ignite-wasm`'s egress thread) from whoever wires it
+/// to the sandbox, so that it needs no dependency on this crate. A `std`-only shape: `name`,
+/// then the thread's body.
+pub type SpawnThread = Box<dyn FnOnce(String, Box<dyn FnOnce() + Send>) -> io::Result<()> + Send>;
+
+/// The namespace as a [`SpawnThread`]: its thread starts inside it.
+impl From<Netns> for SpawnThread {
+    fn from(netns: Netns) -> SpawnThread {
+        Box::new(move |name, body| netns.spawn(name, body).map(drop))
+    }
+}
+
+/// Starts a thread named `name` that joins the network namespace `netns`, then runs `f`. Every
+/// socket the thread creates — and the threads it starts (a runtime's blocking pool, which
+/// resolves names) — is in that namespace. The descriptor is closed once the thread has joined
+/// (the thread keeps the namespace alive). Returns once the thread is in the namespace, or with
+/// why it could not join (`f` does not run then).
+pub fn spawn_in_netns<F>(
+    netns: OwnedFd,
+    name: impl Into<String>,
+    f: F,
+) -> io::Result<thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let (report, entered) = std::sync::mpsc::channel();
+    let handle = thread::Builder::new().name(name.into()).spawn(move || {
+        let joined = enter_on_this_thread(netns.as_fd());
+        drop(netns);
+        let ok = joined.is_ok();
+        let _ = report.send(joined);
+        if ok {
+            f();
+        }
+    })?;
+    match entered.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other(
+            "the thread ended before joining the network namespace",
+        )),
+    }
+}
+
+/// Moves the calling thread into the network namespace `netns`. Private: only a thread made
+/// for it (see [`spawn_in_netns`]) may move, never one of a runtime's workers.
+fn enter_on_this_thread(netns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns reads only its integer arguments; the descriptor is borrowed, so open for
+    // the call. It affects the calling thread alone (the kernel refuses a non-namespace
+    // descriptor with EINVAL).
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 #[derive(Debug)]
 struct Shared {
@@ -211,5 +307,52 @@ fn refill_loop(shared: &Shared, spare: usize, mut make: impl FnMut() -> io::Resu
                     .wait_timeout_while(state, Duration::from_secs(1), |s| !s.closed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn net_inode() -> u64 {
+        std::fs::metadata("/proc/thread-self/ns/net")
+            .expect("own namespace")
+            .ino()
+    }
+
+    /// Needs root, like the rest of the sandbox's tests.
+    #[test]
+    fn spawn_in_netns_starts_the_thread_inside() {
+        let fd = thread::spawn(create)
+            .join()
+            .expect("thread")
+            .expect("a new network namespace");
+        let want = File::from(fd.try_clone().expect("dup"))
+            .metadata()
+            .expect("stat")
+            .ino();
+        assert_ne!(want, net_inode(), "the test thread is outside");
+        let (tx, rx) = std::sync::mpsc::channel();
+        Netns::from(fd)
+            .spawn("netns-test", move || {
+                tx.send(net_inode()).expect("test gone")
+            })
+            .expect("spawned inside")
+            .join()
+            .expect("thread");
+        assert_eq!(rx.recv().expect("an inode"), want);
+    }
+
+    #[test]
+    fn spawn_in_netns_refuses_what_is_not_a_namespace() {
+        let not_ns: OwnedFd = File::open("/dev/null").expect("/dev/null").into();
+        let ran = Arc::new(Mutex::new(false));
+        let flag = ran.clone();
+        let err = spawn_in_netns(not_ns, "netns-test", move || *flag.lock().unwrap() = true)
+            .expect_err("not a namespace");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert!(!*ran.lock().unwrap(), "the body does not run");
     }
 }

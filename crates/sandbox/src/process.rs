@@ -11,7 +11,14 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::Slot;
-use crate::spawn::{SpawnError, ZygoteMemory};
+use crate::failure::SpawnError;
+
+/// The memory a sandboxed child runs on until it execs (its stack, and everything its code
+/// reads), which its [`Process`] keeps until the child has been reaped; it tells why the child
+/// exited instead of exec'ing, if it did.
+pub(crate) trait ChildMemory: Send + Sync + std::fmt::Debug {
+    fn failure(&self) -> Option<SpawnError>;
+}
 
 /// A started process. Dropping it kills the process (and, sandboxed, everything it started)
 /// and reaps it in the background.
@@ -23,7 +30,7 @@ pub struct Process {
     status: Option<ExitStatus>,
     slot: Option<Slot>,
     /// A sandboxed process's zygote memory: its stack until exec, and why it failed if it did.
-    memory: Option<Box<ZygoteMemory>>,
+    memory: Option<Box<dyn ChildMemory>>,
     oom_killed: bool,
     /// Already handed to a background reaper: if that is cancelled (runtime shutting down),
     /// reap on the spot instead of handing it on again.
@@ -35,7 +42,7 @@ impl Process {
         pid: u32,
         pidfd: OwnedFd,
         slot: Option<Slot>,
-        memory: Option<Box<ZygoteMemory>>,
+        memory: Option<Box<dyn ChildMemory>>,
     ) -> Process {
         // Outside a runtime (a plain test), or if the reactor refuses the descriptor, waiting
         // falls back to blocking calls: never fail here, since a sandboxed child may still be

@@ -603,10 +603,8 @@ fn helper_nofile() {
             rlim_max: 0,
         };
         // SAFETY: getrlimit writes one rlimit into `limit`.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(rc, 0);
         limit
     };
     let hard = get().rlim_max;

@@ -20,8 +20,8 @@
 //!   kernel filter as a native instance's: the public internet only. stdout and stderr are
 //!   captured (capped) as the execution's logs.
 //!
-//! Outcomes are the agent's [`ignite_agent::Outcome`], so the server records a wasm execution
-//! exactly like a native one.
+//! Requests and outcomes are the shared [`ignite_invocation`] types a native instance speaks
+//! too, so the server records a wasm execution exactly like a native one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use ignite_agent::{Logs, Outcome, Reply};
+use ignite_invocation::{Invocation, Logs, Outcome, Reply};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
@@ -122,12 +122,21 @@ pub struct WasmHost {
     egress: Mutex<Option<Egress>>,
 }
 
+/// Starts a thread, named by the first argument, running the second: where [`WasmHost`] runs
+/// outgoing HTTP once an app has internet access (see [`WasmHost::enable_egress`]). The caller
+/// decides where that thread's sockets are: the server wires in `ignite_sandbox`'s, whose
+/// `Netns` converts into this, so this crate needs no sandbox (nor any namespace call) of its
+/// own.
+pub type SpawnThread =
+    Box<dyn FnOnce(String, Box<dyn FnOnce() + Send>) -> std::io::Result<()> + Send>;
+
 /// Where a component's outgoing HTTP goes.
 #[derive(Clone)]
 enum Egress {
     /// The server's own network (no sandbox: as a native instance with `--no-sandbox`).
     Direct,
-    /// A runtime whose thread joined an egress network namespace: its sockets are there.
+    /// A runtime on a thread the caller placed (in an egress network namespace): its sockets
+    /// are there.
     Confined(tokio::runtime::Handle),
 }
 
@@ -189,30 +198,26 @@ impl WasmHost {
             .is_some()
     }
 
-    /// Lets apps with internet access send outgoing HTTP: from inside `netns` (a namespace
-    /// with the instances' egress filter, see `ignite_sandbox::Sandbox::egress_netns`), or,
-    /// with `None`, from the server's own network. Idempotent.
-    pub fn enable_egress(&self, netns: Option<std::os::fd::OwnedFd>) -> std::io::Result<()> {
+    /// Lets apps with internet access send outgoing HTTP: from a thread that `network` starts
+    /// (one inside a namespace with the instances' egress filter: pass the
+    /// `ignite_sandbox::Netns` of `Sandbox::egress_netns`, which converts into a
+    /// [`SpawnThread`]), or, with `None`, from the server's own network. Idempotent.
+    pub fn enable_egress(&self, network: Option<impl Into<SpawnThread>>) -> std::io::Result<()> {
         let mut egress = self.egress.lock().unwrap_or_else(|p| p.into_inner());
         if egress.is_some() {
             return Ok(());
         }
-        let Some(netns) = netns else {
+        let Some(network) = network else {
             *egress = Some(Egress::Direct);
             return Ok(());
         };
+        let spawn: SpawnThread = network.into();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("ignite-wasm-egress".into())
-            .spawn(move || {
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on this thread only, with a namespace descriptor it owns. Every
-                // socket this thread (and the threads it starts: the runtime's blocking pool,
-                // which resolves names) creates is in that namespace.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let _ = tx.send(Err(std::io::Error::last_os_error()));
-                    return;
-                }
+        // Every socket this thread (and the threads it starts: the runtime's blocking pool,
+        // which resolves names) creates is where `network` put it.
+        spawn(
+            "ignite-wasm-egress".into(),
+            Box::new(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -225,7 +230,8 @@ impl WasmHost {
                 };
                 let _ = tx.send(Ok(runtime.handle().clone()));
                 runtime.block_on(std::future::pending::<()>());
-            })?;
+            }),
+        )?;
         let handle = rx
             .recv()
             .map_err(|_| std::io::Error::other("the egress thread ended at start"))??;
@@ -298,7 +304,7 @@ impl WasmHost {
         }
         let started = Instant::now();
         let cached = self.cwasm_path(digest);
-        // SAFETY (wasmtime's contract for deserialize_file): the file was written by
+        // SAFETY: wasmtime's contract for deserialize_file holds: the file was written by
         // `precompile` with this engine's configuration (its name carries the engine's
         // compatibility hash) into the server's own data directory, which nothing else writes.
         let component = match unsafe { Component::deserialize_file(&self.engine, &cached) } {
@@ -338,7 +344,7 @@ impl WasmHost {
         digest: &str,
         wasm_path: &Path,
         limits: WasmLimits,
-        invocation: ignite_agent::Invocation,
+        invocation: Invocation,
     ) -> (Reply, WasmStart) {
         let started = Instant::now();
         let log = CappedLog::default();
@@ -382,7 +388,7 @@ impl WasmHost {
         &self,
         pre: ProxyPre<Guest>,
         limits: WasmLimits,
-        inv: ignite_agent::Invocation,
+        inv: Invocation,
         log: &CappedLog,
         start: &mut WasmStart,
         started: Instant,
@@ -568,7 +574,7 @@ fn serde_json_message(body: &[u8]) -> Option<String> {
 }
 
 fn http_request(
-    inv: &ignite_agent::Invocation,
+    inv: &Invocation,
 ) -> Result<hyper::Request<http_body_util::combinators::BoxBody<Bytes, ErrorCode>>, String> {
     let target = if inv.query.is_empty() {
         inv.path.clone()

@@ -1,0 +1,112 @@
+//! The dependency fetch's network: a namespace of its own whose only way out is the server's
+//! registry proxy, reached through a forwarder on loopback.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{Never, check};
+
+/// The dependency fetch's network: runs `program` in a network namespace of its own whose only
+/// way out is `proxy`, a Unix socket the server answers on (see `ignite_builder::RegistryProxy`,
+/// which lets through the registry's hosts and nothing else). Inside, a forwarder listens on
+/// loopback and `CARGO_HTTP_PROXY` points cargo at it; the program has no other route. It keeps
+/// the caller's files and user. The builder's fetch no longer runs this way but in a jail with
+/// [`JailNetwork::Proxy`], the same network plus a mount view of the project alone.
+///
+/// The whole of `dodil ignite __fetch`; returns only on failure, else exits with the program's
+/// status. Must run as root (it creates the namespace).
+pub fn fetch_exec(proxy: &Path, program: &OsStr, args: &[OsString]) -> io::Error {
+    match fetch_run(proxy, program, args) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn fetch_run(proxy: &Path, program: &OsStr, args: &[OsString]) -> io::Result<Never> {
+    let (listener, port) = proxied_network()?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .env("CARGO_HTTP_PROXY", format!("http://127.0.0.1:{port}"))
+        .spawn()?;
+    forward_all(listener, proxy.to_path_buf());
+    let status = child.wait()?;
+    let code = {
+        use std::os::unix::process::ExitStatusExt;
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    };
+    std::process::exit(code)
+}
+
+/// Moves this process into a network namespace of its own with loopback up, and listens there
+/// for the forwarder. Call while single-threaded.
+pub(super) fn proxied_network() -> io::Result<(std::net::TcpListener, u16)> {
+    check(
+        // SAFETY: unshare has no memory-safety preconditions; no thread exists yet.
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        "creating the fetch's network namespace",
+    )?;
+    loopback_up()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
+}
+
+/// Carries every connection made to `listener` to `proxy`, on threads of their own.
+pub(super) fn forward_all(listener: std::net::TcpListener, proxy: PathBuf) {
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || forward(client, &proxy));
+        }
+    });
+}
+
+/// Brings the namespace's loopback up (it starts down).
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain datagram socket; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd, "opening a socket to configure loopback")?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq they are given; the union's
+    // flags member is the one these requests use.
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result.map_err(|e| io::Error::new(e.kind(), format!("bringing loopback up: {e}")))
+}
+
+/// Carries one connection of the program's to the server's proxy and back.
+fn forward(client: std::net::TcpStream, proxy: &Path) {
+    let Ok(upstream) = std::os::unix::net::UnixStream::connect(proxy) else {
+        return;
+    };
+    let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut client_r, &mut upstream_w);
+        let _ = upstream_w.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut upstream_r, mut client_w) = (upstream, client);
+    let _ = io::copy(&mut upstream_r, &mut client_w);
+    let _ = client_w.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}

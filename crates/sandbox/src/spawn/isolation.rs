@@ -1,0 +1,121 @@
+//! What the sandbox prepares for a sandboxed child, which reads it between `clone` and exec:
+//! its namespace and cgroup descriptors, the paths of its root, what of `/proc` it masks, its
+//! limits and its user's maps.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::path::Path;
+
+pub(crate) struct Isolation {
+    pub netns: RawFd,
+    pub cgroup_procs: Vec<RawFd>,
+    pub paths: *const RootPaths,
+    /// Instances with internet access get `/etc/resolv.conf` (and `/etc/hosts`).
+    pub resolv_conf: Option<CString>,
+    pub tmp_options: CString,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub uid_map: String,
+    pub gid_map: String,
+    pub filter: libc::sock_fprog,
+}
+
+/// Paths under the directory on which each instance mounts its root.
+pub(crate) struct RootPaths {
+    pub root: CString,
+    pub root_options: CString,
+    pub proc_: CString,
+    pub tmp: CString,
+    pub dev: CString,
+    pub devices: Vec<(CString, libc::dev_t)>,
+    pub etc: CString,
+    pub resolv_conf: CString,
+    pub hosts: CString,
+    /// What of the instance's `/proc` is masked or made read-only (see [`ProcMasks`]).
+    pub masks: ProcMasks,
+}
+
+/// Files of `/proc` that tell of the host's kernel rather than of the instance: container
+/// runtimes' default `maskedPaths` (runc, Docker) plus `kallsyms`, `key-users`,
+/// `sysrq-trigger` and `interrupts`. `/dev/null` is bound over each (reads find nothing, writes
+/// go nowhere).
+const MASKED_FILES: &[&str] = &[
+    "kallsyms",
+    "kcore",
+    "keys",
+    "key-users",
+    "sched_debug",
+    "timer_list",
+    "timer_stats",
+    "latency_stats",
+    "sysrq-trigger",
+    "interrupts",
+];
+
+/// Directories of `/proc` about the host's hardware: an empty read-only tmpfs over each.
+const MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// Kernel settings and hardware state, readable but made read-only (runtimes'
+/// `readonlyPaths`): a bind of the path onto itself, remounted read-only.
+const READ_ONLY: &[&str] = &["sys", "bus", "fs", "irq"];
+
+/// The mount points under the instance's `/proc`, for the ones this kernel has (the same for
+/// every instance: it is the host's kernel, so it is looked up once, in the host's `/proc`).
+/// The root has no `/sys`, so runtimes' `/sys/firmware` mask has nothing to cover here.
+pub(crate) struct ProcMasks {
+    pub null: CString,
+    pub files: Vec<CString>,
+    pub dirs: Vec<CString>,
+    pub read_only: Vec<CString>,
+    pub dir_options: CString,
+}
+
+impl ProcMasks {
+    fn new(proc_: &Path, null: CString) -> io::Result<ProcMasks> {
+        let present = |names: &[&str], dir: bool| -> io::Result<Vec<CString>> {
+            names
+                .iter()
+                .filter(|n| {
+                    std::fs::symlink_metadata(Path::new("/proc").join(n))
+                        .is_ok_and(|m| m.is_dir() == dir)
+                })
+                .map(|n| c_path(&proc_.join(n)))
+                .collect()
+        };
+        Ok(ProcMasks {
+            null,
+            files: present(MASKED_FILES, false)?,
+            dirs: present(MASKED_DIRS, true)?,
+            read_only: present(READ_ONLY, true)?,
+            dir_options: CString::new("size=4k,nr_inodes=8,mode=555").map_err(io::Error::other)?,
+        })
+    }
+}
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+impl RootPaths {
+    pub(crate) fn new(root: &Path) -> io::Result<RootPaths> {
+        let c = c_path;
+        let dev = root.join("dev");
+        Ok(RootPaths {
+            masks: ProcMasks::new(&root.join("proc"), c(&dev.join("null"))?)?,
+            root: c(root)?,
+            root_options: CString::new("size=64k,nr_inodes=64,mode=755")
+                .map_err(io::Error::other)?,
+            proc_: c(&root.join("proc"))?,
+            tmp: c(&root.join("tmp"))?,
+            devices: [("null", 3), ("zero", 5), ("random", 8), ("urandom", 9)]
+                .into_iter()
+                .map(|(name, minor)| Ok((c(&dev.join(name))?, libc::makedev(1, minor))))
+                .collect::<io::Result<_>>()?,
+            dev: c(&dev)?,
+            etc: c(&root.join("etc"))?,
+            resolv_conf: c(&root.join("etc/resolv.conf"))?,
+            hosts: c(&root.join("etc/hosts"))?,
+        })
+    }
+}
