@@ -36,9 +36,12 @@ fn invocation() -> Invocation {
         execution_id: "01JBENCH000000000000000000".into(),
         function_id: "acme-corp/tiny".into(),
         deadline: Some(Instant::now() + Duration::from_secs(10)),
-        method: "POST".into(),
-        path: "/".into(),
-        body: br#"{"message": "hi there"}"#.to_vec(),
+        request: ignite_agent::HttpRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            body: br#"{"message": "hi there"}"#.to_vec(),
+            ..Default::default()
+        },
         ..Invocation::default()
     }
 }

@@ -138,7 +138,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     }
     // A missing field names the key; a mistyped one too.
     let mut inv = invocation(r#"{"other": 1}"#);
-    inv.path = "/field".into();
+    inv.request.path = "/field".into();
     match instance.invoke(inv).await.outcome {
         Outcome::HandlerError {
             status: 400,
@@ -149,7 +149,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
         other => panic!("{other:?}"),
     }
     let mut inv = invocation(r#"{"count": "three"}"#);
-    inv.path = "/field".into();
+    inv.request.path = "/field".into();
     match instance.invoke(inv).await.outcome {
         Outcome::HandlerError {
             status: 400,
@@ -184,10 +184,12 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     .await;
     let instance = spawn(&bin).await;
     let mut inv = invocation("not json at all \u{1F680}");
-    inv.method = "PUT".into();
-    inv.path = "/a/b".into();
-    inv.query = "x=1&y=2".into();
-    inv.headers.push(("user-agent".into(), "curl/8".into()));
+    inv.request.method = "PUT".into();
+    inv.request.path = "/a/b".into();
+    inv.request.query = "x=1&y=2".into();
+    inv.request
+        .headers
+        .push(("user-agent".into(), "curl/8".into()));
     let reply = instance.invoke(inv).await;
     assert_eq!(
         json_body(&reply),
@@ -260,7 +262,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     let pid = instance.pid();
     let at = |path: &str| {
         let mut inv = invocation("{}");
-        inv.path = path.into();
+        inv.request.path = path.into();
         inv
     };
     assert_eq!(
@@ -507,7 +509,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     .await;
     let at = |path: &str, deadline_ms: u64| {
         let mut inv = invocation("{}");
-        inv.path = path.into();
+        inv.request.path = path.into();
         inv.deadline = Some(Instant::now() + Duration::from_millis(deadline_ms));
         inv
     };
@@ -659,7 +661,7 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     let pid = instance.pid();
     let busy = {
         let mut inv = invocation("{}");
-        inv.path = "/busy".into();
+        inv.request.path = "/busy".into();
         inv
     };
     // Larger than a pipe holds, with a short deadline.

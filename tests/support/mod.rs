@@ -91,10 +91,7 @@ pub fn invocation(body: &str) -> Invocation {
         execution_id: ulid::Ulid::new().to_string(),
         function_id: "acme-corp/test".into(),
         deadline: Some(Instant::now() + Duration::from_secs(20)),
-        method: "POST".into(),
-        path: "/".into(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.as_bytes().to_vec(),
+        request: ignite_agent::HttpRequest::json_post(body.as_bytes().to_vec()),
         ..Invocation::default()
     }
 }

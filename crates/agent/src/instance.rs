@@ -423,11 +423,11 @@ impl Instance {
             function_id: inv.function_id,
             deadline_unix_ms,
             env: inv.env,
-            method: inv.method,
-            path: inv.path,
-            query: inv.query,
-            headers: inv.headers,
-            body: inv.body,
+            method: inv.request.method,
+            path: inv.request.path,
+            query: inv.request.query,
+            headers: inv.request.headers,
+            body: inv.request.body,
         });
         {
             let mut writer = self.writer.lock().await;

@@ -17,6 +17,6 @@
 mod instance;
 mod logs;
 
-pub use ignite_invocation::{Invocation, Logs, Outcome, Reply};
+pub use ignite_invocation::{HttpRequest, Invocation, Logs, Outcome, Reply};
 pub use ignite_sandbox::{current_cpu, pin_to_cpu};
 pub use instance::{Instance, SpawnConfig, SpawnError};

@@ -70,11 +70,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         function_id: format!("local/{}", project.package),
         env: env.clone(),
         deadline: Some(Instant::now() + Duration::from_secs(30)),
-        method: "POST".into(),
-        path: "/".into(),
-        body: args.payload.into_bytes(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        ..Invocation::default()
+        request: ignite_agent::HttpRequest::json_post(args.payload.into_bytes()),
     };
     let reply = match target {
         ignite_builder::Target::Native => run_native(&artifact.path, env, invocation).await?,

@@ -7,7 +7,31 @@
 
 use std::time::{Duration, Instant};
 
-/// One request for a handler.
+/// The HTTP request as the handler sees it: what the gateway (or the API's `invoke`) read, carried
+/// unchanged to the runtime. The one request type from the edge to the instance.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// `POST /` with a JSON body (what `dodil ignite invoke` sends).
+    pub fn json_post(body: Vec<u8>) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            ..HttpRequest::default()
+        }
+    }
+}
+
+/// One request for a handler: the HTTP request and the execution it belongs to.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub execution_id: String,
@@ -16,11 +40,7 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
     /// When to give up; `None` waits for ever.
     pub deadline: Option<Instant>,
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub request: HttpRequest,
 }
 
 /// How an invocation ended.

@@ -16,14 +16,7 @@ use crate::node::{AcquireError, Route};
 use crate::runtime::ColdStart;
 use crate::store::{self, App, Execution};
 
-/// The request as the handler will see it.
-pub struct HttpRequest {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+pub use ignite_agent::HttpRequest;
 
 /// Runs one request on the app's active version and records its execution. The response is the
 /// handler's, or an error response that says what happened.
@@ -152,11 +145,7 @@ fn invocation(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         deadline: Some(deadline),
-        method: req.method,
-        path: req.path,
-        query: req.query,
-        headers: req.headers,
-        body: req.body,
+        request: req,
     }
 }
 

@@ -22,6 +22,8 @@ struct Segment {
 pub struct Journal {
     dir: PathBuf,
     current: Mutex<Segment>,
+    /// Segments whose batch the store refused: kept for the next start to replay.
+    kept: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -94,6 +96,7 @@ impl Journal {
                 number,
                 file: open_segment(dir, number)?,
             }),
+            kept: Mutex::default(),
         })
     }
 
@@ -141,8 +144,19 @@ impl Journal {
         }
     }
 
-    /// Deletes the segments numbered up to `up_to` (their records are in the store).
+    /// Keeps segment `number` until the next start, whatever is retired later: the store did not
+    /// take its batch.
+    pub fn keep(&self, number: u64) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number);
+    }
+
+    /// Deletes the segments numbered up to `up_to` (their records are in the store), but those
+    /// [kept](Journal::keep).
     pub fn retire(&self, up_to: u64) {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let current = self
             .current
             .lock()
@@ -152,7 +166,7 @@ impl Journal {
             return;
         };
         for (number, path) in found {
-            if number <= up_to && number < current {
+            if number <= up_to && number < current && !kept.contains(&number) {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -211,8 +225,17 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert!(replay(dir.path()).unwrap().is_empty());
         journal.append_then(&record("d", "succeeded"), || ());
+        // The store refused d's batch: its segment outlives later batches.
+        let refused = journal.rotate(Vec::new);
+        journal.keep(refused);
+        journal.append_then(&record("e", "succeeded"), || ());
         let old = journal.rotate(Vec::new);
         journal.retire(old);
-        assert!(replay(dir.path()).unwrap().is_empty());
+        let left: Vec<String> = replay(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, ["d"]);
     }
 }

@@ -156,7 +156,8 @@ impl Recorder {
             if written {
                 self.journal.retire(done);
             } else {
-                tracing::error!("keeping journal segment {done:?} for the next start");
+                tracing::error!("keeping journal segment {done} for the next start");
+                self.journal.keep(done);
             }
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (id, (seq, _)) in latest {

@@ -576,15 +576,15 @@ fn serde_json_message(body: &[u8]) -> Option<String> {
 fn http_request(
     inv: &Invocation,
 ) -> Result<hyper::Request<http_body_util::combinators::BoxBody<Bytes, ErrorCode>>, String> {
-    let target = if inv.query.is_empty() {
-        inv.path.clone()
+    let target = if inv.request.query.is_empty() {
+        inv.request.path.clone()
     } else {
-        format!("{}?{}", inv.path, inv.query)
+        format!("{}?{}", inv.request.path, inv.request.query)
     };
     let mut builder = hyper::Request::builder()
-        .method(inv.method.as_str())
+        .method(inv.request.method.as_str())
         .uri(format!("http://localhost{target}"));
-    for (k, v) in &inv.headers {
+    for (k, v) in &inv.request.headers {
         // The ids come from the platform alone.
         if k.eq_ignore_ascii_case(EXECUTION_ID_HEADER) || k.eq_ignore_ascii_case(FUNCTION_ID_HEADER)
         {
@@ -595,7 +595,7 @@ fn http_request(
     builder = builder
         .header(EXECUTION_ID_HEADER, &inv.execution_id)
         .header(FUNCTION_ID_HEADER, &inv.function_id);
-    let body = Full::new(Bytes::from(inv.body.clone()))
+    let body = Full::new(Bytes::from(inv.request.body.clone()))
         .map_err(|never| match never {})
         .boxed();
     builder.body(body).map_err(|e| e.to_string())

@@ -40,13 +40,7 @@ pub(super) async fn invoke(
         .await?
         .ok_or_else(|| app_not_found(&org, &name))?;
     let body = read_payload(&headers, body, PAYLOAD_LIMIT, PAYLOAD_HINT).await?;
-    let req = HttpRequest {
-        method: "POST".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.to_vec(),
-    };
+    let req = HttpRequest::json_post(body.to_vec());
     Ok(execute(state, route, req, "api").await)
 }
 
