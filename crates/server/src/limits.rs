@@ -9,7 +9,8 @@ use ignite_api::ScalingConfig;
 /// Descriptors the server holds per running instance (its pipes, pidfd, zygote socket, cgroup
 /// files), with room to spare.
 pub const FDS_PER_INSTANCE: u64 = 8;
-/// Descriptors kept back for the store, builds, zygotes and the rest of the server.
+/// Descriptors kept back for the store, builds, zygotes and the rest of the server (a quarter of
+/// them when the limit is small).
 pub const FDS_RESERVED: u64 = 4096;
 /// Processes counted per instance: the SDK's pid 1 and the handler, and room for a few more.
 pub const PIDS_PER_INSTANCE: u64 = 4;
@@ -97,7 +98,10 @@ impl Limits {
     /// a quarter of the memory, at most 10 GiB (Lambda's largest).
     pub fn for_machine(m: Machine) -> Limits {
         // A fifth of the descriptors past the reserve go to connections, the rest to instances.
-        let spare_fds = m.open_files.saturating_sub(FDS_RESERVED);
+        // A small descriptor limit keeps a quarter back instead of the full reserve.
+        let spare_fds = m
+            .open_files
+            .saturating_sub(FDS_RESERVED.min(m.open_files / 4));
         let connections = (spare_fds / 5 / 2).clamp(64, 65_536) as u32;
         let by_fds = (spare_fds - spare_fds / 5) / FDS_PER_INSTANCE;
         let by_pids = m.processes.saturating_sub(2048) / PIDS_PER_INSTANCE;
@@ -216,6 +220,14 @@ mod tests {
         assert_eq!(l.reserved_instances, 795);
         assert_eq!(l.connections, 1590);
         assert_eq!(l.instance_memory_mb, 6000);
+        // A hard limit of 4,096 descriptors still leaves room for instances.
+        let tight = Limits::for_machine(Machine {
+            open_files: 4096,
+            processes: 32_768,
+            memory_mb: 24_000,
+        });
+        assert_eq!(tight.node_instances, 307);
+        assert_eq!(tight.app_instances, 76);
         let small = Limits::for_machine(Machine {
             open_files: 1 << 20,
             processes: 1 << 22,
