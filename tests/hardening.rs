@@ -501,6 +501,15 @@ fn the_edge_bounds_connections_slow_clients_and_odd_hosts() {
             "a half-sent request held {addr} open"
         );
     }
+    // A body that never arrives: 408 after the body deadline, not a connection held for ever.
+    let mut s = TcpStream::connect(&server.gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: tiny-acme-corp.ignite.localhost\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    let (status, _) = read_response(&mut s).unwrap();
+    assert_eq!(status, 408);
     // An idle keep-alive connection is closed after its request.
     let mut s = TcpStream::connect(&server.gateway).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

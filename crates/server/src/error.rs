@@ -95,8 +95,10 @@ pub mod extract {
             {
                 return Err(json_too_large(&format!("{n} bytes")));
             }
-            let bytes = axum::body::to_bytes(req.into_body(), JSON_LIMIT)
+            let read = axum::body::to_bytes(req.into_body(), JSON_LIMIT);
+            let bytes = tokio::time::timeout(crate::routes::BODY_DEADLINE, read)
                 .await
+                .map_err(|_| crate::routes::body_too_slow())?
                 .map_err(|_| json_too_large("over the limit"))?;
             let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
             Ok(JsonBody(value))

@@ -81,6 +81,18 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             return queue_timeout(state, app, record, started, waited);
         }
         Err(AcquireError::NodeFull { instances }) => return node_full(app, instances),
+        Err(AcquireError::Stopping) => {
+            let mut response = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is stopping; retry shortly",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return response;
+        }
         Err(AcquireError::Start(e)) => {
             record.logs = e.logs;
             let message = format!("the instance did not start: {}", e.message);

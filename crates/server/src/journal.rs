@@ -17,6 +17,8 @@ use crate::store::Execution;
 struct Segment {
     number: u64,
     file: File,
+    /// The last write failed part-way: the next line starts on a line of its own.
+    torn: bool,
 }
 
 pub struct Journal {
@@ -95,6 +97,7 @@ impl Journal {
             current: Mutex::new(Segment {
                 number,
                 file: open_segment(dir, number)?,
+                torn: false,
             }),
             kept: Mutex::default(),
         })
@@ -109,9 +112,16 @@ impl Journal {
             }
         };
         line.push(b'\n');
+        if segment.torn {
+            line.insert(0, b'\n');
+        }
         // O_APPEND: one write(2) for a line this size.
-        if let Err(err) = segment.file.write_all(&line) {
-            tracing::error!("execution {} could not be journaled: {err}", e.id);
+        match segment.file.write_all(&line) {
+            Ok(()) => segment.torn = false,
+            Err(err) => {
+                segment.torn = true;
+                tracing::error!("execution {} could not be journaled: {err}", e.id);
+            }
         }
     }
 
@@ -124,22 +134,29 @@ impl Journal {
 
     /// Starts a new segment, into which `carry` (records that must outlive the old segment:
     /// executions still running) is written first; returns the old segment's number, to
-    /// [`Journal::retire`] once the store has everything queued before this call.
-    pub fn rotate(&self, carry: impl FnOnce() -> Vec<Execution>) -> u64 {
+    /// [`Journal::retire`] once the store has everything queued before this call. `None` when
+    /// no new segment could be made: the old one stays current, and nothing may be retired.
+    pub fn rotate(&self, carry: impl FnOnce() -> Vec<Execution>) -> Option<u64> {
         let mut segment = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let number = segment.number + 1;
         match open_segment(&self.dir, number) {
             Ok(file) => {
-                let old = std::mem::replace(&mut *segment, Segment { number, file });
+                let old = std::mem::replace(
+                    &mut *segment,
+                    Segment {
+                        number,
+                        file,
+                        torn: false,
+                    },
+                );
                 for e in carry() {
                     Self::write(&mut segment, &e);
                 }
-                old.number
+                Some(old.number)
             }
             Err(err) => {
-                // Keep appending to the old one; nothing is retired this time.
                 tracing::error!("cannot start a new journal segment: {err}");
-                segment.number.saturating_sub(1)
+                None
             }
         }
     }
@@ -206,7 +223,7 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         journal.append_then(&record("a", "running"), || ());
         journal.append_then(&record("b", "succeeded"), || ());
-        let old = journal.rotate(|| vec![record("a", "running")]);
+        let old = journal.rotate(|| vec![record("a", "running")]).unwrap();
         journal.append_then(&record("a", "succeeded"), || ());
         // The process dies here: nothing retired. A torn last line is skipped.
         drop(journal);
@@ -226,10 +243,10 @@ mod tests {
         assert!(replay(dir.path()).unwrap().is_empty());
         journal.append_then(&record("d", "succeeded"), || ());
         // The store refused d's batch: its segment outlives later batches.
-        let refused = journal.rotate(Vec::new);
+        let refused = journal.rotate(Vec::new).unwrap();
         journal.keep(refused);
         journal.append_then(&record("e", "succeeded"), || ());
-        let old = journal.rotate(Vec::new);
+        let old = journal.rotate(Vec::new).unwrap();
         journal.retire(old);
         let left: Vec<String> = replay(dir.path())
             .unwrap()

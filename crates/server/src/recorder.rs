@@ -153,11 +153,20 @@ impl Recorder {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
             }
-            if written {
+            if !written {
+                // Kept in memory (still served) and in the journal (replayed at the next start),
+                // and tried again with the next batch.
+                if let Some(done) = done {
+                    tracing::error!("keeping journal segment {done} for the next start");
+                    self.journal.keep(done);
+                }
+                for (seq, e) in latest.into_values() {
+                    let _ = self.tx.send((seq, e));
+                }
+                continue;
+            }
+            if let Some(done) = done {
                 self.journal.retire(done);
-            } else {
-                tracing::error!("keeping journal segment {done} for the next start");
-                self.journal.keep(done);
             }
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (id, (seq, _)) in latest {

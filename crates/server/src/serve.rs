@@ -53,6 +53,12 @@ impl ConnectionLimits {
     }
 }
 
+/// How long a stop waits for the requests in flight (Kubernetes' default grace period).
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long a connection closed for idleness may still take to finish the request it holds:
+/// the longest deadline an app may set (900 s), and a minute.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(960);
+
 /// What a refused connection is told, in the one write a full server can afford.
 static TOO_MANY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
     let body = r#"{"error":{"code":"unavailable","message":"too many connections from this client; retry shortly"}}"#;
@@ -140,7 +146,13 @@ pub async fn serve(
         });
     }
     tasks.close();
-    tasks.wait().await;
+    // Requests in flight finish; a connection that would hold the stop for longer is dropped.
+    if tokio::time::timeout(STOP_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open {STOP_GRACE:?} after the stop began were dropped");
+    }
     Ok(())
 }
 
@@ -165,13 +177,19 @@ async fn serve_connection(
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
     let mut closing = false;
+    // Once closing, the request in flight gets this long; then the connection is dropped (a
+    // client that stopped reading, or a request whose body never comes, holds nothing longer).
+    let force = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    tokio::pin!(force);
     let mut check = tokio::time::interval(limits.idle_timeout / 4);
     check.tick().await;
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
+            _ = &mut force, if closing => return,
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
+                force.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
             _ = check.tick(), if !closing => {
@@ -179,6 +197,7 @@ async fn serve_connection(
                 if epoch.elapsed().saturating_sub(last) >= limits.idle_timeout {
                     // Answers what is in flight, then closes.
                     closing = true;
+                    force.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                     conn.as_mut().graceful_shutdown();
                 }
             }

@@ -58,6 +58,8 @@ pub enum AcquireError {
     Start(StartError),
     /// The node's instance budget is spent and every instance is busy.
     NodeFull { instances: u32 },
+    /// The server is stopping: no instance starts any more.
+    Stopping,
 }
 
 pub struct Node {
@@ -66,6 +68,10 @@ pub struct Node {
     /// The node's instance budget: a permit per instance running or starting, over all pools.
     budget: Arc<Semaphore>,
     pub limits: Limits,
+    /// Bumped by every invalidation: a store read that began before one is not cached.
+    generation: std::sync::atomic::AtomicU64,
+    /// Whether the node is stopping: no new instance starts.
+    stopping: std::sync::atomic::AtomicBool,
     /// Public hostname labels (`<app>-<org>`) seen by the gateway, and the app each names.
     hosts: Mutex<HashMap<String, AppKey>>,
     pub metrics: Metrics,
@@ -79,6 +85,8 @@ impl Node {
             pools: Mutex::default(),
             routes: Mutex::default(),
             hosts: Mutex::default(),
+            generation: Default::default(),
+            stopping: Default::default(),
             metrics: Metrics::default(),
         }
     }
@@ -99,6 +107,9 @@ impl Node {
         {
             return Ok(Some(route.clone()));
         }
+        // What the store says now is cached only if no change was made meanwhile: a read that
+        // began before a publish must not overwrite what the publish invalidated.
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let Some(found) = store::get_app(db, org, app).await? else {
             return Ok(None);
         };
@@ -110,10 +121,10 @@ impl Node {
             app: found,
             version,
         });
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, route.clone());
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            routes.insert(key, route.clone());
+        }
         Ok(Some(route))
     }
 
@@ -133,16 +144,20 @@ impl Node {
             .cloned();
         let (org, app) = match cached {
             Some(key) => key,
-            None => match store::app_by_hostname(db, label).await? {
-                Some(key) => {
-                    self.hosts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(label.to_string(), key.clone());
-                    key
+            None => {
+                let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+                match store::app_by_hostname(db, label).await? {
+                    Some(key) => {
+                        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                        if self.generation.load(std::sync::atomic::Ordering::Acquire) == generation
+                        {
+                            hosts.insert(label.to_string(), key.clone());
+                        }
+                        key
+                    }
+                    None => return Ok(None),
                 }
-                None => return Ok(None),
-            },
+            }
         };
         self.route(db, &org, &app).await
     }
@@ -150,6 +165,13 @@ impl Node {
     /// Forgets what is cached about an app; the next request reads the store.
     pub fn invalidate(&self, org: &str, app: &str) {
         let key = (org.to_string(), app.to_string());
+        // Under the cache's lock, so that a read racing this one sees either the new generation
+        // or the entry it would have overwritten already gone.
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        routes.remove(&key);
+        drop(routes);
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -172,11 +194,12 @@ impl Node {
             Arc::new(Pool {
                 key,
                 launcher: crate::runtime::launcher(state, version),
-                scaling: Mutex::new(route.app.scaling.clone()),
+                scaling: Mutex::new(self.limits.clamp(route.app.scaling.clone())),
                 state: Mutex::new(PoolState::default()),
             })
         });
-        *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) = route.app.scaling.clone();
+        *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) =
+            self.limits.clamp(route.app.scaling.clone());
         pool.clone()
     }
 
@@ -257,6 +280,11 @@ impl Node {
                     });
                 }
                 Grant::Spawn => {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        let mut st = pool.lock();
+                        st.starting -= 1;
+                        return Err(AcquireError::Stopping);
+                    }
                     let Some(budget) = self.take_budget() else {
                         let mut st = pool.lock();
                         st.starting -= 1;
@@ -406,7 +434,8 @@ impl Node {
             let active =
                 want.is_some_and(|(v, route)| *v == version && route.app.network.egress == egress);
             if let Some((_, route)) = want.filter(|_| active) {
-                *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) = route.app.scaling.clone();
+                *pool.scaling.lock().unwrap_or_else(|p| p.into_inner()) =
+                    self.limits.clamp(route.app.scaling.clone());
             }
             let scaling = pool.scaling();
             let mut to_stop = Vec::new();
@@ -537,6 +566,8 @@ impl Node {
 
     /// Stops every instance (the server is stopping).
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let pools: Vec<Arc<Pool>> = self
             .pools
             .lock()

@@ -141,6 +141,22 @@ async fn owned_app(state: &State, headers: &HeaderMap, org: &str, app: &str) -> 
         .ok_or_else(|| app_not_found(org, app))
 }
 
+/// How long a request body may take to arrive: a client that declares a body and sends it
+/// slowly, or not at all, holds its connection no longer.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// 408: the body did not arrive in time.
+pub fn body_too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} s; send it at once, or a smaller one",
+            BODY_DEADLINE.as_secs()
+        ),
+    )
+}
+
 /// Reads a request body of at most `limit` bytes: a declared Content-Length over it is refused
 /// before anything is read, a body that turns out longer as soon as it passes the limit.
 pub async fn read_payload(
@@ -168,7 +184,10 @@ pub async fn read_payload(
     {
         return Err(too_large(format!("{n} bytes")));
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large("over the limit".into()))
+    // A minute, or 256 KiB/s for a large upload.
+    let deadline = BODY_DEADLINE.max(std::time::Duration::from_secs((limit as u64) >> 18));
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| too_large("over the limit".into())),
+        Err(_) => Err(body_too_slow()),
+    }
 }
