@@ -59,6 +59,42 @@ fn ok_as(server: &Server, cwd: &Path, token: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// `app create`, `draft save --code ./ --rust-target native` and `draft compile` of `id` (its
+/// compile started, not waited for) as the holder of `token`.
+fn save_and_compile_as(server: &Server, p: &Path, token: &str, id: &str) {
+    let name = id.split(':').nth(1).unwrap();
+    ok_as(
+        server,
+        p,
+        token,
+        &["app", "create", name, "--runtime", "rust"],
+    );
+    ok_as(
+        server,
+        p,
+        token,
+        &[
+            "draft",
+            "save",
+            id,
+            "--code",
+            "./",
+            "--runtime",
+            "rust",
+            "--rust-target",
+            "native",
+        ],
+    );
+    ok_as(server, p, token, &["draft", "compile", id]);
+}
+
+/// [`save_and_compile_as`], then the compile followed to its end and the draft published.
+fn deploy_as(server: &Server, p: &Path, token: &str, id: &str) {
+    save_and_compile_as(server, p, token, id);
+    ok_as(server, p, token, &["draft", "compile-logs", id]);
+    ok_as(server, p, token, &["draft", "publish", id]);
+}
+
 /// A JSON request to the API as the admin: `(status, body)`.
 fn api(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
     send_raw(
@@ -211,36 +247,7 @@ fn public_hostnames_are_unique_across_orgs_whatever_the_order() {
         .admin_token
         .clone()
         .expect("the corp org's admin token");
-    ok_as(
-        &server,
-        &p,
-        &corp,
-        &["app", "create", "api-acme", "--runtime", "rust"],
-    );
-    ok_as(
-        &server,
-        &p,
-        &corp,
-        &[
-            "draft",
-            "save",
-            "corp:api-acme",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-    );
-    ok_as(&server, &p, &corp, &["draft", "compile", "corp:api-acme"]);
-    ok_as(
-        &server,
-        &p,
-        &corp,
-        &["draft", "compile-logs", "corp:api-acme"],
-    );
-    ok_as(&server, &p, &corp, &["draft", "publish", "corp:api-acme"]);
+    deploy_as(&server, &p, &corp, "corp:api-acme");
     let shared = "api-acme-corp.ignite.localhost";
     let (status, body) = http(&server.gateway, shared, r#"{"message": "corp"}"#);
     assert_eq!(status, 200, "{body}");
@@ -638,25 +645,6 @@ fn fuzzed_api_bodies_and_hosts_get_a_4xx_never_a_5xx() {
     assert_eq!(status, 200);
 }
 
-fn send_bytes(addr: &str, request: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The cgroup directories a server with this pid made (`ignite-<pid>-<n>`, in every hierarchy).
 fn cgroups_of(pid: u32) -> Vec<std::path::PathBuf> {
     fn walk(dir: &Path, prefix: &str, depth: u32, found: &mut Vec<std::path::PathBuf>) {
@@ -731,23 +719,7 @@ fn a_stopped_or_crashed_server_leaves_no_cgroups_and_no_compile_behind() {
     )
     .unwrap();
     let admin = token(&server);
-    for args in [
-        &["app", "create", "sleeper", "--runtime", "rust"][..],
-        &[
-            "draft",
-            "save",
-            "acme-corp:sleeper",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-        &["draft", "compile", "acme-corp:sleeper"],
-    ] {
-        ok_as(&server, &sleeper, &admin, args);
-    }
+    save_and_compile_as(&server, &sleeper, &admin, "acme-corp:sleeper");
     let script = ["sleeper-", "build-script-build"];
     wait_until(Duration::from_secs(300), "the build script to run", || {
         !processes_with(&script).is_empty()
@@ -788,25 +760,7 @@ fn a_stopped_or_crashed_server_leaves_no_cgroups_and_no_compile_behind() {
             .replace("Hello from Rust!", "Hello after the crash"),
     )
     .unwrap();
-    for args in [
-        &["app", "create", "other", "--runtime", "rust"][..],
-        &[
-            "draft",
-            "save",
-            "acme-corp:other",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-        &["draft", "compile", "acme-corp:other"],
-        &["draft", "compile-logs", "acme-corp:other"],
-        &["draft", "publish", "acme-corp:other"],
-    ] {
-        ok_as(&after, &other, &admin, args);
-    }
+    deploy_as(&after, &other, &admin, "acme-corp:other");
     let (status, body) = http(&after.gateway, &host("other"), "{}");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Hello after the crash"), "{body}");
@@ -867,23 +821,7 @@ fn a_shared_target_directory_is_never_shared_across_orgs() {
         ),
     )
     .unwrap();
-    for args in [
-        &["app", "create", "snoop", "--runtime", "rust"][..],
-        &[
-            "draft",
-            "save",
-            "corp:snoop",
-            "--code",
-            "./",
-            "--runtime",
-            "rust",
-            "--rust-target",
-            "native",
-        ],
-        &["draft", "compile", "corp:snoop"],
-    ] {
-        ok_as(&server, &snoop, &corp, args);
-    }
+    save_and_compile_as(&server, &snoop, &corp, "corp:snoop");
     let out = dodil_as(
         &server,
         &snoop,

@@ -802,6 +802,16 @@ fn bad_input_is_refused_early_with_a_reason() {
     assert!(body.contains("not the JSON this endpoint takes"), "{body}");
 }
 
+/// Creates app `name`, saves `p` as its native draft, compiles it and follows the compile to
+/// its end: the output of `draft compile-logs`.
+fn compile_and_follow(server: &Server, p: &Path, name: &str) -> std::process::Output {
+    ok(server, p, &["app", "create", name, "--runtime", "rust"]);
+    let id = format!("acme-corp:{name}");
+    save_native(server, p, &id, "./");
+    ok(server, p, &["draft", "compile", &id]);
+    dodil(server, p, &["draft", "compile-logs", &id])
+}
+
 /// A project whose build script is `build_rs`; returns the draft after `compile` finished,
 /// the compile log, and the server (for more checks).
 fn hostile_build(
@@ -814,17 +824,23 @@ fn hostile_build(
     let server = start_server_env(&dir, flags, env);
     let p = project(&dir, name, NEIGHBOUR);
     std::fs::write(p.join("build.rs"), build_rs).unwrap();
-    ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
-    let id = format!("acme-corp:{name}");
-    save_native(&server, &p, &id, "./");
-    ok(&server, &p, &["draft", "compile", &id]);
-    let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+    let out = compile_and_follow(&server, &p, name);
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let versions = json(&ok(&server, &p, &["version", "list", &id, "-o", "json"]));
+    let versions = json(&ok(
+        &server,
+        &p,
+        &[
+            "version",
+            "list",
+            &format!("acme-corp:{name}"),
+            "-o",
+            "json",
+        ],
+    ));
     let draft = versions["versions"]
         .as_array()
         .and_then(|v| v.iter().find(|v| v["version"] == 0))
@@ -1055,11 +1071,7 @@ fn dependencies_from_elsewhere_than_crates_io_are_refused_before_any_fetch() {
         let mut toml = std::fs::read_to_string(&manifest).unwrap();
         toml.push_str(extra);
         std::fs::write(&manifest, toml).unwrap();
-        ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
-        let id = format!("acme-corp:{name}");
-        save_native(&server, &p, &id, "./");
-        ok(&server, &p, &["draft", "compile", &id]);
-        let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+        let out = compile_and_follow(&server, &p, name);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{name}: {err}");
@@ -1134,11 +1146,7 @@ fn manifest_paths_that_leave_the_project_are_refused_before_cargo_reads_them() {
             &dir.join("data/builds/acme-corp").join(name).join("outside"),
             &canary,
         );
-        ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
-        let id = format!("acme-corp:{name}");
-        save_native(&server, &p, &id, "./");
-        ok(&server, &p, &["draft", "compile", &id]);
-        let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+        let out = compile_and_follow(&server, &p, name);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
         assert!(!out.status.success(), "{name}: {all}");
@@ -1183,11 +1191,7 @@ fn a_project_cargo_config_has_no_effect_on_its_build() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    ok(&server, &p, &["app", "create", name, "--runtime", "rust"]);
-    let id = format!("acme-corp:{name}");
-    save_native(&server, &p, &id, "./");
-    ok(&server, &p, &["draft", "compile", &id]);
-    let out = dodil(&server, &p, &["draft", "compile-logs", &id]);
+    let out = compile_and_follow(&server, &p, name);
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -197,9 +197,14 @@ pub fn http_path(gateway: &str, host: &str, path: &str, body: &str) -> (u16, Str
 /// Writes `request` as is to `addr` and reads the answer until the server closes:
 /// `(status, body)`, status 0 if none came within 30 s.
 pub fn send_raw(addr: &str, request: &str) -> (u16, String) {
+    send_bytes(addr, request.as_bytes())
+}
+
+/// [`send_raw`] for a request that need not be text.
+pub fn send_bytes(addr: &str, request: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(request).unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw);
