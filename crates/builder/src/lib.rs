@@ -67,8 +67,20 @@ impl Target {
 /// compile for a target without it fails deep in rustc ("can't find crate for `std`"), so the
 /// server says so at start and at `draft save` instead.
 pub async fn has_target(toolchain: Option<&str>, target: Target) -> Result<bool, BuildError> {
+    Ok(missing_targets(toolchain, &[target]).await?.is_empty())
+}
+
+/// Which of `targets` `toolchain` (the default one when `None`) lacks, resolving it once.
+pub async fn missing_targets(
+    toolchain: Option<&str>,
+    targets: &[Target],
+) -> Result<Vec<Target>, BuildError> {
     let tools = Toolchain::resolve(toolchain).await?;
-    Ok(sysroot_has(&tools.dir, target))
+    Ok(targets
+        .iter()
+        .copied()
+        .filter(|t| !sysroot_has(&tools.dir, *t))
+        .collect())
 }
 
 fn sysroot_has(sysroot: &Path, target: Target) -> bool {

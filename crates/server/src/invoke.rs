@@ -54,26 +54,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(u64::from(app.scaling.timeout_s));
     let id = ulid::Ulid::new().to_string();
-    let mut record = Execution {
-        id: id.clone(),
-        org: org.into(),
-        app: name.into(),
-        version: version.version,
-        status: "running".into(),
-        trigger: trigger.into(),
-        started_at: store::now_ms(),
-        finished_at: None,
-        cold_start_ms: None,
-        init_ms: None,
-        queue_ms: None,
-        fetch_ms: None,
-        spawn_ms: None,
-        duration_ms: None,
-        billed_duration_ms: None,
-        response_status: None,
-        error: None,
-        logs: vec![],
-    };
+    let mut record = Execution::begun(id.clone(), org, name, version.version, trigger);
     let lease = match state.node.acquire(state, route, version, deadline).await {
         Ok(lease) => lease,
         Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),

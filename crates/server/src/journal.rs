@@ -196,24 +196,9 @@ mod tests {
 
     fn record(id: &str, status: &str) -> Execution {
         Execution {
-            id: id.into(),
-            org: "acme-corp".into(),
-            app: "tiny".into(),
-            version: 1,
             status: status.into(),
-            trigger: "http".into(),
-            started_at: 1,
-            finished_at: None,
-            cold_start_ms: None,
-            init_ms: None,
-            queue_ms: None,
-            fetch_ms: None,
-            spawn_ms: None,
-            duration_ms: None,
-            billed_duration_ms: None,
-            response_status: None,
-            error: None,
             logs: vec!["a line".into()],
+            ..Execution::begun(id.into(), "acme-corp", "tiny", 1, "http")
         }
     }
 

@@ -221,19 +221,21 @@ pub async fn run(
         config,
     });
     let mut warnings = Vec::new();
-    for target in [ignite_builder::Target::Native, ignite_builder::Target::Wasm] {
-        if let Ok(false) = ignite_builder::has_target(None, target).await {
-            warnings.push(format!(
-                "the Rust toolchain has no {} target: compiles with --rust-target {} will be \
-                 refused until it is added with `{}`",
-                target.triple(),
-                match target {
-                    ignite_builder::Target::Native => "native",
-                    ignite_builder::Target::Wasm => "wasm",
-                },
-                ignite_builder::add_target_command(None, target)
-            ));
-        }
+    let targets = [ignite_builder::Target::Native, ignite_builder::Target::Wasm];
+    for target in ignite_builder::missing_targets(None, &targets)
+        .await
+        .unwrap_or_default()
+    {
+        warnings.push(format!(
+            "the Rust toolchain has no {} target: compiles with --rust-target {} will be \
+             refused until it is added with `{}`",
+            target.triple(),
+            match target {
+                ignite_builder::Target::Native => "native",
+                ignite_builder::Target::Wasm => "wasm",
+            },
+            ignite_builder::add_target_command(None, target)
+        ));
     }
     started(Started {
         api_addr,

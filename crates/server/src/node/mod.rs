@@ -317,6 +317,16 @@ impl Node {
         }
     }
 
+    /// The pools as they are now (the map's lock is not held while they are worked on).
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// A share of the node's instance budget for one more instance: a free one, or the one the
     /// least recently used idle instance (of any app, beyond its reserved capacity) held, which
     /// is stopped for it. `None` when every instance on the node is busy or reserved. Must be
@@ -326,13 +336,7 @@ impl Node {
             if let Ok(permit) = self.budget.clone().try_acquire_owned() {
                 return Some(permit);
             }
-            let pools: Vec<Arc<Pool>> = self
-                .pools
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let pools = self.pools();
             // The oldest idle instance that no reserve keeps.
             let mut oldest: Option<(Instant, Arc<Pool>)> = None;
             for pool in &pools {
@@ -421,13 +425,7 @@ impl Node {
                 self.pool(state, route, version);
             }
         }
-        let pools: Vec<Arc<Pool>> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pools = self.pools();
         for pool in pools {
             let (org, app, version, egress) = pool.key.clone();
             let want = wanted.get(&(org.clone(), app.clone()));

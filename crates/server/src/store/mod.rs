@@ -132,6 +132,32 @@ pub struct Execution {
     pub logs: Vec<String>,
 }
 
+impl Execution {
+    /// A record of an execution that has just begun: `running`, nothing measured yet.
+    pub fn begun(id: String, org: &str, app: &str, version: i64, trigger: &str) -> Execution {
+        Execution {
+            id,
+            org: org.into(),
+            app: app.into(),
+            version,
+            status: "running".into(),
+            trigger: trigger.into(),
+            started_at: now_ms(),
+            finished_at: None,
+            cold_start_ms: None,
+            init_ms: None,
+            queue_ms: None,
+            fetch_ms: None,
+            spawn_ms: None,
+            duration_ms: None,
+            billed_duration_ms: None,
+            response_status: None,
+            error: None,
+            logs: vec![],
+        }
+    }
+}
+
 fn env_of(text: &str) -> Vec<(String, String)> {
     serde_json::from_str(text).unwrap_or_default()
 }
