@@ -15,7 +15,7 @@ pub mod oci;
 mod proxy;
 mod sources;
 
-pub use proxy::{CRATES_IO, RegistryProxy};
+pub use proxy::{CRATES_IO, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;
