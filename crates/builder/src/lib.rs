@@ -228,7 +228,7 @@ pub enum BuildError {
         /// pip's last line on stderr (its `ERROR: …`).
         last: Option<String>,
     },
-    #[error("importing main.py failed: {0}; the build logs show the traceback")]
+    #[error("importing main.py failed: {0}; the build log has the whole of its output")]
     ImportFailed(String),
     #[error(
         "{0}: an app may hold only files and directories, and the install left something else \

@@ -411,6 +411,8 @@ impl Steps<'_, '_> {
             ("TMPDIR", "/tmp".into()),
             ("LANG", "C.UTF-8".into()),
             ("PIP_CONFIG_FILE", "/dev/null".into()),
+            // Unconfined, the server may be root; jailed, the build user never is.
+            ("PIP_ROOT_USER_ACTION", "ignore".into()),
             // What reproducible builds of sdists go by (wheel's zip times, say).
             ("SOURCE_DATE_EPOCH", "315532800".into()),
         ]

@@ -59,6 +59,10 @@ const TESTS: &[Test] = &[
         a_failed_install_says_what_pip_said,
     ),
     (
+        "a_requirement_off_pypi_is_refused_by_the_proxy",
+        a_requirement_off_pypi_is_refused_by_the_proxy,
+    ),
+    (
         "a_build_past_its_budget_is_stopped",
         a_build_past_its_budget_is_stopped,
     ),
@@ -147,7 +151,8 @@ struct Scene {
 }
 
 /// A handler as the SDK has it.
-const HANDLER: &str = "import ignite\n\n\n@ignite.main\ndef handler(request):\n    return \"hi\"\n";
+const HANDLER: &str =
+    "import ignite\n\n\n@ignite.main\nasync def handler(req, ctx):\n    return \"hi\"\n";
 
 impl Scene {
     fn new(name: &str, files: &[(&str, &str)]) -> Scene {
@@ -457,6 +462,7 @@ fn a_main_without_a_handler_fails_the_check() {
         Err(e) => e,
     };
     assert!(matches!(err, BuildError::ImportFailed(_)), "{err:?}\n{log}");
+    assert!(err.to_string().contains("@ignite.main"), "{err}");
 }
 
 fn no_main_py_is_refused() {
@@ -632,6 +638,26 @@ fn a_failed_install_says_what_pip_said() {
     );
     let err = err.to_string();
     assert!(err.contains("ignite-no-such-package-here"), "{err}\n{log}");
+}
+
+fn a_requirement_off_pypi_is_refused_by_the_proxy() {
+    let scene = Scene::new(
+        "offpypi",
+        &[
+            (
+                "requirements.txt",
+                "https://github.com/benjaminp/six/archive/refs/tags/1.17.0.tar.gz\n",
+            ),
+            ("main.py", HANDLER),
+        ],
+    );
+    let (result, log) = scene.build(true);
+    assert!(
+        matches!(result, Err(BuildError::PipFailed { .. })),
+        "{result:?}\n{log}"
+    );
+    // The proxy said no (pip reports the tunnel's status).
+    assert!(log.contains("403"), "{log}");
 }
 
 fn a_build_past_its_budget_is_stopped() {
