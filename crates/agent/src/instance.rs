@@ -174,6 +174,16 @@ impl Instance {
             program: config.program.clone(),
             source,
         })?;
+        Instance::adopt(spawned, started, config).await
+    }
+
+    /// Serves requests on a process started elsewhere (a template's fork), `started` being
+    /// when its start began; waits for it to be ready as [`Instance::spawn`] does.
+    pub async fn adopt(
+        spawned: ignite_sandbox::Spawned,
+        started: Instant,
+        config: &SpawnConfig,
+    ) -> Result<Instance, SpawnError> {
         let spawned_in = started.elapsed();
         let exec = |source| SpawnError::Exec {
             program: config.program.clone(),

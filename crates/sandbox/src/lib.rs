@@ -28,6 +28,7 @@ mod pool;
 mod process;
 mod seccomp;
 mod spawn;
+mod template;
 
 use std::fmt;
 use std::io;
@@ -45,7 +46,8 @@ use pool::{SlotPool, SlotState, ZygotePool, refill_zygotes};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Command, Spawned, spawn, spawn_async};
+pub use spawn::{Bind, Command, Spawned, spawn, spawn_async};
+pub use template::{Template, TemplateError, TemplateSpec};
 
 /// Node-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -374,6 +376,7 @@ impl Sandbox {
                     .cast_mut()
                     .cast::<libc::sock_filter>(),
             },
+            binds: Vec::new(),
         })
     }
 

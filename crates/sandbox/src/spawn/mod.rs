@@ -35,8 +35,10 @@ use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::Process;
 use crate::{Limits, Sandbox};
 use child::{ChildArgs, child_main};
-pub(crate) use isolation::{Isolation, RootPaths};
+pub use isolation::Bind;
+pub(crate) use isolation::{BindMount, Isolation, RootPaths};
 pub(crate) use zygote::Zygote;
+pub(crate) use zygote::send_fds;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
     })
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for two.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -124,7 +126,7 @@ fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
     move |source| SpawnError { step, source }
 }
 
-fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
+pub(crate) fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
     env.iter()
         .map(|(k, v)| {
             if k.is_empty() || k.contains('=') {
