@@ -411,6 +411,11 @@ impl Sandbox {
 
     /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty (or
     /// the instance has internet access: those are made at start, in a namespace wired ahead).
+    /// The directory each instance mounts its root on.
+    pub(crate) fn root_dir(&self) -> PathBuf {
+        self.inner.config.state_dir.join("root")
+    }
+
     fn take_zygote(&self, limits: &Limits) -> Result<Zygote, SpawnError> {
         self.pooled_zygote(limits)
             .map_or_else(|| Zygote::create(self, limits.egress), Ok)

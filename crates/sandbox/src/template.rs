@@ -191,7 +191,7 @@ impl Sandbox {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| prep("preparing the arguments")(io::Error::other(e)))?;
         let env = crate::spawn::environment(spec.env)?;
-        let binds = BindMount::prepare(&self.inner.config.state_dir.join("root"), spec.binds)
+        let binds = BindMount::prepare(&self.root_dir(), spec.binds)
             .map_err(prep("preparing the runtime's files"))?;
         let sandbox = self.clone();
         let egress = limits.egress;

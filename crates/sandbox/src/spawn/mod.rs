@@ -49,6 +49,9 @@ pub struct Command<'a> {
     pub argv: &'a [String],
     /// The complete environment: nothing is inherited.
     pub env: &'a [(String, String)],
+    /// Host paths visible read-only in the sandbox root (an interpreter's files); the root is
+    /// empty without them. Ignored unsandboxed.
+    pub binds: &'a [Bind],
 }
 
 /// A started process and the agent's ends of its three standard streams.
@@ -90,6 +93,11 @@ pub fn spawn(
     let argv = arguments(command.argv)?;
     match sandbox {
         None => spawn_plain(exe, argv, env),
+        Some((sandbox, limits)) if !command.binds.is_empty() => {
+            let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
+                .map_err(prep("preparing the runtime's files"))?;
+            Zygote::create_with(sandbox, limits.egress, binds)?.launch(exe, argv, env, limits)
+        }
         Some((sandbox, limits)) => sandbox.take_zygote(limits)?.launch(exe, argv, env, limits),
     }
 }
@@ -106,12 +114,19 @@ pub async fn spawn_async(
     let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
     let env = environment(command.env)?;
     let argv = arguments(command.argv)?;
-    let zygote = match sandbox.pooled_zygote(limits) {
+    let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
+        .map_err(prep("preparing the runtime's files"))?;
+    // A zygote with binds is made for its command (the pool's have an empty root).
+    let pooled = match binds.is_empty() {
+        true => sandbox.pooled_zygote(limits),
+        false => None,
+    };
+    let zygote = match pooled {
         Some(zygote) => zygote,
         None => {
             let sandbox = sandbox.clone();
             let egress = limits.egress;
-            tokio::task::spawn_blocking(move || Zygote::create(&sandbox, egress))
+            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds))
                 .await
                 .map_err(|e| SpawnError {
                     step: "starting the sandbox",
