@@ -14,6 +14,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,137 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use common::{Client, env_usize, fmt, latencies, ms_pct, pct, pss_kib, throughput};
+use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-
-const PAYLOAD: &str = r#"{"message": "hi there"}"#;
-
-fn env_usize(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use tokio::net::TcpListener;
 
 use support::platform::{
     artifact_of, copy_tiny, deploy, deploy_wasm, ok, pids_running, scratch, start_server,
     start_server_with,
 };
-
-/// One keep-alive HTTP/1.1 connection.
-struct Client {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, host: &str) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client {
-            send,
-            host: host.to_string(),
-        }
-    }
-
-    /// Sends one request; returns the status.
-    async fn call(&mut self) -> u16 {
-        if self.send.ready().await.is_err() {
-            return 0;
-        }
-        let req = Request::post("/")
-            .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(PAYLOAD.as_bytes())))
-            .unwrap();
-        match self.send.send_request(req).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await;
-                status
-            }
-            Err(e) => {
-                if std::env::var_os("IGNITE_BENCH_DEBUG").is_some() {
-                    eprintln!("request failed: {e:?}");
-                }
-                0
-            }
-        }
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.0} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-fn ms_pct(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    if values.is_empty() {
-        return 0.0;
-    }
-    values[((values.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// `n` sequential request latencies on one connection after `warmup` requests, sorted.
-async fn latencies(addr: SocketAddr, host: &str, warmup: usize, n: usize) -> Vec<Duration> {
-    let mut c = Client::connect(addr, host).await;
-    for _ in 0..warmup {
-        c.call().await;
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        assert_eq!(c.call().await, 200);
-        v.push(t.elapsed());
-    }
-    v.sort();
-    v
-}
-
-/// Requests per second with `clients` connections for `secs` seconds.
-async fn throughput(addr: SocketAddr, host: &str, clients: usize, secs: f64) -> (f64, usize) {
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let host = host.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr, &host).await;
-            let (mut ok, mut bad) = (0usize, 0usize);
-            while Instant::now() < end {
-                if c.call().await == 200 {
-                    ok += 1
-                } else {
-                    bad += 1
-                }
-            }
-            (ok, bad)
-        }));
-    }
-    let (mut ok, mut bad) = (0, 0);
-    for t in tasks {
-        let (o, b) = t.await.unwrap();
-        ok += o;
-        bad += b;
-    }
-    (ok as f64 / secs, bad)
-}
 
 async fn hello(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(
@@ -218,17 +99,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn pss_kib(pid: u32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("Rss:")?, field("Pss:")?))
 }
 
 /// Cold requests, one at a time, the app scaled to zero before each; paced like apps waking
