@@ -22,6 +22,8 @@ use crate::logs::LogPipe;
 pub struct SpawnConfig {
     /// The handler binary.
     pub program: PathBuf,
+    /// The argument vector, `argv[0]` first; empty for a bare `handler`.
+    pub args: Vec<String>,
     /// The process environment: exactly these variables, nothing inherited from the agent.
     pub env: Vec<(String, String)>,
     /// How long the handler may take to send its `Hello`.
@@ -40,6 +42,7 @@ impl SpawnConfig {
     pub fn new(program: impl Into<PathBuf>) -> Self {
         SpawnConfig {
             program: program.into(),
+            args: Vec::new(),
             env: Vec::new(),
             init_timeout: Duration::from_secs(10),
             log_limit: 256 * 1024,
@@ -161,6 +164,7 @@ impl Instance {
         let spawned = ignite_sandbox::spawn_async(
             &ignite_sandbox::Command {
                 program: &config.program,
+                argv: &config.args,
                 env: &config.env,
             },
             config.sandbox.as_ref().map(|(s, l)| (s, l)),

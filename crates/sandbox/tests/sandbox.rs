@@ -64,6 +64,7 @@ fn run_with(env: &[(&str, &str)], limits: Option<Limits>) -> (HashMap<String, St
     let spawned = spawn(
         &Command {
             program: probe(),
+            argv: &[],
             env: &env,
         },
         limits.as_ref().map(|limits| (&sandbox, limits)),
@@ -366,6 +367,7 @@ fn a_dynamically_linked_binary_is_refused_with_a_reason() {
     let spawned = spawn(
         &Command {
             program: Path::new("/bin/true"),
+            argv: &[],
             env: &[],
         },
         Some((
@@ -671,6 +673,7 @@ fn helper_shutdown() {
     let spawned = spawn(
         &Command {
             program: probe(),
+            argv: &[],
             env: &env,
         },
         Some((&sandbox, &limits)),
@@ -712,6 +715,7 @@ fn helper_shutdown() {
     let err = spawn(
         &Command {
             program: probe(),
+            argv: &[],
             env: &[],
         },
         Some((&clone, &limits)),

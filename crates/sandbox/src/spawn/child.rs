@@ -31,6 +31,7 @@ pub(super) struct ChildArgs {
 /// What a zygote is told when it is launched; set by the parent before it sends the binary.
 #[derive(Default)]
 pub(super) struct Launch {
+    pub(super) argv: AtomicPtr<*const c_char>,
     pub(super) envp: AtomicPtr<*const c_char>,
     pub(super) address_space: AtomicU64,
 }
@@ -354,7 +355,7 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
         libc::execveat(
             exe,
             c"".as_ptr(),
-            args.argv.cast_mut().cast(),
+            launch.argv.load(Ordering::Acquire).cast(),
             launch.envp.load(Ordering::Acquire).cast(),
             libc::AT_EMPTY_PATH,
         );

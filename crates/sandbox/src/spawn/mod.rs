@@ -42,6 +42,9 @@ pub(crate) use zygote::Zygote;
 #[derive(Debug, Clone)]
 pub struct Command<'a> {
     pub program: &'a Path,
+    /// The argument vector, `argv[0]` first (an interpreter finds its files from it); empty
+    /// for a bare `handler`.
+    pub argv: &'a [String],
     /// The complete environment: nothing is inherited.
     pub env: &'a [(String, String)],
 }
@@ -82,9 +85,10 @@ pub fn spawn(
 ) -> Result<Spawned, SpawnError> {
     let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
     let env = environment(command.env)?;
+    let argv = arguments(command.argv)?;
     match sandbox {
-        None => spawn_plain(exe, env),
-        Some((sandbox, limits)) => sandbox.take_zygote(limits)?.launch(exe, env, limits),
+        None => spawn_plain(exe, argv, env),
+        Some((sandbox, limits)) => sandbox.take_zygote(limits)?.launch(exe, argv, env, limits),
     }
 }
 
@@ -99,6 +103,7 @@ pub async fn spawn_async(
     };
     let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
     let env = environment(command.env)?;
+    let argv = arguments(command.argv)?;
     let zygote = match sandbox.pooled_zygote(limits) {
         Some(zygote) => zygote,
         None => {
@@ -112,7 +117,7 @@ pub async fn spawn_async(
                 })??
         }
     };
-    zygote.launch(exe, env, limits)
+    zygote.launch(exe, argv, env, limits)
 }
 
 fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
@@ -134,6 +139,14 @@ fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
             cstring(&format!("environment variable {k}"), &format!("{k}={v}"))
         })
         .collect()
+}
+
+/// `argv` as C strings; `["handler"]` when it is empty.
+fn arguments(argv: &[String]) -> Result<Vec<CString>, SpawnError> {
+    if argv.is_empty() {
+        return Ok(vec![cstring("the program name", "handler")?]);
+    }
+    argv.iter().map(|a| cstring("an argument", a)).collect()
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const c_char> {
@@ -201,9 +214,8 @@ unsafe fn clone_child(
 }
 
 /// Unconfined: a vfork-style child that execs at once.
-fn spawn_plain(exe: File, env: Vec<CString>) -> Result<Spawned, SpawnError> {
-    let argv0 = cstring("the program name", "handler")?;
-    let argv = [argv0.as_ptr(), ptr::null()];
+fn spawn_plain(exe: File, argv: Vec<CString>, env: Vec<CString>) -> Result<Spawned, SpawnError> {
+    let argv = pointers(&argv);
     let envp = pointers(&env);
     let streams = prep("creating the standard stream pipes");
     let (stdin_child, stdin) = pipe().map_err(&streams)?;

@@ -11,9 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::child::{ChildArgs, Launch};
 use super::isolation::Isolation;
-use super::{
-    Spawned, block_signals, clone_child, cstring, errno, pipe, pointers, prep, restore_signals,
-};
+use super::{Spawned, block_signals, clone_child, errno, pipe, pointers, prep, restore_signals};
 use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::{ChildMemory, Process};
 use crate::{Limits, Sandbox, Slot};
@@ -26,8 +24,8 @@ pub(crate) struct ZygoteMemory {
     failure: Failure,
     launch: Launch,
     isolation: Isolation,
-    argv0: CString,
-    argv: [*const c_char; 2],
+    argv: Vec<CString>,
+    argvp: Vec<*const c_char>,
     env: Vec<CString>,
     envp: Vec<*const c_char>,
 }
@@ -112,13 +110,11 @@ impl Zygote {
             failure: Failure::default(),
             launch: Launch::default(),
             isolation,
-            argv0: cstring("the program name", "handler")?,
-            argv: [ptr::null(); 2],
+            argv: Vec::new(),
+            argvp: Vec::new(),
             env: Vec::new(),
             envp: Vec::new(),
         });
-        memory.argv[0] = memory.argv0.as_ptr();
-        memory.args.argv = memory.argv.as_ptr();
         memory.args.isolation = &memory.isolation;
         memory.args.launch = &memory.launch;
         memory.args.failure = &memory.failure;
@@ -210,6 +206,7 @@ impl Zygote {
     pub(crate) fn launch(
         mut self,
         exe: File,
+        argv: Vec<CString>,
         env: Vec<CString>,
         limits: &Limits,
     ) -> Result<Spawned, SpawnError> {
@@ -236,6 +233,8 @@ impl Zygote {
                 prep("setting the instance's memory limit")(e),
             );
         }
+        memory.argv = argv;
+        memory.argvp = pointers(&memory.argv);
         memory.env = env;
         memory.envp = pointers(&memory.env);
         let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
@@ -243,6 +242,10 @@ impl Zygote {
             address_space_limit(memory_bytes, slot.has_memory_cgroup()),
             Ordering::Relaxed,
         );
+        memory
+            .launch
+            .argv
+            .store(memory.argvp.as_ptr().cast_mut(), Ordering::Release);
         memory
             .launch
             .envp
