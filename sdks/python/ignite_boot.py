@@ -163,6 +163,7 @@ def serve():
     # Before any code of the app runs: nothing it prints can reach the channel.
     in_fd, out_fd = runtime.take_stdio()
     runtime.setup_stdio()
+    runtime.setup_logging_level()
     _app_path(app, sdk)
     registered = _load_app(ignite, app)
     if registered is None:
@@ -298,6 +299,7 @@ def template():
     ignite = _import_sdk(sdk)
     runtime = ignite._runtime
     runtime.setup_stdio()
+    runtime.setup_logging_level()
     _app_path(app, sdk)
     registered = _load_app(ignite, app)
     if registered is None:
@@ -311,6 +313,8 @@ def template():
     gc.collect()
     gc.freeze()
 
+    # The app's import may have closed one of fds 0-2: received descriptors must not land there.
+    _ensure_stdio_open()
     role = _fork_server(sock, socket, signal, struct)
     if role is None:
         return 0

@@ -66,8 +66,16 @@ def setup_stdio():
             pass
 
 
+def setup_logging_level():
+    """Before the app is imported: the root logger's level is INFO (the app may set another;
+    its own ``logging.basicConfig(...)`` still works, as no handler is installed yet)."""
+    import logging
+    logging.getLogger().setLevel(logging.INFO)
+
+
 def setup_logging():
-    """The root logger writes to stderr at INFO, unless the app configured logging itself."""
+    """After the app is imported: unless it configured a handler itself, the root logger
+    writes to stderr (the execution's logs)."""
     import logging
     root = logging.getLogger()
     if root.handlers:
@@ -75,8 +83,6 @@ def setup_logging():
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    if root.level == logging.WARNING:
-        root.setLevel(logging.INFO)
 
 
 def _flush_stdio():

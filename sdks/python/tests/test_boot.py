@@ -214,6 +214,22 @@ class Serve(unittest.TestCase):
         self.assertIn("INFO app: via logging\n", stderr)
         self.assertNotIn("not shown", stderr)
 
+    def test_logging_at_import_time_is_shown_at_info(self):
+        served = self.serve("""
+            import logging, ignite
+            logging.info("module-level info at import")
+
+            @ignite.main
+            def handler(req, ctx):
+                logging.getLogger("app").info("info in the handler")
+                return "ok"
+        """)
+        served.channel.invoke(1)
+        served.channel.answer()
+        stderr = served.channel.read_stderr()
+        self.assertIn("module-level info at import", stderr)
+        self.assertIn("info in the handler", stderr)
+
     def test_the_apps_own_logging_setup_is_kept(self):
         served = self.serve("""
             import logging, ignite

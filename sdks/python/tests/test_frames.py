@@ -207,6 +207,25 @@ class Refusals(unittest.TestCase):
                 with self.assertRaises(F.Malformed):
                     F.decode_payload(payload)
 
+    def test_every_truncation_is_malformed_even_with_bytes_after_it(self):
+        # The Invoke decoder reads one-byte fields without checking them against the payload's
+        # end: a payload cut short must still fail, whatever follows it in the buffer.
+        for frame in sample_frames():
+            payload = bytes(F.encode(frame))[6:]
+            if len(payload) > 3000:
+                continue  # the short frames have every kind of field boundary
+            for cut in range(len(payload)):
+                for tail in (b"", b"\x00" * 64, b"\x7f" * 64, b"\xff" * 64):
+                    data = payload[:cut] + tail
+                    with self.subTest(frame=type(frame).__name__, cut=cut, tail=tail[:1]):
+                        if type(frame) is F.Shutdown or (cut == 0 and not tail):
+                            continue
+                        try:
+                            got = F.decode_payload(data, 0, cut)
+                        except F.Malformed:
+                            continue
+                        self.fail(f"decoded {got!r} from {cut} of {len(payload)} bytes")
+
     def test_out_of_range_values_are_not_encoded(self):
         with self.assertRaises(ValueError):
             F.encode_response(1, 70000, [], b"")
