@@ -358,9 +358,11 @@ def _fork_server(sock, socket, signal, struct):
         reap()  # a report is never lost, even if a signal was coalesced
         try:
             msg, fds, flags, _ = socket.recv_fds(sock, 64, 8, socket.MSG_CMSG_CLOEXEC)
+        except ConnectionResetError:
+            return None  # the platform closed its end with reports it had not read
         except OSError as e:
             print(f"ignite template: reading the platform socket failed: {e}", file=sys.stderr)
-            return None
+            raise SystemExit(1)
         if not msg and not fds:
             return None
         if msg != b"f" or len(fds) != 3 or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):

@@ -464,8 +464,11 @@ fn template_mode() {
     run_python_tests(&["test_template"]);
 }
 
-/// `cargo test -p ignite-agent --test python_sdk -- --ignored --nocapture round_trip`: the
-/// warm round trip through the agent, as the runner benchmark measures the Rust SDK's.
+/// `cargo test --release -p ignite-agent --test python_sdk -- --ignored --nocapture round_trip`:
+/// the warm round trip of the seed handler through the agent, as the runner benchmark measures
+/// the Rust SDK's. With `IGNITE_BENCH_RUST_HANDLER=<binary>` (say examples/tiny built with
+/// `cargo build --release`), that Rust handler is measured alongside, on the same machine at the
+/// same moment.
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "a measurement, not a check"]
 async fn round_trip() {
@@ -473,40 +476,46 @@ async fn round_trip() {
         return;
     }
     let app = app(SEED);
+    let mut configs = vec![("python", config(app.path()))];
+    if let Ok(rust) = std::env::var("IGNITE_BENCH_RUST_HANDLER") {
+        configs.push(("rust", SpawnConfig::new(rust)));
+    }
     for pinned in [false, true] {
-        let mut config = config(app.path());
         if pinned {
             ignite_agent::pin_to_cpu(0, 0).expect("pin the test thread");
-            config.cpu = Some(0);
         }
-        let instance = Instance::spawn(&config).await.unwrap();
-        let body = r#"{"message": "hi there"}"#;
-        for _ in 0..1000 {
-            instance.invoke(invocation(body)).await;
+        for (sdk, config) in &configs {
+            let mut config = config.clone();
+            config.cpu = pinned.then_some(0);
+            let instance = Instance::spawn(&config).await.unwrap();
+            let body = r#"{"message": "hi there"}"#;
+            for _ in 0..1000 {
+                instance.invoke(invocation(body)).await;
+            }
+            let mut times = Vec::new();
+            for _ in 0..20_000 {
+                let started = Instant::now();
+                let reply = instance.invoke(invocation(body)).await;
+                times.push(started.elapsed());
+                assert!(matches!(
+                    reply.outcome,
+                    Outcome::Response { status: 200, .. }
+                ));
+            }
+            times.sort();
+            let at = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+            println!(
+                "{sdk} warm round trip ({}): p50 {:?}, p99 {:?}; spawn → ready {:?}",
+                if pinned {
+                    "instance on the agent's CPU"
+                } else {
+                    "default placement"
+                },
+                at(0.5),
+                at(0.99),
+                instance.init_duration()
+            );
+            instance.shutdown(Duration::from_secs(5)).await;
         }
-        let mut times = Vec::new();
-        for _ in 0..20_000 {
-            let started = Instant::now();
-            let reply = instance.invoke(invocation(body)).await;
-            times.push(started.elapsed());
-            assert!(matches!(
-                reply.outcome,
-                Outcome::Response { status: 200, .. }
-            ));
-        }
-        times.sort();
-        let at = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
-        println!(
-            "python warm round trip ({}): p50 {:?}, p99 {:?}; spawn → ready {:?}",
-            if pinned {
-                "instance on the agent's CPU"
-            } else {
-                "default placement"
-            },
-            at(0.5),
-            at(0.99),
-            instance.init_duration()
-        );
-        instance.shutdown(Duration::from_secs(5)).await;
     }
 }

@@ -11,6 +11,8 @@ import os
 import sys
 import threading
 import traceback
+# Imported here, not when the first instance starts: a template's children inherit it.
+from concurrent.futures.thread import ThreadPoolExecutor
 
 import ignite
 from ignite import _frames
@@ -278,7 +280,6 @@ def serve(handler, is_async, in_fd, out_fd):
     asyncio.set_event_loop(loop)
     # Sync handlers run in worker threads; with a few cores the default pool (cores + 4) would
     # cap how many requests a sync handler serves at once below the app's concurrency.
-    from concurrent.futures import ThreadPoolExecutor
     loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="ignite"))
     server = Server(handler, is_async, in_fd, out_fd, loop)
     server.hello()

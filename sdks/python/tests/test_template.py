@@ -251,6 +251,17 @@ class ForkServer(unittest.TestCase):
             status, _ = template.exit_of(pid)
             self.assertEqual(os.waitstatus_to_exitcode(status), 0)
 
+    def test_closing_the_socket_with_reports_unread_ends_the_template_with_0(self):
+        template = self.template
+        pid, _, channel = template.fork()
+        self.assertEqual(channel.read(), F.Hello(1, "0.1.0"))
+        channel.send(F.SHUTDOWN)
+        self.assertIsNone(channel.read())  # the child is gone; its b"x" is not read
+        time.sleep(0.2)
+        template.sock.close()
+        self.assertEqual(template.proc.wait(TIMEOUT), 0, template.stderr())
+        self.assertEqual(template.stderr(), "")
+
     def test_a_message_that_is_not_a_fork_is_answered_with_e(self):
         template = self.template
         r, w = os.pipe()
