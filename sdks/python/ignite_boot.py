@@ -209,23 +209,59 @@ def _open_fds():
     return range(limit), limit
 
 
+def _reopen(fd, st):
+    """A new open file description of the regular file on `fd` (same path, flags and offset),
+    as Android's zygote reopens files: the child then reads and seeks on its own, not on the
+    template's shared offset. None when that cannot be done (no /proc, the file was deleted or
+    replaced, no permission)."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        import fcntl
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        new = os.open(path, (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)) | os.O_CLOEXEC)
+    except (OSError, ImportError):
+        return None
+    try:
+        again = os.fstat(new)
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+            raise OSError("not the same file")
+        os.lseek(new, offset, os.SEEK_SET)
+    except OSError:
+        os.close(new)
+        return None
+    return new
+
+
 def _detach_inherited(keep, placeholder):
     """Cuts every descriptor the child inherited from the template (except `keep` and 0-2) off
-    what it referred to, the way Android's zygote detaches sockets: the descriptor is replaced
-    by `placeholder` (the read end of an empty pipe, close-on-exec). The file or socket is
-    closed as far as this process goes, but its number stays taken until its owner (an object
-    created at import time) closes it, so that owner can never close or write to a descriptor
-    that has since been reused for something else (the channel, the event loop, a connection).
-    Reading it gives end of file; writing fails with EBADF, socket calls with ENOTSOCK."""
+    the template's open file descriptions.
+
+    A regular file is reopened onto the same number (same path, flags and offset; see
+    `_reopen`), so a file or database the app opened at import keeps working, each child on its
+    own offset. Anything else (a socket, a pipe, a directory, a file that cannot be reopened) is
+    detached the way Android's zygote detaches sockets: replaced by `placeholder`, the read end
+    of an empty pipe, close-on-exec. It is closed as far as this process goes, but its number
+    stays taken until its owner (an object created at import time) closes it, so that owner can
+    never close or write to a descriptor since reused for something else (the channel, the
+    event loop, a connection). Reading it gives end of file, writing EBADF, socket calls
+    ENOTSOCK."""
+    import stat
     fds, probed_to = _open_fds()
     for fd in fds:
         if fd < 3 or fd in keep:
             continue
         try:
-            os.fstat(fd)  # the listing's own descriptor is closed by now
+            st = os.fstat(fd)  # the listing's own descriptor is closed by now
         except OSError:
             continue
-        os.dup2(placeholder, fd, inheritable=False)
+        inheritable = os.get_inheritable(fd)
+        new = _reopen(fd, st) if stat.S_ISREG(st.st_mode) else None
+        if new is None:
+            os.dup2(placeholder, fd, inheritable=False)
+        else:
+            os.dup2(new, fd, inheritable=inheritable)
+            os.close(new)
     if probed_to is not None:
         os.closerange(probed_to, 1 << 20)
 
@@ -295,6 +331,8 @@ def template():
     except OSError as e:
         print(f"template mode needs the platform's socket on fd 3: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # Not for any process the app starts.
+    os.set_inheritable(3, False)
     app, sdk = _dirs()
     ignite = _import_sdk(sdk)
     runtime = ignite._runtime

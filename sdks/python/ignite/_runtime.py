@@ -133,7 +133,7 @@ def _response_frame(id, result):
 
 class Server:
     """Serves one channel. The event loop thread reads and writes frames; a sync handler runs in
-    a worker thread, and `Context.log` may write from there, so every write takes `_lock` (a
+    a worker thread, and `Context.log` may write from there, so every write takes `lock` (a
     frame is written whole, by one `write` unless the pipe is full)."""
 
     def __init__(self, handler, is_async, in_fd, out_fd, loop):
@@ -179,6 +179,9 @@ class Server:
             self._send(_encode_log(id, line))
         except OSError:
             # The agent is gone; the request's own answer fails the same way and ends us.
+            pass
+        except _frames.TooLarge:
+            # As the Rust SDK: a line that cannot be a frame is not sent.
             pass
 
     def hello(self):

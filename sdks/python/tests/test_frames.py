@@ -124,8 +124,9 @@ class Varints(unittest.TestCase):
 def sample_frames():
     yield F.Hello(1, "")
     yield F.Invoke(0, "", "", 0, [], "", "", "", [], b"")
-    yield F.Invoke(2 ** 40, "01J" * 50, "org/name", 2 ** 63, [("K%d" % i, "v" * i) for i in range(200)],
-                   "GET", "/a/b?c", "x=1&y=2", [("h", "é" * 100)] * 3, bytes(range(256)) * 600)
+    yield F.Invoke(2 ** 40, "01J" * 50, "org/name", 2 ** 63,
+                   [("K%d" % i, "v" * i) for i in range(200)], "GET", "/a/b?c", "x=1&y=2",
+                   [("h", "é" * 100)] * 3, bytes(range(256)) * 600)
     yield F.Response(1, 0, [], b"")
     yield F.Response(99, 65535, [("a", "b")] * 130, b"\x00" * 70000)
     yield F.ErrorFrame(3, F.HANDLER, 400, "missing field `message` in the request body")

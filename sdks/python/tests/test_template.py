@@ -27,8 +27,10 @@ MAIN = """
     # thread, an event loop.
     print("imported", end="")
     sys.stderr.write("import-time stderr line\\n")
-    KEPT_FILE = open(__file__, "rb")
+    KEPT_FILE = os.open(__file__, os.O_RDONLY)
+    os.read(KEPT_FILE, 7)  # its offset is 7 when the children are forked
     KEPT_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    KEPT_PIPE, _KEPT_WRITER = os.pipe()
     THREAD = threading.Thread(target=time.sleep, args=(3600,), daemon=True)
     THREAD.start()
     LOOP = asyncio.new_event_loop()
@@ -52,7 +54,8 @@ MAIN = """
             "random": random.random(),
             "imported_in": IMPORTED_IN,
             "fds": fds,
-            "kept_file_reads": KEPT_FILE.read().decode(),
+            "kept_file_reads": os.read(KEPT_FILE, 5).decode(),
+            "kept_pipe_reads": os.read(KEPT_PIPE, 10).decode(),
             "kept_socket": socket_state,
             "thread_alive": THREAD.is_alive(),
             "fresh_loop": asyncio.get_running_loop() is not LOOP,
@@ -73,6 +76,8 @@ class Template:
 
     def __init__(self, main_py):
         self.app = write_app(main_py)
+        with open(os.path.join(self.app, "main.py")) as f:
+            self.main_py = f.read()
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.template_inode = os.fstat(theirs.fileno()).st_ino
@@ -202,10 +207,12 @@ class ForkServer(unittest.TestCase):
         for got in (got_a, got_b):
             # Imported once, in the template; nothing of it is run again.
             self.assertEqual(got["imported_in"], template.proc.pid)
-            # The template's socket is not among the child's descriptors, nor is the file it
-            # opened at import (its descriptor reads end of file now), nor the socket.
+            # The template's socket is not among the child's descriptors. A file opened at
+            # import was reopened: each child reads on from the offset it had at the fork, on
+            # its own. The socket and the pipe the import made are detached.
             self.assertNotIn(template.template_inode, got["fds"].values())
-            self.assertEqual(got["kept_file_reads"], "")
+            self.assertEqual(got["kept_file_reads"], template.main_py[7:12])
+            self.assertEqual(got["kept_pipe_reads"], "")
             self.assertEqual(got["kept_socket"], 88)  # ENOTSOCK
             self.assertFalse(got["thread_alive"])
             self.assertTrue(got["fresh_loop"])
