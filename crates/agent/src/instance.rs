@@ -24,6 +24,8 @@ pub struct SpawnConfig {
     pub program: PathBuf,
     /// The argument vector, `argv[0]` first; empty for a bare `handler`.
     pub args: Vec<String>,
+    /// Host paths visible read-only in the sandbox (an interpreter's files).
+    pub binds: Vec<ignite_sandbox::Bind>,
     /// The process environment: exactly these variables, nothing inherited from the agent.
     pub env: Vec<(String, String)>,
     /// How long the handler may take to send its `Hello`.
@@ -43,6 +45,7 @@ impl SpawnConfig {
         SpawnConfig {
             program: program.into(),
             args: Vec::new(),
+            binds: Vec::new(),
             env: Vec::new(),
             init_timeout: Duration::from_secs(10),
             log_limit: 256 * 1024,
@@ -166,6 +169,7 @@ impl Instance {
                 program: &config.program,
                 argv: &config.args,
                 env: &config.env,
+                binds: &config.binds,
             },
             config.sandbox.as_ref().map(|(s, l)| (s, l)),
         )
@@ -174,6 +178,16 @@ impl Instance {
             program: config.program.clone(),
             source,
         })?;
+        Instance::adopt(spawned, started, config).await
+    }
+
+    /// Serves requests on a process started elsewhere (a template's fork), `started` being
+    /// when its start began; waits for it to be ready as [`Instance::spawn`] does.
+    pub async fn adopt(
+        spawned: ignite_sandbox::Spawned,
+        started: Instant,
+        config: &SpawnConfig,
+    ) -> Result<Instance, SpawnError> {
         let spawned_in = started.elapsed();
         let exec = |source| SpawnError::Exec {
             program: config.program.clone(),

@@ -202,10 +202,18 @@ pub struct Metrics {
 pub struct ColdStartPhases {
     /// Locating the artifact on the node.
     pub fetch_ms: f64,
-    /// Creating the process (posix_spawn).
+    /// Starting the version's template first (Python: the interpreter and the app's imports),
+    /// when it was not running on the node; 0 otherwise.
+    #[serde(default)]
+    pub template_ms: f64,
+    /// Creating the process: an exec (native), a fork of the template (Python), a wasm
+    /// instance (wasm); `start` says which.
     pub spawn_ms: f64,
     /// From the process existing to the SDK's ready handshake.
     pub init_ms: f64,
+    /// `exec`, `fork` or `component`.
+    #[serde(default)]
+    pub start: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

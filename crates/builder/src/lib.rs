@@ -13,9 +13,10 @@
 pub mod archive;
 pub mod oci;
 mod proxy;
+pub mod python;
 mod sources;
 
-pub use proxy::{CRATES_IO, RegistryProxy};
+pub use proxy::{CRATES_IO, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;
@@ -192,6 +193,48 @@ pub enum BuildError {
          dependencies or features (the operator sets the limit with --build-memory-mb)"
     )]
     OutOfMemory { limit_mb: u64 },
+    #[error(
+        "a Python app needs main.py at the top of --code (a directory with main.py and an \
+         optional requirements.txt, or a single .py file)"
+    )]
+    NoPythonMain,
+    #[error(
+        "{path} is a symbolic link to {target}, outside the app: every file of the upload must \
+         be inside it; replace the link with a copy of what it points to (and leave virtual \
+         environments such as .venv out of the upload: requirements.txt is installed by the \
+         platform)"
+    )]
+    LinkOutside { path: String, target: String },
+    #[error("{0} is a symbolic link to a directory that holds it (a loop); remove the link")]
+    LinkLoop(String),
+    #[error("{path} is larger than {limit_mb} MiB, the most a file of the upload may be")]
+    FileTooLarge { path: String, limit_mb: u64 },
+    #[error(
+        "the app's source is larger than {limit_mb} MiB; trim the upload (dependencies belong in \
+         requirements.txt, not in the upload)"
+    )]
+    SourceTooLarge { limit_mb: u64 },
+    #[error("cannot use the Python interpreter: {0}")]
+    Interpreter(String),
+    #[error("the platform's Python SDK is missing: {0} is not there")]
+    PythonSdk(PathBuf),
+    #[error(
+        "installing requirements.txt failed (pip {status}){}; the build logs show pip's \
+         messages",
+        last.as_deref().map(|l| format!(": {l}")).unwrap_or_default()
+    )]
+    PipFailed {
+        status: String,
+        /// pip's last line on stderr (its `ERROR: …`).
+        last: Option<String>,
+    },
+    #[error("importing main.py failed: {0}; the build log has the whole of its output")]
+    ImportFailed(String),
+    #[error(
+        "{0}: an app may hold only files and directories, and the install left something else \
+         there (a link, a socket or a pipe)"
+    )]
+    AppTree(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -904,13 +947,50 @@ fn tree_size(dir: &Path) -> u64 {
 /// messages, enforces the deadline (and the disk budget, when watched). Returns the binary's
 /// path, if the command built one.
 async fn run_cargo(
-    mut cmd: Command,
+    cmd: Command,
     project: &Project,
     budget: Duration,
     deadline: tokio::time::Instant,
     watch: Option<DiskWatch>,
     log: &mut LogCap<impl FnMut(&str)>,
 ) -> Result<Option<PathBuf>, BuildError> {
+    let mut executable = None;
+    let finished = run_logged(cmd, budget, deadline, watch, log, |line| {
+        if let Some(path) = artifact_path(line, &project.bin) {
+            executable = Some(path);
+        }
+        // cargo's stdout is its JSON messages; the rendered diagnostics come on stderr.
+        false
+    })
+    .await?;
+    if !finished.status.success() {
+        return Err(BuildError::Failed {
+            status: finished.status.to_string(),
+        });
+    }
+    Ok(executable)
+}
+
+/// How a command run by [`run_logged`] ended.
+struct Finished {
+    status: std::process::ExitStatus,
+    /// The last non-blank line it wrote on stderr (a traceback's last line, say).
+    last_stderr: Option<String>,
+}
+
+/// Runs a build command (cargo, pip, python): passes its stderr, and each stdout line that
+/// `stdout_line` says to keep, to `log`; enforces the deadline (and the disk budget, when
+/// watched), killing the command's whole process group past either. A command that exits
+/// unsuccessfully is not an error here (the caller says what failed), except when it wrote past
+/// the watched budget (RLIMIT_FSIZE).
+async fn run_logged(
+    mut cmd: Command,
+    budget: Duration,
+    deadline: tokio::time::Instant,
+    watch: Option<DiskWatch>,
+    log: &mut LogCap<impl FnMut(&str)>,
+    mut stdout_line: impl FnMut(&str) -> bool,
+) -> Result<Finished, BuildError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -923,8 +1003,8 @@ async fn run_cargo(
     };
     let mut stdout = BufReader::new(stdout).lines();
     let mut stderr = BufReader::new(stderr).lines();
-    let mut executable = None;
     let mut file_too_large = false;
+    let mut last_stderr = None;
     let baseline = match &watch {
         Some(w) => {
             let dir = w.dir.clone();
@@ -955,19 +1035,22 @@ async fn run_cargo(
             tokio::select! {
                 line = stdout.next_line(), if out_open => match line {
                     Ok(Some(line)) => {
-                        if let Some(path) = artifact_path(&line, &project.bin) {
-                            executable = Some(path);
+                        if stdout_line(&line) {
+                            log.line(&line);
                         }
                     }
                     _ => out_open = false,
                 },
                 line = stderr.next_line(), if err_open => match line {
                     Ok(Some(line)) => {
-                        // A process of the compile passed RLIMIT_FSIZE.
+                        // A process of the command passed RLIMIT_FSIZE.
                         if line.contains("SIGXFSZ") {
                             file_too_large = true;
                         }
-                        log.line(&line)
+                        log.line(&line);
+                        if !line.trim().is_empty() {
+                            last_stderr = Some(line);
+                        }
                     }
                     _ => err_open = false,
                 },
@@ -989,17 +1072,18 @@ async fn run_cargo(
             return Err(BuildError::DiskFull { limit_mb: limit >> 20 });
         }
     };
-    if !status.success() {
-        if file_too_large && let Some(w) = &watch {
-            return Err(BuildError::DiskFull {
-                limit_mb: w.limit >> 20,
-            });
-        }
-        return Err(BuildError::Failed {
-            status: status.to_string(),
+    if !status.success()
+        && file_too_large
+        && let Some(w) = &watch
+    {
+        return Err(BuildError::DiskFull {
+            limit_mb: w.limit >> 20,
         });
     }
-    Ok(executable)
+    Ok(Finished {
+        status,
+        last_stderr,
+    })
 }
 
 /// Kills cargo and every rustc, build script and linker it started (they share its group).

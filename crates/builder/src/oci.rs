@@ -1,7 +1,8 @@
 //! The artifact store: an OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/sha256/<hex>`). Each built handler is an OCI artifact: a manifest whose one layer is the
-//! static binary, named in `index.json` by `<org>/<app>:<build id>`. Blobs are content-addressed
-//! and written atomically, so a half-written file is never visible under its digest.
+//! static binary (or the component, or a Python app's tree as a tar), named in `index.json` by
+//! `<org>/<app>:<build id>`. Blobs are content-addressed and written atomically, so a
+//! half-written file is never visible under its digest.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,11 @@ pub const BINARY_MEDIA_TYPE: &str = "application/vnd.ignite.handler.binary.v1";
 /// A wasm32-wasip2 component's layer.
 pub const WASM_MEDIA_TYPE: &str = "application/wasm";
 const WASM_ARTIFACT_TYPE: &str = "application/vnd.wasm.component.v1+wasm";
+/// The artifact type of a Python app manifest.
+pub const PYTHON_ARTIFACT_TYPE: &str = "application/vnd.ignite.handler.python.v1";
+/// The media type of a Python app's layer: the app tree as one tar (see
+/// [`unpack_app`]).
+pub const PYTHON_MEDIA_TYPE: &str = "application/vnd.ignite.python.app.v1.tar";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
@@ -50,10 +56,10 @@ struct Index {
     manifests: Vec<Descriptor>,
 }
 
-/// What [`OciLayout::add_handler`] stored.
+/// What [`OciLayout::add_handler`] (or [`OciLayout::add_python_app`]) stored.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    /// The binary layer: what the agent executes.
+    /// The one layer: the binary the agent executes (or a Python app's tar).
     pub binary: Descriptor,
     /// The artifact's manifest, listed in `index.json`.
     pub manifest: Descriptor,
@@ -104,13 +110,37 @@ impl OciLayout {
         Ok(digest)
     }
 
+    /// Stores a file as a blob, streaming (a Python app's tar may be large); returns its digest
+    /// and size.
+    pub fn put_blob_file(&self, file: &Path) -> io::Result<(String, u64)> {
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut reader = std::fs::File::open(file)?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = io::Read::read(&mut reader, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            size += n as u64;
+        }
+        let digest = format!("sha256:{:x}", hash.finalize());
+        let path = self.blob_path(&digest);
+        if !path.exists() {
+            let tmp = tmp_path(&path);
+            std::fs::copy(file, &tmp)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok((digest, size))
+    }
+
     /// Stores a handler binary as an artifact named `reference` and lists it in `index.json`.
     pub fn add_handler(&self, binary: &Path, target: &str, reference: &str) -> io::Result<Stored> {
         let bytes = std::fs::read(binary)?;
         let digest = self.put_blob(&bytes)?;
         // The executable bit matters: the agent runs the blob directly.
         set_executable(&self.blob_path(&digest))?;
-        let empty = self.put_blob(b"{}")?;
         let mut annotations = std::collections::BTreeMap::new();
         annotations.insert("dev.ignite.target".to_string(), target.to_string());
         // A component is stored as the Wasm OCI artifact convention has it (`application/wasm`
@@ -127,6 +157,43 @@ impl OciLayout {
             artifact_type: None,
             annotations,
         };
+        self.add_artifact(layer, artifact_type, reference)
+    }
+
+    /// Stores a Python app's tar (as [`crate::python::build`] packed it) as an artifact named
+    /// `reference`, its layer annotated with the interpreter version it was built for, and
+    /// lists it in `index.json`.
+    pub fn add_python_app(
+        &self,
+        tar: &Path,
+        python_version: &str,
+        reference: &str,
+    ) -> io::Result<Stored> {
+        let (digest, size) = self.put_blob_file(tar)?;
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            "dev.ignite.python.version".to_string(),
+            python_version.to_string(),
+        );
+        let layer = Descriptor {
+            media_type: PYTHON_MEDIA_TYPE.into(),
+            digest,
+            size,
+            artifact_type: None,
+            annotations,
+        };
+        self.add_artifact(layer, PYTHON_ARTIFACT_TYPE, reference)
+    }
+
+    /// Writes the manifest of a one-layer artifact (its layer blob already stored) and lists it
+    /// in `index.json` as `reference`.
+    fn add_artifact(
+        &self,
+        layer: Descriptor,
+        artifact_type: &str,
+        reference: &str,
+    ) -> io::Result<Stored> {
+        let empty = self.put_blob(b"{}")?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: MANIFEST_MEDIA_TYPE.into(),
@@ -177,10 +244,55 @@ impl OciLayout {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Unpacks a Python app's tar (as [`crate::python::build`] packed it) into `dest` (created if
+/// missing): only files and directories, every path relative and inside `dest`; anything else
+/// is refused with [`io::ErrorKind::InvalidData`] (what was unpacked before it stays).
+pub fn unpack_app(tar: &Path, dest: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    let file = std::fs::File::open(tar)?;
+    let mut archive = tar::Archive::new(io::BufReader::new(file));
+    archive.set_preserve_permissions(false);
+    archive.set_overwrite(false);
+    use std::path::Component;
+    let refuse = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(refuse(format!(
+                "the app's entry {} leads outside it",
+                path.display()
+            )));
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(refuse(format!(
+                "the app's entry {} is neither a file nor a directory ({kind:?})",
+                path.display()
+            )));
+        }
+        if !entry.unpack_in(dest)? {
+            return Err(refuse(format!(
+                "the app's entry {} leads outside it",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A temporary name beside `path`, unique in this process.
+fn tmp_path(path: &Path) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    path.with_extension(format!("tmp-{}-{n}", std::process::id()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

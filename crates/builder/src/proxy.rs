@@ -1,5 +1,6 @@
 //! The dependency fetch's only way out: an HTTP `CONNECT` proxy on a Unix socket that tunnels to
-//! the registry's hosts and refuses everything else.
+//! the registry's hosts (crates.io's, or PyPI's for a Python app's `pip install`) and refuses
+//! everything else.
 //!
 //! `cargo fetch` runs in a network namespace of its own (`dodil ignite __fetch`, see
 //! `ignite_sandbox::jail::fetch_exec`) with no route anywhere; a forwarder inside carries its
@@ -15,6 +16,8 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 /// crates.io's sparse index and its download host.
 pub const CRATES_IO: &[&str] = &["index.crates.io:443", "static.crates.io:443"];
+/// PyPI's index (the simple API) and its file host: what `pip install` reaches.
+pub const PYPI: &[&str] = &["pypi.org:443", "files.pythonhosted.org:443"];
 
 /// The longest request head read before refusing.
 const MAX_HEAD: usize = 8 << 10;

@@ -128,6 +128,15 @@ struct ServerArgs {
     /// A compile's memory limit, in MiB.
     #[arg(long, default_value_t = 4096)]
     build_memory_mb: u64,
+    /// The interpreter Python apps build and run with (its standard library and shared
+    /// libraries are what the sandbox shows them).
+    #[arg(long, default_value = "/usr/bin/python3")]
+    python: PathBuf,
+    /// Memory the node's Python templates (interpreters with an app imported, which cold
+    /// starts fork) may hold together, in MiB (default: an eighth of the machine's memory, at
+    /// most 4096). Past it, the least recently used idle template is stopped.
+    #[arg(long)]
+    template_memory_mb: Option<u64>,
     /// How much a compile may write (its target directory's growth, and any one file), in MiB.
     #[arg(long, default_value_t = 10240)]
     build_disk_mb: u64,
@@ -722,9 +731,15 @@ fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
                 bytes,
             )?;
             print(out, &v, || {
-                format!(
-                    "saved the draft of {org}:{name} (version 0); next: dodil ignite draft compile {org}:{name}"
-                )
+                if v["draft"]["runtime"].as_str().is_some_and(|r| r != "rust") {
+                    format!(
+                        "saved the draft of {org}:{name} (version 0); next: dodil ignite draft publish {org}:{name} (it builds as part of the publish)"
+                    )
+                } else {
+                    format!(
+                        "saved the draft of {org}:{name} (version 0); next: dodil ignite draft compile {org}:{name}"
+                    )
+                }
             });
         }
         DraftCmd::Compile { id } => {
@@ -866,9 +881,10 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             ("file", bytes)
         });
     }
-    if !code.join("Cargo.toml").is_file() {
+    if !code.join("Cargo.toml").is_file() && !code.join("main.py").is_file() {
         bail!(
-            "{} has no Cargo.toml; point --code at the directory that holds Cargo.toml and src/",
+            "{} has neither a Cargo.toml nor a main.py; point --code at the directory that holds \
+             Cargo.toml and src/ (Rust) or main.py and an optional requirements.txt (Python)",
             code.display()
         );
     }
@@ -885,7 +901,18 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             let path = entry.path();
             let rel = path.strip_prefix(root)?;
             let name = entry.file_name();
-            if name == "target" || name == ".git" {
+            // Build output and local environments are not source.
+            if [
+                "target",
+                ".git",
+                "__pycache__",
+                ".venv",
+                "venv",
+                "node_modules",
+            ]
+            .iter()
+            .any(|skip| name == *skip)
+            {
                 continue;
             }
             let kind = entry.file_type()?;
@@ -925,6 +952,8 @@ fn server(a: ServerArgs) -> Result<()> {
         sandbox_spare: a.sandbox_spare,
         build_memory_mb: a.build_memory_mb,
         build_disk_mb: a.build_disk_mb,
+        python: a.python,
+        template_memory_mb: a.template_memory_mb,
         limits: ignite_server::limits::LimitSettings {
             node_instances: a.node_instances,
             app_instances: a.app_instances,

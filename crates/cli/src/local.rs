@@ -1,4 +1,4 @@
-//! `dodil ignite run`: compile a project and invoke it once, locally, without a server.
+//! `dodil ignite run`: build a project and invoke it once, locally, without a server.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,8 +10,15 @@ use ignite_builder::{BuildOptions, Sdk};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The project directory (Cargo.toml and src/).
+    /// The project directory (Rust: Cargo.toml and src/; Python: main.py and an optional
+    /// requirements.txt).
     dir: PathBuf,
+    /// rust or python.
+    #[arg(long, default_value = "rust", value_name = "rust|python")]
+    runtime: String,
+    /// The interpreter a Python project runs with.
+    #[arg(long, default_value = "/usr/bin/python3")]
+    python: PathBuf,
     /// The JSON payload.
     #[arg(short = 'p', long = "payload", default_value = "")]
     payload: String,
@@ -36,6 +43,11 @@ async fn run_async(args: RunArgs) -> Result<()> {
             None => bail!("--env {kv:?} is not KEY=VALUE"),
         })
         .collect::<Result<Vec<_>>>()?;
+    match args.runtime.as_str() {
+        "rust" => {}
+        "python" => return run_python(&args, env).await,
+        other => bail!("unsupported --runtime {other:?}: pass rust or python"),
+    }
     let target = ignite_builder::Target::from_flag(&args.rust_target).with_context(|| {
         format!(
             "invalid --rust-target {:?}: pass native or wasm",
@@ -73,9 +85,83 @@ async fn run_async(args: RunArgs) -> Result<()> {
         request: ignite_agent::HttpRequest::json_post(args.payload.into_bytes()),
     };
     let reply = match target {
-        ignite_builder::Target::Native => run_native(&artifact.path, env, invocation).await?,
+        ignite_builder::Target::Native => {
+            let mut config = SpawnConfig::new(&artifact.path);
+            config.env = env;
+            run_instance(&config, invocation).await?
+        }
         ignite_builder::Target::Wasm => run_wasm(&cache, &artifact, invocation).await?,
     };
+    answer(reply)
+}
+
+/// Installs a Python project's requirements into a tree of its own (as the developer, with
+/// the network: a local run is trusted code), checks its import, and runs it once.
+async fn run_python(args: &RunArgs, env: Vec<(String, String)>) -> Result<()> {
+    let source = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", args.dir.display()))?;
+    let (source, single) = if source.is_file() {
+        let dir = cache_dir().join("ignite/run-python-src");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&source, dir.join("main.py"))?;
+        (dir, true)
+    } else {
+        (source, false)
+    };
+    let out = cache_dir().join("ignite/run-python").join(if single {
+        "main".into()
+    } else {
+        source.file_name().unwrap_or_default().to_owned()
+    });
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let sdk = ignite_server::python_sdk_dir();
+    let options = BuildOptions::new(
+        Sdk::bundled(),
+        out.join(".target"),
+        Duration::from_secs(2400),
+    );
+    eprintln!("building {} …", args.dir.display());
+    let build = ignite_builder::python::PythonBuild {
+        source: &source,
+        out: &out,
+        interpreter: &args.python,
+        sdk_dir: &sdk,
+    };
+    ignite_builder::python::build(&build, &options, |line| eprintln!("  {line}")).await?;
+    let mut config = SpawnConfig::new(&args.python);
+    config.args = vec![
+        args.python.to_string_lossy().into_owned(),
+        "-I".into(),
+        "-S".into(),
+        sdk.join("ignite_boot.py").to_string_lossy().into_owned(),
+        "serve".into(),
+    ];
+    config.env = env.clone();
+    config
+        .env
+        .push(("IGNITE_APP_DIR".into(), out.to_string_lossy().into_owned()));
+    config
+        .env
+        .push(("IGNITE_SDK_DIR".into(), sdk.to_string_lossy().into_owned()));
+    let invocation = Invocation {
+        execution_id: ulid::Ulid::new().to_string(),
+        function_id: format!(
+            "local/{}",
+            source.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        env,
+        deadline: Some(Instant::now() + Duration::from_secs(30)),
+        request: ignite_agent::HttpRequest::json_post(args.payload.clone().into_bytes()),
+    };
+    answer(run_instance(&config, invocation).await?)
+}
+
+/// Prints the handler's answer (or fails with why there is none).
+fn answer(reply: ignite_agent::Reply) -> Result<()> {
     for line in &reply.logs.lines {
         eprintln!("log: {line}");
     }
@@ -95,16 +181,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
     }
 }
 
-/// Runs the binary as one instance for one request (unconfined, as the developer).
-async fn run_native(
-    program: &Path,
-    env: Vec<(String, String)>,
-    invocation: Invocation,
-) -> Result<ignite_agent::Reply> {
-    let mut config = SpawnConfig::new(program);
-    config.env = env;
+/// Runs one instance for one request (unconfined, as the developer).
+async fn run_instance(config: &SpawnConfig, invocation: Invocation) -> Result<ignite_agent::Reply> {
     let started = Instant::now();
-    let instance = Instance::spawn(&config).await?;
+    let instance = Instance::spawn(config).await?;
     let reply = instance.invoke(invocation).await;
     eprintln!(
         "cold start: init {:.3} ms, first response {:.3} ms",

@@ -57,6 +57,7 @@ const STEPS: &[&str] = &[
     STEP_EXEC,
     "writing the instance's /etc",
     "masking the host's kernel information in /proc",
+    "mounting the runtime's files",
 ];
 
 const _: () = assert!(STEP_EXEC_INDEX < STEPS.len());

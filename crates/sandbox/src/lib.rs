@@ -28,6 +28,7 @@ mod pool;
 mod process;
 mod seccomp;
 mod spawn;
+mod template;
 
 use std::fmt;
 use std::io;
@@ -45,7 +46,8 @@ use pool::{SlotPool, SlotState, ZygotePool, refill_zygotes};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Command, Spawned, spawn, spawn_async};
+pub use spawn::{Bind, Command, Spawned, spawn, spawn_async};
+pub use template::{Template, TemplateError, TemplateSpec};
 
 /// Node-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -374,6 +376,7 @@ impl Sandbox {
                     .cast_mut()
                     .cast::<libc::sock_filter>(),
             },
+            binds: Vec::new(),
         })
     }
 
@@ -408,6 +411,11 @@ impl Sandbox {
 
     /// A zygote ready to launch: from the pool, or made on the spot if the pool is empty (or
     /// the instance has internet access: those are made at start, in a namespace wired ahead).
+    /// The directory each instance mounts its root on.
+    pub(crate) fn root_dir(&self) -> PathBuf {
+        self.inner.config.state_dir.join("root")
+    }
+
     fn take_zygote(&self, limits: &Limits) -> Result<Zygote, SpawnError> {
         self.pooled_zygote(limits)
             .map_or_else(|| Zygote::create(self, limits.egress), Ok)

@@ -12,6 +12,19 @@ use tokio::io::unix::AsyncFd;
 
 use crate::Slot;
 use crate::failure::SpawnError;
+use crate::template::Shared;
+
+/// A process forked by a template (see `template.rs`): not our child, so its exit status
+/// comes from the template, which reaps it.
+#[derive(Debug)]
+pub(crate) struct Forked {
+    /// Its pid in the template's namespace, as the template reports it.
+    pub(crate) ns_pid: u32,
+    pub(crate) shared: std::sync::Arc<Shared>,
+}
+
+/// The status of a process that the kernel killed along with its template.
+const KILLED: i32 = libc::SIGKILL;
 
 /// The memory a sandboxed child runs on until it execs (its stack, and everything its code
 /// reads), which its [`Process`] keeps until the child has been reaped; it tells why the child
@@ -32,6 +45,7 @@ pub struct Process {
     /// A sandboxed process's zygote memory: its stack until exec, and why it failed if it did.
     memory: Option<Box<dyn ChildMemory>>,
     oom_killed: bool,
+    forked: Option<Forked>,
     /// Already handed to a background reaper: if that is cancelled (runtime shutting down),
     /// reap on the spot instead of handing it on again.
     orphan: bool,
@@ -64,8 +78,21 @@ impl Process {
             slot,
             memory,
             oom_killed: false,
+            forked: None,
             orphan: false,
         }
+    }
+
+    /// A process a template forked (see [`Forked`]).
+    pub(crate) fn forked(pid: u32, pidfd: OwnedFd, slot: Option<Slot>, forked: Forked) -> Process {
+        let mut process = Process::new(pid, pidfd, slot, None);
+        process.forked = Some(forked);
+        process
+    }
+
+    /// Gives the process the cgroups it was moved into (released when it is reaped).
+    pub(crate) fn set_slot(&mut self, slot: Slot) {
+        self.slot = Some(slot);
     }
 
     /// The process id, as the agent's pid namespace sees it.
@@ -90,6 +117,18 @@ impl Process {
             match &self.pidfd {
                 Some(fd) => {
                     let mut ready = fd.readable().await?;
+                    if let Some(forked) = &self.forked {
+                        // It has exited; its template reports how, a moment later.
+                        let (shared, ns_pid) = (forked.shared.clone(), forked.ns_pid);
+                        let raw = tokio::time::timeout(
+                            std::time::Duration::from_secs(1),
+                            shared.exit_of(ns_pid),
+                        )
+                        .await
+                        .ok()
+                        .flatten();
+                        return Ok(self.finish(ExitStatus::from_raw(raw.unwrap_or(KILLED))));
+                    }
                     ready.clear_ready();
                 }
                 None => return self.wait_blocking(),
@@ -114,6 +153,9 @@ impl Process {
     }
 
     fn waitid(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
+        if self.forked.is_some() {
+            return self.wait_forked(flags & libc::WNOHANG == 0);
+        }
         // SAFETY: siginfo_t is plain data; all-zero means "no child reported" for WNOHANG.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid writes only into `info`; the pidfd is ours and open.
@@ -142,12 +184,56 @@ impl Process {
             libc::CLD_DUMPED => (code & 0x7f) | 0x80,
             _ => code & 0x7f,
         };
-        let status = ExitStatus::from_raw(raw);
+        Ok(Some(self.finish(ExitStatus::from_raw(raw))))
+    }
+
+    fn finish(&mut self, status: ExitStatus) -> ExitStatus {
         self.status = Some(status);
         if let Some(slot) = self.slot.take() {
             self.oom_killed = slot.release();
         }
-        Ok(Some(status))
+        if let Some(forked) = &self.forked {
+            forked.shared.forget(forked.ns_pid);
+        }
+        status
+    }
+
+    /// `waitid` for a process that is not our child: the pidfd says it has exited, the
+    /// template says how.
+    fn wait_forked(&mut self, block: bool) -> io::Result<Option<ExitStatus>> {
+        let mut poll = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let rc = loop {
+            // SAFETY: poll reads and writes one pollfd that outlives the call.
+            let rc = unsafe { libc::poll(&mut poll, 1, if block { -1 } else { 0 }) };
+            if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break rc;
+            }
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let Some(forked) = &self.forked else {
+            return Ok(None);
+        };
+        let wait = if block {
+            std::time::Duration::from_secs(1)
+        } else {
+            std::time::Duration::ZERO
+        };
+        match forked.shared.exit_of_blocking(forked.ns_pid, wait) {
+            Some(raw) => Ok(Some(self.finish(ExitStatus::from_raw(raw)))),
+            None if block || forked.shared.is_closed() => {
+                Ok(Some(self.finish(ExitStatus::from_raw(KILLED))))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Why a sandboxed process exited before it could exec the handler (known once reaped).
@@ -216,6 +302,7 @@ impl Drop for Process {
             slot: self.slot.take(),
             memory: self.memory.take(),
             oom_killed: false,
+            forked: self.forked.take(),
             orphan: true,
         };
         match tokio::runtime::Handle::try_current() {

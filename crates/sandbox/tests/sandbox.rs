@@ -65,6 +65,7 @@ fn run_with(env: &[(&str, &str)], limits: Option<Limits>) -> (HashMap<String, St
         &Command {
             program: probe(),
             argv: &[],
+            binds: &[],
             env: &env,
         },
         limits.as_ref().map(|limits| (&sandbox, limits)),
@@ -368,6 +369,7 @@ fn a_dynamically_linked_binary_is_refused_with_a_reason() {
         &Command {
             program: Path::new("/bin/true"),
             argv: &[],
+            binds: &[],
             env: &[],
         },
         Some((
@@ -674,6 +676,7 @@ fn helper_shutdown() {
         &Command {
             program: probe(),
             argv: &[],
+            binds: &[],
             env: &env,
         },
         Some((&sandbox, &limits)),
@@ -716,6 +719,7 @@ fn helper_shutdown() {
         &Command {
             program: probe(),
             argv: &[],
+            binds: &[],
             env: &[],
         },
         Some((&clone, &limits)),

@@ -47,6 +47,27 @@ impl Builds {
     }
 }
 
+/// Waits for build `id` to end (at once if it is not running).
+pub async fn wait(state: &State, id: &str) {
+    let Some(live) = state.builds.live(id) else {
+        return;
+    };
+    loop {
+        let notified = live.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if live
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Starts compiling the draft; returns the build id.
 pub async fn start(
     state: Arc<State>,
@@ -136,6 +157,19 @@ async fn compile(
     std::fs::create_dir_all(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
     let bytes = std::fs::read(state.oci.blob_path(&digest)).map_err(io(&src))?;
+    if draft.runtime == "python" {
+        if draft.source_kind.as_deref() == Some("file") {
+            std::fs::write(src.join("main.py"), &bytes).map_err(io(&src))?;
+        } else {
+            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
+                BuildError::Io {
+                    path: src.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        }
+        return compile_python(state, org, app, draft, build_id, live, &app_dir, &src).await;
+    }
     match draft.source_kind.as_deref() == Some("file") {
         true => {
             std::fs::create_dir_all(src.join("src")).map_err(io(&src))?;
@@ -199,35 +233,8 @@ async fn compile(
     };
     let mut options = BuildOptions::new(Sdk::bundled(), target_dir, state.config.build_timeout);
     options.toolchain = draft.toolchain.clone();
-    let mut cgroup = None;
-    if let Some(sandbox) = &state.sandbox {
-        let jail_error = |source| BuildError::Io {
-            path: state.config.data_dir.join("sandbox"),
-            source,
-        };
-        cgroup = sandbox
-            .build_cgroup(build_id, state.config.build_memory_mb)
-            .map_err(jail_error)?;
-        options.jail = Some(JailOptions {
-            helper: std::env::current_exe().map_err(jail_error)?,
-            root: sandbox.build_root().map_err(jail_error)?,
-            uid: sandbox.build_uid(),
-            cgroups: cgroup.as_ref().map_or_else(Vec::new, |c| c.procs()),
-            tmp_mb: 1024,
-            max_disk_bytes: state.config.build_disk_mb << 20,
-            // Without a memory cgroup, an address-space limit per process is the backstop
-            // (virtual, so looser than the memory limit: rustc reserves more than it touches).
-            max_address_space: if cgroup.is_some() {
-                0
-            } else {
-                (state.config.build_memory_mb << 20).max(4 << 30)
-            },
-            fetch_proxy: state
-                .registry_proxy
-                .as_ref()
-                .map(|p| p.path().to_path_buf()),
-        });
-    }
+    let (jail, mut cgroup) = jail(state, build_id, state.registry_proxy.as_ref())?;
+    options.jail = jail;
     let built = ignite_builder::build(&project, &options, |line| live.push(line.to_string())).await;
     let artifact = match built {
         Ok(a) => a,
@@ -277,6 +284,147 @@ async fn compile(
     Ok(ignite_builder::Artifact {
         path: blob,
         ..artifact
+    })
+}
+
+/// The build jail for build `id` (with the sandbox): its options, and the cgroup that holds
+/// its memory limit (removed when dropped). `proxy` is the fetch's only way out.
+fn jail(
+    state: &State,
+    id: &str,
+    proxy: Option<&ignite_builder::RegistryProxy>,
+) -> Result<(Option<JailOptions>, Option<ignite_sandbox::BuildCgroup>), BuildError> {
+    let Some(sandbox) = &state.sandbox else {
+        return Ok((None, None));
+    };
+    let jail_error = |source| BuildError::Io {
+        path: state.config.data_dir.join("sandbox"),
+        source,
+    };
+    let cgroup = sandbox
+        .build_cgroup(id, state.config.build_memory_mb)
+        .map_err(jail_error)?;
+    let options = JailOptions {
+        helper: std::env::current_exe().map_err(jail_error)?,
+        root: sandbox.build_root().map_err(jail_error)?,
+        uid: sandbox.build_uid(),
+        cgroups: cgroup.as_ref().map_or_else(Vec::new, |c| c.procs()),
+        tmp_mb: 1024,
+        max_disk_bytes: state.config.build_disk_mb << 20,
+        // Without a memory cgroup, an address-space limit per process is the backstop
+        // (virtual, so looser than the memory limit: rustc reserves more than it touches).
+        max_address_space: if cgroup.is_some() {
+            0
+        } else {
+            (state.config.build_memory_mb << 20).max(4 << 30)
+        },
+        fetch_proxy: proxy.map(|p| p.path().to_path_buf()),
+    };
+    Ok((Some(options), cgroup))
+}
+
+/// Builds a Python draft (unpacked in `src`): its requirements installed with pip (in the
+/// jail, the package index its only network), byte-compiled, its import checked, and the tree
+/// stored as an OCI artifact. An identical earlier build is reused.
+#[allow(clippy::too_many_arguments)]
+async fn compile_python(
+    state: &Arc<State>,
+    org: &str,
+    app: &str,
+    draft: &Version,
+    build_id: &str,
+    live: &LiveBuild,
+    app_dir: &std::path::Path,
+    src: &std::path::Path,
+) -> Result<ignite_builder::Artifact, BuildError> {
+    let Some(python) = &state.python else {
+        return Err(BuildError::Io {
+            path: state.config.python.clone(),
+            source: std::io::Error::other(format!(
+                "this server cannot build Python apps: {}",
+                state.python_problem.as_deref().unwrap_or("no interpreter")
+            )),
+        });
+    };
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    let key = cache_key(state, app, draft).map(|k| format!("{k}:python{}", python.version));
+    if let Some(key) = &key
+        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
+        && state.oci.blob_path(&digest).exists()
+    {
+        live.push(format!(
+            "reusing {digest} from an identical earlier build (same source, interpreter and SDK)"
+        ));
+        return Ok(ignite_builder::Artifact {
+            path: state.oci.blob_path(&digest),
+            size: size as u64,
+            digest,
+            target,
+        });
+    }
+    live.push(format!(
+        "building {org}:{app} for Python {} ({})",
+        python.version,
+        python.interpreter.display()
+    ));
+    let out = app_dir.join("python");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let mut options = BuildOptions::new(
+        Sdk::bundled(),
+        app_dir.join("target"),
+        state.config.build_timeout,
+    );
+    let (jail, mut cgroup) = jail(state, build_id, state.python_proxy.as_ref())?;
+    options.jail = jail;
+    let build = ignite_builder::python::PythonBuild {
+        source: src,
+        out: &out,
+        interpreter: &python.interpreter,
+        sdk_dir: &python.sdk_dir,
+    };
+    let built =
+        ignite_builder::python::build(&build, &options, |line| live.push(line.to_string())).await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
+            tracing::debug!("python build failed after an oom kill: {e}");
+            return Err(BuildError::OutOfMemory {
+                limit_mb: state.config.build_memory_mb,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    drop(cgroup);
+    let target = format!("python{}", built.python_version);
+    let reference = format!("{org}/{app}:{build_id}");
+    let stored = state
+        .oci
+        .add_python_app(&built.tar, &built.python_version, &reference)
+        .map_err(io(&built.tar))?;
+    live.push(format!(
+        "built {} ({} bytes, {target}); artifact manifest {}",
+        built.digest, built.size, stored.manifest.digest
+    ));
+    if let Some(key) = &key {
+        let record = Built {
+            digest: &built.digest,
+            size: built.size as i64,
+            target: &target,
+        };
+        if let Err(e) = store::cache_build(&state.db, key, &record).await {
+            tracing::warn!("could not record the build in the cache: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(ignite_builder::Artifact {
+        path: state.oci.blob_path(&built.digest),
+        size: built.size,
+        digest: built.digest,
+        target,
     })
 }
 

@@ -117,6 +117,8 @@ fn note_cold_start(record: &mut Execution, cold: Option<ColdStart>) {
         record.fetch_ms = ms(cold.fetch);
         record.spawn_ms = ms(cold.spawn);
         record.init_ms = ms(cold.init);
+        record.template_ms = ms(cold.template);
+        record.start_kind = Some(cold.kind.as_str().into());
     }
 }
 

@@ -58,6 +58,10 @@ pub struct Config {
     pub build_memory_mb: u64,
     /// How much a compile may write.
     pub build_disk_mb: u64,
+    /// The interpreter of Python apps.
+    pub python: PathBuf,
+    /// What the Python templates may hold together (derived from the machine when `None`).
+    pub template_memory_mb: Option<u64>,
     /// The node's instance budget and the most one app may ask for (derived from the machine
     /// where not set).
     pub limits: limits::LimitSettings,
@@ -94,6 +98,14 @@ pub(crate) struct State {
     pub wasm: Option<Arc<ignite_wasm::WasmHost>>,
     /// The SDK's source digest, for the build cache (none if the sources cannot be read).
     pub sdk_fingerprint: Option<String>,
+    /// The node's Python; `None` when the interpreter could not be used (Python apps then
+    /// refuse to build, saying why).
+    pub python: Option<Arc<runtime::python::PythonRuntime>>,
+    /// Why `python` is `None`.
+    pub python_problem: Option<String>,
+    pub templates: Arc<runtime::python::Templates>,
+    /// `pip`'s only way out (with the sandbox): the package index, nothing else.
+    pub python_proxy: Option<ignite_builder::RegistryProxy>,
 }
 
 impl State {
@@ -157,6 +169,24 @@ pub async fn run(
         )?),
         None => None,
     };
+    let python_proxy = match &sandbox {
+        Some(_) => Some(ignite_builder::RegistryProxy::start(
+            &config.data_dir.join("sandbox/python-proxy.sock"),
+            ignite_builder::PYPI,
+        )?),
+        None => None,
+    };
+    let (python, python_problem) =
+        match runtime::python::PythonRuntime::detect(&config.python, &python_sdk_dir()) {
+            Ok(p) => (Some(Arc::new(p)), None),
+            Err(e) => {
+                tracing::warn!("Python apps are unavailable: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
+    let template_budget = config
+        .template_memory_mb
+        .unwrap_or_else(|| (limits::Machine::read(open_files).memory_mb / 8).min(4096));
     let wasm = match ignite_wasm::WasmHost::new(&ignite_wasm::WasmConfig::new(
         config.data_dir.join("wasm-cache"),
     )) {
@@ -218,6 +248,10 @@ pub async fn run(
         sandbox,
         registry_proxy,
         wasm,
+        python,
+        python_problem,
+        templates: Arc::new(runtime::python::Templates::new(template_budget << 20)),
+        python_proxy,
         config,
     });
     let mut warnings = Vec::new();
@@ -272,6 +306,7 @@ pub async fn run(
     let (a, g) = tokio::join!(api, gateway);
     let _ = maintenance.await;
     state.node.shutdown().await;
+    state.templates.stop_all().await;
     // Zygotes, prepared namespaces, cgroups and anything still in them (a compile) go with
     // the server.
     if let Some(sandbox) = state.sandbox.clone() {
@@ -294,4 +329,13 @@ pub async fn run(
     a?;
     g?;
     Ok(())
+}
+
+/// The Python SDK of the tree this binary was built from (`sdks/python`).
+pub fn python_sdk_dir() -> PathBuf {
+    ignite_builder::Sdk::bundled()
+        .crates_dir
+        .parent()
+        .map(|p| p.join("sdks/python"))
+        .unwrap_or_default()
 }

@@ -34,7 +34,8 @@ pub enum JailNetwork {
     /// A network namespace of its own whose only way out is this Unix socket, an HTTP
     /// `CONNECT` proxy of the server's (`ignite_builder::RegistryProxy`): a forwarder, outside
     /// the jail's mount view but in its network namespace, listens on loopback, and
-    /// `CARGO_HTTP_PROXY` (added to the environment) points cargo at it. The dependency fetch.
+    /// `CARGO_HTTP_PROXY`, `HTTPS_PROXY` and `https_proxy` (added to the environment) point
+    /// cargo and pip at it. The dependency fetch (cargo's, or pip's for a Python app).
     Proxy(PathBuf),
     /// The host's network: a fetch on a server that runs no registry proxy.
     Host,
@@ -306,10 +307,11 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
         JailNetwork::Proxy(proxy) => {
             let (listener, port) = proxied_network()?;
             let mut inner = spec.clone();
-            inner.env.push((
-                "CARGO_HTTP_PROXY".into(),
-                format!("http://127.0.0.1:{port}").into(),
-            ));
+            let url = format!("http://127.0.0.1:{port}");
+            // cargo reads the first; pip (and most other HTTPS clients) the others.
+            for name in ["CARGO_HTTP_PROXY", "HTTPS_PROXY", "https_proxy"] {
+                inner.env.push((name.into(), url.clone().into()));
+            }
             // The jail is a child: this process stays in the host's mount namespace, where
             // the proxy's socket is, and forwards.
             // SAFETY: single-threaded (the forwarder's threads start after the fork, in the

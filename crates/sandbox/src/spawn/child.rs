@@ -227,6 +227,46 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                     23,
                 )?;
             }
+            for bind in &iso.binds {
+                for dir in &bind.dirs {
+                    if libc::mkdir(dir.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                        return Err(24);
+                    }
+                }
+                if let Some(file) = &bind.file {
+                    let fd = libc::open(
+                        file.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o444,
+                    );
+                    ok(fd, 24)?;
+                    libc::close(fd);
+                }
+                ok(
+                    libc::mount(
+                        bind.source.as_ptr(),
+                        bind.target.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ),
+                    24,
+                )?;
+                ok(
+                    libc::mount(
+                        ptr::null(),
+                        bind.target.as_ptr(),
+                        ptr::null(),
+                        libc::MS_REMOUNT
+                            | libc::MS_BIND
+                            | libc::MS_RDONLY
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV,
+                        ptr::null(),
+                    ),
+                    24,
+                )?;
+            }
             if let Some(resolv_conf) = &iso.resolv_conf {
                 ok(libc::mkdir(paths.etc.as_ptr(), 0o755), 22)?;
                 write_file(&paths.resolv_conf, resolv_conf.as_bytes()).map_err(|()| 22usize)?;

@@ -18,6 +18,64 @@ pub(crate) struct Isolation {
     pub uid_map: String,
     pub gid_map: String,
     pub filter: libc::sock_fprog,
+    /// Host paths mounted read-only in the root (an interpreter's files), in order.
+    pub binds: Vec<BindMount>,
+}
+
+/// One read-only bind mount in an instance's root, prepared for the child.
+pub(crate) struct BindMount {
+    /// Directories to create under the root first, parents before children.
+    pub dirs: Vec<CString>,
+    /// For a file: the empty file to create as the mount point.
+    pub file: Option<CString>,
+    pub source: CString,
+    pub target: CString,
+}
+
+/// A host path visible read-only inside a sandboxed process, at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Bind {
+    pub source: std::path::PathBuf,
+    pub target: std::path::PathBuf,
+}
+
+impl BindMount {
+    /// The mounts for `binds` under the instance root `root`. A target must be absolute and
+    /// plain (no `..`); a source must exist.
+    pub(crate) fn prepare(root: &Path, binds: &[Bind]) -> io::Result<Vec<BindMount>> {
+        let mut made = std::collections::HashSet::new();
+        binds
+            .iter()
+            .map(|bind| {
+                let meta = std::fs::metadata(&bind.source).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", bind.source.display()))
+                })?;
+                let relative = bind
+                    .target
+                    .strip_prefix("/")
+                    .map_err(|_| io::Error::other("a bind target must be absolute"))?;
+                let mut dirs = Vec::new();
+                let mut at = root.to_path_buf();
+                let parts: Vec<_> = relative.components().collect();
+                for (i, part) in parts.iter().enumerate() {
+                    let std::path::Component::Normal(name) = part else {
+                        return Err(io::Error::other("a bind target must be a plain path"));
+                    };
+                    at.push(name);
+                    let last = i + 1 == parts.len();
+                    if (!last || meta.is_dir()) && made.insert(at.clone()) {
+                        dirs.push(c_path(&at)?);
+                    }
+                }
+                Ok(BindMount {
+                    dirs,
+                    file: (!meta.is_dir()).then(|| c_path(&at)).transpose()?,
+                    source: c_path(&bind.source)?,
+                    target: c_path(&at)?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Paths under the directory on which each instance mounts its root.

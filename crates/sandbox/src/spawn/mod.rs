@@ -35,8 +35,10 @@ use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::Process;
 use crate::{Limits, Sandbox};
 use child::{ChildArgs, child_main};
-pub(crate) use isolation::{Isolation, RootPaths};
+pub use isolation::Bind;
+pub(crate) use isolation::{BindMount, Isolation, RootPaths};
 pub(crate) use zygote::Zygote;
+pub(crate) use zygote::send_fds;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -47,6 +49,9 @@ pub struct Command<'a> {
     pub argv: &'a [String],
     /// The complete environment: nothing is inherited.
     pub env: &'a [(String, String)],
+    /// Host paths visible read-only in the sandbox root (an interpreter's files); the root is
+    /// empty without them. Ignored unsandboxed.
+    pub binds: &'a [Bind],
 }
 
 /// A started process and the agent's ends of its three standard streams.
@@ -68,7 +73,7 @@ fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
     })
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for two.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -88,6 +93,11 @@ pub fn spawn(
     let argv = arguments(command.argv)?;
     match sandbox {
         None => spawn_plain(exe, argv, env),
+        Some((sandbox, limits)) if !command.binds.is_empty() => {
+            let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
+                .map_err(prep("preparing the runtime's files"))?;
+            Zygote::create_with(sandbox, limits.egress, binds)?.launch(exe, argv, env, limits)
+        }
         Some((sandbox, limits)) => sandbox.take_zygote(limits)?.launch(exe, argv, env, limits),
     }
 }
@@ -104,12 +114,19 @@ pub async fn spawn_async(
     let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
     let env = environment(command.env)?;
     let argv = arguments(command.argv)?;
-    let zygote = match sandbox.pooled_zygote(limits) {
+    let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
+        .map_err(prep("preparing the runtime's files"))?;
+    // A zygote with binds is made for its command (the pool's have an empty root).
+    let pooled = match binds.is_empty() {
+        true => sandbox.pooled_zygote(limits),
+        false => None,
+    };
+    let zygote = match pooled {
         Some(zygote) => zygote,
         None => {
             let sandbox = sandbox.clone();
             let egress = limits.egress;
-            tokio::task::spawn_blocking(move || Zygote::create(&sandbox, egress))
+            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds))
                 .await
                 .map_err(|e| SpawnError {
                     step: "starting the sandbox",
@@ -124,7 +141,7 @@ fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
     move |source| SpawnError { step, source }
 }
 
-fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
+pub(crate) fn environment(env: &[(String, String)]) -> Result<Vec<CString>, SpawnError> {
     env.iter()
         .map(|(k, v)| {
             if k.is_empty() || k.contains('=') {

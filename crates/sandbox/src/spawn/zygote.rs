@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::Ordering;
 
 use super::child::{ChildArgs, Launch};
-use super::isolation::Isolation;
+use super::isolation::{BindMount, Isolation};
 use super::{Spawned, block_signals, clone_child, errno, pipe, pointers, prep, restore_signals};
 use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::{ChildMemory, Process};
@@ -67,6 +67,15 @@ impl Zygote {
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {
+        Zygote::create_with(sandbox, egress, Vec::new())
+    }
+
+    /// [`Zygote::create`] with `binds` mounted read-only in its root (an interpreter's files).
+    pub(crate) fn create_with(
+        sandbox: &Sandbox,
+        egress: bool,
+        binds: Vec<BindMount>,
+    ) -> Result<Zygote, SpawnError> {
         sandbox.check_open().map_err(prep("starting the sandbox"))?;
         let slot = sandbox
             .take_slot()
@@ -80,9 +89,10 @@ impl Zygote {
         } else {
             "preparing the instance's network namespace"
         }))?;
-        let isolation = sandbox
+        let mut isolation = sandbox
             .isolation(&slot, netns.as_raw_fd(), &cgroup_procs, egress)
             .map_err(prep("preparing the sandbox"))?;
+        isolation.binds = binds;
         let streams = prep("creating the standard stream pipes");
         let (stdin_child, stdin) = pipe().map_err(&streams)?;
         let (stdout, stdout_child) = pipe().map_err(&streams)?;
@@ -210,6 +220,30 @@ impl Zygote {
         env: Vec<CString>,
         limits: &Limits,
     ) -> Result<Spawned, SpawnError> {
+        self.exec(exe, argv, env, limits)
+    }
+
+    /// [`Zygote::launch`], keeping the control socket (the process's fd 3) for the caller: a
+    /// template's channel to the platform.
+    pub(crate) fn launch_keeping_control(
+        mut self,
+        exe: File,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        limits: &Limits,
+    ) -> Result<(Spawned, OwnedFd), SpawnError> {
+        let spawned = self.exec(exe, argv, env, limits)?;
+        let control = std::mem::replace(&mut self.control, placeholder()?);
+        Ok((spawned, control))
+    }
+
+    fn exec(
+        &mut self,
+        exe: File,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        limits: &Limits,
+    ) -> Result<Spawned, SpawnError> {
         let (Some(mut slot), Some(mut memory), Some(pidfd)) =
             (self.slot.take(), self.memory.take(), self.pidfd.take())
         else {
@@ -326,27 +360,43 @@ fn address_space_limit(memory: u64, has_memory_cgroup: bool) -> u64 {
 
 /// Sends one byte carrying `fd` (SCM_RIGHTS).
 fn send_fd(socket: &OwnedFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [b'x'];
+    send_fds(socket.as_raw_fd(), b'x', &[fd])
+}
+
+/// Sends the one-byte message `byte` carrying `fds` (SCM_RIGHTS, at most 8).
+pub(crate) fn send_fds(socket: RawFd, byte: u8, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut byte = [byte];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
     // u64 words keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 8];
+    let data = size_of_val(fds) as u32;
     // SAFETY: msghdr and cmsghdr are plain data built over local buffers that outlive sendmsg;
-    // CMSG_SPACE(size_of::<c_int>()) fits in the 64-byte control buffer.
+    // CMSG_SPACE of at most 8 descriptors (48 bytes) fits in the 64-byte control buffer.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(size_of::<c_int>() as u32) as usize;
+        msg.msg_controllen = libc::CMSG_SPACE(data) as usize;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as usize;
-        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
-        if libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data) as usize;
+        ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            data as usize,
+        );
+        if libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) != 1 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -359,7 +409,7 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let rc = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
             0,
             fds.as_mut_ptr(),
         )

@@ -193,7 +193,7 @@ impl Node {
         let pool = pools.entry(key.clone()).or_insert_with(|| {
             Arc::new(Pool {
                 key,
-                launcher: crate::runtime::launcher(state, version),
+                launcher: crate::runtime::launcher(state, &route.app.org, &route.app.name, version),
                 scaling: Mutex::new(self.limits.clamp(route.app.scaling.clone())),
                 state: Mutex::new(PoolState::default()),
             })
@@ -480,6 +480,12 @@ impl Node {
                 queued_now = st.waiters.len() as i64;
             }
             stop_later(to_stop);
+            if !active {
+                state
+                    .templates
+                    .retire(&format!("{org}/{app}/{version}"), egress)
+                    .await;
+            }
             let label = app_label(&org, &app);
             self.metrics
                 .queue_depth

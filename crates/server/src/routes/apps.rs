@@ -69,10 +69,11 @@ pub(super) async fn create_app(
             body.name
         )));
     }
-    if body.runtime != "rust" {
+    if !crate::runtime::RUNTIMES.contains(&body.runtime.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "unsupported runtime {:?}: this platform runs `--runtime rust`",
-            body.runtime
+            "unsupported runtime {:?}: this platform runs {}",
+            body.runtime,
+            crate::runtime::runtimes_list()
         )));
     }
     match store::create_app(

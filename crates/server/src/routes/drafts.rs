@@ -39,12 +39,34 @@ pub(super) async fn save_draft(
     )
     .await?;
     let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
-    if runtime != "rust" {
+    if !crate::runtime::RUNTIMES.contains(&runtime.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "unsupported runtime {runtime:?}: use --runtime rust"
+            "unsupported runtime {runtime:?}: use {}",
+            crate::runtime::runtimes_list()
         )));
     }
+    if runtime != app.runtime {
+        return Err(ApiError::bad_request(format!(
+            "{org}:{name} is a {} app, so its drafts are {}: save with --runtime {}, or create \
+             another app with `dodil ignite app create <name> --runtime {runtime}`",
+            app.runtime, app.runtime, app.runtime
+        )));
+    }
+    if runtime != "rust" {
+        for (flag, given) in [
+            ("--rust-target", q.rust_target.is_some()),
+            ("--toolchain", q.toolchain.is_some()),
+        ] {
+            if given {
+                return Err(ApiError::bad_request(format!(
+                    "{flag} is for Rust drafts; a {runtime} draft takes --code alone \
+                     (`dodil ignite draft save {org}:{name} --code ./ --runtime {runtime}`)"
+                )));
+            }
+        }
+    }
     let rust_target = match q.rust_target.as_deref() {
+        _ if runtime != "rust" => String::new(),
         Some(t @ ("native" | "wasm")) => t.to_string(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -60,7 +82,9 @@ pub(super) async fn save_draft(
     if let Some(toolchain) = q.toolchain.as_deref() {
         check_toolchain(toolchain).await?;
     }
-    check_target(q.toolchain.as_deref(), &rust_target).await?;
+    if runtime == "rust" {
+        check_target(q.toolchain.as_deref(), &rust_target).await?;
+    }
     let kind = q.kind.unwrap_or_else(|| "archive".into());
     if kind != "archive" && kind != "file" {
         return Err(ApiError::bad_request(format!(
@@ -90,7 +114,7 @@ pub(super) async fn save_draft(
         &name,
         store::DraftSource {
             runtime: &runtime,
-            rust_target: &rust_target,
+            rust_target: (!rust_target.is_empty()).then_some(rust_target.as_str()),
             toolchain: q.toolchain.as_deref(),
             source_digest: &digest,
             source_kind: &kind,
@@ -306,14 +330,27 @@ pub(super) async fn publish(
     Path((org, name)): Path<(String, String)>,
 ) -> ApiResult<Json<api::Published>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
-    let draft = store::get_version(&state.db, &org, &name, 0)
+    let mut draft = store::get_version(&state.db, &org, &name, 0)
         .await?
         .ok_or_else(|| no_source(&org, &name))?;
+    if draft.runtime != "rust" {
+        // Other runtimes build as part of the publish (or ahead of it, with `draft compile`).
+        draft = build_for_publish(&state, &org, &name, draft).await?;
+    }
     match draft.compile_status.as_str() {
         "compiled" => {}
         "compiling" => {
             return Err(ApiError::conflict(format!(
                 "the draft of {org}:{name} is still compiling; wait for `dodil ignite draft compile-logs {org}:{name}` to finish, then publish"
+            )));
+        }
+        "failed" | "timed_out" | "oom" | "disk_full" if draft.runtime != "rust" => {
+            return Err(ApiError::conflict(format!(
+                "the draft of {org}:{name} did not build, so it was not published: {}; the \
+                 whole log is in `dodil ignite draft compile-logs {org}:{name}`; fix the code and \
+                 save the draft again (or rebuild it as it is with `dodil ignite draft compile \
+                 {org}:{name}`)",
+                draft.compile_error.unwrap_or_default()
             )));
         }
         "failed" | "timed_out" => {
@@ -337,10 +374,45 @@ pub(super) async fn publish(
     state.node.invalidate(&org, &name);
     // New requests go to the new version now; the old one drains; reserved capacity starts.
     state.node.reconcile(&state).await;
+    // What the first start needs (a Python template) is made now, not by the first request.
+    if let Some(published) = store::get_version(&state.db, &org, &name, version).await? {
+        let (state, org, name) = (state.clone(), org.clone(), name.clone());
+        let settings = crate::runtime::StartSettings {
+            memory_mb: state.node.limits.clamp(app.scaling.clone()).memory_mb,
+            egress: app.network.egress,
+        };
+        tokio::spawn(async move {
+            crate::runtime::launcher(&state, &org, &name, &published)
+                .prepare(settings)
+                .await;
+        });
+    }
     Ok(Json(api::Published {
         id: format!("{org}:{name}"),
         version,
         active_version: version,
         public_urls: vec![state.public_url(&org, &name)],
     }))
+}
+
+/// A draft of a runtime that builds on publish, built: the running build waited for, or a new
+/// one started when the draft is not built (or its last build failed, which a publish retries
+/// only if the source changed since: it did not, so the failure stands).
+async fn build_for_publish(
+    state: &std::sync::Arc<crate::State>,
+    org: &str,
+    name: &str,
+    draft: store::Version,
+) -> ApiResult<store::Version> {
+    let build_id = match draft.compile_status.as_str() {
+        "compiled" | "failed" | "timed_out" | "oom" | "disk_full" => return Ok(draft),
+        "compiling" => draft.build_id.clone(),
+        _ => Some(builds::start(state.clone(), org, name, &draft).await?),
+    };
+    if let Some(id) = build_id {
+        builds::wait(state, &id).await;
+    }
+    store::get_version(&state.db, org, name, 0)
+        .await?
+        .ok_or_else(|| no_source(org, name))
 }

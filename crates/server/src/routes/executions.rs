@@ -101,8 +101,10 @@ pub fn execution_view(e: &Execution) -> api::Execution {
             cold_start_phases: match (e.fetch_ms, e.spawn_ms, e.init_ms) {
                 (Some(fetch_ms), Some(spawn_ms), Some(init_ms)) => Some(api::ColdStartPhases {
                     fetch_ms,
+                    template_ms: e.template_ms.unwrap_or(0.0),
                     spawn_ms,
                     init_ms,
+                    start: e.start_kind.clone().unwrap_or_else(|| "exec".into()),
                 }),
                 _ => None,
             },

@@ -7,8 +7,11 @@
 //! - [`native`]: a static binary in the sandbox, one process serving `concurrency` requests.
 //! - [`wasm`]: a `wasi:http` component; an instance is the app's component made ready to run,
 //!   and each request runs in a fresh wasm instance of it (nothing survives between requests).
+//! - [`python`]: a fork of the version's template (an interpreter with the app imported), one
+//!   process serving `concurrency` requests as asyncio tasks.
 
 pub mod native;
+pub mod python;
 pub mod wasm;
 
 use std::future::Future;
@@ -21,22 +24,59 @@ use ignite_agent::{Invocation, Reply};
 use native::NativeLauncher;
 use wasm::WasmLauncher;
 
+/// The runtimes an app may have.
+pub const RUNTIMES: &[&str] = &["rust", "python"];
+
+/// `--runtime rust` or `--runtime python`.
+pub fn runtimes_list() -> String {
+    RUNTIMES
+        .iter()
+        .map(|r| format!("`--runtime {r}`"))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How an instance came to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartKind {
+    /// A new process exec'd the handler (a native binary; an unconfined interpreter).
+    #[default]
+    Exec,
+    /// A template forked it (Python): `spawn` is the fork.
+    Fork,
+    /// A wasm instance of the component.
+    Component,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Exec => "exec",
+            StartKind::Fork => "fork",
+            StartKind::Component => "component",
+        }
+    }
+}
 
 /// Where a cold start's time went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ColdStart {
     /// Finding (a remote registry would: pulling) the artifact, or loading it.
     pub fetch: Duration,
-    /// Creating the process (or the wasm instance).
+    /// Starting the version's template first, when it was not running (Python); else zero.
+    pub template: Duration,
+    /// Creating the process (a fork of the template, or the wasm instance).
     pub spawn: Duration,
     /// From spawn to ready (the SDK's `Hello`).
     pub init: Duration,
+    pub kind: StartKind,
 }
 
 impl ColdStart {
     pub fn total(&self) -> Duration {
-        self.fetch + self.spawn.max(self.init)
+        self.fetch + self.template + self.spawn.max(self.init)
     }
 }
 
@@ -87,12 +127,46 @@ pub type Started = Result<(Arc<dyn Instance>, ColdStart), StartError>;
 /// Starts instances of one version of one app.
 pub trait Launcher: Send + Sync + 'static {
     fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started>;
+    /// Makes ahead of need what a first start would otherwise make (Python: the template), so
+    /// that the first request after a publish pays only a fork. Nothing by default.
+    fn prepare(&self, _settings: StartSettings) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// How instances of `version` start: its artifact's runtime decides.
-pub fn launcher(state: &crate::State, version: &crate::store::Version) -> Box<dyn Launcher> {
+pub fn launcher(
+    state: &crate::State,
+    org: &str,
+    app: &str,
+    version: &crate::store::Version,
+) -> Box<dyn Launcher> {
     let digest = version.artifact_digest.clone().unwrap_or_default();
     let blob = state.oci.blob_path(&digest);
+    let env = || {
+        version
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    if version.runtime == "python"
+        && let Some(python) = &state.python
+    {
+        return Box::new(python::PythonLauncher {
+            runtime: python.clone(),
+            templates: state.templates.clone(),
+            version: format!("{org}/{app}/{}", version.version),
+            tree: state
+                .config
+                .data_dir
+                .join("apps")
+                .join(digest.trim_start_matches("sha256:")),
+            blob,
+            env: env(),
+            sandbox: state.sandbox.clone(),
+        });
+    }
     if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
         Box::new(WasmLauncher {
             host: state.wasm.clone(),
@@ -103,11 +177,7 @@ pub fn launcher(state: &crate::State, version: &crate::store::Version) -> Box<dy
     } else {
         Box::new(NativeLauncher {
             program: blob,
-            env: version
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: env(),
             sandbox: state.sandbox.clone(),
         })
     }

@@ -80,6 +80,7 @@ impl Launcher for NativeLauncher {
                 fetch,
                 spawn: instance.spawn_duration(),
                 init: instance.init_duration(),
+                ..ColdStart::default()
             };
             Ok((Arc::new(instance) as Arc<dyn Instance>, cold))
         })

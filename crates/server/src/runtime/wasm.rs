@@ -48,6 +48,8 @@ impl Instance for WasmInstance {
                     fetch: start.load,
                     spawn: start.instantiate,
                     init: Duration::ZERO,
+                    template: Duration::ZERO,
+                    kind: super::StartKind::Component,
                 }),
             }
         })
@@ -108,6 +110,7 @@ impl Launcher for WasmLauncher {
             };
             let cold = ColdStart {
                 fetch: t0.elapsed(),
+                kind: super::StartKind::Component,
                 ..ColdStart::default()
             };
             Ok((Arc::new(instance) as Arc<dyn Instance>, cold))

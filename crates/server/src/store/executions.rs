@@ -4,14 +4,14 @@ use super::{Db, Execution, begin_write, execution_of, now_ms};
 
 /// Writes executions (new or updated): one multi-row statement per chunk, in one transaction.
 pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()> {
-    // 18 bound values a row; SQLite allows 32 766 in one statement.
+    // 20 bound values a row; SQLite allows 32 766 in one statement.
     const ROWS: usize = 500;
     let mut tx = begin_write(db).await?;
     for chunk in batch.chunks(ROWS) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO executions (id, org, app, version, status, trigger, started_at, \
              finished_at, cold_start_ms, init_ms, duration_ms, billed_duration_ms, \
-             response_status, error, logs, queue_ms, fetch_ms, spawn_ms) ",
+             response_status, error, logs, queue_ms, fetch_ms, spawn_ms, template_ms, start_kind) ",
         );
         q.push_values(chunk, |mut row, e| {
             row.push_bind(&e.id)
@@ -31,7 +31,9 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
                 .push_bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
                 .push_bind(e.queue_ms)
                 .push_bind(e.fetch_ms)
-                .push_bind(e.spawn_ms);
+                .push_bind(e.spawn_ms)
+                .push_bind(e.template_ms)
+                .push_bind(&e.start_kind);
         });
         q.push(
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
@@ -40,7 +42,8 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
              billed_duration_ms = excluded.billed_duration_ms, \
              response_status = excluded.response_status, error = excluded.error, \
              logs = excluded.logs, queue_ms = excluded.queue_ms, fetch_ms = excluded.fetch_ms, \
-             spawn_ms = excluded.spawn_ms",
+             spawn_ms = excluded.spawn_ms, template_ms = excluded.template_ms, \
+             start_kind = excluded.start_kind",
         );
         q.build().execute(&mut *tx).await?;
     }

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "hostname",
         include_str!("../../migrations/0005_hostname.sql"),
     ),
+    (
+        6,
+        "start kind",
+        include_str!("../../migrations/0006_start_kind.sql"),
+    ),
 ];
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -125,6 +130,12 @@ pub struct Execution {
     pub queue_ms: Option<f64>,
     pub fetch_ms: Option<f64>,
     pub spawn_ms: Option<f64>,
+    /// Starting a template first (Python), on a cold start that had to.
+    #[serde(default)]
+    pub template_ms: Option<f64>,
+    /// `exec`, `fork` or `component`, on a cold start.
+    #[serde(default)]
+    pub start_kind: Option<String>,
     pub duration_ms: Option<f64>,
     pub billed_duration_ms: Option<i64>,
     pub response_status: Option<i64>,
@@ -149,6 +160,8 @@ impl Execution {
             queue_ms: None,
             fetch_ms: None,
             spawn_ms: None,
+            template_ms: None,
+            start_kind: None,
             duration_ms: None,
             billed_duration_ms: None,
             response_status: None,
@@ -210,6 +223,8 @@ fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
         queue_ms: row.get("queue_ms"),
         fetch_ms: row.get("fetch_ms"),
         spawn_ms: row.get("spawn_ms"),
+        template_ms: row.get("template_ms"),
+        start_kind: row.get("start_kind"),
         duration_ms: row.get("duration_ms"),
         billed_duration_ms: row.get("billed_duration_ms"),
         response_status: row.get("response_status"),

@@ -6,7 +6,7 @@ use super::{Db, Version, begin_write, now_ms, version_of};
 
 pub struct DraftSource<'a> {
     pub runtime: &'a str,
-    pub rust_target: &'a str,
+    pub rust_target: Option<&'a str>,
     pub toolchain: Option<&'a str>,
     pub source_digest: &'a str,
     pub source_kind: &'a str,
