@@ -194,19 +194,35 @@ def _ensure_stdio_open():
                 os.close(new)
 
 
-def _open_fds():
-    """The descriptors open in this process: from /proc (or /dev/fd), else by probing up to the
-    open-files limit. The second value is where probing stopped (None: the list is complete)."""
+def _listed_fds():
+    """The descriptors open in this process, from /proc (or /dev/fd); None without either."""
     for where in ("/proc/self/fd", "/dev/fd"):
         try:
             names = os.listdir(where)
         except OSError:
             continue
-        return sorted(int(n) for n in names if n.isdigit()), None
+        return sorted(int(n) for n in names if n.isdigit())
+    return None
+
+
+def _open_fds():
+    """The descriptors open in this process, listed, or else found by probing each up to the
+    open-files limit (at most 65,536). The second value is where probing stopped (None: the
+    list is complete)."""
+    listed = _listed_fds()
+    if listed is not None:
+        return listed, None
     import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = 65536 if soft == resource.RLIM_INFINITY or soft > 65536 else soft
-    return range(limit), limit
+    fds = []
+    for fd in range(limit):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        fds.append(fd)
+    return fds, limit
 
 
 def _reopen(fd, st):
@@ -233,7 +249,7 @@ def _reopen(fd, st):
     return new
 
 
-def _detach_inherited(keep, placeholder):
+def _detach_inherited(keep, placeholder, inherited):
     """Cuts every descriptor the child inherited from the template (except `keep` and 0-2) off
     the template's open file descriptions.
 
@@ -247,7 +263,11 @@ def _detach_inherited(keep, placeholder):
     event loop, a connection). Reading it gives end of file, writing EBADF, socket calls
     ENOTSOCK."""
     import stat
-    fds, probed_to = _open_fds()
+    # Listed afresh where /proc allows. Without it, `inherited` is the template's own list
+    # (`_open_fds`, made before its loop, which opens no descriptor but the ones it receives
+    # and closes after each fork), so the probing is paid once, there, not at every fork.
+    listed = _listed_fds()
+    fds, probed_to = inherited if listed is None else (listed, None)
     for fd in fds:
         if fd < 3 or fd in keep:
             continue
@@ -270,9 +290,10 @@ class _Child:
     """What `template` returns in a forked child: its three descriptors and the platform
     socket."""
 
-    def __init__(self, sock, fds):
+    def __init__(self, sock, fds, inherited):
         self.sock = sock
         self.fds = fds
+        self.inherited = inherited
 
 
 def _become_instance(child, struct, signal):
@@ -298,7 +319,7 @@ def _become_instance(child, struct, signal):
     os.set_inheritable(in_fd, False)
     os.set_inheritable(out_fd, False)
     sock.close()  # fd 3
-    _detach_inherited({in_fd, out_fd, empty}, empty)
+    _detach_inherited({in_fd, out_fd, empty}, empty, child.inherited)
     os.close(empty)
     # What a fork shares and must not: the random generator's state (the module reseeds itself
     # at fork too), asyncio's loop bookkeeping (a fresh policy: no loop of the template's), a
@@ -353,14 +374,14 @@ def template():
 
     # The app's import may have closed one of fds 0-2: received descriptors must not land there.
     _ensure_stdio_open()
-    role = _fork_server(sock, socket, signal, struct)
+    role = _fork_server(sock, socket, signal, struct, _open_fds())
     if role is None:
         return 0
     in_fd, out_fd = _become_instance(role, struct, signal)
     return runtime.serve(handler, is_async, in_fd, out_fd)
 
 
-def _fork_server(sock, socket, signal, struct):
+def _fork_server(sock, socket, signal, struct, inherited):
     """The template's loop. Returns None when the platform closed the socket, or a `_Child` in a
     forked child (which then becomes an instance)."""
     template_pid = os.getpid()
@@ -427,7 +448,7 @@ def _fork_server(sock, socket, signal, struct):
         if pid == 0:
             signal.signal(SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return _Child(sock, fds)
+            return _Child(sock, fds, inherited)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in fds:
             os.close(fd)

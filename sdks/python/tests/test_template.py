@@ -285,6 +285,38 @@ class ForkServer(unittest.TestCase):
         self.assertEqual(self.call(channel)["pid"], pid)
 
 
+class Detach(unittest.TestCase):
+    """`_detach_inherited` on its own, with /proc's listing and without it (the template's
+    probed list stands in)."""
+
+    SCRIPT = """
+import os, socket, stat, sys
+sys.path.insert(0, sys.argv[1])
+import ignite_boot
+if sys.argv[2] == "no-proc":
+    ignite_boot._listed_fds = lambda: None
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+path = os.path.join(sys.argv[1], "ignite_boot.py")
+f = os.open(path, os.O_RDONLY)
+os.read(f, 3)
+inherited = ignite_boot._open_fds()
+empty, writer = os.pipe()
+os.close(writer)
+ignite_boot._detach_inherited({empty}, empty, inherited)
+print(stat.S_ISFIFO(os.fstat(sock.fileno()).st_mode), os.read(f, 4) == open(path, "rb").read()[3:7])
+"""
+
+    def test_sockets_are_detached_and_files_reopened(self):
+        from harness import PYTHON, SDK
+        for mode in ("proc", "no-proc"):
+            with self.subTest(mode=mode):
+                done = subprocess.run([PYTHON, "-I", "-S", "-c", self.SCRIPT, SDK, mode],
+                                      capture_output=True, text=True, timeout=TIMEOUT)
+                # (Without a listing the probed list finds them; reopening still reads the
+                # file's path from /proc/self/fd/N, which this machine has.)
+                self.assertEqual(done.stdout, "True True\n", done.stderr)
+
+
 class Startup(unittest.TestCase):
     def test_an_app_that_fails_to_import_exits_1_without_ready(self):
         for main_py, expected in (
