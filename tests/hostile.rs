@@ -1207,3 +1207,183 @@ fn a_project_cargo_config_has_no_effect_on_its_build() {
     );
     assert!(!src.join(".cargo").exists() && !src.join("src/.cargo").exists());
 }
+
+/// A Python tenant's attacks from inside a fork of its template.
+const PY_ATTACKER: &str = r#"import ctypes, os, signal, socket, time
+import ignite
+
+@ignite.main
+def handler(req, ctx):
+    attack = req.field("attack")
+    if attack == "signal_init":
+        sent = {}
+        for name in ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGQUIT", "SIGKILL", "SIGSTOP"]:
+            try:
+                os.kill(1, getattr(signal, name))
+                sent[name] = "sent"
+            except OSError as e:
+                sent[name] = str(e)
+        time.sleep(0.2)
+        return {"sent": sent}
+    if attack == "exit":
+        os._exit(3)
+    if attack == "garbage":
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"GARBAGE-NOT-A-FRAME" * 8)
+            except OSError:
+                pass
+        return {"wrote": True}
+    if attack == "fork_bomb":
+        forked, error = 0, None
+        while forked < 10000:
+            try:
+                pid = os.fork()
+            except OSError as e:
+                error = str(e)
+                break
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            forked += 1
+        return {"forked": forked, "error": error}
+    if attack == "network":
+        out = {}
+        for host, port in req.field("targets"):
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                out[f"{host}:{port}"] = "connected"
+            except OSError as e:
+                out[f"{host}:{port}"] = "refused: " + str(e)
+        return out
+    if attack == "syscalls":
+        libc = ctypes.CDLL(None, use_errno=True)
+        out = {}
+        for name, call in [
+            ("unshare", lambda: libc.unshare(0x10000000)),
+            ("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+            ("ptrace", lambda: libc.ptrace(16, 1, None, None)),
+            ("chroot", lambda: libc.chroot(b"/tmp")),
+        ]:
+            out[name] = "refused" if call() != 0 else "allowed"
+        return out
+    if attack == "processes":
+        return {"pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+    return {"unknown": attack}
+"#;
+
+#[test]
+fn a_python_tenant_cannot_stop_its_template_escape_its_fork_or_disturb_a_neighbour() {
+    let dir = scratch("hostile-python");
+    let server = start_server(&dir);
+    let deploy_py = |app: &str, code: &str| {
+        let p = dir.join(app);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("main.py"), code).unwrap();
+        ok(&server, &p, &["app", "create", app, "--runtime", "python"]);
+        let id = format!("acme-corp:{app}");
+        ok(
+            &server,
+            &p,
+            &["draft", "save", &id, "--code", "./", "--runtime", "python"],
+        );
+        ok(&server, &p, &["draft", "publish", &id]);
+        p
+    };
+    let p = deploy_py("pyattack", PY_ATTACKER);
+    deploy_py(
+        "pyneighbour",
+        "import ignite\n\n@ignite.main\nasync def handler(req, ctx):\n    return {\"ok\": True}\n",
+    );
+    let host = |app: &str| format!("{app}-acme-corp.ignite.localhost");
+    let attack = |body: Value| {
+        let (status, headers, answer) = http_full(
+            &server.gateway,
+            &host("pyattack"),
+            "POST",
+            "/",
+            &body.to_string(),
+        );
+        let id = header(&headers, "x-ignite-execution-id")
+            .unwrap_or_else(|| panic!("no execution id ({status}): {answer}"))
+            .to_string();
+        let record = json(&ok(&server, &p, &["execution", "get", &id, "-o", "json"]));
+        (status, answer, record)
+    };
+    // The neighbour is called throughout and must always answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let caller = {
+        let (stop, calls, failures) = (stop.clone(), calls.clone(), failures.clone());
+        let (gateway, host) = (server.gateway.clone(), host("pyneighbour"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = http(&gateway, &host, "{}");
+                calls.fetch_add(1, Ordering::Relaxed);
+                if status != 200 || !body.contains("true") {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    // Signals to pid 1 (its template) from inside: none takes the template down. The instance
+    // then exits; the next start is still a fork of the same running template.
+    let (status, answer, _) = attack(serde_json::json!({"attack": "signal_init"}));
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, record) = attack(serde_json::json!({"attack": "exit"}));
+    assert_eq!(status, 502);
+    assert_eq!(record["status"], "crashed", "{record}");
+    let (status, answer, record) = attack(serde_json::json!({"attack": "processes"}));
+    assert_eq!(status, 200, "{answer}");
+    let phases = &record["metrics"]["cold_start_phases"];
+    assert_eq!(phases["start"], "fork", "{record}");
+    assert_eq!(
+        phases["template_ms"], 0.0,
+        "the template survived the signals: {record}"
+    );
+    // It sees its own namespace only: its template (1), itself, nothing of the host's.
+    let pids = json(&answer)["pids"].as_array().unwrap().len();
+    assert!(pids <= 3, "{answer}");
+
+    // Garbage on every descriptor it has: a framing error for this request, then a new fork.
+    let (status, answer, record) = attack(serde_json::json!({"attack": "garbage"}));
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        record["error"].to_string().contains("framing") || record["status"] == "crashed",
+        "{record}"
+    );
+
+    // A fork bomb meets the process limit; the request itself succeeds.
+    let (status, answer, record) = attack(serde_json::json!({"attack": "fork_bomb"}));
+    assert_eq!(status, 200, "{answer}");
+    let forked = json(&answer)["forked"].as_u64().unwrap();
+    assert!(forked < 10000, "{answer}");
+    assert_eq!(record["status"], "succeeded");
+
+    // No network at all: not the node's own API, not the gateway, not the outside.
+    let api_port: u16 = server.api.rsplit(':').next().unwrap().parse().unwrap();
+    let gw_port: u16 = server.gateway.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, answer, _) = attack(serde_json::json!({
+        "attack": "network",
+        "targets": [["127.0.0.1", api_port], ["127.0.0.1", gw_port], ["10.0.0.1", 80], ["1.1.1.1", 443]],
+    }));
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("\"connected\""), "{answer}");
+
+    // The sandbox's system-call filter holds under ctypes as under Rust.
+    let (status, answer, _) = attack(serde_json::json!({"attack": "syscalls"}));
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("allowed"), "{answer}");
+
+    stop.store(true, Ordering::Relaxed);
+    caller.join().unwrap();
+    assert!(calls.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the neighbour failed some of its {} calls",
+        calls.load(Ordering::Relaxed)
+    );
+}

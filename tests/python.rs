@@ -672,3 +672,63 @@ fn a_single_py_file_is_an_app_and_runs_locally_too() {
     assert_eq!(json(&stdout)["message"], "local", "{stdout}");
     let _ = started;
 }
+
+/// The server's Python templates: its children running the SDK's template mode.
+fn templates_of(server: &Server) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(server.pid())
+                && String::from_utf8_lossy(&cmdline).contains("ignite_boot.py\0template")
+        })
+        .collect()
+}
+
+#[test]
+fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
+    let dir = scratch("python-templates");
+    // 1 MiB holds no template: each start lets the idle others go.
+    let server = start_server_with(&dir, &["--template-memory-mb", "1"]);
+    let a = deploy_python(&server, &dir, "a-py", &[("main.py", SEED)]);
+    wait_until(Duration::from_secs(20), "a-py's template", || {
+        templates_of(&server).len() == 1
+    });
+    deploy_python(&server, &dir, "b-py", &[("main.py", SEED)]);
+    // b-py's template started at its publish; a-py's, idle, was stopped for it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(templates_of(&server).len(), 1, "one template within the budget");
+    let (status, headers, body) = call(&server, "a-py", "{}");
+    assert_eq!(status, 200, "{body}");
+    let record = execution(&server, &a, &headers);
+    let phases = &record["metrics"]["cold_start_phases"];
+    assert_eq!(phases["start"], "fork", "{record}");
+    assert!(
+        phases["template_ms"].as_f64().unwrap() > 0.0,
+        "a-py's template had to start again: {record}"
+    );
+
+    // A new version of a-py: the old version's template goes once its instance has drained.
+    let before = templates_of(&server);
+    ok(
+        &server,
+        &a,
+        &["draft", "save", "acme-corp:a-py", "--code", "./", "--runtime", "python"],
+    );
+    ok(&server, &a, &["draft", "publish", "acme-corp:a-py"]);
+    let (status, _, body) = call(&server, "a-py", r#"{"message": "v2"}"#);
+    assert_eq!((status, json(&body)["message"].clone()), (200, "v2".into()));
+    wait_until(Duration::from_secs(20), "the retired version's template to stop", || {
+        let now = templates_of(&server);
+        before.iter().all(|pid| !now.contains(pid))
+    });
+}

@@ -412,6 +412,14 @@ def _fork_server(sock, socket, signal, struct, inherited):
             reap()
 
     signal.signal(SIGCHLD, on_sigchld)
+    # The template is pid 1 of its namespace, which the kernel shields from every signal sent
+    # from inside it that has no handler: with none, an instance cannot stop its siblings'
+    # template (Python's own SIGINT handler would raise KeyboardInterrupt here). The platform,
+    # outside the namespace, still can. Instances get Python's usual handlers back.
+    shielded = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                            signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)]
+    for signum in shielded:
+        signal.signal(signum, signal.SIG_DFL)
     sock.send(b"r")
     while True:
         reap()  # a report is never lost, even if a signal was coalesced
@@ -447,6 +455,7 @@ def _fork_server(sock, socket, signal, struct, inherited):
             continue
         if pid == 0:
             signal.signal(SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return _Child(sock, fds, inherited)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
