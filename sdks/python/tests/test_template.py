@@ -61,7 +61,12 @@ MAIN = """
             "fresh_loop": asyncio.get_running_loop() is not LOOP,
             "subprocess_status": subprocess.run(["/bin/sh", "-c", "exit 3"]).returncode,
             "sigchld": signal_name(),
+            "sigint_raises": sigint_raises(),
         }
+
+    def sigint_raises():
+        import signal
+        return signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def signal_name():
         import signal
@@ -218,6 +223,9 @@ class ForkServer(unittest.TestCase):
             self.assertTrue(got["fresh_loop"])
             self.assertEqual(got["subprocess_status"], 3)
             self.assertEqual(got["sigchld"], "default")
+            # The template shields itself (default dispositions); a child has Python's own
+            # SIGINT handler back.
+            self.assertTrue(got["sigint_raises"])
         # What the child printed is its own stderr; the template's unflushed import-time
         # output was not copied into it.
         for channel in (a, b):
