@@ -163,6 +163,7 @@ def serve():
     # Before any code of the app runs: nothing it prints can reach the channel.
     in_fd, out_fd = runtime.take_stdio()
     runtime.setup_stdio()
+    runtime.setup_logging_level()
     _app_path(app, sdk)
     registered = _load_app(ignite, app)
     if registered is None:
@@ -193,38 +194,94 @@ def _ensure_stdio_open():
                 os.close(new)
 
 
-def _open_fds():
-    """The descriptors open in this process: from /proc (or /dev/fd), else by probing up to the
-    open-files limit. The second value is where probing stopped (None: the list is complete)."""
+def _listed_fds():
+    """The descriptors open in this process, from /proc (or /dev/fd); None without either."""
     for where in ("/proc/self/fd", "/dev/fd"):
         try:
             names = os.listdir(where)
         except OSError:
             continue
-        return sorted(int(n) for n in names if n.isdigit()), None
+        return sorted(int(n) for n in names if n.isdigit())
+    return None
+
+
+def _open_fds():
+    """The descriptors open in this process, listed, or else found by probing each up to the
+    open-files limit (at most 65,536). The second value is where probing stopped (None: the
+    list is complete)."""
+    listed = _listed_fds()
+    if listed is not None:
+        return listed, None
     import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = 65536 if soft == resource.RLIM_INFINITY or soft > 65536 else soft
-    return range(limit), limit
+    fds = []
+    for fd in range(limit):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        fds.append(fd)
+    return fds, limit
 
 
-def _detach_inherited(keep, placeholder):
+def _reopen(fd, st):
+    """A new open file description of the regular file on `fd` (same path, flags and offset),
+    as Android's zygote reopens files: the child then reads and seeks on its own, not on the
+    template's shared offset. None when that cannot be done (no /proc, the file was deleted or
+    replaced, no permission)."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        import fcntl
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        new = os.open(path, (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)) | os.O_CLOEXEC)
+    except (OSError, ImportError):
+        return None
+    try:
+        again = os.fstat(new)
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+            raise OSError("not the same file")
+        os.lseek(new, offset, os.SEEK_SET)
+    except OSError:
+        os.close(new)
+        return None
+    return new
+
+
+def _detach_inherited(keep, placeholder, inherited):
     """Cuts every descriptor the child inherited from the template (except `keep` and 0-2) off
-    what it referred to, the way Android's zygote detaches sockets: the descriptor is replaced
-    by `placeholder` (the read end of an empty pipe, close-on-exec). The file or socket is
-    closed as far as this process goes, but its number stays taken until its owner (an object
-    created at import time) closes it, so that owner can never close or write to a descriptor
-    that has since been reused for something else (the channel, the event loop, a connection).
-    Reading it gives end of file; writing fails with EBADF, socket calls with ENOTSOCK."""
-    fds, probed_to = _open_fds()
+    the template's open file descriptions.
+
+    A regular file is reopened onto the same number (same path, flags and offset; see
+    `_reopen`), so a file or database the app opened at import keeps working, each child on its
+    own offset. Anything else (a socket, a pipe, a directory, a file that cannot be reopened) is
+    detached the way Android's zygote detaches sockets: replaced by `placeholder`, the read end
+    of an empty pipe, close-on-exec. It is closed as far as this process goes, but its number
+    stays taken until its owner (an object created at import time) closes it, so that owner can
+    never close or write to a descriptor since reused for something else (the channel, the
+    event loop, a connection). Reading it gives end of file, writing EBADF, socket calls
+    ENOTSOCK."""
+    import stat
+    # Listed afresh where /proc allows. Without it, `inherited` is the template's own list
+    # (`_open_fds`, made before its loop, which opens no descriptor but the ones it receives
+    # and closes after each fork), so the probing is paid once, there, not at every fork.
+    listed = _listed_fds()
+    fds, probed_to = inherited if listed is None else (listed, None)
     for fd in fds:
         if fd < 3 or fd in keep:
             continue
         try:
-            os.fstat(fd)  # the listing's own descriptor is closed by now
+            st = os.fstat(fd)  # the listing's own descriptor is closed by now
         except OSError:
             continue
-        os.dup2(placeholder, fd, inheritable=False)
+        inheritable = os.get_inheritable(fd)
+        new = _reopen(fd, st) if stat.S_ISREG(st.st_mode) else None
+        if new is None:
+            os.dup2(placeholder, fd, inheritable=False)
+        else:
+            os.dup2(new, fd, inheritable=inheritable)
+            os.close(new)
     if probed_to is not None:
         os.closerange(probed_to, 1 << 20)
 
@@ -233,9 +290,10 @@ class _Child:
     """What `template` returns in a forked child: its three descriptors and the platform
     socket."""
 
-    def __init__(self, sock, fds):
+    def __init__(self, sock, fds, inherited):
         self.sock = sock
         self.fds = fds
+        self.inherited = inherited
 
 
 def _become_instance(child, struct, signal):
@@ -261,7 +319,7 @@ def _become_instance(child, struct, signal):
     os.set_inheritable(in_fd, False)
     os.set_inheritable(out_fd, False)
     sock.close()  # fd 3
-    _detach_inherited({in_fd, out_fd, empty}, empty)
+    _detach_inherited({in_fd, out_fd, empty}, empty, child.inherited)
     os.close(empty)
     # What a fork shares and must not: the random generator's state (the module reseeds itself
     # at fork too), asyncio's loop bookkeeping (a fresh policy: no loop of the template's), a
@@ -294,10 +352,13 @@ def template():
     except OSError as e:
         print(f"template mode needs the platform's socket on fd 3: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # Not for any process the app starts.
+    os.set_inheritable(3, False)
     app, sdk = _dirs()
     ignite = _import_sdk(sdk)
     runtime = ignite._runtime
     runtime.setup_stdio()
+    runtime.setup_logging_level()
     _app_path(app, sdk)
     registered = _load_app(ignite, app)
     if registered is None:
@@ -311,14 +372,16 @@ def template():
     gc.collect()
     gc.freeze()
 
-    role = _fork_server(sock, socket, signal, struct)
+    # The app's import may have closed one of fds 0-2: received descriptors must not land there.
+    _ensure_stdio_open()
+    role = _fork_server(sock, socket, signal, struct, _open_fds())
     if role is None:
         return 0
     in_fd, out_fd = _become_instance(role, struct, signal)
     return runtime.serve(handler, is_async, in_fd, out_fd)
 
 
-def _fork_server(sock, socket, signal, struct):
+def _fork_server(sock, socket, signal, struct, inherited):
     """The template's loop. Returns None when the platform closed the socket, or a `_Child` in a
     forked child (which then becomes an instance)."""
     template_pid = os.getpid()
@@ -362,9 +425,11 @@ def _fork_server(sock, socket, signal, struct):
         reap()  # a report is never lost, even if a signal was coalesced
         try:
             msg, fds, flags, _ = socket.recv_fds(sock, 64, 8, socket.MSG_CMSG_CLOEXEC)
+        except ConnectionResetError:
+            return None  # the platform closed its end with reports it had not read
         except OSError as e:
             print(f"ignite template: reading the platform socket failed: {e}", file=sys.stderr)
-            return None
+            raise SystemExit(1)
         if not msg and not fds:
             return None
         if msg != b"f" or len(fds) != 3 or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
@@ -392,7 +457,7 @@ def _fork_server(sock, socket, signal, struct):
             signal.signal(SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return _Child(sock, fds)
+            return _Child(sock, fds, inherited)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in fds:
             os.close(fd)

@@ -23,6 +23,7 @@ __all__ = ["main", "Request", "Context", "Response", "Error", "RawRequest", "__v
 __version__ = "0.1.0"
 
 _MISSING = object()
+_json_decode = _json.JSONDecoder().decode
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,8 @@ class Request:
         parsed = self._json
         if parsed is _MISSING:
             try:
-                parsed = (True, _json.loads(self._body))
+                # JSON is UTF-8 (as serde_json reads it); a str skips `loads`' sniffing.
+                parsed = (True, _json_decode(self._body.decode("utf-8")))
             except (ValueError, UnicodeDecodeError) as e:
                 parsed = (False, str(e))
             self._json = parsed
@@ -336,6 +338,33 @@ _TEXT_CT = ("content-type", "text/plain; charset=utf-8")
 _BYTES_CT = ("content-type", "application/octet-stream")
 _json_encode = _json.JSONEncoder(ensure_ascii=False, allow_nan=False,
                                  separators=(",", ":")).encode
+
+
+def _fast_json_encoder():
+    """The C encoder, built once: `JSONEncoder.encode` builds it anew on every call (half the
+    cost of encoding a small response). Without a markers dict it does not look for cycles
+    itself; a cyclic value ends in RecursionError, reported like any value JSON cannot hold.
+    Falls back to `JSONEncoder.encode` where the C accelerator is missing or differs."""
+    try:
+        from json import encoder
+
+        def default(o):
+            raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+        c_encode = encoder.c_make_encoder(None, default, encoder.c_encode_basestring, None,
+                                          ":", ",", False, False, False)
+
+        def encode(value):
+            return "".join(c_encode(value, 0))
+
+        if encode({"a": [1, 2.5, None, True, "é"]}) != '{"a":[1,2.5,null,true,"é"]}':
+            return _json_encode
+        return encode
+    except Exception:
+        return _json_encode
+
+
+_json_encode = _fast_json_encoder()
 
 
 class _NotAResponse(TypeError):

@@ -399,6 +399,102 @@ def _pairs_at(data, i, end):
     return pairs, i
 
 
+def _decode_invoke(data, i, end):
+    """`Invoke`, the frame every request starts with: inlined, one-byte varints read in place.
+
+    A one-byte read (`data[i]`) is not checked against `end` (only against the buffer, which
+    raises IndexError): every read moves `i` past what it read, so a frame that ran past its
+    end is caught by the one check at the bottom. Lengths are checked before they are used."""
+    try:
+        id = data[i]
+        if id < 0x80:
+            i += 1
+        else:
+            id, i = _varint_at(data, i, end, _U64)
+
+        n = data[i]
+        if n < 0x80:
+            i += 1
+        else:
+            n, i = _varint_at(data, i, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        execution_id = data[i:j].decode("utf-8")
+
+        n = data[j]
+        if n < 0x80:
+            i = j + 1
+        else:
+            n, i = _varint_at(data, j, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        function_id = data[i:j].decode("utf-8")
+
+        deadline = data[j]
+        if deadline < 0x80:
+            i = j + 1
+        else:
+            deadline, i = _varint_at(data, j, end, _U64)
+
+        if data[i] == 0:
+            env = []
+            i += 1
+        else:
+            env, i = _pairs_at(data, i, end)
+
+        n = data[i]
+        if n < 0x80:
+            i += 1
+        else:
+            n, i = _varint_at(data, i, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        method = data[i:j].decode("utf-8")
+
+        n = data[j]
+        if n < 0x80:
+            i = j + 1
+        else:
+            n, i = _varint_at(data, j, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        path = data[i:j].decode("utf-8")
+
+        n = data[j]
+        if n < 0x80:
+            i = j + 1
+        else:
+            n, i = _varint_at(data, j, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        query = data[i:j].decode("utf-8")
+
+        headers, i = _pairs_at(data, j, end)
+
+        n = data[i]
+        if n < 0x80:
+            i += 1
+        else:
+            n, i = _varint_at(data, i, end, _U64)
+        j = i + n
+        if j > end:
+            raise Malformed("a length runs past the end of the payload")
+        body = data[i:j]
+    except IndexError:
+        raise Malformed("unexpected end of the payload") from None
+    except UnicodeDecodeError as e:
+        raise Malformed(f"a string that is not UTF-8 ({e})") from None
+    if i > end:
+        raise Malformed("unexpected end of the payload")
+    return Invoke(id, execution_id, function_id, deadline, env, method, path, query, headers,
+                  body if type(body) is bytes else bytes(body))
+
+
 def decode_payload(data, start=0, end=None):
     """Decodes the frame whose payload is ``data[start:end]``.
 
@@ -412,18 +508,7 @@ def decode_payload(data, start=0, end=None):
     i = start + 1
     try:
         if tag == _INVOKE:
-            id, i = _uint_at(data, i, end, _U64)
-            execution_id, i = _str_at(data, i, end)
-            function_id, i = _str_at(data, i, end)
-            deadline, i = _uint_at(data, i, end, _U64)
-            env, i = _pairs_at(data, i, end)
-            method, i = _str_at(data, i, end)
-            path, i = _str_at(data, i, end)
-            query, i = _str_at(data, i, end)
-            headers, i = _pairs_at(data, i, end)
-            body, i = _bytes_at(data, i, end)
-            return Invoke(id, execution_id, function_id, deadline, env, method, path, query,
-                          headers, bytes(body))
+            return _decode_invoke(data, i, end)
         if tag == _SHUTDOWN:
             return SHUTDOWN
         if tag == _RESPONSE:

@@ -6,10 +6,13 @@ started by importing the SDK.
 """
 
 import asyncio
+import collections
 import os
 import sys
 import threading
 import traceback
+# Imported here, not when the first instance starts: a template's children inherit it.
+from concurrent.futures.thread import ThreadPoolExecutor
 
 import ignite
 from ignite import _frames
@@ -17,7 +20,7 @@ from ignite import _frames
 #: Exit status when the framing channel breaks (as the Rust SDK's).
 EXIT_CHANNEL = 70
 
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 64 * 1024
 _Invoke = _frames.Invoke
 _SHUTDOWN = _frames.SHUTDOWN
 _encode_response = _frames.encode_response
@@ -31,6 +34,8 @@ _Error = ignite.Error
 _Request_from = ignite.Request._from_invoke
 _Context_from = ignite.Context._from_invoke
 _write = os.write
+_readv = os.readv
+_EAGER_START = sys.version_info >= (3, 12)
 
 
 def take_stdio():
@@ -63,8 +68,16 @@ def setup_stdio():
             pass
 
 
+def setup_logging_level():
+    """Before the app is imported: the root logger's level is INFO (the app may set another;
+    its own ``logging.basicConfig(...)`` still works, as no handler is installed yet)."""
+    import logging
+    logging.getLogger().setLevel(logging.INFO)
+
+
 def setup_logging():
-    """The root logger writes to stderr at INFO, unless the app configured logging itself."""
+    """After the app is imported: unless it configured a handler itself, the root logger
+    writes to stderr (the execution's logs)."""
     import logging
     root = logging.getLogger()
     if root.handlers:
@@ -72,8 +85,6 @@ def setup_logging():
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    if root.level == logging.WARNING:
-        root.setLevel(logging.INFO)
 
 
 def _flush_stdio():
@@ -122,7 +133,7 @@ def _response_frame(id, result):
 
 class Server:
     """Serves one channel. The event loop thread reads and writes frames; a sync handler runs in
-    a worker thread, and `Context.log` may write from there, so every write takes `_lock` (a
+    a worker thread, and `Context.log` may write from there, so every write takes `lock` (a
     frame is written whole, by one `write` unless the pipe is full)."""
 
     def __init__(self, handler, is_async, in_fd, out_fd, loop):
@@ -132,10 +143,15 @@ class Server:
         self.out_fd = out_fd
         self.loop = loop
         self.reader = _frames.FrameReader()
+        rbuf = bytearray(_READ_SIZE)
+        self.rbufs = [rbuf]
+        self.rview = memoryview(rbuf)
         self.lock = threading.Lock()
         # The requests in flight, by id: the loop keeps only weak references to its tasks.
         self.tasks = {}
         self.exit_code = None
+        ready = getattr(loop, "_ready", None)
+        self.ready = ready if type(ready) is collections.deque else None
 
     # -- writing
 
@@ -164,6 +180,9 @@ class Server:
         except OSError:
             # The agent is gone; the request's own answer fails the same way and ends us.
             pass
+        except _frames.TooLarge:
+            # As the Rust SDK: a line that cannot be a frame is not sent.
+            pass
 
     def hello(self):
         self.answer(_frames.encode_hello(_frames.PROTOCOL_VERSION, ignite.__version__))
@@ -171,13 +190,16 @@ class Server:
     # -- reading
 
     def on_readable(self):
+        # Into a buffer of our own: a fresh 256 KiB `bytes` per read is an mmap, an mremap and
+        # an munmap per request.
         try:
-            data = os.read(self.in_fd, _READ_SIZE)
+            n = _readv(self.in_fd, self.rbufs)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self.fail(f"the framing channel broke: {e}")
             return
+        data = self.rview[:n].tobytes()
         if not data:
             try:
                 self.reader.eof()
@@ -203,9 +225,22 @@ class Server:
 
     def start(self, invoke):
         id = invoke.id
-        req = _Request_from(invoke)
-        ctx = _Context_from(invoke, self)
-        self.tasks[id] = self.loop.create_task(self.run(id, req, ctx))
+        coro = self.run(id, _Request_from(invoke), _Context_from(invoke, self))
+        if _EAGER_START:
+            self.tasks[id] = asyncio.Task(coro, loop=self.loop, eager_start=True)
+            return
+        # Python 3.11 has no eager tasks: the task's first step is the handle `create_task`
+        # appends to the loop's ready queue. Running it here, as 3.12's eager start does, saves
+        # a loop iteration per request; the step itself is the task's own (current_task,
+        # contextvars and cancellation are as usual). Anything unexpected: leave it queued.
+        ready = self.ready
+        if ready is None:
+            self.tasks[id] = self.loop.create_task(coro)
+            return
+        queued = len(ready)
+        self.tasks[id] = self.loop.create_task(coro)
+        if len(ready) == queued + 1:
+            ready.pop()._run()
 
     async def run(self, id, req, ctx):
         try:
@@ -248,7 +283,6 @@ def serve(handler, is_async, in_fd, out_fd):
     asyncio.set_event_loop(loop)
     # Sync handlers run in worker threads; with a few cores the default pool (cores + 4) would
     # cap how many requests a sync handler serves at once below the app's concurrency.
-    from concurrent.futures import ThreadPoolExecutor
     loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="ignite"))
     server = Server(handler, is_async, in_fd, out_fd, loop)
     server.hello()

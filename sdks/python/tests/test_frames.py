@@ -124,8 +124,9 @@ class Varints(unittest.TestCase):
 def sample_frames():
     yield F.Hello(1, "")
     yield F.Invoke(0, "", "", 0, [], "", "", "", [], b"")
-    yield F.Invoke(2 ** 40, "01J" * 50, "org/name", 2 ** 63, [("K%d" % i, "v" * i) for i in range(200)],
-                   "GET", "/a/b?c", "x=1&y=2", [("h", "é" * 100)] * 3, bytes(range(256)) * 600)
+    yield F.Invoke(2 ** 40, "01J" * 50, "org/name", 2 ** 63,
+                   [("K%d" % i, "v" * i) for i in range(200)], "GET", "/a/b?c", "x=1&y=2",
+                   [("h", "é" * 100)] * 3, bytes(range(256)) * 600)
     yield F.Response(1, 0, [], b"")
     yield F.Response(99, 65535, [("a", "b")] * 130, b"\x00" * 70000)
     yield F.ErrorFrame(3, F.HANDLER, 400, "missing field `message` in the request body")
@@ -206,6 +207,25 @@ class Refusals(unittest.TestCase):
             with self.subTest(payload=payload.hex()):
                 with self.assertRaises(F.Malformed):
                     F.decode_payload(payload)
+
+    def test_every_truncation_is_malformed_even_with_bytes_after_it(self):
+        # The Invoke decoder reads one-byte fields without checking them against the payload's
+        # end: a payload cut short must still fail, whatever follows it in the buffer.
+        for frame in sample_frames():
+            payload = bytes(F.encode(frame))[6:]
+            if len(payload) > 3000:
+                continue  # the short frames have every kind of field boundary
+            for cut in range(len(payload)):
+                for tail in (b"", b"\x00" * 64, b"\x7f" * 64, b"\xff" * 64):
+                    data = payload[:cut] + tail
+                    with self.subTest(frame=type(frame).__name__, cut=cut, tail=tail[:1]):
+                        if type(frame) is F.Shutdown or (cut == 0 and not tail):
+                            continue
+                        try:
+                            got = F.decode_payload(data, 0, cut)
+                        except F.Malformed:
+                            continue
+                        self.fail(f"decoded {got!r} from {cut} of {len(payload)} bytes")
 
     def test_out_of_range_values_are_not_encoded(self):
         with self.assertRaises(ValueError):
