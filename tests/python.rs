@@ -640,6 +640,14 @@ fn a_single_py_file_is_an_app_and_runs_locally_too() {
             "python",
         ],
     );
+    // `draft compile` builds ahead of the publish; the publish then has nothing to build.
+    ok(&server, &dir, &["draft", "compile", "acme-corp:single-py"]);
+    let logs = ok(
+        &server,
+        &dir,
+        &["draft", "compile-logs", "acme-corp:single-py"],
+    );
+    assert!(logs.contains("Python"), "{logs}");
     ok(&server, &dir, &["draft", "publish", "acme-corp:single-py"]);
     let v = json(&ok(
         &server,
@@ -706,7 +714,11 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
     deploy_python(&server, &dir, "b-py", &[("main.py", SEED)]);
     // b-py's template started at its publish; a-py's, idle, was stopped for it.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(templates_of(&server).len(), 1, "one template within the budget");
+    assert_eq!(
+        templates_of(&server).len(),
+        1,
+        "one template within the budget"
+    );
     let (status, headers, body) = call(&server, "a-py", "{}");
     assert_eq!(status, 200, "{body}");
     let record = execution(&server, &a, &headers);
@@ -722,13 +734,25 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
     ok(
         &server,
         &a,
-        &["draft", "save", "acme-corp:a-py", "--code", "./", "--runtime", "python"],
+        &[
+            "draft",
+            "save",
+            "acme-corp:a-py",
+            "--code",
+            "./",
+            "--runtime",
+            "python",
+        ],
     );
     ok(&server, &a, &["draft", "publish", "acme-corp:a-py"]);
     let (status, _, body) = call(&server, "a-py", r#"{"message": "v2"}"#);
     assert_eq!((status, json(&body)["message"].clone()), (200, "v2".into()));
-    wait_until(Duration::from_secs(20), "the retired version's template to stop", || {
-        let now = templates_of(&server);
-        before.iter().all(|pid| !now.contains(pid))
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the retired version's template to stop",
+        || {
+            let now = templates_of(&server);
+            before.iter().all(|pid| !now.contains(pid))
+        },
+    );
 }

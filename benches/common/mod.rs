@@ -20,7 +20,6 @@ pub fn env_usize(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-
 /// One keep-alive HTTP/1.1 connection.
 pub struct Client {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -144,4 +143,3 @@ pub fn pss_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("Rss:")?, field("Pss:")?))
 }
-
