@@ -420,9 +420,59 @@ def _fork_server(sock, socket, signal, struct, inherited):
                             signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)]
     for signum in shielded:
         signal.signal(signum, signal.SIG_DFL)
+    # A spare child is forked ahead of need and parked on a socket of its own: a request for
+    # an instance hands it the three descriptors, so the fork is not on the cold start's path.
+    # The next spare is forked right after, while the template would otherwise wait.
+    spare = None  # (pid, the template's end of its socket)
+
+    def fork(fds):
+        """Forks; in the child returns a `_Child` (with `fds`, or, for a spare, once it has been
+        handed its descriptors), in the template the child's pid (None if fork failed)."""
+        _flush()  # the child must not inherit the template's unwritten output
+        park = None if fds is not None else socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Blocked across the fork: the child must never run the SIGCHLD handler (it sets the
+        # default disposition before it unblocks), and the parent runs it right after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {SIGCHLD})
+        try:
+            pid = os.fork()
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if park is not None:
+                park[0].close()
+                park[1].close()
+            if fds is not None:
+                report(b"e" + f"fork failed: {e}".encode())
+            return None
+        if pid == 0:
+            signal.signal(SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if park is not None:
+                if spare is not None:
+                    spare[1].close()
+                park[0].close()
+                try:
+                    _, fds, _, _ = socket.recv_fds(park[1], 1, 3, socket.MSG_CMSG_CLOEXEC)
+                except OSError:
+                    fds = []
+                park[1].close()
+                if len(fds) != 3:
+                    os._exit(0)  # the template let it go (or ended)
+            return _Child(sock, fds, inherited)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if park is not None:
+            park[1].close()
+            return (pid, park[0])
+        return pid
+
     sock.send(b"r")
     while True:
         reap()  # a report is never lost, even if a signal was coalesced
+        if spare is None:
+            made = fork(None)
+            if isinstance(made, _Child):
+                return made
+            spare = made
         try:
             msg, fds, flags, _ = socket.recv_fds(sock, 64, 8, socket.MSG_CMSG_CLOEXEC)
         except ConnectionResetError:
@@ -440,25 +490,20 @@ def _fork_server(sock, socket, signal, struct, inherited):
                 f"{' (truncated)' if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) else ''}"
             ).encode())
             continue
-        # The child must not inherit the template's unwritten output.
-        _flush()
-        # Blocked across the fork: the child must never run the SIGCHLD handler (it sets the
-        # default disposition before it unblocks), and the parent runs it right after.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {SIGCHLD})
-        try:
-            pid = os.fork()
-        except OSError as e:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in fds:
-                os.close(fd)
-            report(b"e" + f"fork failed: {e}".encode())
-            continue
-        if pid == 0:
-            signal.signal(SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return _Child(sock, fds, inherited)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        handed = False
+        if spare is not None:
+            _, park = spare
+            spare = None
+            try:
+                socket.send_fds(park, [b"f"], fds)
+                handed = True
+            except OSError:
+                pass  # the spare is gone: fork one for this request instead
+            park.close()
+        if not handed:
+            made = fork(fds)
+            if isinstance(made, _Child):
+                return made
         for fd in fds:
             os.close(fd)
 
