@@ -11,12 +11,13 @@
 //! anywhere but that directory and the target directory it is given.
 
 pub mod archive;
+pub mod go;
 pub mod oci;
 mod proxy;
 pub mod python;
 mod sources;
 
-pub use proxy::{CRATES_IO, PYPI, RegistryProxy};
+pub use proxy::{CRATES_IO, GO_PROXY, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;
@@ -235,6 +236,58 @@ pub enum BuildError {
          there (a link, a socket or a pipe)"
     )]
     AppTree(String),
+    #[error("a Go app needs go.mod at the top of --code: run `go mod init example.com/app` in it")]
+    NoGoMod,
+    #[error(
+        "a Go app needs its main package at the top of --code, next to go.mod: there is no .go \
+         file there (put main.go, with `package main` and func main() {{ ignite.Main(handler) }}, \
+         beside go.mod)"
+    )]
+    NoGoFiles,
+    #[error(
+        "the .go files at the top of --code are package {0}, not package main: a Go app is a \
+         main package whose func main() calls ignite.Main(handler)"
+    )]
+    NotMainPackage(String),
+    #[error("cannot use the Go toolchain: {0}")]
+    GoToolchain(String),
+    #[error("the platform's Go SDK is missing: {0} is not there")]
+    GoSdk(PathBuf),
+    #[error("go.mod cannot be used: {0}")]
+    GoMod(String),
+    #[error(
+        "go.mod replaces {module} with {path}, a directory outside the app: the build sees only \
+         the upload; copy the module into it (and point the replace at ./that/dir), or vendor it \
+         (`go mod vendor`)"
+    )]
+    GoReplaceOutside { module: String, path: String },
+    #[error(
+        "{path} is a symbolic link to {target}, outside the app: every file of the upload must \
+         be inside it; replace the link with a copy of what it points to (a module of your own \
+         elsewhere: vendor it with `go mod vendor`)"
+    )]
+    GoLinkOutside { path: String, target: String },
+    #[error(
+        "downloading the modules go.mod requires failed (go mod download {status}){}; vendor \
+         them (`go mod vendor`, and upload vendor/) or see the build log",
+        last.as_deref().map(|l| format!(": {l}")).unwrap_or_default()
+    )]
+    GoFetchFailed {
+        status: String,
+        /// go's last line on stderr.
+        last: Option<String>,
+    },
+    #[error(
+        "the Go build failed (go build {status}){}; the build log has the compiler's messages",
+        first.as_deref().map(|l| format!(": {l}")).unwrap_or_default()
+    )]
+    GoBuildFailed {
+        status: String,
+        /// The first error go build reported (`./main.go:8:2: undefined: x`).
+        first: Option<String>,
+    },
+    #[error("the Go build made a binary that is not static: {0}")]
+    NotStatic(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {

@@ -1,5 +1,6 @@
 //! The dependency fetch's only way out: an HTTP `CONNECT` proxy on a Unix socket that tunnels to
-//! the registry's hosts (crates.io's, or PyPI's for a Python app's `pip install`) and refuses
+//! the registry's hosts (crates.io's, PyPI's for a Python app's `pip install`, the Go module
+//! proxy's for a Go app's `go mod download`) and refuses
 //! everything else.
 //!
 //! `cargo fetch` runs in a network namespace of its own (`dodil ignite __fetch`, see
@@ -18,6 +19,9 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 pub const CRATES_IO: &[&str] = &["index.crates.io:443", "static.crates.io:443"];
 /// PyPI's index (the simple API) and its file host: what `pip install` reaches.
 pub const PYPI: &[&str] = &["pypi.org:443", "files.pythonhosted.org:443"];
+/// The Go module proxy and its checksum database: what a Go app's `go mod download` reaches
+/// (`GOPROXY=https://proxy.golang.org`, `GOSUMDB=sum.golang.org`, no direct VCS fetches).
+pub const GO_PROXY: &[&str] = &["proxy.golang.org:443", "sum.golang.org:443"];
 
 /// The longest request head read before refusing.
 const MAX_HEAD: usize = 8 << 10;

@@ -512,6 +512,32 @@ fn os_args(args: &[&str]) -> Vec<OsString> {
 
 /// Copies the upload into `out` (see the module's documentation); returns notes for the log.
 fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
+    copy_tree(source, out, &|name, rel| {
+        if name == "__pycache__" {
+            Some(None)
+        } else if rel == Path::new(PACKAGES_DIR) {
+            Some(Some(format!(
+                "note: left out the upload's {PACKAGES_DIR}: the build installs \
+                 requirements.txt there"
+            )))
+        } else {
+            None
+        }
+    })
+}
+
+/// What [`copy_tree`] leaves out, asked of each entry's name and path in the upload: `None`
+/// copies it, `Some(note)` leaves it out (with a note for the log, if any).
+pub(crate) type LeaveOut<'a> = &'a dyn Fn(&std::ffi::OsStr, &Path) -> Option<Option<String>>;
+
+/// Copies an upload into `out`: links that stay inside are replaced by copies of what they
+/// point to, links leading outside are refused, and so are files over [`MAX_FILE_BYTES`] and
+/// uploads over [`MAX_SOURCE_BYTES`]; returns notes for the log.
+pub(crate) fn copy_tree(
+    source: &Path,
+    out: &Path,
+    leave_out: LeaveOut<'_>,
+) -> Result<Vec<String>, BuildError> {
     let root = std::fs::canonicalize(source).map_err(io_err(source))?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let mut notes = Vec::new();
@@ -534,14 +560,8 @@ fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
         for name in names {
             let (from, to, rel) = (dir.join(&name), copy.join(&name), rel.join(&name));
             let shown = rel.to_string_lossy().into_owned();
-            if name == "__pycache__" {
-                continue;
-            }
-            if rel == Path::new(PACKAGES_DIR) {
-                notes.push(format!(
-                    "note: left out the upload's {PACKAGES_DIR}: the build installs \
-                     requirements.txt there"
-                ));
+            if let Some(note) = leave_out(&name, &rel) {
+                notes.extend(note);
                 continue;
             }
             let mut meta = std::fs::symlink_metadata(&from).map_err(io_err(&from))?;
@@ -594,7 +614,7 @@ fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
 }
 
 /// Copies one regular file (at most `cap` bytes of it), with permission bits `mode`.
-fn copy_file(from: &Path, to: &Path, mode: u32, cap: u64) -> Result<(), BuildError> {
+pub(crate) fn copy_file(from: &Path, to: &Path, mode: u32, cap: u64) -> Result<(), BuildError> {
     let mut src = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)

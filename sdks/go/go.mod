@@ -1,0 +1,3 @@
+module ignite.dev/sdk
+
+go 1.18
