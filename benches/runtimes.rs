@@ -23,6 +23,8 @@ use common::{Client, env_usize, fmt, latencies, ms_pct, pct, pss_kib};
 use support::platform::{Server, copy_tiny, deploy, ok, scratch, start_server, start_server_with};
 
 const PYTHON_SEED: &str = include_str!("../examples/tiny-py/main.py");
+const GO_SEED: &str = include_str!("../examples/tiny-go/main.go");
+const GO_MOD: &str = include_str!("../examples/tiny-go/go.mod");
 
 fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
@@ -47,6 +49,22 @@ fn deploy_python(server: &Server, work: &Path, app: &str) -> std::path::PathBuf 
         server,
         &p,
         &["draft", "save", &id, "--code", "./", "--runtime", "python"],
+    );
+    ok(server, &p, &["draft", "publish", &id]);
+    p
+}
+
+fn deploy_go(server: &Server, work: &Path, app: &str) -> std::path::PathBuf {
+    let p = work.join(app);
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("main.go"), GO_SEED).unwrap();
+    std::fs::write(p.join("go.mod"), GO_MOD).unwrap();
+    let id = format!("acme-corp:{app}");
+    ok(server, &p, &["app", "create", app, "--runtime", "go"]);
+    ok(
+        server,
+        &p,
+        &["draft", "save", &id, "--code", "./", "--runtime", "go"],
     );
     ok(server, &p, &["draft", "publish", &id]);
     p
@@ -177,12 +195,28 @@ fn main() {
     eprintln!("deploying examples/tiny and examples/tiny-py …");
     deploy(&server, &rust, "acme-corp:tiny", "./");
     let py = deploy_python(&server, &work, "tiny-py");
+    let go = deploy_go(&server, &work, "tiny-go");
+    let artifact_size = |cwd: &Path, app: &str| {
+        let v: serde_json::Value = serde_json::from_str(&ok(
+            &server,
+            cwd,
+            &["app", "get", &format!("acme-corp:{app}"), "-o", "json"],
+        ))
+        .unwrap();
+        v["artifact"]["size"].as_u64().unwrap_or(0)
+    };
+    let sizes = [
+        ("rust", artifact_size(&rust, "tiny")),
+        ("go", artifact_size(&go, "tiny-go")),
+        ("python (tree, tar)", artifact_size(&py, "tiny-py")),
+    ];
 
     let warm_n = env_usize("IGNITE_BENCH_WARM", 3000);
     let cold_n = env_usize("IGNITE_BENCH_COLD", 200);
     let mut rows: Vec<(String, Duration, Duration)> = Vec::new();
     let warm_rust = rt.block_on(latencies(gateway, &host("tiny"), 300, warm_n));
     let warm_py = rt.block_on(latencies(gateway, &host("tiny-py"), 300, warm_n));
+    let warm_go = rt.block_on(latencies(gateway, &host("tiny-go"), 300, warm_n));
     rows.push((
         "rust: warm, 1 client".into(),
         pct(&warm_rust, 0.5),
@@ -193,12 +227,23 @@ fn main() {
         pct(&warm_py, 0.5),
         pct(&warm_py, 0.99),
     ));
+    rows.push((
+        "go: warm, 1 client".into(),
+        pct(&warm_go, 0.5),
+        pct(&warm_go, 0.99),
+    ));
     let cold_rust = cold(&rt, &server, &rust, gateway, &["tiny"], cold_n);
     let cold_py = cold(&rt, &server, &py, gateway, &["tiny-py"], cold_n);
+    let cold_go = cold(&rt, &server, &go, gateway, &["tiny-go"], cold_n);
     rows.push((
         "rust: cold (scaled to zero)".into(),
         pct(&cold_rust, 0.5),
         pct(&cold_rust, 0.99),
+    ));
+    rows.push((
+        "go: cold (scaled to zero)".into(),
+        pct(&cold_go, 0.5),
+        pct(&cold_go, 0.99),
     ));
     rows.push((
         "python: cold, template running (fork)".into(),
@@ -307,6 +352,13 @@ fn main() {
         "python warm p50 − rust warm p50: {}",
         fmt(pct(&warm_py, 0.5).saturating_sub(pct(&warm_rust, 0.5)))
     );
+    println!(
+        "go cold p50 − rust cold p50: {}",
+        fmt(pct(&cold_go, 0.5).saturating_sub(pct(&cold_rust, 0.5)))
+    );
+    for (runtime, size) in sizes {
+        println!("artifact size, {runtime}: {} KiB", size / 1024);
+    }
     for (title, phases) in [
         ("python cold starts, template running", &py_phases),
         ("python first starts, template cold", &first_phases),

@@ -132,6 +132,9 @@ struct ServerArgs {
     /// libraries are what the sandbox shows them).
     #[arg(long, default_value = "/usr/bin/python3")]
     python: PathBuf,
+    /// The Go toolchain Go apps build with.
+    #[arg(long, default_value = "/usr/bin/go")]
+    go: PathBuf,
     /// Memory the node's Python templates (interpreters with an app imported, which cold
     /// starts fork) may hold together, in MiB (default: an eighth of the machine's memory, at
     /// most 4096). Past it, the least recently used idle template is stopped.
@@ -881,10 +884,14 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             ("file", bytes)
         });
     }
-    if !code.join("Cargo.toml").is_file() && !code.join("main.py").is_file() {
+    if !["Cargo.toml", "main.py", "go.mod"]
+        .iter()
+        .any(|f| code.join(f).is_file())
+    {
         bail!(
-            "{} has neither a Cargo.toml nor a main.py; point --code at the directory that holds \
-             Cargo.toml and src/ (Rust) or main.py and an optional requirements.txt (Python)",
+            "{} has no Cargo.toml, main.py or go.mod; point --code at the directory that holds \
+             Cargo.toml and src/ (Rust), main.py and an optional requirements.txt (Python), or \
+             go.mod and the .go files (Go)",
             code.display()
         );
     }
@@ -953,6 +960,7 @@ fn server(a: ServerArgs) -> Result<()> {
         build_memory_mb: a.build_memory_mb,
         build_disk_mb: a.build_disk_mb,
         python: a.python,
+        go: a.go,
         template_memory_mb: a.template_memory_mb,
         limits: ignite_server::limits::LimitSettings {
             node_instances: a.node_instances,

@@ -170,6 +170,21 @@ async fn compile(
         }
         return compile_python(state, org, app, draft, build_id, live, &app_dir, &src).await;
     }
+    if draft.runtime == "go" {
+        if draft.source_kind.as_deref() == Some("file") {
+            std::fs::write(src.join("main.go"), &bytes).map_err(io(&src))?;
+            std::fs::write(src.join("go.mod"), format!("module {app}\n\ngo 1.19\n"))
+                .map_err(io(&src))?;
+        } else {
+            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
+                BuildError::Io {
+                    path: src.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        }
+        return compile_go(state, org, app, draft, build_id, live, &app_dir, &src).await;
+    }
     match draft.source_kind.as_deref() == Some("file") {
         true => {
             std::fs::create_dir_all(src.join("src")).map_err(io(&src))?;
@@ -407,6 +422,103 @@ async fn compile_python(
         .map_err(io(&built.tar))?;
     live.push(format!(
         "built {} ({} bytes, {target}); artifact manifest {}",
+        built.digest, built.size, stored.manifest.digest
+    ));
+    if let Some(key) = &key {
+        let record = Built {
+            digest: &built.digest,
+            size: built.size as i64,
+            target: &target,
+        };
+        if let Err(e) = store::cache_build(&state.db, key, &record).await {
+            tracing::warn!("could not record the build in the cache: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(ignite_builder::Artifact {
+        path: state.oci.blob_path(&built.digest),
+        size: built.size,
+        digest: built.digest,
+        target,
+    })
+}
+
+/// Builds a Go draft (unpacked in `src`) into one static binary, run like a native Rust
+/// handler: the SDK injected by a `replace` directive, module downloads (if any) jailed with
+/// the Go module proxy as their only network, `go build` jailed offline. An identical earlier
+/// build is reused.
+#[allow(clippy::too_many_arguments)]
+async fn compile_go(
+    state: &Arc<State>,
+    org: &str,
+    app: &str,
+    draft: &Version,
+    build_id: &str,
+    live: &LiveBuild,
+    app_dir: &std::path::Path,
+    src: &std::path::Path,
+) -> Result<ignite_builder::Artifact, BuildError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    let go = state.config.go.clone();
+    let key = cache_key(state, app, draft).map(|k| format!("{k}:go:{}", go.display()));
+    if let Some(key) = &key
+        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
+        && state.oci.blob_path(&digest).exists()
+    {
+        live.push(format!(
+            "reusing {digest} from an identical earlier build (same source, toolchain and SDK)"
+        ));
+        return Ok(ignite_builder::Artifact {
+            path: state.oci.blob_path(&digest),
+            size: size as u64,
+            digest,
+            target,
+        });
+    }
+    live.push(format!("building {org}:{app} with {}", go.display()));
+    let out = app_dir.join("go");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    // Go's build and module caches, like cargo's target directory: per org when the operator
+    // shares one, else per app.
+    let cache = match &state.config.shared_target_dir {
+        Some(shared) => shared.join(org).join("go"),
+        None => app_dir.join("go-cache"),
+    };
+    let mut options = BuildOptions::new(Sdk::bundled(), cache, state.config.build_timeout);
+    let (jail, mut cgroup) = jail(state, build_id, state.go_proxy.as_ref())?;
+    options.jail = jail;
+    let sdk = crate::go_sdk_dir();
+    let build = ignite_builder::go::GoBuild {
+        source: src,
+        out: &out,
+        go: &go,
+        sdk_dir: &sdk,
+    };
+    let built =
+        ignite_builder::go::build(&build, &options, |line| live.push(line.to_string())).await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
+            tracing::debug!("go build failed after an oom kill: {e}");
+            return Err(BuildError::OutOfMemory {
+                limit_mb: state.config.build_memory_mb,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    drop(cgroup);
+    let target = format!("linux-amd64-{}", built.go_version);
+    let reference = format!("{org}/{app}:{build_id}");
+    let stored = state
+        .oci
+        .add_handler(&built.path, &target, &reference)
+        .map_err(io(&built.path))?;
+    live.push(format!(
+        "built {} ({} bytes, static, {target}); artifact manifest {}",
         built.digest, built.size, stored.manifest.digest
     ));
     if let Some(key) = &key {

@@ -60,6 +60,8 @@ pub struct Config {
     pub build_disk_mb: u64,
     /// The interpreter of Python apps.
     pub python: PathBuf,
+    /// The toolchain of Go apps.
+    pub go: PathBuf,
     /// What the Python templates may hold together (derived from the machine when `None`).
     pub template_memory_mb: Option<u64>,
     /// The node's instance budget and the most one app may ask for (derived from the machine
@@ -106,6 +108,8 @@ pub(crate) struct State {
     pub templates: Arc<runtime::python::Templates>,
     /// `pip`'s only way out (with the sandbox): the package index, nothing else.
     pub python_proxy: Option<ignite_builder::RegistryProxy>,
+    /// Go's module downloads' only way out (with the sandbox): the Go module proxy.
+    pub go_proxy: Option<ignite_builder::RegistryProxy>,
 }
 
 impl State {
@@ -173,6 +177,13 @@ pub async fn run(
         Some(_) => Some(ignite_builder::RegistryProxy::start(
             &config.data_dir.join("sandbox/python-proxy.sock"),
             ignite_builder::PYPI,
+        )?),
+        None => None,
+    };
+    let go_proxy = match &sandbox {
+        Some(_) => Some(ignite_builder::RegistryProxy::start(
+            &config.data_dir.join("sandbox/go-proxy.sock"),
+            ignite_builder::GO_PROXY,
         )?),
         None => None,
     };
@@ -252,6 +263,7 @@ pub async fn run(
         python_problem,
         templates: Arc::new(runtime::python::Templates::new(template_budget << 20)),
         python_proxy,
+        go_proxy,
         config,
     });
     let mut warnings = Vec::new();
@@ -337,5 +349,14 @@ pub fn python_sdk_dir() -> PathBuf {
         .crates_dir
         .parent()
         .map(|p| p.join("sdks/python"))
+        .unwrap_or_default()
+}
+
+/// The Go SDK of the tree this binary was built from (`sdks/go`).
+pub fn go_sdk_dir() -> PathBuf {
+    ignite_builder::Sdk::bundled()
+        .crates_dir
+        .parent()
+        .map(|p| p.join("sdks/go"))
         .unwrap_or_default()
 }

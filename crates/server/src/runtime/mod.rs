@@ -25,9 +25,9 @@ use native::NativeLauncher;
 use wasm::WasmLauncher;
 
 /// The runtimes an app may have.
-pub const RUNTIMES: &[&str] = &["rust", "python"];
+pub const RUNTIMES: &[&str] = &["rust", "python", "go"];
 
-/// `--runtime rust` or `--runtime python`.
+/// `--runtime rust`, `--runtime python` or …
 pub fn runtimes_list() -> String {
     RUNTIMES
         .iter()
