@@ -756,3 +756,46 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
         },
     );
 }
+
+#[test]
+fn without_the_sandbox_each_instance_is_a_fresh_interpreter() {
+    let dir = scratch("python-unconfined");
+    let server = start_server_with(&dir, &["--no-sandbox"]);
+    let p = deploy_python(&server, &dir, "bare-py", &[("main.py", SEED)]);
+    let v = json(&ok(
+        &server,
+        &p,
+        &[
+            "invoke",
+            "acme-corp:bare-py",
+            "-p",
+            r#"{"message": "unconfined"}"#,
+        ],
+    ));
+    assert_eq!(v["message"], "unconfined", "{v}");
+    let (status, headers, body) = call(&server, "bare-py", "{}");
+    assert_eq!(status, 200, "{body}");
+    let record = execution(&server, &p, &headers);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let list = json(&ok(
+        &server,
+        &p,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:bare-py",
+            "-o",
+            "json",
+        ],
+    ));
+    let first = list["executions"]
+        .as_array()
+        .and_then(|l| l.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        first["metrics"]["cold_start_phases"]["start"], "exec",
+        "{first}"
+    );
+}
