@@ -451,6 +451,12 @@ def _fork_server(sock, socket, signal, struct, inherited):
                 if spare is not None:
                     spare[1].close()
                 park[0].close()
+                # Announced while parked (by the spare itself: the kernel attaches its pid), so
+                # the platform moves it into its instance's cgroup ahead of need too.
+                try:
+                    sock.send(b"s" + struct.pack("<I", os.getpid()))
+                except OSError:
+                    os._exit(0)
                 try:
                     _, fds, _, _ = socket.recv_fds(park[1], 1, 3, socket.MSG_CMSG_CLOEXEC)
                 except OSError:

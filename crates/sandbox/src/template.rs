@@ -13,6 +13,11 @@
 //!   itself, so the kernel attaches its credentials, whose pid is translated into the
 //!   platform's namespace (`SO_PASSCRED`). That is how the platform learns a pid it can open a
 //!   pidfd on and move into the instance's own cgroup.
+//! - spare → platform `s` + its pid in the template's namespace: the template keeps one child
+//!   forked ahead of need, parked until a fork request hands it its descriptors; it announces
+//!   itself (its credentials again carrying its pid here), so the platform moves it into its
+//!   instance's cgroup ahead of need as well — a cgroup migration costs milliseconds (an RCU
+//!   grace period), the largest part of a fork's cold start when it is on the request's path.
 //! - template → platform `e` + a message: the fork failed.
 //! - template → platform `x` + pid (u32 LE) + wait status (i32 LE): a child exited. The
 //!   template is each instance's parent and reaps it, so the exit status comes from it; the
@@ -87,6 +92,8 @@ struct State {
     closed: bool,
     /// The last fork's child: (pid here, pid in the template's namespace).
     forked: Option<(u32, u32)>,
+    /// A spare that announced itself and is not yet prepared: (pid here, pid there).
+    announced: Option<(u32, u32)>,
     fork_error: Option<String>,
     /// Instances alive, by their pid in the template's namespace.
     live: HashSet<u32>,
@@ -171,6 +178,8 @@ pub struct Template {
     logs: Arc<Mutex<Vec<String>>>,
     /// One fork at a time: a child's `p` answers the request in flight.
     turn: tokio::sync::Mutex<()>,
+    /// The spare, moved into its instance's cgroups ahead of need (held while preparing one).
+    prepared: Arc<tokio::sync::Mutex<Option<Prepared>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -218,8 +227,15 @@ impl Sandbox {
         let control = Arc::new(control);
         let shared = Arc::new(Shared::default());
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let prepared = Arc::new(tokio::sync::Mutex::new(None));
         let tasks = vec![
             tokio::spawn(read_channel(control.clone(), shared.clone())),
+            tokio::spawn(prepare_spares(
+                self.clone(),
+                shared.clone(),
+                prepared.clone(),
+                limits.memory_mb,
+            )),
             tokio::spawn(pump_log(stdout, logs.clone())),
             tokio::spawn(pump_log(stderr, logs.clone())),
         ];
@@ -230,6 +246,7 @@ impl Sandbox {
             shared,
             logs,
             turn: tokio::sync::Mutex::new(()),
+            prepared,
             tasks,
         };
         let ready = tokio::time::timeout(
@@ -265,12 +282,6 @@ impl Template {
     pub async fn fork(&self, limits: &Limits) -> Result<Spawned, SpawnError> {
         let prep = |step: &'static str| move |source| SpawnError { step, source };
         let _turn = self.turn.lock().await;
-        let mut slot = self
-            .sandbox
-            .take_slot()
-            .map_err(prep("preparing the instance's cgroups"))?;
-        slot.set_memory(limits.memory_mb)
-            .map_err(prep("setting the instance's memory limit"))?;
         let streams = prep("creating the standard stream pipes");
         let (stdin_child, stdin) = crate::spawn::pipe().map_err(&streams)?;
         let (stdout, stdout_child) = crate::spawn::pipe().map_err(&streams)?;
@@ -319,6 +330,45 @@ impl Template {
             }
         };
         self.shared.lock().live.insert(ns_pid);
+        // The spare it handed the request to was most likely made ready already (or is being:
+        // wait for that rather than move it twice).
+        let spare = {
+            let mut prepared = self.prepared.lock().await;
+            match prepared.take() {
+                Some(p) if p.ns_pid == ns_pid => Some(p),
+                // A spare that is not this child (it died, say): let it go.
+                _ => None,
+            }
+        };
+        if let Some(spare) = spare {
+            let mut process = Process::forked(
+                pid,
+                spare.pidfd,
+                None,
+                Forked {
+                    ns_pid,
+                    shared: self.shared.clone(),
+                },
+            );
+            process.set_slot(spare.slot);
+            return Ok(Spawned {
+                process,
+                stdin,
+                stdout,
+                stderr,
+            });
+        }
+        let mut slot = match self.sandbox.take_slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.shared.forget(ns_pid);
+                return Err(prep("preparing the instance's cgroups")(e));
+            }
+        };
+        if let Err(e) = slot.set_memory(limits.memory_mb) {
+            self.shared.forget(ns_pid);
+            return Err(prep("setting the instance's memory limit")(e));
+        }
         let pidfd = match pidfd_open(pid) {
             Ok(fd) => fd,
             Err(e) => {
@@ -337,13 +387,7 @@ impl Template {
         );
         // Into the instance's own cgroup before it runs anything of the user's (it does not
         // until its first request, which needs its Hello first).
-        let moved = (|| {
-            for procs in slot.open_cgroup_procs()? {
-                File::from(procs).write_all(pid.to_string().as_bytes())?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = moved {
+        if let Err(e) = move_into(&slot, pid) {
             let _ = process.signal(libc::SIGKILL);
             return Err(prep("moving the instance into its cgroup")(e));
         }
@@ -432,6 +476,55 @@ impl Drop for Template {
     }
 }
 
+/// A spare moved into its instance's cgroups ahead of need.
+#[derive(Debug)]
+struct Prepared {
+    ns_pid: u32,
+    pidfd: OwnedFd,
+    slot: crate::Slot,
+}
+
+/// Writes `pid` into the slot's `cgroup.procs` files.
+fn move_into(slot: &crate::Slot, pid: u32) -> io::Result<()> {
+    for procs in slot.open_cgroup_procs()? {
+        File::from(procs).write_all(pid.to_string().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Makes each spare the template announces ready to be an instance: a slot with the memory
+/// limit, a pidfd, the move into the slot's cgroups — on the blocking pool, off any request's
+/// path.
+async fn prepare_spares(
+    sandbox: Sandbox,
+    shared: Arc<Shared>,
+    prepared: Arc<tokio::sync::Mutex<Option<Prepared>>>,
+    memory_mb: u64,
+) {
+    while let Some((pid, ns_pid)) = shared.until(|s| s.announced.take()).await {
+        let mut slot_guard = prepared.lock().await;
+        let sandbox = sandbox.clone();
+        let made = tokio::task::spawn_blocking(move || -> io::Result<Prepared> {
+            let mut slot = sandbox.take_slot()?;
+            slot.set_memory(memory_mb)?;
+            let pidfd = pidfd_open(pid)?;
+            move_into(&slot, pid)?;
+            Ok(Prepared {
+                ns_pid,
+                pidfd,
+                slot,
+            })
+        })
+        .await;
+        match made {
+            Ok(Ok(spare)) => *slot_guard = Some(spare),
+            // The next fork moves its child itself.
+            Ok(Err(e)) => tracing::debug!("could not prepare the template's spare: {e}"),
+            Err(e) => tracing::debug!("could not prepare the template's spare: {e}"),
+        }
+    }
+}
+
 fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -460,6 +553,11 @@ async fn read_channel(control: Arc<AsyncFd<OwnedFd>>, shared: Arc<Shared>) {
                         state.forked = Some((pid, ns_pid));
                     } else {
                         state.fork_error = Some("the child sent no credentials".into());
+                    }
+                }
+                Some((b's', rest)) => {
+                    if let (Some(pid), Some(ns_pid)) = (sender, u32_at(rest, 0)) {
+                        state.announced = Some((pid, ns_pid));
                     }
                 }
                 Some((b'e', rest)) => {

@@ -255,6 +255,20 @@ class ForkServer(unittest.TestCase):
         self.assertEqual(template.proc.stdout.read(), b"imported")
         self.assertEqual(template.stderr().count("import-time stderr line"), 1)
 
+    def test_a_spare_is_forked_ahead_of_need_announced_and_handed_the_next_request(self):
+        template = self.template
+        # The spare announces itself (its own credentials carry its pid) before any request.
+        payload, sender = template.expect(b"s")
+        (spare,) = struct.unpack("<I", payload)
+        self.assertEqual(sender, spare)
+        self.assertNotEqual(spare, template.proc.pid)
+        # The next request is served by that very process; a new spare follows.
+        pid, _, channel = template.fork()
+        self.assertEqual(pid, spare)
+        self.call(channel)
+        payload, _ = template.expect(b"s")
+        self.assertNotEqual(struct.unpack("<I", payload)[0], spare)
+
     def test_every_exit_is_reported_when_many_end_at_once(self):
         template = self.template
         children = [template.fork() for _ in range(8)]
