@@ -799,3 +799,46 @@ fn without_the_sandbox_each_instance_is_a_fresh_interpreter() {
         "{first}"
     );
 }
+
+#[test]
+fn internet_access_is_the_same_app_setting_for_python() {
+    let dir = scratch("python-egress");
+    let server = start_server(&dir);
+    let p = deploy_python(
+        &server,
+        &dir,
+        "net-py",
+        &[(
+            "main.py",
+            "import socket\nimport ignite\n\n@ignite.main\ndef handler(req, ctx):\n    try:\n        socket.create_connection(('127.0.0.1', int(req.field('port'))), timeout=1).close()\n        reached = True\n    except OSError:\n        reached = False\n    with open('/etc/resolv.conf') if req.field('resolv', default=False) else open('/dev/null') as f:\n        resolv = f.read()\n    return {'reached_node': reached, 'resolv': resolv}\n",
+        )],
+    );
+    let port: u16 = server.api.rsplit(':').next().unwrap().parse().unwrap();
+    let body = format!(r#"{{"port": {port}}}"#);
+    let (status, _, answer) = call(&server, "net-py", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(json(&answer)["reached_node"], false, "{answer}");
+    // On: a template of its own in an egress namespace, with a resolver; the node stays out
+    // of reach.
+    ok(
+        &server,
+        &p,
+        &["app", "network", "acme-corp:net-py", "--egress", "on"],
+    );
+    let body = format!(r#"{{"port": {port}, "resolv": true}}"#);
+    let (status, headers, answer) = call(&server, "net-py", &body);
+    assert_eq!(status, 200, "{answer}");
+    let v = json(&answer);
+    assert_eq!(v["reached_node"], false, "{answer}");
+    assert!(
+        v["resolv"]
+            .as_str()
+            .is_some_and(|r| r.contains("nameserver")),
+        "{answer}"
+    );
+    let record = execution(&server, &p, &headers);
+    assert_eq!(
+        record["metrics"]["cold_start_phases"]["start"], "fork",
+        "{record}"
+    );
+}
