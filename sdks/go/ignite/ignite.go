@@ -369,6 +369,7 @@ func (c *Context) Logf(format string, args ...any) { c.Log(fmt.Sprintf(format, a
 
 // Response is an HTTP response of the handler's choosing.
 type Response struct {
+	// Status is the HTTP status: 0 means 200; outside 100 to 999 the answer is a 500.
 	Status int
 	// Headers, names lowercase.
 	Headers [][2]string

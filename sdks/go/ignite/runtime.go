@@ -319,7 +319,10 @@ func replyFrame(b []byte, id uint64, v any, err error) []byte {
 		return appendError(b, id, kindHandler, 500, err.Error())
 	}
 	status := uint16(500)
-	if r.Status >= 100 && r.Status <= 999 {
+	switch {
+	case r.Status == 0:
+		status = 200
+	case r.Status >= 100 && r.Status <= 999:
 		status = uint16(r.Status)
 	}
 	frame, ok := appendResponse(b, id, status, r.Headers, r.Body)
