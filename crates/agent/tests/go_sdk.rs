@@ -646,9 +646,9 @@ fn started_by_hand_on_a_terminal_it_explains_and_exits_64() {
 }
 
 /// `cargo test --release -p ignite-agent --test go_sdk -- --ignored --nocapture`: cold start
-/// and warm round trip of the seed handler (and of a Rust handler binary named by
-/// IGNITE_RUST_HANDLER, for comparison), unsandboxed and, as root, sandboxed; the handlers'
-/// environment from IGNITE_MEASURE_ENV (`K=V,K=V`).
+/// and warm round trip of the seed handler and, when IGNITE_RUST_HANDLER names one, of a Rust
+/// handler binary, interleaved (so both see the same machine), unsandboxed and, as root,
+/// sandboxed; the handlers' environment from IGNITE_MEASURE_ENV (`K=V,K=V`).
 #[tokio::test]
 #[ignore]
 async fn measure_cold_and_warm() {
@@ -662,46 +662,63 @@ async fn measure_cold_and_warm() {
     if let Some(rust) = std::env::var_os("IGNITE_RUST_HANDLER") {
         handlers.push(("rust", PathBuf::from(rust)));
     }
+    let p = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
     for sandboxed in [false, true] {
         if sandboxed && !is_root() {
             continue;
         }
-        for (name, binary) in &handlers {
-            let mut cold = Vec::new();
-            for _ in 0..200 {
+        let mut cold = vec![Vec::new(); handlers.len()];
+        let mut init = vec![Vec::new(); handlers.len()];
+        for _ in 0..300 {
+            for (i, (_, binary)) in handlers.iter().enumerate() {
                 let started = Instant::now();
                 let instance = spawn_with(binary, sandboxed, &env).await;
                 let reply = instance
                     .invoke(invocation("/", r#"{"message": "hi there"}"#))
                     .await;
-                cold.push(started.elapsed());
+                cold[i].push(started.elapsed());
+                init[i].push(instance.init_duration());
                 assert_eq!(response(&reply).0, 200);
                 instance.shutdown(Duration::from_secs(1)).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+        }
+        let mut instances = Vec::new();
+        for (_, binary) in &handlers {
             let instance = spawn_with(binary, sandboxed, &env).await;
             for _ in 0..1000 {
                 instance.invoke(invocation("/", "{}")).await;
             }
-            let mut warm = Vec::new();
-            for _ in 0..10_000 {
-                let started = Instant::now();
-                let reply = instance
-                    .invoke(invocation("/", r#"{"message": "hi there"}"#))
-                    .await;
-                warm.push(started.elapsed());
-                assert_eq!(response(&reply).0, 200);
+            instances.push(instance);
+        }
+        let mut warm = vec![Vec::new(); handlers.len()];
+        for _ in 0..20 {
+            for (i, instance) in instances.iter().enumerate() {
+                for _ in 0..500 {
+                    let started = Instant::now();
+                    let reply = instance
+                        .invoke(invocation("/", r#"{"message": "hi there"}"#))
+                        .await;
+                    warm[i].push(started.elapsed());
+                    assert_eq!(response(&reply).0, 200);
+                }
             }
+        }
+        for instance in &instances {
             instance.shutdown(Duration::from_secs(1)).await;
-            cold.sort();
-            warm.sort();
-            let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        }
+        for (i, (name, binary)) in handlers.iter().enumerate() {
             println!(
-                "{name:>4} sandboxed={sandboxed:<5} cold p50 {:>9.3?} p99 {:>9.3?} | warm p50 {:>9.1?} p99 {:>9.1?}",
-                p(&cold, 0.5),
-                p(&cold, 0.99),
-                p(&warm, 0.5),
-                p(&warm, 0.99)
+                "{name:>4} sandboxed={sandboxed:<5} cold p50 {:>9.3?} p99 {:>9.3?} (ready p50 {:>9.3?}) | warm p50 {:>7.1?} p99 {:>7.1?} | {} bytes",
+                p(&mut cold[i], 0.5),
+                p(&mut cold[i], 0.99),
+                p(&mut init[i], 0.5),
+                p(&mut warm[i], 0.5),
+                p(&mut warm[i], 0.99),
+                std::fs::metadata(binary).map_or(0, |m| m.len())
             );
         }
     }
