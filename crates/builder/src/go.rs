@@ -146,6 +146,8 @@ async fn build_with(
         go.goroot.display()
     ));
     let work = b.out.join(WORK_DIR);
+    // What an earlier, failed build into the same directory left.
+    let _ = tokio::fs::remove_dir_all(&work).await;
     let (source, copy) = (b.source.to_path_buf(), work.clone());
     let notes = blocking(move || {
         copy_tree(&source, &copy, &|_, _| None).map_err(|e| match e {

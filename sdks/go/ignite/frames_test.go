@@ -119,3 +119,17 @@ func TestTooLargeResponse(t *testing.T) {
 		t.Fatal("not an error frame")
 	}
 }
+
+func TestResponseStatus(t *testing.T) {
+	for status, want := range map[int]string{0: "c801", 201: "c901", 42: "f403", 1000: "f403"} {
+		frame := replyFrame(nil, 1, &Response{Status: status}, nil)
+		if frame[headerLen] == frameError {
+			frame = frame[headerLen+3:]
+		} else {
+			frame = frame[headerLen+2:]
+		}
+		if got := hex.EncodeToString(frame[:2]); got != want {
+			t.Fatalf("status %d: %s, want %s", status, got, want)
+		}
+	}
+}

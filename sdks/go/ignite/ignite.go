@@ -160,6 +160,10 @@ func (r *Request) parse() {
 		if len(r.body) == 0 {
 			return
 		}
+		if fields, ok := objectFields(r.body); ok {
+			r.fields = fields
+			return
+		}
 		var fields map[string]json.RawMessage
 		err := json.Unmarshal(r.body, &fields)
 		if err == nil && fields != nil {
@@ -220,6 +224,9 @@ func Field[T any](req *Request, key string) (T, error) {
 			return v, badRequest(fmt.Sprintf(
 				"invalid field `%s` in the request body: null, expected %s", key, t))
 		}
+		return v, nil
+	}
+	if decodeFast(raw, &v) {
 		return v, nil
 	}
 	if err := json.Unmarshal(raw, &v); err != nil {
@@ -362,6 +369,7 @@ func (c *Context) Logf(format string, args ...any) { c.Log(fmt.Sprintf(format, a
 
 // Response is an HTTP response of the handler's choosing.
 type Response struct {
+	// Status is the HTTP status: 0 means 200; outside 100 to 999 the answer is a 500.
 	Status int
 	// Headers, names lowercase.
 	Headers [][2]string
@@ -400,7 +408,7 @@ func Bytes(b []byte) *Response {
 // JSON is 200 with v encoded as JSON (what returning v itself does), as a *Response whose
 // status and headers can then be changed.
 func JSON(v any) (*Response, error) {
-	body, err := encodeJSON(v)
+	body, err := appendJSON(nil, v, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -461,9 +469,12 @@ func toResponse(v any) (*Response, error) {
 	case []byte:
 		return Bytes(r), nil
 	}
-	body, err := encodeJSON(v)
+	body, err := appendJSON(make([]byte, 0, 256), v, 0)
 	if err != nil {
 		return nil, err
 	}
-	return &Response{Status: 200, Headers: [][2]string{{"content-type", jsonType}}, Body: body}, nil
+	return &Response{Status: 200, Headers: jsonHeaders, Body: body}, nil
 }
+
+// jsonHeaders are the headers of a JSON answer (shared: only read).
+var jsonHeaders = [][2]string{{"content-type", jsonType}}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -28,7 +29,9 @@ const (
 // descriptors, points fd 1 at fd 2 (so fmt.Println and os.Stdout write log lines, never a
 // corrupt frame) and fd 0 at an empty pipe. In the sandbox the handler is pid 1 of its own pid
 // namespace, where a signal without a handler is ignored: there SIGTERM, SIGINT and SIGHUP end
-// the process with status 0.
+// the process with status 0. Unless GOMAXPROCS is in the environment (or the program set it
+// before calling Main), goroutines run on one processor, as the Rust SDK's runtime is single
+// threaded: see oneProcessor.
 func Main(handler Handler) {
 	if handler == nil {
 		fmt.Fprintln(os.Stderr, "ignite: ignite.Main was given a nil handler")
@@ -48,9 +51,25 @@ func Main(handler Handler) {
 	if os.Getpid() == 1 {
 		exitOnTermination()
 	}
+	oneProcessor()
 	s := &server{in: in, out: out, handler: handler}
 	s.answer(appendHello(make([]byte, 0, 32), Version))
 	os.Exit(s.serve())
+}
+
+// oneProcessor runs goroutines on one processor (GOMAXPROCS 1), unless the environment
+// (GOMAXPROCS) or the program (runtime.GOMAXPROCS before Main) chose otherwise. Like the Rust
+// SDK's single-threaded runtime: requests still run concurrently (each on its goroutine,
+// interleaved whenever one waits), an instance gets one CPU's quota in the sandbox anyway, and
+// with one processor a request is read, run and answered on one thread, where several
+// processors hand each request between threads (a wake-up of tens of microseconds on a VM).
+func oneProcessor() {
+	if _, set := os.LookupEnv("GOMAXPROCS"); set {
+		return
+	}
+	if runtime.GOMAXPROCS(0) == runtime.NumCPU() {
+		runtime.GOMAXPROCS(1)
+	}
 }
 
 // keepStdio holds the standard files Go opened at start-up: a collected *os.File closes its
@@ -300,7 +319,10 @@ func replyFrame(b []byte, id uint64, v any, err error) []byte {
 		return appendError(b, id, kindHandler, 500, err.Error())
 	}
 	status := uint16(500)
-	if r.Status >= 100 && r.Status <= 999 {
+	switch {
+	case r.Status == 0:
+		status = 200
+	case r.Status >= 100 && r.Status <= 999:
 		status = uint16(r.Status)
 	}
 	frame, ok := appendResponse(b, id, status, r.Headers, r.Body)

@@ -175,9 +175,15 @@ pub fn launcher(
             sandbox: state.sandbox.clone(),
         })
     } else {
+        let mut env: Vec<(String, String)> = env();
+        // Go's runtime on one processor, like the Rust SDK's single-threaded runtime (faster
+        // warm round trips, and the SDK skips setting it at start), unless the app says.
+        if version.runtime == "go" && !env.iter().any(|(k, _)| k == "GOMAXPROCS") {
+            env.push(("GOMAXPROCS".into(), "1".into()));
+        }
         Box::new(NativeLauncher {
             program: blob,
-            env: env(),
+            env,
             sandbox: state.sandbox.clone(),
         })
     }
