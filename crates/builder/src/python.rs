@@ -490,6 +490,7 @@ impl Steps<'_, '_> {
             root: jail.root.clone(),
             read_only,
             writable,
+            mapped: Vec::new(),
             scratch: Vec::new(),
             tmp_mb: jail.tmp_mb,
             uid: jail.uid,
