@@ -11,12 +11,13 @@
 //! anywhere but that directory and the target directory it is given.
 
 pub mod archive;
+pub mod deno;
 pub mod oci;
 mod proxy;
 pub mod python;
 mod sources;
 
-pub use proxy::{CRATES_IO, PYPI, RegistryProxy};
+pub use proxy::{CRATES_IO, DENO, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;
@@ -235,6 +236,20 @@ pub enum BuildError {
          there (a link, a socket or a pipe)"
     )]
     AppTree(String),
+    #[error(
+        "a Deno app needs main.ts (or main.js) at the top of --code, with \
+         `export default main(async (req, ctx) => ...)` (a directory with main.ts and an \
+         optional deno.json, or a single .ts file)"
+    )]
+    NoDenoMain,
+    #[error("the platform's Deno SDK is missing: {0} is not there")]
+    DenoSdk(PathBuf),
+    #[error("cannot use the Deno binary: {0}")]
+    Deno(String),
+    #[error("the app's Deno config: {0}")]
+    DenoConfig(String),
+    #[error("{step} failed: {message}\n(the build log has Deno's whole output)")]
+    DenoFailed { step: String, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {

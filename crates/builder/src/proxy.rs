@@ -1,5 +1,6 @@
 //! The dependency fetch's only way out: an HTTP `CONNECT` proxy on a Unix socket that tunnels to
-//! the registry's hosts (crates.io's, or PyPI's for a Python app's `pip install`) and refuses
+//! the registry's hosts (crates.io's, PyPI's for a Python app's `pip install`, or JSR's, npm's
+//! and deno.land's for a Deno app's `deno install`) and refuses
 //! everything else.
 //!
 //! `cargo fetch` runs in a network namespace of its own (`dodil ignite __fetch`, see
@@ -18,6 +19,9 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 pub const CRATES_IO: &[&str] = &["index.crates.io:443", "static.crates.io:443"];
 /// PyPI's index (the simple API) and its file host: what `pip install` reaches.
 pub const PYPI: &[&str] = &["pypi.org:443", "files.pythonhosted.org:443"];
+/// What `deno install` reaches for a Deno app's `jsr:`, `npm:` and `https://deno.land/` imports:
+/// JSR, the npm registry (metadata and tarballs) and deno.land.
+pub const DENO: &[&str] = &["jsr.io:443", "registry.npmjs.org:443", "deno.land:443"];
 
 /// The longest request head read before refusing.
 const MAX_HEAD: usize = 8 << 10;

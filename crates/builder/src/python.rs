@@ -148,7 +148,7 @@ pub fn tar_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
 ) -> Result<T, BuildError> {
     tokio::task::spawn_blocking(f)
@@ -513,6 +513,28 @@ fn os_args(args: &[&str]) -> Vec<OsString> {
 
 /// Copies the upload into `out` (see the module's documentation); returns notes for the log.
 fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
+    copy_tree(source, out, &|rel| {
+        if rel.file_name().is_some_and(|n| n == "__pycache__") {
+            return Some(None);
+        }
+        (rel == Path::new(PACKAGES_DIR)).then(|| {
+            Some(format!(
+                "note: left out the upload's {PACKAGES_DIR}: the build installs \
+                 requirements.txt there"
+            ))
+        })
+    })
+}
+
+/// Copies an upload into `out`: links that stay inside are replaced by copies of what they
+/// point to, links leading outside are refused, and so are files over [`MAX_FILE_BYTES`] and
+/// uploads over [`MAX_SOURCE_BYTES`]. `leave_out` is asked of each path (relative to the
+/// upload): `Some(note)` leaves it out (the note, if any, goes to the log). Returns the notes.
+pub(crate) fn copy_tree(
+    source: &Path,
+    out: &Path,
+    leave_out: &dyn Fn(&Path) -> Option<Option<String>>,
+) -> Result<Vec<String>, BuildError> {
     let root = std::fs::canonicalize(source).map_err(io_err(source))?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let mut notes = Vec::new();
@@ -535,14 +557,8 @@ fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
         for name in names {
             let (from, to, rel) = (dir.join(&name), copy.join(&name), rel.join(&name));
             let shown = rel.to_string_lossy().into_owned();
-            if name == "__pycache__" {
-                continue;
-            }
-            if rel == Path::new(PACKAGES_DIR) {
-                notes.push(format!(
-                    "note: left out the upload's {PACKAGES_DIR}: the build installs \
-                     requirements.txt there"
-                ));
+            if let Some(note) = leave_out(&rel) {
+                notes.extend(note);
                 continue;
             }
             let mut meta = std::fs::symlink_metadata(&from).map_err(io_err(&from))?;
@@ -595,7 +611,7 @@ fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
 }
 
 /// Copies one regular file (at most `cap` bytes of it), with permission bits `mode`.
-fn copy_file(from: &Path, to: &Path, mode: u32, cap: u64) -> Result<(), BuildError> {
+pub(crate) fn copy_file(from: &Path, to: &Path, mode: u32, cap: u64) -> Result<(), BuildError> {
     let mut src = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -641,7 +657,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Packs the app tree `out` into `dest`: entries sorted by path, each with mtime 0, uid and
 /// gid 0, no owner names, and its permission bits; only files and directories (anything else
 /// is an [`BuildError::AppTree`]). Returns the tar's size and `sha256:` digest.
-fn pack(out: &Path, dest: &Path) -> Result<(u64, String), BuildError> {
+pub(crate) fn pack(out: &Path, dest: &Path) -> Result<(u64, String), BuildError> {
     let mut entries = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
