@@ -192,6 +192,19 @@ pub fn run_env(app: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// A digest of the SDK's modules and build tools in `sdk_dir`: part of a build cache key, since
+/// every build copies the SDK into the app.
+pub fn sdk_fingerprint(sdk_dir: &Path) -> io::Result<String> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for name in SDK_MODULES.iter().chain([SEAL_SCRIPT].iter()) {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(std::fs::read(sdk_dir.join(name))?);
+    }
+    Ok(format!("{:x}", hash.finalize()))
+}
+
 /// Builds a Deno app (see the module's documentation), sending each step's output to `log`
 /// line by line (capped at [`BuildOptions::max_log_bytes`]), the whole under
 /// [`BuildOptions::timeout`].

@@ -132,6 +132,11 @@ struct ServerArgs {
     /// libraries are what the sandbox shows them).
     #[arg(long, default_value = "/usr/bin/python3")]
     python: PathBuf,
+    /// The Deno binary Deno apps build and run with (default: the npm registry's deno package
+    /// as `.ci/run` installs it, `npm install --prefix /opt/ignite-deno deno`, else
+    /// /usr/local/bin/deno or /usr/bin/deno).
+    #[arg(long)]
+    deno: Option<PathBuf>,
     /// Memory the node's Python templates (interpreters with an app imported, which cold
     /// starts fork) may hold together, in MiB (default: an eighth of the machine's memory, at
     /// most 4096). Past it, the least recently used idle template is stopped.
@@ -881,10 +886,14 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             ("file", bytes)
         });
     }
-    if !code.join("Cargo.toml").is_file() && !code.join("main.py").is_file() {
+    if !["Cargo.toml", "main.py", "main.ts", "main.js"]
+        .iter()
+        .any(|f| code.join(f).is_file())
+    {
         bail!(
-            "{} has neither a Cargo.toml nor a main.py; point --code at the directory that holds \
-             Cargo.toml and src/ (Rust) or main.py and an optional requirements.txt (Python)",
+            "{} has neither a Cargo.toml, a main.py nor a main.ts; point --code at the directory \
+             that holds Cargo.toml and src/ (Rust), main.py and an optional requirements.txt \
+             (Python), or main.ts (or main.js) and an optional deno.json (Deno)",
             code.display()
         );
     }
@@ -953,6 +962,7 @@ fn server(a: ServerArgs) -> Result<()> {
         build_memory_mb: a.build_memory_mb,
         build_disk_mb: a.build_disk_mb,
         python: a.python,
+        deno: a.deno,
         template_memory_mb: a.template_memory_mb,
         limits: ignite_server::limits::LimitSettings {
             node_instances: a.node_instances,
