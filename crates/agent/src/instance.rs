@@ -26,6 +26,9 @@ pub struct SpawnConfig {
     pub args: Vec<String>,
     /// Host paths visible read-only in the sandbox (an interpreter's files).
     pub binds: Vec<ignite_sandbox::Bind>,
+    /// The program reserves far more address space than it uses (V8): no RLIMIT_AS backstop
+    /// in the sandbox, the memory cgroup alone holds it.
+    pub reserves_address_space: bool,
     /// The process environment: exactly these variables, nothing inherited from the agent.
     pub env: Vec<(String, String)>,
     /// How long the handler may take to send its `Hello`.
@@ -46,6 +49,7 @@ impl SpawnConfig {
             program: program.into(),
             args: Vec::new(),
             binds: Vec::new(),
+            reserves_address_space: false,
             env: Vec::new(),
             init_timeout: Duration::from_secs(10),
             log_limit: 256 * 1024,
@@ -170,6 +174,7 @@ impl Instance {
                 argv: &config.args,
                 env: &config.env,
                 binds: &config.binds,
+                reserves_address_space: config.reserves_address_space,
             },
             config.sandbox.as_ref().map(|(s, l)| (s, l)),
         )
@@ -383,14 +388,10 @@ impl Instance {
         }
         let logs = self.logs.end(id, true);
         // Where no memory cgroup kills it, a handler meets its limit as a failed allocation
-        // (RLIMIT_AS), which Rust reports on stderr before aborting: the same event.
+        // (RLIMIT_AS), which Rust reports on stderr before aborting: the same event. So is V8
+        // stopping at its heap limit (a Deno instance's `--max-heap-size`).
         let outcome = match outcome {
-            Outcome::Crashed { exit }
-                if logs
-                    .lines
-                    .iter()
-                    .any(|l| l.starts_with("memory allocation of") && l.ends_with("failed")) =>
-            {
+            Outcome::Crashed { exit } if logs.lines.iter().any(|l| is_out_of_memory(l)) => {
                 Outcome::OutOfMemory { exit }
             }
             other => other,
@@ -627,6 +628,14 @@ fn describe(status: ExitStatus, sandboxed: bool) -> String {
     } else {
         status.to_string()
     }
+}
+
+/// Whether a line a handler wrote as it died says it ran out of memory: Rust's failed
+/// allocation, or V8 at its heap limit.
+fn is_out_of_memory(line: &str) -> bool {
+    (line.starts_with("memory allocation of") && line.ends_with("failed"))
+        || line.contains("Fatal JavaScript out of memory")
+        || line.contains("Fatal process out of memory")
 }
 
 fn frame_name(frame: &Frame) -> &'static str {

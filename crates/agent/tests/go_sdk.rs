@@ -563,6 +563,7 @@ async fn in_the_sandbox_sigterm_ends_the_handler_with_status_0() {
             program: &binaries().behaviour,
             argv: &[],
             binds: &[],
+            reserves_address_space: false,
             env: &[],
         },
         Some((&sandbox, &limits)),

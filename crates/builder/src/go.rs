@@ -150,7 +150,7 @@ async fn build_with(
     let _ = tokio::fs::remove_dir_all(&work).await;
     let (source, copy) = (b.source.to_path_buf(), work.clone());
     let notes = blocking(move || {
-        copy_tree(&source, &copy, &|_, _| None).map_err(|e| match e {
+        copy_tree(&source, &copy, &|_| None).map_err(|e| match e {
             BuildError::LinkOutside { path, target } => BuildError::GoLinkOutside { path, target },
             other => other,
         })
@@ -964,6 +964,7 @@ impl Steps<'_, '_> {
             root: jail.root.clone(),
             read_only,
             writable,
+            mapped: Vec::new(),
             scratch: Vec::new(),
             tmp_mb: jail.tmp_mb,
             uid: jail.uid,

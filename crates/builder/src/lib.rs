@@ -11,13 +11,14 @@
 //! anywhere but that directory and the target directory it is given.
 
 pub mod archive;
+pub mod deno;
 pub mod go;
 pub mod oci;
 mod proxy;
 pub mod python;
 mod sources;
 
-pub use proxy::{CRATES_IO, GO_PROXY, PYPI, RegistryProxy};
+pub use proxy::{CRATES_IO, DENO, GO_PROXY, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;
@@ -288,6 +289,20 @@ pub enum BuildError {
     },
     #[error("the Go build made a binary that is not static: {0}")]
     NotStatic(String),
+    #[error(
+        "a Deno app needs main.ts (or main.js) at the top of --code, with \
+         `export default main(async (req, ctx) => ...)` (a directory with main.ts and an \
+         optional deno.json, or a single .ts file)"
+    )]
+    NoDenoMain,
+    #[error("the platform's Deno SDK is missing: {0} is not there")]
+    DenoSdk(PathBuf),
+    #[error("cannot use the Deno binary: {0}")]
+    Deno(String),
+    #[error("the app's Deno config: {0}")]
+    DenoConfig(String),
+    #[error("{step} failed: {message}\n(the build log has Deno's whole output)")]
+    DenoFailed { step: String, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -750,6 +765,7 @@ async fn build_jailed(
             options.sdk.crates_dir.clone(),
         ],
         writable: vec![project.dir.clone(), options.target_dir.clone()],
+        mapped: Vec::new(),
         scratch: vec![home.clone()],
         tmp_mb: jail.tmp_mb,
         uid: jail.uid,
@@ -915,6 +931,7 @@ fn fetch_spec(
         root: jail.root.clone(),
         read_only,
         writable,
+        mapped: Vec::new(),
         scratch: vec![home.to_path_buf()],
         tmp_mb: jail.tmp_mb,
         uid: caller_uid(),

@@ -1,6 +1,6 @@
 //! The artifact store: an OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/sha256/<hex>`). Each built handler is an OCI artifact: a manifest whose one layer is the
-//! static binary (or the component, or a Python app's tree as a tar), named in `index.json` by
+//! static binary (or the component, or a Python or Deno app's tree as a tar), named in `index.json` by
 //! `<org>/<app>:<build id>`. Blobs are content-addressed and written atomically, so a
 //! half-written file is never visible under its digest.
 
@@ -23,6 +23,11 @@ pub const PYTHON_ARTIFACT_TYPE: &str = "application/vnd.ignite.handler.python.v1
 /// The media type of a Python app's layer: the app tree as one tar (see
 /// [`unpack_app`]).
 pub const PYTHON_MEDIA_TYPE: &str = "application/vnd.ignite.python.app.v1.tar";
+/// The artifact type of a Deno app manifest.
+pub const DENO_ARTIFACT_TYPE: &str = "application/vnd.ignite.handler.deno.v1";
+/// The media type of a Deno app's layer: the app tree, its dependencies and Deno's caches, as
+/// one tar (see [`unpack_app`]).
+pub const DENO_MEDIA_TYPE: &str = "application/vnd.ignite.deno.app.v1.tar";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
@@ -169,20 +174,56 @@ impl OciLayout {
         python_version: &str,
         reference: &str,
     ) -> io::Result<Stored> {
+        self.add_app_tree(
+            tar,
+            PYTHON_MEDIA_TYPE,
+            PYTHON_ARTIFACT_TYPE,
+            &[("dev.ignite.python.version", python_version)],
+            reference,
+        )
+    }
+
+    /// Stores a Deno app's tar (as [`crate::deno::build`] packed it) as an artifact named
+    /// `reference`, its layer annotated with the Deno version it was built (and its caches
+    /// made) for, and lists it in `index.json`.
+    pub fn add_deno_app(
+        &self,
+        tar: &Path,
+        deno_version: &str,
+        reference: &str,
+    ) -> io::Result<Stored> {
+        self.add_app_tree(
+            tar,
+            DENO_MEDIA_TYPE,
+            DENO_ARTIFACT_TYPE,
+            &[("dev.ignite.deno.version", deno_version)],
+            reference,
+        )
+    }
+
+    /// Stores an app tree's tar (streamed) as the one layer of an artifact of `artifact_type`
+    /// named `reference`, its layer of `media_type` with `annotations`, and lists it in
+    /// `index.json`. The node unpacks it with [`unpack_app`].
+    pub fn add_app_tree(
+        &self,
+        tar: &Path,
+        media_type: &str,
+        artifact_type: &str,
+        annotations: &[(&str, &str)],
+        reference: &str,
+    ) -> io::Result<Stored> {
         let (digest, size) = self.put_blob_file(tar)?;
-        let mut annotations = std::collections::BTreeMap::new();
-        annotations.insert(
-            "dev.ignite.python.version".to_string(),
-            python_version.to_string(),
-        );
         let layer = Descriptor {
-            media_type: PYTHON_MEDIA_TYPE.into(),
+            media_type: media_type.into(),
             digest,
             size,
             artifact_type: None,
-            annotations,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        self.add_artifact(layer, PYTHON_ARTIFACT_TYPE, reference)
+        self.add_artifact(layer, artifact_type, reference)
     }
 
     /// Writes the manifest of a one-layer artifact (its layer blob already stored) and lists it
@@ -244,7 +285,7 @@ impl OciLayout {
     }
 }
 
-/// Unpacks a Python app's tar (as [`crate::python::build`] packed it) into `dest` (created if
+/// Unpacks an app tree's tar (as [`crate::python::build`] or [`crate::deno::build`] packed it) into `dest` (created if
 /// missing): only files and directories, every path relative and inside `dest`; anything else
 /// is refused with [`io::ErrorKind::InvalidData`] (what was unpacked before it stays).
 pub fn unpack_app(tar: &Path, dest: &Path) -> io::Result<()> {

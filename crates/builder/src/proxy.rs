@@ -1,6 +1,7 @@
 //! The dependency fetch's only way out: an HTTP `CONNECT` proxy on a Unix socket that tunnels to
 //! the registry's hosts (crates.io's, PyPI's for a Python app's `pip install`, the Go module
-//! proxy's for a Go app's `go mod download`) and refuses
+//! proxy's for a Go app's `go mod download`, or JSR's, npm's and deno.land's for a Deno app's
+//! `deno install`) and refuses
 //! everything else.
 //!
 //! `cargo fetch` runs in a network namespace of its own (`dodil ignite __fetch`, see
@@ -22,6 +23,9 @@ pub const PYPI: &[&str] = &["pypi.org:443", "files.pythonhosted.org:443"];
 /// The Go module proxy and its checksum database: what a Go app's `go mod download` reaches
 /// (`GOPROXY=https://proxy.golang.org`, `GOSUMDB=sum.golang.org`, no direct VCS fetches).
 pub const GO_PROXY: &[&str] = &["proxy.golang.org:443", "sum.golang.org:443"];
+/// What `deno install` reaches for a Deno app's `jsr:`, `npm:` and `https://deno.land/` imports:
+/// JSR, the npm registry (metadata and tarballs) and deno.land.
+pub const DENO: &[&str] = &["jsr.io:443", "registry.npmjs.org:443", "deno.land:443"];
 
 /// The longest request head read before refusing.
 const MAX_HEAD: usize = 8 << 10;

@@ -148,7 +148,7 @@ pub fn tar_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
 ) -> Result<T, BuildError> {
     tokio::task::spawn_blocking(f)
@@ -490,6 +490,7 @@ impl Steps<'_, '_> {
             root: jail.root.clone(),
             read_only,
             writable,
+            mapped: Vec::new(),
             scratch: Vec::new(),
             tmp_mb: jail.tmp_mb,
             uid: jail.uid,
@@ -512,31 +513,27 @@ fn os_args(args: &[&str]) -> Vec<OsString> {
 
 /// Copies the upload into `out` (see the module's documentation); returns notes for the log.
 fn copy_source(source: &Path, out: &Path) -> Result<Vec<String>, BuildError> {
-    copy_tree(source, out, &|name, rel| {
-        if name == "__pycache__" {
-            Some(None)
-        } else if rel == Path::new(PACKAGES_DIR) {
-            Some(Some(format!(
+    copy_tree(source, out, &|rel| {
+        if rel.file_name().is_some_and(|n| n == "__pycache__") {
+            return Some(None);
+        }
+        (rel == Path::new(PACKAGES_DIR)).then(|| {
+            Some(format!(
                 "note: left out the upload's {PACKAGES_DIR}: the build installs \
                  requirements.txt there"
-            )))
-        } else {
-            None
-        }
+            ))
+        })
     })
 }
 
-/// What [`copy_tree`] leaves out, asked of each entry's name and path in the upload: `None`
-/// copies it, `Some(note)` leaves it out (with a note for the log, if any).
-pub(crate) type LeaveOut<'a> = &'a dyn Fn(&std::ffi::OsStr, &Path) -> Option<Option<String>>;
-
 /// Copies an upload into `out`: links that stay inside are replaced by copies of what they
 /// point to, links leading outside are refused, and so are files over [`MAX_FILE_BYTES`] and
-/// uploads over [`MAX_SOURCE_BYTES`]; returns notes for the log.
+/// uploads over [`MAX_SOURCE_BYTES`]. `leave_out` is asked of each path (relative to the
+/// upload): `Some(note)` leaves it out (the note, if any, goes to the log). Returns the notes.
 pub(crate) fn copy_tree(
     source: &Path,
     out: &Path,
-    leave_out: LeaveOut<'_>,
+    leave_out: &dyn Fn(&Path) -> Option<Option<String>>,
 ) -> Result<Vec<String>, BuildError> {
     let root = std::fs::canonicalize(source).map_err(io_err(source))?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
@@ -560,7 +557,7 @@ pub(crate) fn copy_tree(
         for name in names {
             let (from, to, rel) = (dir.join(&name), copy.join(&name), rel.join(&name));
             let shown = rel.to_string_lossy().into_owned();
-            if let Some(note) = leave_out(&name, &rel) {
+            if let Some(note) = leave_out(&rel) {
                 notes.extend(note);
                 continue;
             }
@@ -660,7 +657,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Packs the app tree `out` into `dest`: entries sorted by path, each with mtime 0, uid and
 /// gid 0, no owner names, and its permission bits; only files and directories (anything else
 /// is an [`BuildError::AppTree`]). Returns the tar's size and `sha256:` digest.
-fn pack(out: &Path, dest: &Path) -> Result<(u64, String), BuildError> {
+pub(crate) fn pack(out: &Path, dest: &Path) -> Result<(u64, String), BuildError> {
     let mut entries = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {

@@ -135,6 +135,11 @@ struct ServerArgs {
     /// The Go toolchain Go apps build with.
     #[arg(long, default_value = "/usr/bin/go")]
     go: PathBuf,
+    /// The Deno binary Deno apps build and run with (default: the npm registry's deno package
+    /// as `.ci/run` installs it, `npm install --prefix /opt/ignite-deno deno`, else
+    /// /usr/local/bin/deno or /usr/bin/deno).
+    #[arg(long)]
+    deno: Option<PathBuf>,
     /// Memory the node's Python templates (interpreters with an app imported, which cold
     /// starts fork) may hold together, in MiB (default: an eighth of the machine's memory, at
     /// most 4096). Past it, the least recently used idle template is stopped.
@@ -884,14 +889,15 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             ("file", bytes)
         });
     }
-    if !["Cargo.toml", "main.py", "go.mod"]
+    if !["Cargo.toml", "main.py", "go.mod", "main.ts", "main.js"]
         .iter()
         .any(|f| code.join(f).is_file())
     {
         bail!(
-            "{} has no Cargo.toml, main.py or go.mod; point --code at the directory that holds \
-             Cargo.toml and src/ (Rust), main.py and an optional requirements.txt (Python), or \
-             go.mod and the .go files (Go)",
+            "{} has no Cargo.toml, main.py, go.mod or main.ts; point --code at the directory that \
+             holds Cargo.toml and src/ (Rust), main.py and an optional requirements.txt \
+             (Python), go.mod and the .go files (Go), or main.ts (or main.js) and an optional \
+             deno.json (Deno)",
             code.display()
         );
     }
@@ -961,6 +967,7 @@ fn server(a: ServerArgs) -> Result<()> {
         build_disk_mb: a.build_disk_mb,
         python: a.python,
         go: a.go,
+        deno: a.deno,
         template_memory_mb: a.template_memory_mb,
         limits: ignite_server::limits::LimitSettings {
             node_instances: a.node_instances,

@@ -157,6 +157,19 @@ async fn compile(
     std::fs::create_dir_all(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
     let bytes = std::fs::read(state.oci.blob_path(&digest)).map_err(io(&src))?;
+    if draft.runtime == "deno" {
+        if draft.source_kind.as_deref() == Some("file") {
+            std::fs::write(src.join("main.ts"), &bytes).map_err(io(&src))?;
+        } else {
+            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
+                BuildError::Io {
+                    path: src.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        }
+        return compile_deno(state, org, app, draft, build_id, live, &app_dir, &src).await;
+    }
     if draft.runtime == "python" {
         if draft.source_kind.as_deref() == Some("file") {
             std::fs::write(src.join("main.py"), &bytes).map_err(io(&src))?;
@@ -435,6 +448,108 @@ async fn compile_python(
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+    Ok(ignite_builder::Artifact {
+        path: state.oci.blob_path(&built.digest),
+        size: built.size,
+        digest: built.digest,
+        target,
+    })
+}
+
+/// Builds a Deno draft (unpacked in `src`): its imports fetched with `deno install` (in the
+/// jail, JSR, npm and deno.land its only network), type-checked, its default export checked and
+/// Deno's caches warmed by the instance's own command line, and the tree stored as an OCI
+/// artifact. An identical earlier build is reused.
+#[allow(clippy::too_many_arguments)]
+async fn compile_deno(
+    state: &Arc<State>,
+    org: &str,
+    app: &str,
+    draft: &Version,
+    build_id: &str,
+    live: &LiveBuild,
+    app_dir: &std::path::Path,
+    src: &std::path::Path,
+) -> Result<ignite_builder::Artifact, BuildError> {
+    let Some(deno) = &state.deno else {
+        return Err(BuildError::Deno(format!(
+            "this server cannot build Deno apps: {}",
+            state.deno_problem.as_deref().unwrap_or("no Deno binary")
+        )));
+    };
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    // The SDK is copied into the tree: its sources are part of the key.
+    let sdk = ignite_builder::deno::sdk_fingerprint(&deno.sdk_dir).unwrap_or_default();
+    let key = cache_key(state, app, draft).map(|k| format!("{k}:deno{}:{sdk}", deno.version));
+    if let Some(key) = &key
+        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
+        && state.oci.blob_path(&digest).exists()
+    {
+        live.push(format!(
+            "reusing {digest} from an identical earlier build (same source, Deno and SDK)"
+        ));
+        return Ok(ignite_builder::Artifact {
+            path: state.oci.blob_path(&digest),
+            size: size as u64,
+            digest,
+            target,
+        });
+    }
+    live.push(format!("building {org}:{app} for Deno {}", deno.version));
+    let out = app_dir.join("deno");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let mut options = BuildOptions::new(
+        Sdk::bundled(),
+        app_dir.join("target"),
+        state.config.build_timeout,
+    );
+    let (jail, mut cgroup) = jail(state, build_id, state.deno_proxy.as_ref())?;
+    options.jail = jail;
+    let build = ignite_builder::deno::DenoBuild {
+        source: src,
+        out: &out,
+        deno: &deno.binary,
+        sdk_dir: &deno.sdk_dir,
+    };
+    let built =
+        ignite_builder::deno::build(&build, &options, |line| live.push(line.to_string())).await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
+            tracing::debug!("deno build failed after an oom kill: {e}");
+            return Err(BuildError::OutOfMemory {
+                limit_mb: state.config.build_memory_mb,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    drop(cgroup);
+    let target = format!("deno{}", built.deno_version);
+    let reference = format!("{org}/{app}:{build_id}");
+    let stored = state
+        .oci
+        .add_deno_app(&built.tar, &built.deno_version, &reference)
+        .map_err(io(&built.tar))?;
+    live.push(format!(
+        "built {} ({} bytes, {target}); artifact manifest {}",
+        built.digest, built.size, stored.manifest.digest
+    ));
+    if let Some(key) = &key {
+        let record = Built {
+            digest: &built.digest,
+            size: built.size as i64,
+            target: &target,
+        };
+        if let Err(e) = store::cache_build(&state.db, key, &record).await {
+            tracing::warn!("could not record the build in the cache: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(ignite_builder::python::tar_path(&out));
     Ok(ignite_builder::Artifact {
         path: state.oci.blob_path(&built.digest),
         size: built.size,

@@ -62,6 +62,9 @@ pub struct Config {
     pub python: PathBuf,
     /// The toolchain of Go apps.
     pub go: PathBuf,
+    /// The Deno binary of Deno apps (`None`: where `.ci/run` installs it, see
+    /// `ignite_builder::deno::DEFAULT_BINARIES`).
+    pub deno: Option<PathBuf>,
     /// What the Python templates may hold together (derived from the machine when `None`).
     pub template_memory_mb: Option<u64>,
     /// The node's instance budget and the most one app may ask for (derived from the machine
@@ -110,6 +113,12 @@ pub(crate) struct State {
     pub python_proxy: Option<ignite_builder::RegistryProxy>,
     /// Go's module downloads' only way out (with the sandbox): the Go module proxy.
     pub go_proxy: Option<ignite_builder::RegistryProxy>,
+    /// The node's Deno; `None` when there is none (Deno apps then refuse to build, saying why).
+    pub deno: Option<Arc<runtime::deno::DenoRuntime>>,
+    /// Why `deno` is `None`.
+    pub deno_problem: Option<String>,
+    /// `deno install`'s only way out (with the sandbox): JSR, npm and deno.land.
+    pub deno_proxy: Option<ignite_builder::RegistryProxy>,
 }
 
 impl State {
@@ -195,6 +204,21 @@ pub async fn run(
                 (None, Some(e.to_string()))
             }
         };
+    let deno_proxy = match &sandbox {
+        Some(_) => Some(ignite_builder::RegistryProxy::start(
+            &config.data_dir.join("sandbox/deno-proxy.sock"),
+            ignite_builder::DENO,
+        )?),
+        None => None,
+    };
+    let (deno, deno_problem) =
+        match runtime::deno::DenoRuntime::detect(config.deno.as_deref(), &deno_sdk_dir()).await {
+            Ok(d) => (Some(Arc::new(d)), None),
+            Err(e) => {
+                tracing::warn!("Deno apps are unavailable: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
     let template_budget = config
         .template_memory_mb
         .unwrap_or_else(|| (limits::Machine::read(open_files).memory_mb / 8).min(4096));
@@ -264,6 +288,9 @@ pub async fn run(
         templates: Arc::new(runtime::python::Templates::new(template_budget << 20)),
         python_proxy,
         go_proxy,
+        deno,
+        deno_problem,
+        deno_proxy,
         config,
     });
     let mut warnings = Vec::new();
@@ -281,6 +308,11 @@ pub async fn run(
                 ignite_builder::Target::Wasm => "wasm",
             },
             ignite_builder::add_target_command(None, target)
+        ));
+    }
+    if let Some(problem) = &state.deno_problem {
+        warnings.push(format!(
+            "Deno apps are unavailable: {problem}; a --runtime deno draft will not build"
         ));
     }
     started(Started {
@@ -358,5 +390,14 @@ pub fn go_sdk_dir() -> PathBuf {
         .crates_dir
         .parent()
         .map(|p| p.join("sdks/go"))
+        .unwrap_or_default()
+}
+
+/// The Deno SDK of the tree this binary was built from (`sdks/deno`).
+pub fn deno_sdk_dir() -> PathBuf {
+    ignite_builder::Sdk::bundled()
+        .crates_dir
+        .parent()
+        .map(|p| p.join("sdks/deno"))
         .unwrap_or_default()
 }

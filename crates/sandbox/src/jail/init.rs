@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{JailSpec, Never, bind, check, cstr, inside, mount, wait_for};
+use super::{JailSpec, Never, bind, bind_at, check, cstr, inside, mount, wait_for};
 
 pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
     let root = &spec.root;
@@ -70,6 +70,9 @@ pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
     }
     for p in &spec.writable {
         bind(root, p, true)?;
+    }
+    for m in &spec.mapped {
+        bind_at(root, &m.source, &m.target, m.writable)?;
     }
     let dev = inside(root, Path::new("/dev"));
     std::fs::create_dir_all(&dev)?;

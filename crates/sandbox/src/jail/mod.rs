@@ -41,6 +41,15 @@ pub enum JailNetwork {
     Host,
 }
 
+/// A host path bound at another path inside the jail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailBind {
+    pub source: PathBuf,
+    /// Absolute, inside the jail.
+    pub target: PathBuf,
+    pub writable: bool,
+}
+
 /// One compile's (or one dependency fetch's) jail.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JailSpec {
@@ -50,6 +59,9 @@ pub struct JailSpec {
     pub read_only: Vec<PathBuf>,
     /// Host paths visible and writable, at the same path.
     pub writable: Vec<PathBuf>,
+    /// Host paths visible at another path (an app's tree at `/app`, where it will run), after
+    /// the binds above.
+    pub mapped: Vec<JailBind>,
     /// A writable, size-capped tmpfs at each of these paths (`/tmp` is always one), mounted
     /// before the binds, which may sit inside them.
     pub scratch: Vec<PathBuf>,
@@ -90,6 +102,13 @@ impl JailSpec {
         }
         for p in &self.writable {
             flag("rw", p.as_os_str());
+        }
+        for m in &self.mapped {
+            // TARGET=SOURCE: the target is the platform's (no `=`), the source any host path.
+            let mut value = m.target.as_os_str().to_owned();
+            value.push("=");
+            value.push(&m.source);
+            flag(if m.writable { "rw-at" } else { "ro-at" }, &value);
         }
         for p in &self.scratch {
             flag("scratch", p.as_os_str());
@@ -150,6 +169,18 @@ impl JailSpec {
                 "--root" => spec.root = value.into(),
                 "--ro" => spec.read_only.push(value.into()),
                 "--rw" => spec.writable.push(value.into()),
+                "--ro-at" | "--rw-at" => {
+                    let bytes = value.as_bytes();
+                    let eq = bytes
+                        .iter()
+                        .position(|&b| b == b'=')
+                        .ok_or_else(|| bad(format!("{arg:?} {value:?} is not TARGET=SOURCE")))?;
+                    spec.mapped.push(JailBind {
+                        target: PathBuf::from(OsStr::from_bytes(&bytes[..eq])),
+                        source: PathBuf::from(OsStr::from_bytes(&bytes[eq + 1..])),
+                        writable: arg == "--rw-at",
+                    });
+                }
                 "--scratch" => spec.scratch.push(value.into()),
                 "--tmp-mb" => spec.tmp_mb = number(value)?,
                 "--uid" => {
@@ -240,7 +271,21 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
 }
 
 fn bind(root: &Path, path: &Path, writable: bool) -> io::Result<()> {
-    let target = inside(root, path);
+    bind_at(root, path, path, writable)
+}
+
+/// Binds host `path` at `at` (absolute, inside the jail).
+fn bind_at(root: &Path, path: &Path, at: &Path, writable: bool) -> io::Result<()> {
+    if at
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: a bind target must be a plain path", at.display()),
+        ));
+    }
+    let target = inside(root, at);
     let meta = std::fs::metadata(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     if meta.is_dir() {
@@ -396,6 +441,11 @@ mod tests {
             root: "/data/jail".into(),
             read_only: vec!["/opt/toolchain".into(), "/srv/registry".into()],
             writable: vec!["/data/builds/acme/app/src".into()],
+            mapped: vec![JailBind {
+                source: "/data/builds/acme/app/deno=1".into(),
+                target: "/app".into(),
+                writable: true,
+            }],
             scratch: vec!["/cargo-home".into()],
             tmp_mb: 512,
             uid: 1_899_999_999,

@@ -52,6 +52,9 @@ pub struct Command<'a> {
     /// Host paths visible read-only in the sandbox root (an interpreter's files); the root is
     /// empty without them. Ignored unsandboxed.
     pub binds: &'a [Bind],
+    /// The program reserves far more address space than it uses (V8): it runs without the
+    /// RLIMIT_AS backstop, its memory cgroup being its limit (refused where there is none).
+    pub reserves_address_space: bool,
 }
 
 /// A started process and the agent's ends of its three standard streams.
@@ -96,9 +99,14 @@ pub fn spawn(
         Some((sandbox, limits)) if !command.binds.is_empty() => {
             let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
                 .map_err(prep("preparing the runtime's files"))?;
-            Zygote::create_with(sandbox, limits.egress, binds)?.launch(exe, argv, env, limits)
+            Zygote::create_with(sandbox, limits.egress, binds)?
+                .reserving_address_space(command.reserves_address_space)
+                .launch(exe, argv, env, limits)
         }
-        Some((sandbox, limits)) => sandbox.take_zygote(limits)?.launch(exe, argv, env, limits),
+        Some((sandbox, limits)) => sandbox
+            .take_zygote(limits)?
+            .reserving_address_space(command.reserves_address_space)
+            .launch(exe, argv, env, limits),
     }
 }
 
@@ -134,7 +142,9 @@ pub async fn spawn_async(
                 })??
         }
     };
-    zygote.launch(exe, argv, env, limits)
+    zygote
+        .reserving_address_space(command.reserves_address_space)
+        .launch(exe, argv, env, limits)
 }
 
 fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {

@@ -61,9 +61,19 @@ pub(crate) struct Zygote {
     stderr: OwnedFd,
     slot: Option<Slot>,
     memory: Option<Box<ZygoteMemory>>,
+    /// Launch without an address-space limit (see [`Zygote::reserving_address_space`]).
+    reserves_address_space: bool,
 }
 
 impl Zygote {
+    /// For a program that reserves far more address space than it touches (V8 reserves tens
+    /// of GiB at start): no RLIMIT_AS, the memory cgroup alone is its limit; a host without
+    /// one cannot confine it, and the launch is refused.
+    pub(crate) fn reserving_address_space(mut self, yes: bool) -> Zygote {
+        self.reserves_address_space = yes;
+        self
+    }
+
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {
@@ -157,6 +167,7 @@ impl Zygote {
             stderr,
             slot: Some(slot),
             memory: Some(memory),
+            reserves_address_space: false,
         };
         // The child asks for its user namespace's maps ('r'), which only a process with
         // CAP_SETUID in the parent namespace may write for a uid other than its own, then
@@ -272,10 +283,26 @@ impl Zygote {
         memory.env = env;
         memory.envp = pointers(&memory.env);
         let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
-        memory.launch.address_space.store(
-            address_space_limit(memory_bytes, slot.has_memory_cgroup()),
-            Ordering::Relaxed,
-        );
+        let address_space = match (self.reserves_address_space, slot.has_memory_cgroup()) {
+            (false, cgroup) => address_space_limit(memory_bytes, cgroup),
+            (true, true) => libc::RLIM_INFINITY,
+            (true, false) => {
+                return fail(
+                    slot,
+                    memory,
+                    pidfd,
+                    prep("setting the instance's memory limit")(io::Error::other(
+                        "this runtime reserves its address space up front (V8), so only a \
+                         memory cgroup can hold its memory, and this host gives the sandbox \
+                         none: enable the cgroup v2 memory controller",
+                    )),
+                );
+            }
+        };
+        memory
+            .launch
+            .address_space
+            .store(address_space, Ordering::Relaxed);
         memory
             .launch
             .argv

@@ -9,7 +9,10 @@
 //!   and each request runs in a fresh wasm instance of it (nothing survives between requests).
 //! - [`python`]: a fork of the version's template (an interpreter with the app imported), one
 //!   process serving `concurrency` requests as asyncio tasks.
+//! - [`deno`]: a fresh `deno` process on the version's built tree (its caches made at build
+//!   time), one process serving `concurrency` requests as promises.
 
+pub mod deno;
 pub mod native;
 pub mod python;
 pub mod wasm;
@@ -25,9 +28,9 @@ use native::NativeLauncher;
 use wasm::WasmLauncher;
 
 /// The runtimes an app may have.
-pub const RUNTIMES: &[&str] = &["rust", "python", "go"];
+pub const RUNTIMES: &[&str] = &["rust", "python", "go", "deno"];
 
-/// `--runtime rust`, `--runtime python` or …
+/// `--runtime rust`, `--runtime python` or ….
 pub fn runtimes_list() -> String {
     RUNTIMES
         .iter()
@@ -167,6 +170,22 @@ pub fn launcher(
             sandbox: state.sandbox.clone(),
         });
     }
+    if version.runtime == "deno"
+        && let Some(deno) = &state.deno
+    {
+        return Box::new(deno::DenoLauncher {
+            runtime: deno.clone(),
+            version: format!("{org}/{app}/{}", version.version),
+            tree: state
+                .config
+                .data_dir
+                .join("apps")
+                .join(digest.trim_start_matches("sha256:")),
+            blob,
+            env: env(),
+            sandbox: state.sandbox.clone(),
+        });
+    }
     if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
         Box::new(WasmLauncher {
             host: state.wasm.clone(),
@@ -187,4 +206,42 @@ pub fn launcher(
             sandbox: state.sandbox.clone(),
         })
     }
+}
+
+/// An app tree's artifact (`blob`, a tar) unpacked at `tree` on this node, unpacking it first
+/// if it is not (`marker`, a file of the tree, says it is); concurrent starts unpack once.
+pub(crate) async fn unpacked(
+    blob: &std::path::Path,
+    tree: &std::path::Path,
+    marker: &str,
+) -> Result<std::path::PathBuf, StartError> {
+    if tree.join(marker).exists() {
+        return Ok(tree.to_path_buf());
+    }
+    let (blob, tree, marker) = (blob.to_path_buf(), tree.to_path_buf(), marker.to_string());
+    let what = blob.display().to_string();
+    let unpacked = tree.clone();
+    tokio::task::spawn_blocking(move || {
+        let partial = tree.with_extension(format!("partial-{}", ulid::Ulid::new()));
+        ignite_builder::oci::unpack_app(&blob, &partial)?;
+        match std::fs::rename(&partial, &tree) {
+            Ok(()) => Ok(()),
+            // Another start unpacked it meanwhile.
+            Err(_) if tree.join(&marker).exists() => {
+                let _ = std::fs::remove_dir_all(&partial);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| StartError {
+        message: format!("unpacking the app: {e}"),
+        logs: Vec::new(),
+    })?
+    .map_err(|e| StartError {
+        message: format!("unpacking the app {what}: {e}"),
+        logs: Vec::new(),
+    })?;
+    Ok(unpacked)
 }
