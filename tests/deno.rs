@@ -743,6 +743,23 @@ fn an_npm_import_is_fetched_at_build_and_a_single_file_is_an_app() {
         ],
     ));
     assert_eq!(v["message"], "one file", "{v}");
+
+    // `dodil ignite run --runtime deno` runs a project locally, without a server.
+    let p = deno_project(&dir, "local-deno", &[("main.ts", SEED)]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "run", "--runtime", "deno", "."])
+        .args(["-p", r#"{"message": "local"}"#])
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .current_dir(&p)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&stdout)["message"], "local", "{stdout}");
 }
 
 #[test]
