@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use support::platform::*;
 
+#[path = "../crates/sandbox/tests/support/internet.rs"]
+mod internet;
+
 const SEED: &str = r#"import { main } from "ignite";
 
 export default main(async (req, ctx) => {
@@ -378,8 +381,10 @@ export default main(async (req, ctx) => {
   }
   if (what === "fetch") {
     try {
-      await fetch("https://example.com/");
-      return { fetched: true };
+      const answer = await fetch(req.field<string>("url") ?? "https://example.com/", {
+        signal: AbortSignal.timeout(3000),
+      });
+      return { fetched: true, text: await answer.text() };
     } catch (e) {
       return { fetched: false, error: `${(e as Error).name}: ${(e as Error).message}` };
     }
@@ -738,4 +743,66 @@ fn an_npm_import_is_fetched_at_build_and_a_single_file_is_an_app() {
         ],
     ));
     assert_eq!(v["message"], "one file", "{v}");
+
+    // `dodil ignite run --runtime deno` runs a project locally, without a server.
+    let p = deno_project(&dir, "local-deno", &[("main.ts", SEED)]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "run", "--runtime", "deno", "."])
+        .args(["-p", r#"{"message": "local"}"#])
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .current_dir(&p)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&stdout)["message"], "local", "{stdout}");
+}
+
+#[test]
+fn deno_reaches_the_network_only_with_the_apps_egress_setting_and_never_a_private_address() {
+    if !have_deno() {
+        return;
+    }
+    let internet = internet::Internet::shared();
+    assert!(internet.reachable_from_host(), "the stand-in is up");
+    let dir = scratch("deno-egress");
+    let server = start_server(&dir);
+    let p = deploy_deno(
+        &server,
+        &dir,
+        "net-deno",
+        &[("main.ts", BEHAVIOUR), ("greet.ts", GREET)],
+    );
+    let fetch = |url: &str| {
+        let body = serde_json::json!({"what": "fetch", "url": url}).to_string();
+        let (status, _, answer) = call(&server, "net-deno", &body);
+        assert_eq!(status, 200, "{answer}");
+        json(&answer)
+    };
+    let public = format!("http://{}/", internet.public);
+    let private = format!("http://{}/", internet.private);
+    // Off by default: Deno's own permission refuses (no --allow-net).
+    let v = fetch(&public);
+    assert_eq!(v["fetched"], false, "{v}");
+    assert!(v["error"].to_string().contains("NotCapable"), "{v}");
+    // On: Deno's fetch goes through the sandbox's egress, which reaches the public address and
+    // nothing private.
+    ok(
+        &server,
+        &p,
+        &["app", "network", "acme-corp:net-deno", "--egress", "on"],
+    );
+    let v = fetch(&public);
+    assert_eq!(v["fetched"], true, "{v}");
+    assert_eq!(v["text"], internet::GREETING, "{v}");
+    let v = fetch(&private);
+    assert_eq!(v["fetched"], false, "{v}");
+    assert!(
+        !v["error"].to_string().contains("NotCapable"),
+        "the sandbox refused it: {v}"
+    );
 }

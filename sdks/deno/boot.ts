@@ -104,22 +104,30 @@ export class NotAResponse extends Error {}
 export async function responseParts(
   value: unknown,
 ): Promise<[number, [string, string][], Uint8Array]> {
-  if (value instanceof Response) {
-    // Iterating headers gives each Set-Cookie on its own (the Fetch standard's "sort and
-    // combine" keeps them apart).
-    const headers: [string, string][] = [...value.headers];
-    return [value.status, headers, new Uint8Array(await value.arrayBuffer())];
-  }
   if (typeof value === "string") return [200, [TEXT_TYPE], encoder.encode(value)];
   if (value === undefined || value === null) return [204, [], new Uint8Array()];
-  if (value instanceof Uint8Array) return [200, [BYTES_TYPE], value];
-  if (value instanceof ArrayBuffer) return [200, [BYTES_TYPE], new Uint8Array(value)];
-  if (ArrayBuffer.isView(value)) {
-    return [
-      200,
-      [BYTES_TYPE],
-      new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
-    ];
+  if (typeof value === "object") {
+    // A plain object or array first: the Response global is made on first use (Deno loads its
+    // fetch implementation then, a few milliseconds), which a JSON answer never needs.
+    const proto = Object.getPrototypeOf(value);
+    if (proto === Object.prototype || proto === null || Array.isArray(value)) {
+      return jsonParts(value);
+    }
+    if (value instanceof Uint8Array) return [200, [BYTES_TYPE], value];
+    if (value instanceof ArrayBuffer) return [200, [BYTES_TYPE], new Uint8Array(value)];
+    if (ArrayBuffer.isView(value)) {
+      return [
+        200,
+        [BYTES_TYPE],
+        new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
+      ];
+    }
+    if (value instanceof Response) {
+      // Iterating headers gives each Set-Cookie on its own (the Fetch standard's "sort and
+      // combine" keeps them apart).
+      const headers: [string, string][] = [...value.headers];
+      return [value.status, headers, new Uint8Array(await value.arrayBuffer())];
+    }
   }
   if (typeof value === "function" || typeof value === "symbol") {
     throw new NotAResponse(
@@ -128,6 +136,10 @@ export async function responseParts(
         "or a Response",
     );
   }
+  return jsonParts(value);
+}
+
+function jsonParts(value: unknown): [number, [string, string][], Uint8Array] {
   let json: string | undefined;
   try {
     json = JSON.stringify(value);

@@ -11,14 +11,17 @@ use ignite_builder::{BuildOptions, Sdk};
 #[derive(Args)]
 pub struct RunArgs {
     /// The project directory (Rust: Cargo.toml and src/; Python: main.py and an optional
-    /// requirements.txt).
+    /// requirements.txt; Deno: main.ts or main.js and an optional deno.json).
     dir: PathBuf,
-    /// rust or python.
-    #[arg(long, default_value = "rust", value_name = "rust|python")]
+    /// rust, python or deno.
+    #[arg(long, default_value = "rust", value_name = "rust|python|deno")]
     runtime: String,
     /// The interpreter a Python project runs with.
     #[arg(long, default_value = "/usr/bin/python3")]
     python: PathBuf,
+    /// The Deno binary a Deno project runs with (default: where `.ci/run` installs it).
+    #[arg(long)]
+    deno: Option<PathBuf>,
     /// The JSON payload.
     #[arg(short = 'p', long = "payload", default_value = "")]
     payload: String,
@@ -46,7 +49,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
     match args.runtime.as_str() {
         "rust" => {}
         "python" => return run_python(&args, env).await,
-        other => bail!("unsupported --runtime {other:?}: pass rust or python"),
+        "deno" => return run_deno(&args, env).await,
+        other => bail!("unsupported --runtime {other:?}: pass rust, python or deno"),
     }
     let target = ignite_builder::Target::from_flag(&args.rust_target).with_context(|| {
         format!(
@@ -153,6 +157,71 @@ async fn run_python(args: &RunArgs, env: Vec<(String, String)>) -> Result<()> {
             "local/{}",
             source.file_name().unwrap_or_default().to_string_lossy()
         ),
+        env,
+        deadline: Some(Instant::now() + Duration::from_secs(30)),
+        request: ignite_agent::HttpRequest::json_post(args.payload.clone().into_bytes()),
+    };
+    answer(run_instance(&config, invocation).await?)
+}
+
+/// Builds a Deno project into a tree of its own (unconfined, with the network: a local run is
+/// trusted code) and runs it once with the instance's command line.
+async fn run_deno(args: &RunArgs, env: Vec<(String, String)>) -> Result<()> {
+    let deno = match &args.deno {
+        Some(d) => d.clone(),
+        None => ignite_builder::deno::default_binary().context(
+            "no Deno binary: install it with `npm install --prefix /opt/ignite-deno deno`, or \
+             pass --deno",
+        )?,
+    };
+    let source = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", args.dir.display()))?;
+    let (source, name) = if source.is_file() {
+        let dir = cache_dir().join("ignite/run-deno-src");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&source, dir.join("main.ts"))?;
+        (dir, "main".into())
+    } else {
+        let name = source.file_name().unwrap_or_default().to_owned();
+        (source, name)
+    };
+    let out = cache_dir().join("ignite/run-deno").join(&name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let sdk = ignite_server::deno_sdk_dir();
+    let options = BuildOptions::new(
+        Sdk::bundled(),
+        out.join(".target"),
+        Duration::from_secs(600),
+    );
+    eprintln!("building {} …", args.dir.display());
+    let build = ignite_builder::deno::DenoBuild {
+        source: &source,
+        out: &out,
+        deno: &deno,
+        sdk_dir: &sdk,
+    };
+    ignite_builder::deno::build(&build, &options, |line| eprintln!("  {line}")).await?;
+    let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+    let mut config = SpawnConfig::new(&deno);
+    config.args = ignite_builder::deno::run_args(
+        &deno,
+        &ignite_builder::deno::RunOptions {
+            app: &out,
+            allow_env: &names,
+            allow_net: true,
+            heap_mb: None,
+            check: false,
+        },
+    );
+    config.env = env.clone();
+    config.env.extend(ignite_builder::deno::run_env(&out));
+    let invocation = Invocation {
+        execution_id: ulid::Ulid::new().to_string(),
+        function_id: format!("local/{}", name.to_string_lossy()),
         env,
         deadline: Some(Instant::now() + Duration::from_secs(30)),
         request: ignite_agent::HttpRequest::json_post(args.payload.clone().into_bytes()),

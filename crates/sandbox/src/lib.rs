@@ -46,7 +46,7 @@ use pool::{SlotPool, SlotState, ZygotePool, refill_zygotes};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Bind, Command, Spawned, spawn, spawn_async};
+pub use spawn::{Bind, Command, Prepared, Spawned, spawn, spawn_async, spawn_prepared};
 pub use template::{Template, TemplateError, TemplateSpec};
 
 /// Node-wide sandbox settings.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 use std::sync::OnceLock;
 
-use ignite_sandbox::{Command, Limits, Sandbox, SandboxConfig, spawn};
+use ignite_sandbox::{
+    Bind, Command, Limits, Prepared, Sandbox, SandboxConfig, spawn, spawn_prepared,
+};
 
 fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
@@ -123,6 +125,58 @@ fn inside_the_sandbox_the_handler_sees_nothing_of_the_host_and_holds_no_privileg
             r[refused]
         );
     }
+}
+
+#[test]
+fn a_prepared_sandbox_runs_the_command_it_was_made_for_and_refuses_others() {
+    let sandbox = sandbox();
+    let limits = Limits {
+        memory_mb: 64,
+        egress: false,
+    };
+    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prepared-bind");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("file"), b"x").unwrap();
+    let binds = [Bind {
+        source: data.clone(),
+        target: "/data".into(),
+    }];
+    let command = |binds| Command {
+        program: probe(),
+        argv: &[],
+        env: &[],
+        binds,
+        reserves_address_space: false,
+    };
+    // Another command's binds, or another network, do not fit.
+    let prepared = Prepared::new(&sandbox, &binds, false).unwrap();
+    assert!(!prepared.fits(&command(&[]), &limits));
+    assert!(!prepared.fits(
+        &command(&binds),
+        &Limits {
+            egress: true,
+            ..limits
+        }
+    ));
+    let refused = spawn_prepared(prepared, &command(&[]), &limits).unwrap_err();
+    assert!(refused.to_string().contains("other binds"), "{refused}");
+    // Its own: the probe sees the bind in its root, the rest as ever.
+    let prepared = Prepared::new(&sandbox, &binds, false).unwrap();
+    let spawned = spawn_prepared(prepared, &command(&binds), &limits).unwrap();
+    let mut process = spawned.process;
+    drop(spawned.stdin);
+    let mut out = String::new();
+    std::fs::File::from(spawned.stdout)
+        .read_to_string(&mut out)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(process.wait()).unwrap().success(), "{out}");
+    let report: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(report["root"], "data,dev,proc,tmp", "{out}");
+    assert_eq!(report["uid"], "1000", "{out}");
 }
 
 #[test]

@@ -184,6 +184,7 @@ pub fn launcher(
             blob,
             env: env(),
             sandbox: state.sandbox.clone(),
+            spare: deno::Spare::default(),
         });
     }
     if version.artifact_target.as_deref() == Some(ignite_builder::WASM_TARGET) {
