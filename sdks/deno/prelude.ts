@@ -100,7 +100,10 @@ const emptyStdin = {
   rid: -1,
   read: () => Promise.resolve(null),
   readSync: () => null,
-  readable: new ReadableStream<Uint8Array>({ start: (c) => c.close() }),
+  // Made on first use: the ReadableStream global loads Deno's streams (~3 ms of a start).
+  get readable(): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+  },
   isTerminal: () => false,
   setRaw: () => {},
   close: () => {},
