@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::platform::*;
@@ -34,45 +33,6 @@ fn have_deno() -> bool {
     found
 }
 
-fn deno_project(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let p = dir.join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    for (file, text) in files {
-        let path = p.join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    p
-}
-
-/// Creates the app, saves `files` as its draft and publishes it (which builds it).
-fn deploy_deno(server: &Server, dir: &Path, app: &str, files: &[(&str, &str)]) -> PathBuf {
-    let p = deno_project(dir, app, files);
-    ok(server, &p, &["app", "create", app, "--runtime", "deno"]);
-    let id = format!("acme-corp:{app}");
-    ok(
-        server,
-        &p,
-        &["draft", "save", &id, "--code", "./", "--runtime", "deno"],
-    );
-    ok(server, &p, &["draft", "publish", &id]);
-    p
-}
-
-fn host(app: &str) -> String {
-    format!("{app}-acme-corp.ignite.localhost")
-}
-
-fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
-    http_full(&server.gateway, &host(app), "POST", "/", body)
-}
-
-fn execution(server: &Server, cwd: &Path, headers: &[(String, String)]) -> serde_json::Value {
-    let id = header(headers, "x-ignite-execution-id").expect("an execution id header");
-    json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]))
-}
-
 #[test]
 fn the_deno_recipe_word_for_word_with_cold_starts_that_exec_deno() {
     if !have_deno() {
@@ -80,7 +40,7 @@ fn the_deno_recipe_word_for_word_with_cold_starts_that_exec_deno() {
     }
     let dir = scratch("deno-recipe");
     let server = start_server(&dir);
-    let p = deno_project(&dir, "tiny-deno", &[("main.ts", SEED)]);
+    let p = files_project(&dir, "tiny-deno", &[("main.ts", SEED)]);
     let created = ok(
         &server,
         &p,
@@ -170,12 +130,12 @@ fn the_deno_recipe_word_for_word_with_cold_starts_that_exec_deno() {
     assert_eq!(v["message"], "Hello from Deno!", "{v}");
 
     // The public URL answers the same.
-    let (status, headers, body) = call(&server, "tiny-deno", r#"{"message": "public"}"#);
+    let (status, headers, body) = call_app(&server, "tiny-deno", r#"{"message": "public"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["message"], "public");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(record["status"], "succeeded", "{record}");
-    let (status, _, body) = call(&server, "tiny-deno", "{}");
+    let (status, _, body) = call_app(&server, "tiny-deno", "{}");
     assert_eq!(
         (status, json(&body)["message"].clone()),
         (200, "Hello from Deno!".into())
@@ -217,9 +177,9 @@ fn the_deno_recipe_word_for_word_with_cold_starts_that_exec_deno() {
     let mut record = serde_json::Value::Null;
     for _ in 0..10 {
         std::thread::sleep(Duration::from_secs(3));
-        let (status, headers, body) = call(&server, "tiny-deno", r#"{"message": "again"}"#);
+        let (status, headers, body) = call_app(&server, "tiny-deno", r#"{"message": "again"}"#);
         assert_eq!(status, 200, "{body}");
-        record = execution(&server, &p, &headers);
+        record = execution_of(&server, &p, &headers);
         if record["metrics"]["cold_start_ms"].as_f64() > Some(0.0) {
             break;
         }
@@ -284,7 +244,7 @@ fn a_compile_error_refuses_the_publish_with_denos_message() {
             "not a handler from main()",
         ),
     ] {
-        let p = deno_project(&dir, app, &[("main.ts", code)]);
+        let p = files_project(&dir, app, &[("main.ts", code)]);
         let id = format!("acme-corp:{app}");
         ok(&server, &p, &["app", "create", app, "--runtime", "deno"]);
         ok(
@@ -303,7 +263,7 @@ fn a_compile_error_refuses_the_publish_with_denos_message() {
         assert!(app_json["active_version"].is_null(), "{app_json}");
     }
     // A project with no main.ts says what a Deno app needs.
-    let p = deno_project(&dir, "empty-deno", &[("handler.ts", "export default 1;\n")]);
+    let p = files_project(&dir, "empty-deno", &[("handler.ts", "export default 1;\n")]);
     ok(
         &server,
         &p,
@@ -424,7 +384,7 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     }
     let dir = scratch("deno-behaviour");
     let server = start_server(&dir);
-    let p = deno_project(
+    let p = files_project(
         &dir,
         "beh-deno",
         &[("main.ts", BEHAVIOUR), ("greet.ts", GREET)],
@@ -468,10 +428,10 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     ok(&server, &p, &["draft", "publish", "acme-corp:beh-deno"]);
 
     // console.log goes to the execution's logs, never into the response.
-    let (status, headers, body) = call(&server, "beh-deno", r#"{"what": "print"}"#);
+    let (status, headers, body) = call_app(&server, "beh-deno", r#"{"what": "print"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body), serde_json::json!({"printed": true}), "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     let logs = record["logs"].to_string();
     for line in [
         "a line from console.log",
@@ -490,52 +450,52 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
 
     // The app's environment, through ctx.env and through Deno.env (which may read the app's
     // own variables only).
-    let (_, _, body) = call(&server, "beh-deno", r#"{"what": "env"}"#);
+    let (_, _, body) = call_app(&server, "beh-deno", r#"{"what": "env"}"#);
     let v = json(&body);
     assert_eq!(v["greeting"], "hello", "{body}");
     assert_eq!(v["deno"], "hello", "{body}");
     assert_eq!(v["denoDir"], "refused: NotCapable", "{body}");
 
-    let (status, headers, body) = call(&server, "beh-deno", r#"{"what": "error"}"#);
+    let (status, headers, body) = call_app(&server, "beh-deno", r#"{"what": "error"}"#);
     assert_eq!(status, 418, "{body}");
     assert!(body.contains("I am a teapot"), "{body}");
-    assert_eq!(execution(&server, &p, &headers)["status"], "failed");
+    assert_eq!(execution_of(&server, &p, &headers)["status"], "failed");
 
-    let (status, _, body) = call(&server, "beh-deno", r#"{"what": "require"}"#);
+    let (status, _, body) = call_app(&server, "beh-deno", r#"{"what": "require"}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("missing field `x`"), "{body}");
 
-    let (status, headers, body) = call(&server, "beh-deno", r#"{"what": "raise"}"#);
+    let (status, headers, body) = call_app(&server, "beh-deno", r#"{"what": "raise"}"#);
     assert_eq!(status, 500, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     let logs = record["logs"].to_string();
     assert!(logs.contains("Error: boom"), "{record}");
     assert!(logs.contains("main.ts:"), "the stack: {record}");
 
     // The instance survives a thrown exception.
-    let (status, _, body) = call(&server, "beh-deno", r#"{"x": 1}"#);
+    let (status, _, body) = call_app(&server, "beh-deno", r#"{"x": 1}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["echo"]["x"], 1, "{body}");
-    let (_, _, body) = call(&server, "beh-deno", r#"{"what": "greet", "name": "Ada"}"#);
+    let (_, _, body) = call_app(&server, "beh-deno", r#"{"what": "greet", "name": "Ada"}"#);
     assert_eq!(body, "hello Ada", "a local module");
-    let (status, headers, body) = call(&server, "beh-deno", r#"{"what": "response"}"#);
+    let (status, headers, body) = call_app(&server, "beh-deno", r#"{"what": "response"}"#);
     assert_eq!((status, body.as_str()), (201, "made by hand"));
     assert_eq!(header(&headers, "x-made"), Some("yes"), "{headers:?}");
     // No --allow-net without egress.
-    let (_, _, body) = call(&server, "beh-deno", r#"{"what": "fetch"}"#);
+    let (_, _, body) = call_app(&server, "beh-deno", r#"{"what": "fetch"}"#);
     let v = json(&body);
     assert_eq!(v["fetched"], false, "{body}");
     assert!(v["error"].to_string().contains("NotCapable"), "{body}");
 
     for what in ["sleep", "spin"] {
-        let (status, headers, body) = call(
+        let (status, headers, body) = call_app(
             &server,
             "beh-deno",
             &format!(r#"{{"what": "{what}", "s": 30}}"#),
         );
         assert_eq!(status, 504, "{what}: {body}");
         assert_eq!(
-            execution(&server, &p, &headers)["status"],
+            execution_of(&server, &p, &headers)["status"],
             "timeout",
             "{what}"
         );
@@ -544,22 +504,22 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     // Past the V8 heap limit, and past the cgroup with memory outside the heap.
     for what in ["hog", "buffer"] {
         let (status, headers, body) =
-            call(&server, "beh-deno", &format!(r#"{{"what": "{what}"}}"#));
+            call_app(&server, "beh-deno", &format!(r#"{{"what": "{what}"}}"#));
         assert!(status >= 500, "{what}: {body}");
-        let record = execution(&server, &p, &headers);
+        let record = execution_of(&server, &p, &headers);
         assert!(
             record["status"] == "oom" || record["error"].to_string().contains("memory"),
             "{what}: past 128 MiB: {record}"
         );
     }
 
-    let (status, headers, body) = call(&server, "beh-deno", r#"{"what": "exit"}"#);
+    let (status, headers, body) = call_app(&server, "beh-deno", r#"{"what": "exit"}"#);
     assert_eq!(status, 502, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(record["status"], "crashed", "{record}");
 
     // And after all that, the app still answers (a new instance).
-    let (status, _, body) = call(&server, "beh-deno", r#"{"what": "echo"}"#);
+    let (status, _, body) = call_app(&server, "beh-deno", r#"{"what": "echo"}"#);
     assert_eq!(status, 200, "{body}");
 
     // concurrency 4: four requests on one instance overlap (promises in one isolate).
@@ -578,7 +538,7 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     );
     let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
         let calls: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| call(&server, "beh-deno", r#"{"what": "overlap"}"#)))
+            .map(|_| s.spawn(|| call_app(&server, "beh-deno", r#"{"what": "overlap"}"#)))
             .collect();
         calls
             .into_iter()
@@ -617,23 +577,25 @@ fn a_handler_sees_only_its_own_tree() {
     }
     let dir = scratch("deno-isolation");
     let server = start_server(&dir);
-    let p = deploy_deno(
+    let p = deploy_files(
         &server,
         &dir,
         "iso-deno",
+        "deno",
         &[("main.ts", BEHAVIOUR), ("greet.ts", GREET)],
     );
     // A second app, whose tree the first must not see.
-    deploy_deno(
+    deploy_files(
         &server,
         &dir,
         "other-deno",
+        "deno",
         &[(
             "main.ts",
             "import { main } from \"ignite\";\n\nexport const SECRET = \"other-app-secret\";\n\nexport default main(() => ({}));\n",
         )],
     );
-    let _ = call(&server, "other-deno", "{}");
+    let _ = call_app(&server, "other-deno", "{}");
     let data = dir.join("data");
     let other_tree = std::fs::read_dir(data.join("apps"))
         .unwrap()
@@ -652,7 +614,7 @@ fn a_handler_sees_only_its_own_tree() {
         "/app/../etc/passwd".to_string(),
     ];
     let body = serde_json::json!({ "what": "read", "paths": paths }).to_string();
-    let (status, _, answer) = call(&server, "iso-deno", &body);
+    let (status, _, answer) = call_app(&server, "iso-deno", &body);
     assert_eq!(status, 200, "{answer}");
     let v = json(&answer);
     for path in &paths {
@@ -680,19 +642,20 @@ fn an_npm_import_is_fetched_at_build_and_a_single_file_is_an_app() {
     }
     let dir = scratch("deno-npm");
     let server = start_server(&dir);
-    let p = deploy_deno(
+    let p = deploy_files(
         &server,
         &dir,
         "npm-deno",
+        "deno",
         &[(
             "main.ts",
             "import { main } from \"ignite\";\nimport ms from \"npm:ms@2.1.3\";\nimport process from \"node:process\";\n\nexport default main(() => {\n  process.stdout.write(\"a line from process.stdout\\n\");\n  return { minute: ms(60_000) };\n});\n",
         )],
     );
-    let (status, headers, body) = call(&server, "npm-deno", "{}");
+    let (status, headers, body) = call_app(&server, "npm-deno", "{}");
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["minute"], "1m", "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert!(
         record["logs"]
             .to_string()
@@ -745,7 +708,7 @@ fn an_npm_import_is_fetched_at_build_and_a_single_file_is_an_app() {
     assert_eq!(v["message"], "one file", "{v}");
 
     // `dodil ignite run --runtime deno` runs a project locally, without a server.
-    let p = deno_project(&dir, "local-deno", &[("main.ts", SEED)]);
+    let p = files_project(&dir, "local-deno", &[("main.ts", SEED)]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
         .args(["ignite", "run", "--runtime", "deno", "."])
         .args(["-p", r#"{"message": "local"}"#])
@@ -771,15 +734,16 @@ fn deno_reaches_the_network_only_with_the_apps_egress_setting_and_never_a_privat
     assert!(internet.reachable_from_host(), "the stand-in is up");
     let dir = scratch("deno-egress");
     let server = start_server(&dir);
-    let p = deploy_deno(
+    let p = deploy_files(
         &server,
         &dir,
         "net-deno",
+        "deno",
         &[("main.ts", BEHAVIOUR), ("greet.ts", GREET)],
     );
     let fetch = |url: &str| {
         let body = serde_json::json!({"what": "fetch", "url": url}).to_string();
-        let (status, _, answer) = call(&server, "net-deno", &body);
+        let (status, _, answer) = call_app(&server, "net-deno", &body);
         assert_eq!(status, 200, "{answer}");
         json(&answer)
     };

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use support::platform::*;
 
@@ -26,17 +26,6 @@ func main() { ignite.Main(handler) }
 
 const GO_MOD: &str = "module example.com/tiny\n\ngo 1.19\n";
 
-fn go_project(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let p = dir.join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    for (file, text) in files {
-        let path = p.join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    p
-}
-
 fn save(server: &Server, p: &Path, app: &str) {
     ok(server, p, &["app", "create", app, "--runtime", "go"]);
     ok(
@@ -54,26 +43,11 @@ fn save(server: &Server, p: &Path, app: &str) {
     );
 }
 
-fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
-    http_full(
-        &server.gateway,
-        &format!("{app}-acme-corp.ignite.localhost"),
-        "POST",
-        "/",
-        body,
-    )
-}
-
-fn execution(server: &Server, cwd: &Path, headers: &[(String, String)]) -> serde_json::Value {
-    let id = header(headers, "x-ignite-execution-id").expect("an execution id header");
-    json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]))
-}
-
 #[test]
 fn the_go_recipe_word_for_word_a_compile_error_and_a_vendored_module() {
     let dir = scratch("go-recipe");
     let server = start_server(&dir);
-    let p = go_project(&dir, "tiny-go", &[("go.mod", GO_MOD), ("main.go", SEED)]);
+    let p = files_project(&dir, "tiny-go", &[("go.mod", GO_MOD), ("main.go", SEED)]);
     save(&server, &p, "tiny-go");
     for (flag, value) in [("--rust-target", "native"), ("--toolchain", "stable")] {
         let refused = fails(
@@ -118,10 +92,10 @@ fn the_go_recipe_word_for_word_a_compile_error_and_a_vendored_module() {
         &["invoke", "acme-corp:tiny-go", "-p", "{}"],
     ));
     assert_eq!(v["message"], "Hello from Go!", "{v}");
-    let (status, headers, body) = call(&server, "tiny-go", r#"{"message": "public"}"#);
+    let (status, headers, body) = call_app(&server, "tiny-go", r#"{"message": "public"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["message"], "public");
-    assert_eq!(execution(&server, &p, &headers)["status"], "succeeded");
+    assert_eq!(execution_of(&server, &p, &headers)["status"], "succeeded");
     let app = json(&ok(
         &server,
         &p,
@@ -136,7 +110,7 @@ fn the_go_recipe_word_for_word_a_compile_error_and_a_vendored_module() {
     );
 
     // A compile error refuses the publish, with the compiler's message.
-    let broken = go_project(
+    let broken = files_project(
         &dir,
         "broken-go",
         &[
@@ -166,7 +140,7 @@ fn the_go_recipe_word_for_word_a_compile_error_and_a_vendored_module() {
     );
 
     // A third-party module, vendored (no module proxy is reachable from here).
-    let greeter = go_project(
+    let greeter = files_project(
         &dir,
         "greet-go",
         &[
@@ -267,7 +241,7 @@ func main() { ignite.Main(handler) }
 fn the_go_sdk_behaves_as_the_rust_one_does_errors_limits_and_concurrency() {
     let dir = scratch("go-behaviour");
     let server = start_server(&dir);
-    let p = go_project(
+    let p = files_project(
         &dir,
         "beh-go",
         &[("go.mod", GO_MOD), ("main.go", BEHAVIOUR)],
@@ -293,45 +267,50 @@ fn the_go_sdk_behaves_as_the_rust_one_does_errors_limits_and_concurrency() {
     );
     ok(&server, &p, &["draft", "publish", "acme-corp:beh-go"]);
 
-    let (status, headers, body) = call(&server, "beh-go", r#"{"what": "print"}"#);
+    let (status, headers, body) = call_app(&server, "beh-go", r#"{"what": "print"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["printed"], true, "{body}");
-    let logs = execution(&server, &p, &headers)["logs"].to_string();
+    let logs = execution_of(&server, &p, &headers)["logs"].to_string();
     assert!(logs.contains("a line from fmt.Println"), "{logs}");
     assert!(logs.contains("to stderr"), "{logs}");
 
-    let (_, _, body) = call(&server, "beh-go", r#"{"what": "env"}"#);
+    let (_, _, body) = call_app(&server, "beh-go", r#"{"what": "env"}"#);
     assert_eq!(json(&body)["greeting"], "hello", "{body}");
     assert_eq!(json(&body)["os"], "hello", "{body}");
 
-    let (status, _, body) = call(&server, "beh-go", r#"{"what": "error"}"#);
+    let (status, _, body) = call_app(&server, "beh-go", r#"{"what": "error"}"#);
     assert_eq!(status, 418, "{body}");
     assert!(body.contains("I am a teapot"), "{body}");
 
-    let (status, headers, body) = call(&server, "beh-go", r#"{"what": "panic"}"#);
+    let (status, headers, body) = call_app(&server, "beh-go", r#"{"what": "panic"}"#);
     assert_eq!(status, 500, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert!(record.to_string().contains("boom"), "{record}");
-    let (status, _, body) = call(&server, "beh-go", r#"{"what": "echo"}"#);
+    let (status, _, body) = call_app(&server, "beh-go", r#"{"what": "echo"}"#);
     assert_eq!(status, 200, "the instance survived the panic: {body}");
 
     for what in ["sleep", "spin"] {
-        let (status, headers, body) = call(&server, "beh-go", &format!(r#"{{"what": "{what}"}}"#));
+        let (status, headers, body) =
+            call_app(&server, "beh-go", &format!(r#"{{"what": "{what}"}}"#));
         assert_eq!(status, 504, "{what}: {body}");
         assert_eq!(
-            execution(&server, &p, &headers)["status"],
+            execution_of(&server, &p, &headers)["status"],
             "timeout",
             "{what}"
         );
     }
 
-    let (status, headers, body) = call(&server, "beh-go", r#"{"what": "hog"}"#);
+    let (status, headers, body) = call_app(&server, "beh-go", r#"{"what": "hog"}"#);
     assert!(status >= 500, "1 GiB under a 128 MiB cap: {body}");
-    assert_eq!(execution(&server, &p, &headers)["status"], "oom", "{body}");
+    assert_eq!(
+        execution_of(&server, &p, &headers)["status"],
+        "oom",
+        "{body}"
+    );
 
     let data = dir.join("data").join("ignite.db");
     let body = serde_json::json!({"what": "read", "data": data}).to_string();
-    let (status, _, answer) = call(&server, "beh-go", &body);
+    let (status, _, answer) = call_app(&server, "beh-go", &body);
     assert_eq!(status, 200, "{answer}");
     let v = json(&answer);
     for path in ["/etc/shadow", "/etc/passwd", data.to_str().unwrap()] {
@@ -353,7 +332,7 @@ fn the_go_sdk_behaves_as_the_rust_one_does_errors_limits_and_concurrency() {
     );
     let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
         let calls: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| call(&server, "beh-go", r#"{"what": "overlap"}"#)))
+            .map(|_| s.spawn(|| call_app(&server, "beh-go", r#"{"what": "overlap"}"#)))
             .collect();
         calls
             .into_iter()

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::platform::*;
@@ -18,50 +17,11 @@ async def handler(req: ignite.Request, ctx: ignite.Context):
     return {"message": message, "execution_id": ctx.execution_id, "function_id": ctx.function_id}
 "#;
 
-fn python_project(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let p = dir.join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    for (file, text) in files {
-        let path = p.join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    p
-}
-
-/// Creates the app, saves `files` as its draft and publishes it (which builds it).
-fn deploy_python(server: &Server, dir: &Path, app: &str, files: &[(&str, &str)]) -> PathBuf {
-    let p = python_project(dir, app, files);
-    ok(server, &p, &["app", "create", app, "--runtime", "python"]);
-    let id = format!("acme-corp:{app}");
-    ok(
-        server,
-        &p,
-        &["draft", "save", &id, "--code", "./", "--runtime", "python"],
-    );
-    ok(server, &p, &["draft", "publish", &id]);
-    p
-}
-
-fn host(app: &str) -> String {
-    format!("{app}-acme-corp.ignite.localhost")
-}
-
-fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
-    http_full(&server.gateway, &host(app), "POST", "/", body)
-}
-
-fn execution(server: &Server, cwd: &Path, headers: &[(String, String)]) -> serde_json::Value {
-    let id = header(headers, "x-ignite-execution-id").expect("an execution id header");
-    json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]))
-}
-
 #[test]
 fn the_python_recipe_word_for_word_with_cold_starts_forked_from_a_template() {
     let dir = scratch("python-recipe");
     let server = start_server(&dir);
-    let p = python_project(&dir, "tiny-py", &[("main.py", SEED)]);
+    let p = files_project(&dir, "tiny-py", &[("main.py", SEED)]);
     let created = ok(
         &server,
         &p,
@@ -147,7 +107,7 @@ fn the_python_recipe_word_for_word_with_cold_starts_forked_from_a_template() {
 
     // The public URL answers the same; the first call after the publish was a fork of the
     // template the publish made ahead of need.
-    let (status, headers, body) = call(&server, "tiny-py", r#"{"message": "public"}"#);
+    let (status, headers, body) = call_app(&server, "tiny-py", r#"{"message": "public"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["message"], "public");
     let list = json(&ok(
@@ -172,7 +132,7 @@ fn the_python_recipe_word_for_word_with_cold_starts_forked_from_a_template() {
         phases["start"], "fork",
         "the first call was forked: {first}"
     );
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(record["status"], "succeeded", "{record}");
 
     // Scale to zero, then a cold start is a fork of the (still running) template: no template
@@ -186,9 +146,9 @@ fn the_python_recipe_word_for_word_with_cold_starts_forked_from_a_template() {
     let mut record = serde_json::Value::Null;
     for _ in 0..10 {
         std::thread::sleep(Duration::from_secs(3));
-        let (status, headers, body) = call(&server, "tiny-py", r#"{"message": "again"}"#);
+        let (status, headers, body) = call_app(&server, "tiny-py", r#"{"message": "again"}"#);
         assert_eq!(status, 200, "{body}");
-        record = execution(&server, &p, &headers);
+        record = execution_of(&server, &p, &headers);
         if record["metrics"]["cold_start_ms"].as_f64() > Some(0.0) {
             break;
         }
@@ -209,10 +169,11 @@ fn the_python_recipe_word_for_word_with_cold_starts_forked_from_a_template() {
 fn requirements_are_installed_at_build_time_pure_python_and_binary_wheels() {
     let dir = scratch("python-deps");
     let server = start_server(&dir);
-    let p = deploy_python(
+    let p = deploy_files(
         &server,
         &dir,
         "deps-py",
+        "python",
         &[
             (
                 "main.py",
@@ -284,7 +245,7 @@ fn a_syntax_error_or_a_failing_import_refuses_the_publish_with_the_traceback() {
             "@ignite.main",
         ),
     ] {
-        let p = python_project(&dir, app, &[("main.py", code)]);
+        let p = files_project(&dir, app, &[("main.py", code)]);
         let id = format!("acme-corp:{app}");
         ok(&server, &p, &["app", "create", app, "--runtime", "python"]);
         ok(
@@ -303,7 +264,7 @@ fn a_syntax_error_or_a_failing_import_refuses_the_publish_with_the_traceback() {
         assert!(app_json["active_version"].is_null(), "{app_json}");
     }
     // A project with no main.py says what a Python app needs.
-    let p = python_project(&dir, "empty-py", &[("handler.py", "print(1)\n")]);
+    let p = files_project(&dir, "empty-py", &[("handler.py", "print(1)\n")]);
     ok(
         &server,
         &p,
@@ -381,7 +342,7 @@ async def handler(req, ctx):
 fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() {
     let dir = scratch("python-behaviour");
     let server = start_server(&dir);
-    let p = python_project(&dir, "beh-py", &[("main.py", BEHAVIOUR)]);
+    let p = files_project(&dir, "beh-py", &[("main.py", BEHAVIOUR)]);
     ok(
         &server,
         &p,
@@ -421,29 +382,29 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     ok(&server, &p, &["draft", "publish", "acme-corp:beh-py"]);
 
     // print() goes to the execution's logs, never into the response.
-    let (status, headers, body) = call(&server, "beh-py", r#"{"what": "print"}"#);
+    let (status, headers, body) = call_app(&server, "beh-py", r#"{"what": "print"}"#);
     assert_eq!(
         (status, json(&body)["printed"].clone()),
         (200, true.into()),
         "{body}"
     );
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     let logs = record["logs"].to_string();
     assert!(logs.contains("a line from print()"), "{record}");
     assert!(logs.contains("to stderr"), "{record}");
 
-    let (_, _, body) = call(&server, "beh-py", r#"{"what": "env"}"#);
+    let (_, _, body) = call_app(&server, "beh-py", r#"{"what": "env"}"#);
     assert_eq!(json(&body)["greeting"], "hello", "{body}");
     assert_eq!(json(&body)["os"], "hello", "{body}");
 
-    let (status, headers, body) = call(&server, "beh-py", r#"{"what": "error"}"#);
+    let (status, headers, body) = call_app(&server, "beh-py", r#"{"what": "error"}"#);
     assert_eq!(status, 418, "{body}");
     assert!(body.contains("I am a teapot"), "{body}");
-    assert_eq!(execution(&server, &p, &headers)["status"], "failed");
+    assert_eq!(execution_of(&server, &p, &headers)["status"], "failed");
 
-    let (status, headers, body) = call(&server, "beh-py", r#"{"what": "raise"}"#);
+    let (status, headers, body) = call_app(&server, "beh-py", r#"{"what": "raise"}"#);
     assert_eq!(status, 500, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert!(record["logs"].to_string().contains("Traceback"), "{record}");
     assert!(
         record["logs"].to_string().contains("ValueError: boom"),
@@ -451,40 +412,40 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     );
 
     // The instance survives a raised exception.
-    let (status, _, body) = call(&server, "beh-py", r#"{"x": 1}"#);
+    let (status, _, body) = call_app(&server, "beh-py", r#"{"x": 1}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["echo"]["x"], 1, "{body}");
 
     for what in ["sleep", "spin"] {
-        let (status, headers, body) = call(
+        let (status, headers, body) = call_app(
             &server,
             "beh-py",
             &format!(r#"{{"what": "{what}", "s": 30}}"#),
         );
         assert_eq!(status, 504, "{what}: {body}");
         assert_eq!(
-            execution(&server, &p, &headers)["status"],
+            execution_of(&server, &p, &headers)["status"],
             "timeout",
             "{what}"
         );
     }
 
-    let (status, headers, body) = call(&server, "beh-py", r#"{"what": "hog"}"#);
+    let (status, headers, body) = call_app(&server, "beh-py", r#"{"what": "hog"}"#);
     assert!(status >= 500, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert!(
         record["status"] == "oom" || record["error"].to_string().contains("memory"),
         "a 512 MiB allocation under a 128 MiB cap: {record}"
     );
 
-    let (status, headers, body) = call(&server, "beh-py", r#"{"what": "abort"}"#);
+    let (status, headers, body) = call_app(&server, "beh-py", r#"{"what": "abort"}"#);
     assert_eq!(status, 502, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(record["status"], "crashed", "{record}");
     assert!(record["error"].to_string().contains("SIGABRT"), "{record}");
 
     // And after all that, the app still answers (a new fork).
-    let (status, _, body) = call(&server, "beh-py", r#"{"what": "echo"}"#);
+    let (status, _, body) = call_app(&server, "beh-py", r#"{"what": "echo"}"#);
     assert_eq!(status, 200, "{body}");
 
     // concurrency 4: four requests on one instance overlap (asyncio tasks in one process).
@@ -503,7 +464,7 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
     );
     let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
         let calls: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| call(&server, "beh-py", r#"{"what": "overlap"}"#)))
+            .map(|_| s.spawn(|| call_app(&server, "beh-py", r#"{"what": "overlap"}"#)))
             .collect();
         calls
             .into_iter()
@@ -535,7 +496,7 @@ fn the_sdk_behaves_as_the_rust_one_does_errors_limits_crashes_and_concurrency() 
 fn forks_get_their_own_random_state_and_a_handler_sees_only_its_own_tree() {
     let dir = scratch("python-isolation");
     let server = start_server(&dir);
-    let p = python_project(&dir, "iso-py", &[("main.py", BEHAVIOUR)]);
+    let p = files_project(&dir, "iso-py", &[("main.py", BEHAVIOUR)]);
     ok(
         &server,
         &p,
@@ -556,22 +517,23 @@ fn forks_get_their_own_random_state_and_a_handler_sees_only_its_own_tree() {
     );
     ok(&server, &p, &["draft", "publish", "acme-corp:iso-py"]);
     // A second app, whose tree the first must not see.
-    let other = deploy_python(
+    let other = deploy_files(
         &server,
         &dir,
         "other-py",
+        "python",
         &[(
             "main.py",
             "import ignite\n\nSECRET = 'other-app-secret'\n\n@ignite.main\ndef handler(req, ctx):\n    return {}\n",
         )],
     );
-    let _ = call(&server, "other-py", "{}");
+    let _ = call_app(&server, "other-py", "{}");
 
     // Two instances at once (concurrency 1): two forks of one template, different random
     // streams.
     let draws: Vec<serde_json::Value> = std::thread::scope(|s| {
         let calls: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| call(&server, "iso-py", r#"{"what": "random", "s": 0.5}"#)))
+            .map(|_| s.spawn(|| call_app(&server, "iso-py", r#"{"what": "random", "s": 0.5}"#)))
             .collect();
         calls
             .into_iter()
@@ -601,7 +563,7 @@ fn forks_get_their_own_random_state_and_a_handler_sees_only_its_own_tree() {
         "/proc/1/environ".to_string(),
     ];
     let body = serde_json::json!({ "what": "read", "paths": paths }).to_string();
-    let (status, _, answer) = call(&server, "iso-py", &body);
+    let (status, _, answer) = call_app(&server, "iso-py", &body);
     assert_eq!(status, 200, "{answer}");
     let v = json(&answer);
     for path in &paths[..5] {
@@ -662,7 +624,7 @@ fn a_single_py_file_is_an_app_and_runs_locally_too() {
     assert_eq!(v["message"], "one file", "{v}");
 
     // `dodil ignite run --runtime python` runs a project locally, without a server.
-    let p = python_project(&dir, "local-py", &[("main.py", SEED)]);
+    let p = files_project(&dir, "local-py", &[("main.py", SEED)]);
     let started = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
         .args(["ignite", "run", "--runtime", "python", "."])
@@ -707,11 +669,11 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
     let dir = scratch("python-templates");
     // 1 MiB holds no template: each start lets the idle others go.
     let server = start_server_with(&dir, &["--template-memory-mb", "1"]);
-    let a = deploy_python(&server, &dir, "a-py", &[("main.py", SEED)]);
+    let a = deploy_files(&server, &dir, "a-py", "python", &[("main.py", SEED)]);
     wait_until(Duration::from_secs(20), "a-py's template", || {
         templates_of(&server).len() == 1
     });
-    deploy_python(&server, &dir, "b-py", &[("main.py", SEED)]);
+    deploy_files(&server, &dir, "b-py", "python", &[("main.py", SEED)]);
     // b-py's template started at its publish; a-py's, idle, was stopped for it.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -719,9 +681,9 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
         1,
         "one template within the budget"
     );
-    let (status, headers, body) = call(&server, "a-py", "{}");
+    let (status, headers, body) = call_app(&server, "a-py", "{}");
     assert_eq!(status, 200, "{body}");
-    let record = execution(&server, &a, &headers);
+    let record = execution_of(&server, &a, &headers);
     let phases = &record["metrics"]["cold_start_phases"];
     assert_eq!(phases["start"], "fork", "{record}");
     assert!(
@@ -745,7 +707,7 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
         ],
     );
     ok(&server, &a, &["draft", "publish", "acme-corp:a-py"]);
-    let (status, _, body) = call(&server, "a-py", r#"{"message": "v2"}"#);
+    let (status, _, body) = call_app(&server, "a-py", r#"{"message": "v2"}"#);
     assert_eq!((status, json(&body)["message"].clone()), (200, "v2".into()));
     wait_until(
         Duration::from_secs(20),
@@ -761,7 +723,7 @@ fn templates_stay_within_their_memory_budget_and_go_with_their_version() {
 fn without_the_sandbox_each_instance_is_a_fresh_interpreter() {
     let dir = scratch("python-unconfined");
     let server = start_server_with(&dir, &["--no-sandbox"]);
-    let p = deploy_python(&server, &dir, "bare-py", &[("main.py", SEED)]);
+    let p = deploy_files(&server, &dir, "bare-py", "python", &[("main.py", SEED)]);
     let v = json(&ok(
         &server,
         &p,
@@ -773,9 +735,9 @@ fn without_the_sandbox_each_instance_is_a_fresh_interpreter() {
         ],
     ));
     assert_eq!(v["message"], "unconfined", "{v}");
-    let (status, headers, body) = call(&server, "bare-py", "{}");
+    let (status, headers, body) = call_app(&server, "bare-py", "{}");
     assert_eq!(status, 200, "{body}");
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(record["status"], "succeeded", "{record}");
     let list = json(&ok(
         &server,
@@ -804,10 +766,11 @@ fn without_the_sandbox_each_instance_is_a_fresh_interpreter() {
 fn internet_access_is_the_same_app_setting_for_python() {
     let dir = scratch("python-egress");
     let server = start_server(&dir);
-    let p = deploy_python(
+    let p = deploy_files(
         &server,
         &dir,
         "net-py",
+        "python",
         &[(
             "main.py",
             "import socket\nimport ignite\n\n@ignite.main\ndef handler(req, ctx):\n    try:\n        socket.create_connection(('127.0.0.1', int(req.field('port'))), timeout=1).close()\n        reached = True\n    except OSError:\n        reached = False\n    with open('/etc/resolv.conf') if req.field('resolv', default=False) else open('/dev/null') as f:\n        resolv = f.read()\n    return {'reached_node': reached, 'resolv': resolv}\n",
@@ -815,7 +778,7 @@ fn internet_access_is_the_same_app_setting_for_python() {
     );
     let port: u16 = server.api.rsplit(':').next().unwrap().parse().unwrap();
     let body = format!(r#"{{"port": {port}}}"#);
-    let (status, _, answer) = call(&server, "net-py", &body);
+    let (status, _, answer) = call_app(&server, "net-py", &body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(json(&answer)["reached_node"], false, "{answer}");
     // On: a template of its own in an egress namespace, with a resolver; the node stays out
@@ -826,7 +789,7 @@ fn internet_access_is_the_same_app_setting_for_python() {
         &["app", "network", "acme-corp:net-py", "--egress", "on"],
     );
     let body = format!(r#"{{"port": {port}, "resolv": true}}"#);
-    let (status, headers, answer) = call(&server, "net-py", &body);
+    let (status, headers, answer) = call_app(&server, "net-py", &body);
     assert_eq!(status, 200, "{answer}");
     let v = json(&answer);
     assert_eq!(v["reached_node"], false, "{answer}");
@@ -836,7 +799,7 @@ fn internet_access_is_the_same_app_setting_for_python() {
             .is_some_and(|r| r.contains("nameserver")),
         "{answer}"
     );
-    let record = execution(&server, &p, &headers);
+    let record = execution_of(&server, &p, &headers);
     assert_eq!(
         record["metrics"]["cold_start_phases"]["start"], "fork",
         "{record}"

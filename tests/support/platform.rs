@@ -403,3 +403,54 @@ pub fn metrics(server: &Server) -> String {
     assert_eq!(status, 200);
     body
 }
+
+/// `dir/name` holding exactly `files` (path, text), replacing what was there.
+pub fn files_project(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let p = dir.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    for (file, text) in files {
+        let path = p.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    p
+}
+
+/// Creates app `app` of `runtime`, saves `files` as its draft and publishes it (which builds
+/// it, for the runtimes that build on publish); returns the project directory.
+pub fn deploy_files(
+    server: &Server,
+    dir: &Path,
+    app: &str,
+    runtime: &str,
+    files: &[(&str, &str)],
+) -> PathBuf {
+    let p = files_project(dir, app, files);
+    ok(server, &p, &["app", "create", app, "--runtime", runtime]);
+    let id = format!("acme-corp:{app}");
+    ok(
+        server,
+        &p,
+        &["draft", "save", &id, "--code", "./", "--runtime", runtime],
+    );
+    ok(server, &p, &["draft", "publish", &id]);
+    p
+}
+
+/// `POST /` with `body` to acme-corp's `app` through the gateway.
+pub fn call_app(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    http_full(
+        &server.gateway,
+        &format!("{app}-acme-corp.ignite.localhost"),
+        "POST",
+        "/",
+        body,
+    )
+}
+
+/// The execution record of the answer whose headers are `headers`.
+pub fn execution_of(server: &Server, cwd: &Path, headers: &[(String, String)]) -> Value {
+    let id = header(headers, "x-ignite-execution-id").expect("an execution id header");
+    json(&ok(server, cwd, &["execution", "get", id, "-o", "json"]))
+}

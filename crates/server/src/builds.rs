@@ -299,16 +299,14 @@ async fn compile(
         "built {} ({} bytes, {}); artifact manifest {}",
         artifact.digest, artifact.size, artifact.target, stored.manifest.digest
     ));
-    if let Some(key) = &key {
-        let built = Built {
-            digest: &artifact.digest,
-            size: artifact.size as i64,
-            target: &artifact.target,
-        };
-        if let Err(e) = store::cache_build(&state.db, key, &built).await {
-            tracing::warn!("could not record the build in the cache: {e}");
-        }
-    }
+    remember(
+        state,
+        key.as_deref(),
+        &artifact.digest,
+        artifact.size,
+        &artifact.target,
+    )
+    .await;
     Ok(ignite_builder::Artifact {
         path: blob,
         ..artifact
@@ -379,19 +377,15 @@ async fn compile_python(
         move |source| BuildError::Io { path, source }
     };
     let key = cache_key(state, app, draft).map(|k| format!("{k}:python{}", python.version));
-    if let Some(key) = &key
-        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
-        && state.oci.blob_path(&digest).exists()
+    if let Some(artifact) = reuse(
+        state,
+        key.as_deref(),
+        live,
+        "same source, interpreter and SDK",
+    )
+    .await
     {
-        live.push(format!(
-            "reusing {digest} from an identical earlier build (same source, interpreter and SDK)"
-        ));
-        return Ok(ignite_builder::Artifact {
-            path: state.oci.blob_path(&digest),
-            size: size as u64,
-            digest,
-            target,
-        });
+        return Ok(artifact);
     }
     live.push(format!(
         "building {org}:{app} for Python {} ({})",
@@ -399,8 +393,7 @@ async fn compile_python(
         python.interpreter.display()
     ));
     let out = app_dir.join("python");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    fresh_dir(&out).map_err(io(&out))?;
     let mut options = BuildOptions::new(
         Sdk::bundled(),
         app_dir.join("target"),
@@ -416,16 +409,7 @@ async fn compile_python(
     };
     let built =
         ignite_builder::python::build(&build, &options, |line| live.push(line.to_string())).await;
-    let built = match built {
-        Ok(b) => b,
-        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
-            tracing::debug!("python build failed after an oom kill: {e}");
-            return Err(BuildError::OutOfMemory {
-                limit_mb: state.config.build_memory_mb,
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let built = built.map_err(|e| out_of_memory_or(state, cgroup.as_mut(), e))?;
     drop(cgroup);
     let target = format!("python{}", built.python_version);
     let reference = format!("{org}/{app}:{build_id}");
@@ -437,16 +421,7 @@ async fn compile_python(
         "built {} ({} bytes, {target}); artifact manifest {}",
         built.digest, built.size, stored.manifest.digest
     ));
-    if let Some(key) = &key {
-        let record = Built {
-            digest: &built.digest,
-            size: built.size as i64,
-            target: &target,
-        };
-        if let Err(e) = store::cache_build(&state.db, key, &record).await {
-            tracing::warn!("could not record the build in the cache: {e}");
-        }
-    }
+    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
     let _ = std::fs::remove_dir_all(&out);
     Ok(ignite_builder::Artifact {
         path: state.oci.blob_path(&built.digest),
@@ -484,24 +459,12 @@ async fn compile_deno(
     // The SDK is copied into the tree: its sources are part of the key.
     let sdk = ignite_builder::deno::sdk_fingerprint(&deno.sdk_dir).unwrap_or_default();
     let key = cache_key(state, app, draft).map(|k| format!("{k}:deno{}:{sdk}", deno.version));
-    if let Some(key) = &key
-        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
-        && state.oci.blob_path(&digest).exists()
-    {
-        live.push(format!(
-            "reusing {digest} from an identical earlier build (same source, Deno and SDK)"
-        ));
-        return Ok(ignite_builder::Artifact {
-            path: state.oci.blob_path(&digest),
-            size: size as u64,
-            digest,
-            target,
-        });
+    if let Some(artifact) = reuse(state, key.as_deref(), live, "same source, Deno and SDK").await {
+        return Ok(artifact);
     }
     live.push(format!("building {org}:{app} for Deno {}", deno.version));
     let out = app_dir.join("deno");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    fresh_dir(&out).map_err(io(&out))?;
     let mut options = BuildOptions::new(
         Sdk::bundled(),
         app_dir.join("target"),
@@ -517,16 +480,7 @@ async fn compile_deno(
     };
     let built =
         ignite_builder::deno::build(&build, &options, |line| live.push(line.to_string())).await;
-    let built = match built {
-        Ok(b) => b,
-        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
-            tracing::debug!("deno build failed after an oom kill: {e}");
-            return Err(BuildError::OutOfMemory {
-                limit_mb: state.config.build_memory_mb,
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let built = built.map_err(|e| out_of_memory_or(state, cgroup.as_mut(), e))?;
     drop(cgroup);
     let target = format!("deno{}", built.deno_version);
     let reference = format!("{org}/{app}:{build_id}");
@@ -538,16 +492,7 @@ async fn compile_deno(
         "built {} ({} bytes, {target}); artifact manifest {}",
         built.digest, built.size, stored.manifest.digest
     ));
-    if let Some(key) = &key {
-        let record = Built {
-            digest: &built.digest,
-            size: built.size as i64,
-            target: &target,
-        };
-        if let Err(e) = store::cache_build(&state.db, key, &record).await {
-            tracing::warn!("could not record the build in the cache: {e}");
-        }
-    }
+    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(ignite_builder::python::tar_path(&out));
     Ok(ignite_builder::Artifact {
@@ -579,24 +524,19 @@ async fn compile_go(
     };
     let go = state.config.go.clone();
     let key = cache_key(state, app, draft).map(|k| format!("{k}:go:{}", go.display()));
-    if let Some(key) = &key
-        && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
-        && state.oci.blob_path(&digest).exists()
+    if let Some(artifact) = reuse(
+        state,
+        key.as_deref(),
+        live,
+        "same source, toolchain and SDK",
+    )
+    .await
     {
-        live.push(format!(
-            "reusing {digest} from an identical earlier build (same source, toolchain and SDK)"
-        ));
-        return Ok(ignite_builder::Artifact {
-            path: state.oci.blob_path(&digest),
-            size: size as u64,
-            digest,
-            target,
-        });
+        return Ok(artifact);
     }
     live.push(format!("building {org}:{app} with {}", go.display()));
     let out = app_dir.join("go");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    fresh_dir(&out).map_err(io(&out))?;
     // Go's build and module caches, like cargo's target directory: per org when the operator
     // shares one, else per app.
     let cache = match &state.config.shared_target_dir {
@@ -615,16 +555,7 @@ async fn compile_go(
     };
     let built =
         ignite_builder::go::build(&build, &options, |line| live.push(line.to_string())).await;
-    let built = match built {
-        Ok(b) => b,
-        Err(e) if cgroup.as_mut().is_some_and(|c| c.oom_killed()) => {
-            tracing::debug!("go build failed after an oom kill: {e}");
-            return Err(BuildError::OutOfMemory {
-                limit_mb: state.config.build_memory_mb,
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let built = built.map_err(|e| out_of_memory_or(state, cgroup.as_mut(), e))?;
     drop(cgroup);
     let target = format!("linux-amd64-{}", built.go_version);
     let reference = format!("{org}/{app}:{build_id}");
@@ -636,16 +567,7 @@ async fn compile_go(
         "built {} ({} bytes, static, {target}); artifact manifest {}",
         built.digest, built.size, stored.manifest.digest
     ));
-    if let Some(key) = &key {
-        let record = Built {
-            digest: &built.digest,
-            size: built.size as i64,
-            target: &target,
-        };
-        if let Err(e) = store::cache_build(&state.db, key, &record).await {
-            tracing::warn!("could not record the build in the cache: {e}");
-        }
-    }
+    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
     let _ = std::fs::remove_dir_all(&out);
     Ok(ignite_builder::Artifact {
         path: state.oci.blob_path(&built.digest),
@@ -653,6 +575,66 @@ async fn compile_go(
         digest: built.digest,
         target,
     })
+}
+
+/// An identical earlier build's artifact (`key` found in the build cache, its blob still in
+/// the layout), said in the log with `same` (what made it identical).
+async fn reuse(
+    state: &State,
+    key: Option<&str>,
+    live: &LiveBuild,
+    same: &str,
+) -> Option<ignite_builder::Artifact> {
+    let (digest, size, target) = store::cached_build(&state.db, key?).await.ok()??;
+    let path = state.oci.blob_path(&digest);
+    if !path.exists() {
+        return None;
+    }
+    live.push(format!(
+        "reusing {digest} from an identical earlier build ({same})"
+    ));
+    Some(ignite_builder::Artifact {
+        path,
+        size: size as u64,
+        digest,
+        target,
+    })
+}
+
+/// Records a build in the build cache under `key` (a failure only costs a rebuild later).
+async fn remember(state: &State, key: Option<&str>, digest: &str, size: u64, target: &str) {
+    let Some(key) = key else {
+        return;
+    };
+    let record = Built {
+        digest,
+        size: size as i64,
+        target,
+    };
+    if let Err(e) = store::cache_build(&state.db, key, &record).await {
+        tracing::warn!("could not record the build in the cache: {e}");
+    }
+}
+
+/// A failed build is out of memory when its cgroup's memory controller killed part of it.
+fn out_of_memory_or(
+    state: &State,
+    cgroup: Option<&mut ignite_sandbox::BuildCgroup>,
+    e: BuildError,
+) -> BuildError {
+    if cgroup.is_some_and(|c| c.oom_killed()) {
+        tracing::debug!("the build failed after an oom kill: {e}");
+        return BuildError::OutOfMemory {
+            limit_mb: state.config.build_memory_mb,
+        };
+    }
+    e
+}
+
+/// An empty directory at `path` (whatever was there is removed).
+fn fresh_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(path);
+    std::fs::create_dir_all(path)
 }
 
 /// Checks a built component against the host (a component, exporting the wasi:http handler,
