@@ -369,6 +369,7 @@ def template():
     # Whatever the import allocated stays put: a collection in a child would otherwise touch
     # (and copy) every page of it.
     import gc
+    runtime.warm_up()
     gc.collect()
     gc.freeze()
 
