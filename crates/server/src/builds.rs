@@ -153,71 +153,32 @@ async fn compile(
     };
     let app_dir = state.config.data_dir.join("builds").join(org).join(app);
     let src = app_dir.join("src");
-    let _ = std::fs::remove_dir_all(&src);
-    std::fs::create_dir_all(&src).map_err(io(&src))?;
+    fresh_dir(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
     let bytes = std::fs::read(state.oci.blob_path(&digest)).map_err(io(&src))?;
-    if draft.runtime == "deno" {
-        if draft.source_kind.as_deref() == Some("file") {
-            std::fs::write(src.join("main.ts"), &bytes).map_err(io(&src))?;
-        } else {
-            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
-                BuildError::Io {
-                    path: src.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        }
-        return compile_deno(state, org, app, draft, build_id, live, &app_dir, &src).await;
-    }
-    if draft.runtime == "python" {
-        if draft.source_kind.as_deref() == Some("file") {
-            std::fs::write(src.join("main.py"), &bytes).map_err(io(&src))?;
-        } else {
-            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
-                BuildError::Io {
-                    path: src.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        }
-        return compile_python(state, org, app, draft, build_id, live, &app_dir, &src).await;
-    }
-    if draft.runtime == "go" {
-        if draft.source_kind.as_deref() == Some("file") {
-            std::fs::write(src.join("main.go"), &bytes).map_err(io(&src))?;
-            std::fs::write(src.join("go.mod"), format!("module {app}\n\ngo 1.19\n"))
-                .map_err(io(&src))?;
-        } else {
-            ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
-                BuildError::Io {
-                    path: src.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        }
-        return compile_go(state, org, app, draft, build_id, live, &app_dir, &src).await;
-    }
-    match draft.source_kind.as_deref() == Some("file") {
-        true => {
-            std::fs::create_dir_all(src.join("src")).map_err(io(&src))?;
-            std::fs::write(src.join("src/lib.rs"), &bytes).map_err(io(&src))?;
-            std::fs::write(
-                src.join("Cargo.toml"),
-                format!(
-                    "[package]\nname = \"{app}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-                     [dependencies]\nignite = \"*\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\
-                     serde_json = \"1.0\"\ntokio = {{ version = \"1.0\", features = [\"rt-multi-thread\", \"macros\"] }}\n"
-                ),
-            )
-            .map_err(io(&src))?;
-        }
-        false => ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| {
-            BuildError::Io {
-                path: src.clone(),
-                source: std::io::Error::other(e.to_string()),
+    if draft.source_kind.as_deref() == Some("file") {
+        for (name, content) in single_file_project(&draft.runtime, app, &bytes) {
+            let path = src.join(name);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io(&src))?;
             }
-        })?,
+            std::fs::write(&path, content).map_err(io(&src))?;
+        }
+    } else {
+        ignite_builder::archive::unpack(&bytes, &src, SOURCE_CAP).map_err(|e| BuildError::Io {
+            path: src.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    match draft.runtime.as_str() {
+        "python" => {
+            return compile_python(state, org, app, draft, build_id, live, &app_dir, &src).await;
+        }
+        "go" => return compile_go(state, org, app, draft, build_id, live, &app_dir, &src).await,
+        "deno" => {
+            return compile_deno(state, org, app, draft, build_id, live, &app_dir, &src).await;
+        }
+        _ => {}
     }
     // An identical earlier build (same source, target, toolchain, app name and SDK) made the
     // very same binary: reuse it instead of running cargo.
@@ -417,18 +378,19 @@ async fn compile_python(
         .oci
         .add_python_app(&built.tar, &built.python_version, &reference)
         .map_err(io(&built.tar))?;
-    live.push(format!(
-        "built {} ({} bytes, {target}); artifact manifest {}",
-        built.digest, built.size, stored.manifest.digest
-    ));
-    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
-    let _ = std::fs::remove_dir_all(&out);
-    Ok(ignite_builder::Artifact {
-        path: state.oci.blob_path(&built.digest),
-        size: built.size,
-        digest: built.digest,
+    let manifest = stored.manifest.digest;
+    Ok(finish(
+        state,
+        key.as_deref(),
+        live,
+        &out,
+        built.digest,
+        built.size,
         target,
-    })
+        None,
+        &manifest,
+    )
+    .await)
 }
 
 /// Builds a Deno draft (unpacked in `src`): its imports fetched with `deno install` (in the
@@ -488,19 +450,19 @@ async fn compile_deno(
         .oci
         .add_deno_app(&built.tar, &built.deno_version, &reference)
         .map_err(io(&built.tar))?;
-    live.push(format!(
-        "built {} ({} bytes, {target}); artifact manifest {}",
-        built.digest, built.size, stored.manifest.digest
-    ));
-    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
-    let _ = std::fs::remove_dir_all(&out);
-    let _ = std::fs::remove_file(ignite_builder::python::tar_path(&out));
-    Ok(ignite_builder::Artifact {
-        path: state.oci.blob_path(&built.digest),
-        size: built.size,
-        digest: built.digest,
+    let manifest = stored.manifest.digest;
+    Ok(finish(
+        state,
+        key.as_deref(),
+        live,
+        &out,
+        built.digest,
+        built.size,
         target,
-    })
+        None,
+        &manifest,
+    )
+    .await)
 }
 
 /// Builds a Go draft (unpacked in `src`) into one static binary, run like a native Rust
@@ -563,18 +525,75 @@ async fn compile_go(
         .oci
         .add_handler(&built.path, &target, &reference)
         .map_err(io(&built.path))?;
-    live.push(format!(
-        "built {} ({} bytes, static, {target}); artifact manifest {}",
-        built.digest, built.size, stored.manifest.digest
-    ));
-    remember(state, key.as_deref(), &built.digest, built.size, &target).await;
-    let _ = std::fs::remove_dir_all(&out);
-    Ok(ignite_builder::Artifact {
-        path: state.oci.blob_path(&built.digest),
-        size: built.size,
-        digest: built.digest,
+    let manifest = stored.manifest.digest;
+    Ok(finish(
+        state,
+        key.as_deref(),
+        live,
+        &out,
+        built.digest,
+        built.size,
         target,
-    })
+        Some("static"),
+        &manifest,
+    )
+    .await)
+}
+
+/// The project a single-file upload stands for: the file under the name its runtime looks
+/// for, and the manifest the runtime needs beside it.
+fn single_file_project(runtime: &str, app: &str, bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    match runtime {
+        "python" => vec![("main.py", bytes.to_vec())],
+        "deno" => vec![("main.ts", bytes.to_vec())],
+        "go" => vec![
+            ("main.go", bytes.to_vec()),
+            ("go.mod", format!("module {app}\n\ngo 1.19\n").into_bytes()),
+        ],
+        _ => vec![
+            ("src/lib.rs", bytes.to_vec()),
+            (
+                "Cargo.toml",
+                format!(
+                    "[package]\nname = \"{app}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                     [dependencies]\nignite = \"*\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\
+                     serde_json = \"1.0\"\ntokio = {{ version = \"1.0\", features = [\"rt-multi-thread\", \"macros\"] }}\n"
+                )
+                .into_bytes(),
+            ),
+        ],
+    }
+}
+
+/// The end of a build whose artifact is stored in the layout (`manifest`, its manifest's
+/// digest): said in the log (with what `kind` of artifact it is, if worth saying), recorded in
+/// the build cache under `key`, and the build's scratch output (`out`, and a tar packed beside
+/// it) removed.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    state: &State,
+    key: Option<&str>,
+    live: &LiveBuild,
+    out: &std::path::Path,
+    digest: String,
+    size: u64,
+    target: String,
+    kind: Option<&str>,
+    manifest: &str,
+) -> ignite_builder::Artifact {
+    let kind = kind.map(|k| format!("{k}, ")).unwrap_or_default();
+    live.push(format!(
+        "built {digest} ({size} bytes, {kind}{target}); artifact manifest {manifest}"
+    ));
+    remember(state, key, &digest, size, &target).await;
+    let _ = std::fs::remove_dir_all(out);
+    let _ = std::fs::remove_file(ignite_builder::python::tar_path(out));
+    ignite_builder::Artifact {
+        path: state.oci.blob_path(&digest),
+        size,
+        digest,
+        target,
+    }
 }
 
 /// An identical earlier build's artifact (`key` found in the build cache, its blob still in
