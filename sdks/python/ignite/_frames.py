@@ -91,21 +91,27 @@ class Truncated(FrameError):
 # The frames.
 
 
-class Hello:
+class _Frame:
+    """What every frame with fields shares: equality and a repr by its fields (`__slots__`)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return type(other) is type(self) and _fields(self) == _fields(other)
+
+    def __repr__(self):
+        return _repr(self)
+
+
+class Hello(_Frame):
     __slots__ = ("protocol_version", "sdk_version")
 
     def __init__(self, protocol_version, sdk_version):
         self.protocol_version = protocol_version
         self.sdk_version = sdk_version
 
-    def __eq__(self, other):
-        return type(other) is Hello and _fields(self) == _fields(other)
 
-    def __repr__(self):
-        return _repr(self)
-
-
-class Invoke:
+class Invoke(_Frame):
     __slots__ = (
         "id", "execution_id", "function_id", "deadline_unix_ms", "env",
         "method", "path", "query", "headers", "body",
@@ -124,14 +130,8 @@ class Invoke:
         self.headers = headers
         self.body = body
 
-    def __eq__(self, other):
-        return type(other) is Invoke and _fields(self) == _fields(other)
 
-    def __repr__(self):
-        return _repr(self)
-
-
-class Response:
+class Response(_Frame):
     __slots__ = ("id", "status", "headers", "body")
 
     def __init__(self, id, status, headers, body):
@@ -140,14 +140,8 @@ class Response:
         self.headers = headers
         self.body = body
 
-    def __eq__(self, other):
-        return type(other) is Response and _fields(self) == _fields(other)
 
-    def __repr__(self):
-        return _repr(self)
-
-
-class ErrorFrame:
+class ErrorFrame(_Frame):
     __slots__ = ("id", "kind", "status", "message")
 
     def __init__(self, id, kind, status, message):
@@ -156,25 +150,13 @@ class ErrorFrame:
         self.status = status
         self.message = message
 
-    def __eq__(self, other):
-        return type(other) is ErrorFrame and _fields(self) == _fields(other)
 
-    def __repr__(self):
-        return _repr(self)
-
-
-class Log:
+class Log(_Frame):
     __slots__ = ("id", "line")
 
     def __init__(self, id, line):
         self.id = id
         self.line = line
-
-    def __eq__(self, other):
-        return type(other) is Log and _fields(self) == _fields(other)
-
-    def __repr__(self):
-        return _repr(self)
 
 
 class Shutdown:
