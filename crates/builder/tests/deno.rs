@@ -10,6 +10,8 @@
 //! jsr.io is not reachable from the machine these tests were written on, so no test fetches a
 //! `jsr:` import (the proxy allows it, [`ignite_builder::DENO`]).
 
+mod harness;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +23,7 @@ use ignite_sandbox::jail::{JailBind, JailNetwork, JailSpec};
 /// An unprivileged uid with no account, as the server's build uid.
 const BUILD_UID: u32 = 1_899_999_996;
 
-type Test = (&'static str, fn());
+use harness::Test;
 
 const TESTS: &[Test] = &[
     ("the_sdk_unit_tests_pass", the_sdk_unit_tests_pass),
@@ -65,73 +67,18 @@ const TESTS: &[Test] = &[
 ];
 
 fn main() {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if args.len() > 2 && args[1] == "ignite" && args[2] == "__jail" {
-        let error = match JailSpec::from_args(&args[3..]) {
-            Ok(spec) => ignite_sandbox::jail::exec(&spec),
-            Err(e) => e,
+    let prerequisite = |chosen: usize| {
+        let Some(deno) = deno() else {
+            println!(
+                "skipping {chosen} Deno build tests: no Deno binary (install it with `npm \
+                 install --prefix /opt/ignite-deno deno`, or set IGNITE_DENO)"
+            );
+            return false;
         };
-        eprintln!("ignite build jail: {error}");
-        std::process::exit(126);
-    }
-    let words: Vec<String> = args[1..]
-        .iter()
-        .filter_map(|a| a.to_str())
-        .map(str::to_string)
-        .collect();
-    if words.iter().any(|w| w == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let filter = words.iter().find(|w| !w.starts_with('-'));
-    let chosen: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| filter.is_none_or(|f| name.contains(f.as_str())))
-        .collect();
-    let Some(deno) = deno() else {
-        println!(
-            "skipping {} Deno build tests: no Deno binary (install it with `npm install \
-             --prefix /opt/ignite-deno deno`, or set IGNITE_DENO)",
-            chosen.len()
-        );
-        return;
+        println!("Deno: {}", deno.display());
+        true
     };
-    println!("Deno: {}", deno.display());
-    if !is_root() {
-        println!(
-            "skipping {} jailed Deno build tests: they need root",
-            chosen.len()
-        );
-        return;
-    }
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        println!("test {name} ...");
-        let start = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", start.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\n{} passed; {} failed",
-        chosen.len() - failed.len(),
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failed: {}", failed.join(", "));
-        std::process::exit(1);
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    harness::main(TESTS, "jailed Deno build tests", prerequisite, || {});
 }
 
 /// The Deno binary: `IGNITE_DENO`, else where `.ci/run` installs it.

@@ -10,7 +10,8 @@
 //! Every build shares one cache directory (`BuildOptions::target_dir`), so the standard library
 //! is compiled once for the whole run.
 
-use std::ffi::OsString;
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ const BUILD_UID: u32 = 1_899_999_996;
 /// Debian's toolchain.
 const GO: &str = "/usr/bin/go";
 
-type Test = (&'static str, fn());
+use harness::Test;
 
 const TESTS: &[Test] = &[
     (
@@ -73,71 +74,20 @@ const HOSTILE_ENV: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if args.len() > 2 && args[1] == "ignite" && args[2] == "__jail" {
-        let error = match ignite_sandbox::jail::JailSpec::from_args(&args[3..]) {
-            Ok(spec) => ignite_sandbox::jail::exec(&spec),
-            Err(e) => e,
-        };
-        eprintln!("ignite build jail: {error}");
-        std::process::exit(126);
-    }
-    let words: Vec<String> = args[1..]
-        .iter()
-        .filter_map(|a| a.to_str())
-        .map(str::to_string)
-        .collect();
-    if words.iter().any(|w| w == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let filter = words.iter().find(|w| !w.starts_with('-'));
-    let chosen: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| filter.is_none_or(|f| name.contains(f.as_str())))
-        .collect();
-    if !is_root() {
-        println!(
-            "skipping {} jailed Go build tests: they need root",
-            chosen.len()
-        );
-        return;
-    }
-    if !Path::new(GO).exists() {
-        panic!("{GO} is missing: apt-get install golang-go");
-    }
-    for (k, v) in HOSTILE_ENV {
-        // SAFETY: nothing but this thread runs yet (no runtime, no test has started).
-        unsafe { std::env::set_var(k, v) };
-    }
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        println!("test {name} ...");
-        let start = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", start.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
+    harness::main(
+        TESTS,
+        "jailed Go build tests",
+        |_| true,
+        || {
+            if !Path::new(GO).exists() {
+                panic!("{GO} is missing: apt-get install golang-go");
             }
-        }
-    }
-    println!(
-        "\n{} passed; {} failed",
-        chosen.len() - failed.len(),
-        failed.len()
+            for (k, v) in HOSTILE_ENV {
+                // SAFETY: nothing but this thread runs yet (no runtime, no test has started).
+                unsafe { std::env::set_var(k, v) };
+            }
+        },
     );
-    if !failed.is_empty() {
-        println!("failed: {}", failed.join(", "));
-        std::process::exit(1);
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// The repository's Go SDK.

@@ -6,7 +6,8 @@
 //! needs it); elsewhere it says so and passes vacuously. It needs PyPI (pypi.org and
 //! files.pythonhosted.org) reachable.
 
-use std::ffi::OsString;
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ const BUILD_UID: u32 = 1_899_999_997;
 /// Debian's interpreter, whose pip installs requirements.txt.
 const INTERPRETER: &str = "/usr/bin/python3";
 
-type Test = (&'static str, fn());
+use harness::Test;
 
 const TESTS: &[Test] = &[
     (
@@ -78,64 +79,7 @@ const TESTS: &[Test] = &[
 ];
 
 fn main() {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if args.len() > 2 && args[1] == "ignite" && args[2] == "__jail" {
-        let error = match ignite_sandbox::jail::JailSpec::from_args(&args[3..]) {
-            Ok(spec) => ignite_sandbox::jail::exec(&spec),
-            Err(e) => e,
-        };
-        eprintln!("ignite build jail: {error}");
-        std::process::exit(126);
-    }
-    let words: Vec<String> = args[1..]
-        .iter()
-        .filter_map(|a| a.to_str())
-        .map(str::to_string)
-        .collect();
-    if words.iter().any(|w| w == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let filter = words.iter().find(|w| !w.starts_with('-'));
-    let chosen: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| filter.is_none_or(|f| name.contains(f.as_str())))
-        .collect();
-    if !is_root() {
-        println!(
-            "skipping {} jailed Python build tests: they need root",
-            chosen.len()
-        );
-        return;
-    }
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        println!("test {name} ...");
-        let start = Instant::now();
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", start.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\n{} passed; {} failed",
-        chosen.len() - failed.len(),
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failed: {}", failed.join(", "));
-        std::process::exit(1);
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    harness::main(TESTS, "jailed Python build tests", |_| true, || {});
 }
 
 /// The repository's Python SDK.
