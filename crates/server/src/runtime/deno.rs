@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use ignite_agent::{SpawnConfig, SpawnError};
 use ignite_builder::deno::{APP_DIR, ENTRY, RunOptions, run_args, run_env};
-use ignite_sandbox::{Bind, Limits, Prepared, Sandbox};
+use ignite_sandbox::{Bind, Prepared, Sandbox};
 
 use super::{
     BoxFuture, ColdStart, Instance, Launcher, StartError, StartKind, StartSettings, Started,
@@ -232,10 +232,7 @@ impl Launcher for DenoLauncher {
                 source: tree.clone(),
                 target: APP_DIR.into(),
             });
-            let limits = Limits {
-                memory_mb: u64::from(settings.memory_mb),
-                egress: settings.egress,
-            };
+            let limits = settings.limits();
             config.sandbox = Some((sandbox.clone(), limits));
             let command = ignite_sandbox::Command {
                 program: &config.program,

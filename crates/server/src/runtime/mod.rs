@@ -111,6 +111,16 @@ pub struct StartSettings {
     pub egress: bool,
 }
 
+impl StartSettings {
+    /// What the sandbox is asked for an instance started with these settings.
+    pub fn limits(&self) -> ignite_sandbox::Limits {
+        ignite_sandbox::Limits {
+            memory_mb: u64::from(self.memory_mb),
+            egress: self.egress,
+        }
+    }
+}
+
 /// Why an instance did not start, with what it logged meanwhile.
 #[derive(Debug)]
 pub struct StartError {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ignite_agent::{Invocation, SpawnConfig, SpawnError};
-use ignite_sandbox::{Limits, Sandbox};
+use ignite_sandbox::Sandbox;
 
 use super::{
     BoxFuture, ColdStart, Instance, Invoked, Launcher, StartError, StartSettings, Started,
@@ -69,11 +69,7 @@ impl Launcher for NativeLauncher {
             let mut config = SpawnConfig::new(&self.program);
             config.env = self.env.clone();
             if let Some(sandbox) = &self.sandbox {
-                let limits = Limits {
-                    memory_mb: u64::from(settings.memory_mb),
-                    egress: settings.egress,
-                };
-                config.sandbox = Some((sandbox.clone(), limits));
+                config.sandbox = Some((sandbox.clone(), settings.limits()));
             }
             let instance = ignite_agent::Instance::spawn(&config).await?;
             let cold = ColdStart {

@@ -361,6 +361,25 @@ impl PythonLauncher {
         env
     }
 
+    /// The running template for these settings (started first if there is none), and what
+    /// starting it took.
+    async fn template(
+        &self,
+        sandbox: &Sandbox,
+        tree: &Path,
+        settings: StartSettings,
+    ) -> Result<(Arc<Template>, Duration), StartError> {
+        let key = TemplateKey {
+            version: self.version.clone(),
+            egress: settings.egress,
+            memory_mb: settings.memory_mb,
+        };
+        let limits = settings.limits();
+        self.templates
+            .get(&key, || self.start_template(sandbox, tree, &limits))
+            .await
+    }
+
     async fn start_template(
         &self,
         sandbox: &Sandbox,
@@ -414,20 +433,7 @@ impl Launcher for PythonLauncher {
                     return;
                 }
             };
-            let limits = Limits {
-                memory_mb: u64::from(settings.memory_mb),
-                egress: settings.egress,
-            };
-            let key = TemplateKey {
-                version: self.version.clone(),
-                egress: settings.egress,
-                memory_mb: settings.memory_mb,
-            };
-            if let Err(e) = self
-                .templates
-                .get(&key, || self.start_template(sandbox, &tree, &limits))
-                .await
-            {
+            if let Err(e) = self.template(sandbox, &tree, settings).await {
                 tracing::warn!(
                     version = self.version,
                     "could not start the app's template: {e}"
@@ -456,19 +462,8 @@ impl Launcher for PythonLauncher {
                 };
                 return Ok((Arc::new(instance) as Arc<dyn Instance>, cold));
             };
-            let limits = Limits {
-                memory_mb: u64::from(settings.memory_mb),
-                egress: settings.egress,
-            };
-            let key = TemplateKey {
-                version: self.version.clone(),
-                egress: settings.egress,
-                memory_mb: settings.memory_mb,
-            };
-            let (template, template_took) = self
-                .templates
-                .get(&key, || self.start_template(sandbox, &tree, &limits))
-                .await?;
+            let (template, template_took) = self.template(sandbox, &tree, settings).await?;
+            let limits = settings.limits();
             let forked_at = Instant::now();
             let spawned = template.fork(&limits).await.map_err(|e| StartError {
                 message: format!("could not fork the app's Python template: {e}"),
