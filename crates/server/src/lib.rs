@@ -161,6 +161,12 @@ pub async fn run(
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    // Finding the interpreter's files runs ldd over its extension modules (~0.3 s): beside the
+    // rest of the start, not before it.
+    let python_found = {
+        let (python, sdk) = (config.python.clone(), python_sdk_dir());
+        tokio::task::spawn_blocking(move || runtime::python::PythonRuntime::detect(&python, &sdk))
+    };
     // Before the sandbox's threads and zygotes start: they inherit it.
     let open_files = open_files_limit();
     let sandbox = if config.sandbox {
@@ -196,14 +202,6 @@ pub async fn run(
         )?),
         None => None,
     };
-    let (python, python_problem) =
-        match runtime::python::PythonRuntime::detect(&config.python, &python_sdk_dir()) {
-            Ok(p) => (Some(Arc::new(p)), None),
-            Err(e) => {
-                tracing::warn!("Python apps are unavailable: {e}");
-                (None, Some(e.to_string()))
-            }
-        };
     let deno_proxy = match &sandbox {
         Some(_) => Some(ignite_builder::RegistryProxy::start(
             &config.data_dir.join("sandbox/deno-proxy.sock"),
@@ -272,6 +270,17 @@ pub async fn run(
         .fingerprint()
         .inspect_err(|e| tracing::warn!("the build cache is off: cannot read the SDK sources: {e}"))
         .ok();
+    let (python, python_problem) = match python_found
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|found| found)
+    {
+        Ok(p) => (Some(Arc::new(p)), None),
+        Err(e) => {
+            tracing::warn!("Python apps are unavailable: {e}");
+            (None, Some(e.to_string()))
+        }
+    };
     let state = Arc::new(State {
         db,
         oci,
