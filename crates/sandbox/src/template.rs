@@ -340,58 +340,26 @@ impl Template {
                 _ => None,
             }
         };
-        if let Some(spare) = spare {
-            let mut process = Process::forked(
-                pid,
-                spare.pidfd,
-                None,
-                Forked {
-                    ns_pid,
-                    shared: self.shared.clone(),
-                },
-            );
-            process.set_slot(spare.slot);
-            return Ok(Spawned {
-                process,
-                stdin,
-                stdout,
-                stderr,
-            });
-        }
-        let mut slot = match self.sandbox.take_slot() {
-            Ok(slot) => slot,
-            Err(e) => {
-                self.shared.forget(ns_pid);
-                return Err(prep("preparing the instance's cgroups")(e));
-            }
-        };
-        if let Err(e) = slot.set_memory(limits.memory_mb) {
-            self.shared.forget(ns_pid);
-            return Err(prep("setting the instance's memory limit")(e));
-        }
-        let pidfd = match pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.shared.forget(ns_pid);
-                return Err(prep("watching the instance")(e));
-            }
+        let ready = match spare {
+            Some(spare) => spare,
+            None => match make_ready(&self.sandbox, pid, ns_pid, limits.memory_mb) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    self.shared.forget(ns_pid);
+                    return Err(e);
+                }
+            },
         };
         let mut process = Process::forked(
             pid,
-            pidfd,
+            ready.pidfd,
             None,
             Forked {
                 ns_pid,
                 shared: self.shared.clone(),
             },
         );
-        // Into the instance's own cgroup before it runs anything of the user's (it does not
-        // until its first request, which needs its Hello first).
-        if let Err(e) = move_into(&slot, pid) {
-            let _ = process.signal(libc::SIGKILL);
-            return Err(prep("moving the instance into its cgroup")(e));
-        }
-        process.set_slot(slot);
+        process.set_slot(ready.slot);
         Ok(Spawned {
             process,
             stdin,
@@ -492,6 +460,42 @@ fn move_into(slot: &crate::Slot, pid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes a forked child ready to be an instance: a slot with the memory limit, a pidfd, and
+/// the move into the slot's cgroups — before it runs anything of the user's (it does not until
+/// its first request, which needs its Hello first). The child is killed if the move fails.
+fn make_ready(
+    sandbox: &Sandbox,
+    pid: u32,
+    ns_pid: u32,
+    memory_mb: u64,
+) -> Result<Prepared, SpawnError> {
+    let prep = |step: &'static str| move |source| SpawnError { step, source };
+    let mut slot = sandbox
+        .take_slot()
+        .map_err(prep("preparing the instance's cgroups"))?;
+    slot.set_memory(memory_mb)
+        .map_err(prep("setting the instance's memory limit"))?;
+    let pidfd = pidfd_open(pid).map_err(prep("watching the instance"))?;
+    if let Err(e) = move_into(&slot, pid) {
+        // SAFETY: pidfd_send_signal reads only its integer arguments; a null siginfo is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+        return Err(prep("moving the instance into its cgroup")(e));
+    }
+    Ok(Prepared {
+        ns_pid,
+        pidfd,
+        slot,
+    })
+}
+
 /// Makes each spare the template announces ready to be an instance: a slot with the memory
 /// limit, a pidfd, the move into the slot's cgroups — on the blocking pool, off any request's
 /// path.
@@ -504,18 +508,8 @@ async fn prepare_spares(
     while let Some((pid, ns_pid)) = shared.until(|s| s.announced.take()).await {
         let mut slot_guard = prepared.lock().await;
         let sandbox = sandbox.clone();
-        let made = tokio::task::spawn_blocking(move || -> io::Result<Prepared> {
-            let mut slot = sandbox.take_slot()?;
-            slot.set_memory(memory_mb)?;
-            let pidfd = pidfd_open(pid)?;
-            move_into(&slot, pid)?;
-            Ok(Prepared {
-                ns_pid,
-                pidfd,
-                slot,
-            })
-        })
-        .await;
+        let made =
+            tokio::task::spawn_blocking(move || make_ready(&sandbox, pid, ns_pid, memory_mb)).await;
         match made {
             Ok(Ok(spare)) => *slot_guard = Some(spare),
             // The next fork moves its child itself.
