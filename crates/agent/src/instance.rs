@@ -93,6 +93,26 @@ pub enum SpawnError {
          `dodil ignite draft compile`"
     )]
     ProtocolMismatch { found: u32, expected: u32 },
+    #[error(
+        "the container exited ({status}) before it listened on port {port}; the server must \
+         listen on $PORT{}",
+        tail(logs)
+    )]
+    ContainerExited {
+        status: String,
+        port: u16,
+        logs: Logs,
+    },
+    #[error(
+        "the container did not listen on port {port} within {after:?}; make its server listen \
+         on 0.0.0.0:$PORT (the platform sets PORT={port}), or raise the init timeout{}",
+        tail(logs)
+    )]
+    NotListening {
+        port: u16,
+        after: Duration,
+        logs: Logs,
+    },
 }
 
 impl SpawnError {
@@ -101,7 +121,9 @@ impl SpawnError {
         match self {
             SpawnError::ExitedBeforeReady { logs, .. }
             | SpawnError::InitTimeout { logs, .. }
-            | SpawnError::Framing { logs, .. } => Some(logs),
+            | SpawnError::Framing { logs, .. }
+            | SpawnError::ContainerExited { logs, .. }
+            | SpawnError::NotListening { logs, .. } => Some(logs),
             _ => None,
         }
     }
@@ -591,7 +613,7 @@ impl Instance {
 }
 
 /// The frame id start-up logs gather under.
-const STARTUP: u64 = 0;
+pub(crate) const STARTUP: u64 = 0;
 
 /// The outcome of a request whose answer can no longer come (the instance was torn down).
 fn gone() -> Outcome {
@@ -606,7 +628,7 @@ async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError> {
     ignite_protocol::read_frame_async(&mut reader.output, &mut reader.buf).await
 }
 
-fn describe(status: ExitStatus, sandboxed: bool) -> String {
+pub(crate) fn describe(status: ExitStatus, sandboxed: bool) -> String {
     let signal = match status.code() {
         Some(code) if sandboxed && (129..160).contains(&code) => Some(code - 128),
         Some(_) => None,

@@ -11,12 +11,17 @@
 //! died), or a framing error (the process wrote bytes that are not frames; it is killed).
 //! None of them is an `Err`: the caller always gets a [`Reply`] to record.
 //!
+//! An [`HttpInstance`] is a container image's server: it listens on `$PORT` in its own network
+//! namespace, and each request is forwarded to it as HTTP/1.1 (see `http.rs`).
+//!
 //! This crate must never trust the handler: every byte read from it goes through the protocol
 //! crate's bounded decoder, every wait on it has a deadline, and its logs are capped.
 
+mod http;
 mod instance;
 mod logs;
 
+pub use http::{HttpConfig, HttpInstance, MAX_RESPONSE_BYTES};
 pub use ignite_invocation::{HttpRequest, Invocation, Logs, Outcome, Reply};
 pub use ignite_sandbox::{current_cpu, pin_to_cpu};
 pub use instance::{Instance, SpawnConfig, SpawnError};

@@ -22,12 +22,18 @@ fn hint(step: &str, source: &io::Error) -> &'static str {
             " (the sandbox holds no loader or libraries: the handler must be a static binary, \
              which `dodil ignite draft compile` produces)"
         }
-        (STEP_EXEC, Some(libc::ENOEXEC)) => " (it is not a Linux executable for this machine)",
+        (STEP_EXEC | STEP_EXEC_IMAGE, Some(libc::ENOEXEC)) => {
+            " (it is not a Linux executable for this machine)"
+        }
+        (STEP_EXEC_IMAGE, Some(libc::ENOENT)) => {
+            " (the program or the interpreter or loader it names is missing from the image)"
+        }
         _ => "",
     }
 }
 
 const STEP_EXEC: &str = "executing the handler binary";
+const STEP_EXEC_IMAGE: &str = "executing the image's program";
 
 pub(crate) const STEP_EXEC_INDEX: usize = 21;
 
@@ -58,6 +64,9 @@ const STEPS: &[&str] = &[
     "writing the instance's /etc",
     "masking the host's kernel information in /proc",
     "mounting the runtime's files",
+    "mounting the image's root",
+    "entering the image's working directory",
+    STEP_EXEC_IMAGE,
 ];
 
 const _: () = assert!(STEP_EXEC_INDEX < STEPS.len());

@@ -46,8 +46,11 @@ use pool::{SlotPool, SlotState, ZygotePool, refill_zygotes};
 pub use process::Process;
 pub use seccomp::denied_syscalls;
 use spawn::Zygote;
-pub use spawn::{Bind, Command, Prepared, Spawned, spawn, spawn_async, spawn_prepared};
+pub use spawn::{Bind, Command, ImageRoot, Prepared, Spawned, spawn, spawn_async, spawn_prepared};
 pub use template::{Template, TemplateError, TemplateSpec};
+
+/// An instance's `/etc/hosts`.
+pub(crate) const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
 
 /// Node-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -183,6 +186,16 @@ impl Sandbox {
         };
         std::fs::create_dir_all(&root).map_err(state)?;
         let paths = spawn::RootPaths::new(&root).map_err(state)?;
+        let etc = config.state_dir.join("etc");
+        std::fs::create_dir_all(&etc)
+            .and_then(|()| {
+                std::fs::write(etc.join("hosts"), HOSTS)?;
+                std::fs::write(etc.join("resolv.conf"), "")
+            })
+            .map_err(|source| SandboxError::StateDir {
+                path: etc.clone(),
+                source,
+            })?;
         let filter = seccomp::program()?;
         let cgroups = cgroup::Cgroups::detect();
         let netns = netns::Pool::new(config.spare_netns).map_err(SandboxError::Netns)?;
@@ -317,6 +330,7 @@ impl Sandbox {
         }
         let host = egress::HostNetwork::detect();
         egress::install(&host)?;
+        std::fs::write(self.etc_dir().join("resolv.conf"), &host.resolv_conf)?;
         let egress = Arc::new(Egress {
             netns: netns::Pool::egress(self.inner.config.spare_egress)?,
             resolv_conf: std::ffi::CString::new(host.resolv_conf).map_err(io::Error::other)?,
@@ -341,6 +355,7 @@ impl Sandbox {
         netns: RawFd,
         cgroup_procs: &[OwnedFd],
         egress: bool,
+        image: Option<&ImageRoot>,
     ) -> io::Result<spawn::Isolation> {
         let state = slot
             .state
@@ -349,6 +364,7 @@ impl Sandbox {
         let config = &self.inner.config;
         let uid = config.first_uid.saturating_add(state.index);
         let c = |s: String| std::ffi::CString::new(s).map_err(io::Error::other);
+        let (inside_uid, inside_gid) = image.map_or((1000, 1000), |i| (i.uid, i.gid));
         Ok(spawn::Isolation {
             netns,
             cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
@@ -365,8 +381,8 @@ impl Sandbox {
                 (libc::RLIMIT_NPROC, config.pids),
                 (libc::RLIMIT_CORE, 0),
             ],
-            uid_map: format!("1000 {uid} 1"),
-            gid_map: format!("1000 {uid} 1"),
+            uid_map: format!("{inside_uid} {uid} 1"),
+            gid_map: format!("{inside_gid} {uid} 1"),
             filter: libc::sock_fprog {
                 len: u16::try_from(self.inner.filter.len()).map_err(io::Error::other)?,
                 filter: self
@@ -377,7 +393,23 @@ impl Sandbox {
                     .cast::<libc::sock_filter>(),
             },
             binds: Vec::new(),
+            uid: inside_uid,
+            gid: inside_gid,
+            workdir: match image {
+                Some(image) => spawn::c_path(&image.workdir)?,
+                None => c("/".into())?,
+            },
+            image: image
+                .map(|image| {
+                    spawn::ImageMounts::prepare(image, &self.root_dir(), &self.etc_dir(), egress)
+                })
+                .transpose()?,
         })
+    }
+
+    /// The host files bound over an image's `/etc/hosts` and `/etc/resolv.conf`.
+    fn etc_dir(&self) -> PathBuf {
+        self.inner.config.state_dir.join("etc")
     }
 
     /// The cgroups of one compile (memory and processes), made now, removed when dropped.

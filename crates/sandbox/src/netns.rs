@@ -28,6 +28,129 @@ impl Netns {
     {
         spawn_in_netns(self.0, name, f)
     }
+
+    /// A TCP socket (IPv4, non-blocking, close-on-exec, not yet connected) in this namespace:
+    /// connecting it reaches what listens inside (an image instance's `$PORT` on its
+    /// loopback), while nothing listens on the host. Made by the node's one socket thread,
+    /// which steps into the namespace and back (a few microseconds); no thread of a runtime
+    /// ever moves.
+    pub fn tcp_socket(&self) -> io::Result<OwnedFd> {
+        inside(&self.0, Op::TcpSocket)?
+            .ok_or_else(|| io::Error::other("the socket thread made no socket"))
+    }
+
+    /// Brings the namespace's loopback device up (a new namespace's is down), so that a
+    /// process inside can listen on 127.0.0.1 and be reached through [`Netns::tcp_socket`].
+    pub fn loopback_up(&self) -> io::Result<()> {
+        inside(&self.0, Op::LoopbackUp).map(drop)
+    }
+}
+
+/// What the socket thread does inside a namespace.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    TcpSocket,
+    LoopbackUp,
+}
+
+type Job = (
+    OwnedFd,
+    Op,
+    std::sync::mpsc::SyncSender<io::Result<Option<OwnedFd>>>,
+);
+
+/// The socket thread's queue; replaced if the thread ever ends (it ends when it cannot step
+/// back into the host's namespace, rather than make sockets in the wrong one).
+static SOCKET_THREAD: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+
+fn inside(netns: &OwnedFd, op: Op) -> io::Result<Option<OwnedFd>> {
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let mut job = Some((netns.try_clone()?, op, reply));
+    for _ in 0..2 {
+        let sender = {
+            let mut slot = SOCKET_THREAD.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(sender) => sender.clone(),
+                None => {
+                    let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+                    thread::Builder::new()
+                        .name("ignite-netns-sockets".into())
+                        .spawn(move || socket_thread(jobs))?;
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        match sender.send(job.take().ok_or_else(|| io::Error::other("no job"))?) {
+            Ok(()) => {
+                return answer
+                    .recv()
+                    .map_err(|_| io::Error::other("the socket thread ended"))?;
+            }
+            Err(std::sync::mpsc::SendError(back)) => {
+                job = Some(back);
+                *SOCKET_THREAD.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+    Err(io::Error::other("the socket thread could not be started"))
+}
+
+fn socket_thread(jobs: std::sync::mpsc::Receiver<Job>) {
+    let Ok(host) = File::open("/proc/thread-self/ns/net") else {
+        return;
+    };
+    while let Ok((netns, op, reply)) = jobs.recv() {
+        let result = enter_on_this_thread(netns.as_fd()).and_then(|()| {
+            let made = run(op);
+            enter_on_this_thread(host.as_fd()).map(|()| made)
+        });
+        match result {
+            Ok(made) => {
+                let _ = reply.send(made);
+            }
+            Err(e) => {
+                // Could not step back (or in): end rather than serve from the wrong place.
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+fn run(op: Op) -> io::Result<Option<OwnedFd>> {
+    let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket takes integer arguments only and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    match op {
+        Op::TcpSocket => Ok(Some(socket)),
+        Op::LoopbackUp => {
+            // SAFETY: ifreq is plain data; zeroed is a valid value.
+            let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+                *slot = *byte as libc::c_char;
+            }
+            // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of the ifreq it is
+            // given, which lives for the call.
+            if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled.
+            unsafe {
+                request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            }
+            // SAFETY: as above, SIOCSIFFLAGS reads the ifreq.
+            if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(None)
+        }
+    }
 }
 
 impl From<OwnedFd> for Netns {

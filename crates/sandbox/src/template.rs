@@ -205,7 +205,7 @@ impl Sandbox {
         let sandbox = self.clone();
         let egress = limits.egress;
         let zygote =
-            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds))
+            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds, None))
                 .await
                 .map_err(|e| prep("starting the sandbox")(io::Error::other(e)))??;
         let (spawned, control) = zygote.launch_keeping_control(exe, argv, env, limits)?;
@@ -214,6 +214,7 @@ impl Sandbox {
             stdin,
             stdout,
             stderr,
+            ..
         } = spawned;
         drop(stdin);
         let channel = prep("setting up the template's channel");
@@ -365,6 +366,7 @@ impl Template {
             stdin,
             stdout,
             stderr,
+            netns: None,
         })
     }
 

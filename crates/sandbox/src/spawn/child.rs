@@ -34,6 +34,9 @@ pub(super) struct Launch {
     pub(super) argv: AtomicPtr<*const c_char>,
     pub(super) envp: AtomicPtr<*const c_char>,
     pub(super) address_space: AtomicU64,
+    /// Set for an image's program: executed by this path inside the root instead of from the
+    /// descriptor.
+    pub(super) path: AtomicPtr<c_char>,
 }
 
 /// The child: runs on the parent's memory until `execveat`. Only system calls from here on.
@@ -135,19 +138,58 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                 ),
                 5,
             )?;
-            ok(
-                libc::mount(
-                    c"ignite".as_ptr(),
-                    paths.root.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID,
-                    paths.root_options.as_ptr().cast(),
-                ),
-                6,
-            )?;
-            ok(libc::mkdir(paths.proc_.as_ptr(), 0o555), 7)?;
-            ok(libc::mkdir(paths.tmp.as_ptr(), 0o1777), 7)?;
-            ok(libc::mkdir(paths.dev.as_ptr(), 0o755), 7)?;
+            if let Some(image) = &iso.image {
+                // The image's root, read-only from the start: its mount points exist (the
+                // unpacker made them), and nothing is ever written to the shared tree.
+                ok(
+                    libc::mount(
+                        image.rootfs.as_ptr(),
+                        paths.root.as_ptr(),
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    ),
+                    25,
+                )?;
+                ok(
+                    libc::mount(
+                        ptr::null(),
+                        paths.root.as_ptr(),
+                        ptr::null(),
+                        libc::MS_REMOUNT
+                            | libc::MS_BIND
+                            | libc::MS_RDONLY
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV,
+                        ptr::null(),
+                    ),
+                    25,
+                )?;
+                ok(
+                    libc::mount(
+                        c"dev".as_ptr(),
+                        paths.dev.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NOEXEC,
+                        image.dev_options.as_ptr().cast(),
+                    ),
+                    25,
+                )?;
+            } else {
+                ok(
+                    libc::mount(
+                        c"ignite".as_ptr(),
+                        paths.root.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID,
+                        paths.root_options.as_ptr().cast(),
+                    ),
+                    6,
+                )?;
+                ok(libc::mkdir(paths.proc_.as_ptr(), 0o555), 7)?;
+                ok(libc::mkdir(paths.tmp.as_ptr(), 0o1777), 7)?;
+                ok(libc::mkdir(paths.dev.as_ptr(), 0o755), 7)?;
+            }
             ok(
                 libc::mount(
                     c"proc".as_ptr(),
@@ -267,7 +309,35 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                     24,
                 )?;
             }
-            if let Some(resolv_conf) = &iso.resolv_conf {
+            if let Some(image) = &iso.image {
+                for (source, target) in &image.files {
+                    ok(
+                        libc::mount(
+                            source.as_ptr(),
+                            target.as_ptr(),
+                            ptr::null(),
+                            libc::MS_BIND,
+                            ptr::null(),
+                        ),
+                        22,
+                    )?;
+                    ok(
+                        libc::mount(
+                            ptr::null(),
+                            target.as_ptr(),
+                            ptr::null(),
+                            libc::MS_REMOUNT
+                                | libc::MS_BIND
+                                | libc::MS_RDONLY
+                                | libc::MS_NOSUID
+                                | libc::MS_NODEV
+                                | libc::MS_NOEXEC,
+                            ptr::null(),
+                        ),
+                        22,
+                    )?;
+                }
+            } else if let Some(resolv_conf) = &iso.resolv_conf {
                 ok(libc::mkdir(paths.etc.as_ptr(), 0o755), 22)?;
                 write_file(&paths.resolv_conf, resolv_conf.as_bytes()).map_err(|()| 22usize)?;
                 write_file(&paths.hosts, b"127.0.0.1 localhost\n::1 localhost\n")
@@ -303,7 +373,8 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                 15,
             )?;
             ok(libc::unshare(libc::CLONE_NEWUSER), 16)?;
-            // The agent maps uid and gid 1000 here to the instance's host uid and gid.
+            // The agent maps the instance's uid and gid here (1000, or an image's user) to the
+            // instance's host uid and gid.
             let mut byte = b'r';
             okl(
                 libc::write(args.handshake, (&byte as *const u8).cast(), 1) as libc::c_long,
@@ -312,8 +383,14 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             if libc::read(args.handshake, (&mut byte as *mut u8).cast(), 1) != 1 {
                 return Err(17);
             }
-            okl(libc::syscall(libc::SYS_setresgid, 1000, 1000, 1000), 15)?;
-            okl(libc::syscall(libc::SYS_setresuid, 1000, 1000, 1000), 15)?;
+            okl(
+                libc::syscall(libc::SYS_setresgid, iso.gid, iso.gid, iso.gid),
+                15,
+            )?;
+            okl(
+                libc::syscall(libc::SYS_setresuid, iso.uid, iso.uid, iso.uid),
+                15,
+            )?;
             // chroot rather than pivot_root: detaching the old root costs a synchronize_rcu
             // (~0.3 ms) per instance. The host's mounts stay in the namespace but out of reach:
             // leaving a chroot takes CAP_SYS_CHROOT or a descriptor outside, and the process
@@ -323,8 +400,8 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             // process still holds.
             ok(libc::fchdir(root), 11)?;
             ok(libc::chroot(c".".as_ptr()), 11)?;
-            ok(libc::chdir(c"/".as_ptr()), 11)?;
             libc::close(root);
+            ok(libc::chdir(iso.workdir.as_ptr()), 26)?;
             // Full capabilities in the new (empty) user namespace: drop them all, bounding set
             // included, so nothing regains them through exec.
             for cap in 0..64 {
@@ -392,6 +469,15 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             rlim_max: launch.address_space.load(Ordering::Relaxed),
         };
         ok(libc::setrlimit64(libc::RLIMIT_AS, &limit), 14)?;
+        let path = launch.path.load(Ordering::Acquire);
+        if !path.is_null() {
+            libc::execve(
+                path,
+                launch.argv.load(Ordering::Acquire).cast(),
+                launch.envp.load(Ordering::Acquire).cast(),
+            );
+            return Err(27);
+        }
         libc::execveat(
             exe,
             c"".as_ptr(),

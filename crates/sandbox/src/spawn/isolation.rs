@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub(crate) struct Isolation {
@@ -20,6 +21,86 @@ pub(crate) struct Isolation {
     pub filter: libc::sock_fprog,
     /// Host paths mounted read-only in the root (an interpreter's files), in order.
     pub binds: Vec<BindMount>,
+    /// The user and group the process runs as inside its user namespace (mapped to the slot's
+    /// host uid and gid): 1000, or an image's `USER`.
+    pub uid: u32,
+    pub gid: u32,
+    /// Where the process starts, inside its root: `/`, or an image's `WORKDIR`.
+    pub workdir: CString,
+    /// An image's unpacked root as the instance's root, instead of the empty tmpfs.
+    pub image: Option<ImageMounts>,
+}
+
+/// A container image's unpacked root, to run a process in (see [`Prepared::image`]).
+///
+/// [`Prepared::image`]: super::Prepared::image
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRoot {
+    /// The unpacked root on the host. It must hold the directories `proc`, `dev` and `tmp` and
+    /// the files `etc/hosts` and `etc/resolv.conf` (mount points; the unpacker makes them); it
+    /// is mounted read-only and shared by every instance of the image.
+    pub rootfs: std::path::PathBuf,
+    /// The directory the process starts in, inside the root.
+    pub workdir: std::path::PathBuf,
+    /// The user and group inside (the image's `USER`), mapped to the instance's host uid.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What the child mounts for an [`ImageRoot`].
+pub(crate) struct ImageMounts {
+    pub rootfs: CString,
+    pub dev_options: CString,
+    /// Host files bound read-only over the image's `etc/hosts` and, with internet access,
+    /// `etc/resolv.conf`: (source, target).
+    pub files: Vec<(CString, CString)>,
+}
+
+impl ImageMounts {
+    pub(crate) fn prepare(
+        image: &ImageRoot,
+        root: &Path,
+        etc: &Path,
+        egress: bool,
+    ) -> io::Result<ImageMounts> {
+        for dir in ["proc", "dev", "tmp"] {
+            if !std::fs::symlink_metadata(image.rootfs.join(dir)).is_ok_and(|m| m.is_dir()) {
+                return Err(io::Error::other(format!(
+                    "the image root {} has no /{dir} directory to mount on",
+                    image.rootfs.display()
+                )));
+            }
+        }
+        let mut files = vec![(
+            c_path(&etc.join("hosts"))?,
+            c_path(&root.join("etc/hosts"))?,
+        )];
+        if egress {
+            files.push((
+                c_path(&etc.join("resolv.conf"))?,
+                c_path(&root.join("etc/resolv.conf"))?,
+            ));
+        }
+        for (_, target) in &files {
+            let inside = image.rootfs.join(
+                Path::new(std::ffi::OsStr::from_bytes(target.as_bytes()))
+                    .strip_prefix(root)
+                    .map_err(io::Error::other)?,
+            );
+            if !std::fs::symlink_metadata(&inside).is_ok_and(|m| m.is_file()) {
+                return Err(io::Error::other(format!(
+                    "the image root has no regular file {} to mount on",
+                    inside.display()
+                )));
+            }
+        }
+        Ok(ImageMounts {
+            rootfs: c_path(&image.rootfs)?,
+            dev_options: CString::new("size=64k,nr_inodes=16,mode=755")
+                .map_err(io::Error::other)?,
+            files,
+        })
+    }
 }
 
 /// One read-only bind mount in an instance's root, prepared for the child.
@@ -150,7 +231,7 @@ impl ProcMasks {
     }
 }
 
-fn c_path(p: &Path) -> io::Result<CString> {
+pub(crate) fn c_path(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }

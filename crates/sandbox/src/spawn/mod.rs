@@ -35,8 +35,8 @@ use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::Process;
 use crate::{Limits, Sandbox};
 use child::{ChildArgs, child_main};
-pub use isolation::Bind;
-pub(crate) use isolation::{BindMount, Isolation, RootPaths};
+pub use isolation::{Bind, ImageRoot};
+pub(crate) use isolation::{BindMount, ImageMounts, Isolation, RootPaths, c_path};
 pub(crate) use zygote::Zygote;
 pub(crate) use zygote::send_fds;
 
@@ -64,6 +64,9 @@ pub struct Spawned {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The process's network namespace, for an image's instance (the agent connects to the
+    /// container's port inside it); `None` otherwise.
+    pub netns: Option<crate::Netns>,
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
@@ -99,7 +102,7 @@ pub fn spawn(
         Some((sandbox, limits)) if !command.binds.is_empty() => {
             let binds = BindMount::prepare(&sandbox.root_dir(), command.binds)
                 .map_err(prep("preparing the runtime's files"))?;
-            Zygote::create_with(sandbox, limits.egress, binds)?
+            Zygote::create_with(sandbox, limits.egress, binds, None)?
                 .reserving_address_space(command.reserves_address_space)
                 .launch(exe, argv, env, limits)
         }
@@ -134,7 +137,7 @@ pub async fn spawn_async(
         None => {
             let sandbox = sandbox.clone();
             let egress = limits.egress;
-            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds))
+            tokio::task::spawn_blocking(move || Zygote::create_with(&sandbox, egress, binds, None))
                 .await
                 .map_err(|e| SpawnError {
                     step: "starting the sandbox",
@@ -157,6 +160,8 @@ pub struct Prepared {
     zygote: Zygote,
     binds: Vec<Bind>,
     egress: bool,
+    /// Made by [`Prepared::image`]: the command's program is a path inside this root.
+    image: Option<ImageRoot>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -164,6 +169,7 @@ impl std::fmt::Debug for Prepared {
         f.debug_struct("Prepared")
             .field("binds", &self.binds)
             .field("egress", &self.egress)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -175,10 +181,34 @@ impl Prepared {
         let mounts = BindMount::prepare(&sandbox.root_dir(), binds)
             .map_err(prep("preparing the runtime's files"))?;
         Ok(Prepared {
-            zygote: Zygote::create_with(sandbox, egress, mounts)?,
+            zygote: Zygote::create_with(sandbox, egress, mounts, None)?,
             binds: binds.to_vec(),
             egress,
+            image: None,
         })
+    }
+
+    /// Makes one whose root is a container image's unpacked root (read-only, with the
+    /// sandbox's `/proc`, `/dev` and `/tmp` mounted over its own), whose process starts in the
+    /// image's working directory as the image's user (mapped to the instance's host uid, with
+    /// no capability). A command launched in it names its program by its path inside the root.
+    /// Blocking, as [`Prepared::new`].
+    pub fn image(
+        sandbox: &Sandbox,
+        image: &ImageRoot,
+        egress: bool,
+    ) -> Result<Prepared, SpawnError> {
+        Ok(Prepared {
+            zygote: Zygote::create_with(sandbox, egress, Vec::new(), Some(image))?,
+            binds: Vec::new(),
+            egress,
+            image: Some(image.clone()),
+        })
+    }
+
+    /// The image root it was made for, if it was.
+    pub fn image_root(&self) -> Option<&ImageRoot> {
+        self.image.as_ref()
     }
 
     /// Whether it was made for `command` under `limits` (the same binds and network access).
@@ -203,13 +233,17 @@ pub fn spawn_prepared(
             ),
         });
     }
-    let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
     let env = environment(command.env)?;
     let argv = arguments(command.argv)?;
-    prepared
+    let zygote = prepared
         .zygote
-        .reserving_address_space(command.reserves_address_space)
-        .launch(exe, argv, env, limits)
+        .reserving_address_space(command.reserves_address_space);
+    if prepared.image.is_some() {
+        let path = c_path(command.program).map_err(prep("preparing the image's program"))?;
+        return zygote.launch_path(path, argv, env, limits);
+    }
+    let exe = File::open(command.program).map_err(prep("opening the handler binary"))?;
+    zygote.launch(exe, argv, env, limits)
 }
 
 fn prep(step: &'static str) -> impl Fn(io::Error) -> SpawnError {
@@ -348,6 +382,7 @@ fn spawn_plain(exe: File, argv: Vec<CString>, env: Vec<CString>) -> Result<Spawn
         stdin,
         stdout,
         stderr,
+        netns: None,
     })
 }
 

@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::Ordering;
 
 use super::child::{ChildArgs, Launch};
-use super::isolation::{BindMount, Isolation};
+use super::isolation::{BindMount, ImageRoot, Isolation};
 use super::{Spawned, block_signals, clone_child, errno, pipe, pointers, prep, restore_signals};
 use crate::failure::{Failure, SpawnError, failure_of};
 use crate::process::{ChildMemory, Process};
@@ -28,6 +28,8 @@ pub(crate) struct ZygoteMemory {
     argvp: Vec<*const c_char>,
     env: Vec<CString>,
     envp: Vec<*const c_char>,
+    /// An image's program, executed by its path inside the root.
+    path: Option<CString>,
 }
 
 // SAFETY: the raw pointers in ZygoteMemory point into the same box (or at data the Sandbox
@@ -63,6 +65,9 @@ pub(crate) struct Zygote {
     memory: Option<Box<ZygoteMemory>>,
     /// Launch without an address-space limit (see [`Zygote::reserving_address_space`]).
     reserves_address_space: bool,
+    /// The zygote's network namespace, kept for an image's instance: the agent reaches the
+    /// container's port through a socket made in it.
+    netns: Option<OwnedFd>,
 }
 
 impl Zygote {
@@ -77,7 +82,7 @@ impl Zygote {
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {
-        Zygote::create_with(sandbox, egress, Vec::new())
+        Zygote::create_with(sandbox, egress, Vec::new(), None)
     }
 
     /// [`Zygote::create`] with `binds` mounted read-only in its root (an interpreter's files).
@@ -85,6 +90,7 @@ impl Zygote {
         sandbox: &Sandbox,
         egress: bool,
         binds: Vec<BindMount>,
+        image: Option<&ImageRoot>,
     ) -> Result<Zygote, SpawnError> {
         sandbox.check_open().map_err(prep("starting the sandbox"))?;
         let slot = sandbox
@@ -100,8 +106,28 @@ impl Zygote {
             "preparing the instance's network namespace"
         }))?;
         let mut isolation = sandbox
-            .isolation(&slot, netns.as_raw_fd(), &cgroup_procs, egress)
-            .map_err(prep("preparing the sandbox"))?;
+            .isolation(&slot, netns.as_raw_fd(), &cgroup_procs, egress, image)
+            .map_err(prep(if image.is_some() {
+                "preparing the image's root"
+            } else {
+                "preparing the sandbox"
+            }))?;
+        // An image's server listens on the namespace's loopback, where the agent reaches it.
+        let kept_netns = match image {
+            Some(_) => {
+                let kept = netns
+                    .try_clone()
+                    .map_err(prep("preparing the instance's network namespace"))?;
+                crate::Netns::from(
+                    kept.try_clone()
+                        .map_err(prep("preparing the instance's network namespace"))?,
+                )
+                .loopback_up()
+                .map_err(prep("bringing up the instance's loopback"))?;
+                Some(kept)
+            }
+            None => None,
+        };
         isolation.binds = binds;
         let streams = prep("creating the standard stream pipes");
         let (stdin_child, stdin) = pipe().map_err(&streams)?;
@@ -134,6 +160,7 @@ impl Zygote {
             argvp: Vec::new(),
             env: Vec::new(),
             envp: Vec::new(),
+            path: None,
         });
         memory.args.isolation = &memory.isolation;
         memory.args.launch = &memory.launch;
@@ -168,6 +195,7 @@ impl Zygote {
             slot: Some(slot),
             memory: Some(memory),
             reserves_address_space: false,
+            netns: kept_netns,
         };
         // The child asks for its user namespace's maps ('r'), which only a process with
         // CAP_SETUID in the parent namespace may write for a uid other than its own, then
@@ -231,7 +259,21 @@ impl Zygote {
         env: Vec<CString>,
         limits: &Limits,
     ) -> Result<Spawned, SpawnError> {
-        self.exec(exe, argv, env, limits)
+        self.exec(exe, None, argv, env, limits)
+    }
+
+    /// Launches the program at `path` inside the zygote's image root (executed by its path,
+    /// so that a script's interpreter is found in the image).
+    pub(crate) fn launch_path(
+        mut self,
+        path: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        limits: &Limits,
+    ) -> Result<Spawned, SpawnError> {
+        // The zygote waits for a descriptor: any will do.
+        let placeholder = File::open("/dev/null").map_err(prep("opening /dev/null"))?;
+        self.exec(placeholder, Some(path), argv, env, limits)
     }
 
     /// [`Zygote::launch`], keeping the control socket (the process's fd 3) for the caller: a
@@ -243,7 +285,7 @@ impl Zygote {
         env: Vec<CString>,
         limits: &Limits,
     ) -> Result<(Spawned, OwnedFd), SpawnError> {
-        let spawned = self.exec(exe, argv, env, limits)?;
+        let spawned = self.exec(exe, None, argv, env, limits)?;
         let control = std::mem::replace(&mut self.control, placeholder()?);
         Ok((spawned, control))
     }
@@ -251,6 +293,7 @@ impl Zygote {
     fn exec(
         &mut self,
         exe: File,
+        path: Option<CString>,
         argv: Vec<CString>,
         env: Vec<CString>,
         limits: &Limits,
@@ -282,6 +325,13 @@ impl Zygote {
         memory.argvp = pointers(&memory.argv);
         memory.env = env;
         memory.envp = pointers(&memory.env);
+        memory.path = path;
+        if let Some(path) = &memory.path {
+            memory
+                .launch
+                .path
+                .store(path.as_ptr().cast_mut(), Ordering::Release);
+        }
         let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
         let address_space = match (self.reserves_address_space, slot.has_memory_cgroup()) {
             (false, cgroup) => address_space_limit(memory_bytes, cgroup),
@@ -329,6 +379,7 @@ impl Zygote {
             stdin,
             stdout,
             stderr,
+            netns: self.netns.take().map(crate::Netns::from),
         })
     }
 

@@ -1,0 +1,460 @@
+//! An instance that serves HTTP: a container image's server (the Knative and Cloud Run
+//! contract). The process listens on `$PORT` inside its own network namespace; the agent
+//! reaches it through sockets made in that namespace ([`ignite_sandbox::Netns::tcp_socket`]),
+//! so nothing listens on the host. Ready means the port accepts a connection. Each request is
+//! forwarded as HTTP/1.1 over a kept-alive connection (one per request in flight), with the
+//! execution's headers added; the response comes back as it is. Everything the process writes
+//! to stdout and stderr is the logs of the requests in flight.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use ignite_invocation::{Invocation, Logs, Outcome, Reply};
+use ignite_sandbox::{Limits, Netns, Prepared, Process};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::instance::{STARTUP, SpawnError, describe};
+use crate::logs::LogPipe;
+
+/// The most response body bytes forwarded (Lambda's limit for a synchronous response).
+pub const MAX_RESPONSE_BYTES: usize = 6 << 20;
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// How to start one HTTP instance.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The program, as a path inside the instance's root.
+    pub program: PathBuf,
+    /// The argument vector, `argv[0]` first.
+    pub args: Vec<String>,
+    /// The complete environment (the image's, the app's, `PORT`).
+    pub env: Vec<(String, String)>,
+    /// The port the process listens on, inside its namespace.
+    pub port: u16,
+    /// How long the process may take to accept a connection on its port.
+    pub init_timeout: Duration,
+    /// The most log bytes kept per request.
+    pub log_limit: usize,
+}
+
+/// A running HTTP server process in the sandbox, shared by the requests in flight on it.
+#[derive(Debug)]
+pub struct HttpInstance {
+    pid: u32,
+    spawn: Duration,
+    init: Duration,
+    port: u16,
+    netns: Netns,
+    child: AsyncMutex<Process>,
+    /// Connections between requests, ready for the next one.
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    stdout: Arc<LogPipe>,
+    stderr: Arc<LogPipe>,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+    alive: AtomicBool,
+    /// A request passed its deadline: the process is killed once nothing else is in flight.
+    draining: AtomicBool,
+}
+
+impl HttpInstance {
+    /// Starts `config` in `prepared` (an image's sandbox, see [`Prepared::image`]) and waits
+    /// until its port accepts a connection.
+    pub async fn start(
+        prepared: Prepared,
+        config: &HttpConfig,
+        limits: &Limits,
+    ) -> Result<HttpInstance, SpawnError> {
+        let started = Instant::now();
+        let spawned = ignite_sandbox::spawn_prepared(
+            prepared,
+            &ignite_sandbox::Command {
+                program: &config.program,
+                argv: &config.args,
+                env: &config.env,
+                binds: &[],
+                reserves_address_space: false,
+            },
+            limits,
+        )
+        .map_err(|source| SpawnError::Spawn {
+            program: config.program.clone(),
+            source,
+        })?;
+        let spawn = started.elapsed();
+        let exec = |source| SpawnError::Exec {
+            program: config.program.clone(),
+            source,
+        };
+        let Some(netns) = spawned.netns else {
+            return Err(exec(std::io::Error::other(
+                "the sandbox kept no network namespace for the instance",
+            )));
+        };
+        let pid = spawned.process.id();
+        // The container has no use for its stdin: it reads end of file.
+        drop(spawned.stdin);
+        let stdout =
+            LogPipe::new(File::from(spawned.stdout), config.log_limit, pid).map_err(exec)?;
+        let stderr =
+            LogPipe::new(File::from(spawned.stderr), config.log_limit, pid).map_err(exec)?;
+        for pipe in [&stdout, &stderr] {
+            tokio::spawn(pipe.clone().pump());
+            pipe.begin(STARTUP);
+        }
+        let mut instance = HttpInstance {
+            pid,
+            spawn,
+            init: Duration::ZERO,
+            port: config.port,
+            netns,
+            child: AsyncMutex::new(spawned.process),
+            idle: Mutex::new(Vec::new()),
+            stdout,
+            stderr,
+            next_id: AtomicU64::new(STARTUP + 1),
+            in_flight: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        };
+        let deadline = started + config.init_timeout;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match instance.connect().await {
+                Ok(sender) => {
+                    instance.init = started.elapsed();
+                    instance.idle_push(sender);
+                    for line in instance.logs(STARTUP).lines {
+                        tracing::debug!(pid, "container start-up: {line}");
+                    }
+                    return Ok(instance);
+                }
+                Err(e) => tracing::trace!(pid, "port {} not ready: {e}", config.port),
+            }
+            let exited = instance.child.get_mut().try_wait();
+            if let Ok(Some(status)) = exited {
+                instance.alive.store(false, Ordering::Relaxed);
+                if let Some(source) = instance.child.get_mut().launch_failure() {
+                    return Err(SpawnError::Spawn {
+                        program: config.program.clone(),
+                        source,
+                    });
+                }
+                return Err(SpawnError::ContainerExited {
+                    status: describe(status, true),
+                    port: config.port,
+                    logs: instance.logs(STARTUP),
+                });
+            }
+            if Instant::now() >= deadline {
+                instance.kill().await;
+                return Err(SpawnError::NotListening {
+                    port: config.port,
+                    after: config.init_timeout,
+                    logs: instance.logs(STARTUP),
+                });
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// A new connection to the process's port, inside its namespace, ready for a request.
+    async fn connect(&self) -> std::io::Result<SendRequest<Full<Bytes>>> {
+        let socket: OwnedFd = self.netns.tcp_socket()?;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let stream = socket.connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let pid = self.pid;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(pid, "connection to the container ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn idle_push(&self, sender: SendRequest<Full<Bytes>>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sender);
+    }
+
+    fn idle_pop(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// The lines of request `id` from both streams, stdout's first.
+    fn logs(&self, id: u64) -> Logs {
+        let mut logs = self.stdout.end(id, true);
+        let err = self.stderr.end(id, true);
+        logs.lines.extend(err.lines);
+        logs.dropped_bytes += err.dropped_bytes;
+        logs
+    }
+
+    /// How long the process took from spawn to accepting a connection.
+    pub fn init_duration(&self) -> Duration {
+        self.init
+    }
+
+    /// How much of [`HttpInstance::init_duration`] creating the process took.
+    pub fn spawn_duration(&self) -> Duration {
+        self.spawn
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process can take another request.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process has exited (it is then reaped and the instance dead).
+    pub fn has_exited(&self) -> bool {
+        if self.is_alive()
+            && let Ok(mut child) = self.child.try_lock()
+            && matches!(child.try_wait(), Ok(Some(_)))
+        {
+            self.alive.store(false, Ordering::Relaxed);
+        }
+        !self.is_alive()
+    }
+
+    /// Forwards one request. A dead instance answers `Crashed` at once.
+    pub async fn invoke(&self, inv: Invocation) -> Reply {
+        let started = Instant::now();
+        if !self.is_alive() {
+            return Reply {
+                outcome: Outcome::Crashed {
+                    exit: "the instance had already stopped".into(),
+                },
+                logs: Logs::default(),
+                duration: Duration::ZERO,
+            };
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stdout.begin(id);
+        self.stderr.begin(id);
+        let deadline = inv.deadline;
+        let exchange = self.exchange(inv);
+        let outcome = match deadline {
+            Some(at) => match tokio::time::timeout_at(at.into(), exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.draining.store(true, Ordering::Relaxed);
+                    Outcome::TimedOut {
+                        after: started.elapsed(),
+                    }
+                }
+            },
+            None => exchange.await,
+        };
+        let outcome = match outcome {
+            Outcome::Crashed { exit } => self.ended(exit).await,
+            other => other,
+        };
+        if !outcome.keeps_instance() {
+            self.alive.store(false, Ordering::Relaxed);
+        }
+        let last = self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1;
+        if last && self.draining.load(Ordering::Relaxed) {
+            self.kill().await;
+        }
+        Reply {
+            outcome,
+            logs: self.logs(id),
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn exchange(&self, inv: Invocation) -> Outcome {
+        let mut sender = match self.idle_pop() {
+            Some(sender) => sender,
+            None => match self.connect().await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    return Outcome::Crashed {
+                        exit: format!("the container's port {} refused: {e}", self.port),
+                    };
+                }
+            },
+        };
+        let request = match build_request(inv) {
+            Ok(request) => request,
+            Err(message) => {
+                self.idle_push(sender);
+                return Outcome::HandlerError {
+                    status: 400,
+                    message,
+                };
+            }
+        };
+        if sender.ready().await.is_err() {
+            return Outcome::Crashed {
+                exit: "the container closed its connection".into(),
+            };
+        }
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                return Outcome::Crashed {
+                    exit: format!("the container's connection failed: {e}"),
+                };
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                let message = if e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    format!(
+                        "the container's response body is larger than {} MiB; stream large \
+                         content from storage instead",
+                        MAX_RESPONSE_BYTES >> 20
+                    )
+                } else {
+                    return Outcome::Crashed {
+                        exit: format!("the container's response ended early: {e}"),
+                    };
+                };
+                return Outcome::HandlerError {
+                    status: 502,
+                    message,
+                };
+            }
+        };
+        if !sender.is_closed() {
+            self.idle_push(sender);
+        }
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Outcome::Response {
+            status: parts.status.as_u16(),
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    /// A request failed on its connection: if the process has died, how (its memory limit, a
+    /// crash); if it lives, the container dropped the connection, which is its error.
+    async fn ended(&self, exit: String) -> Outcome {
+        let mut child = self.child.lock().await;
+        match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            Ok(Ok(status)) => {
+                self.alive.store(false, Ordering::Relaxed);
+                let exit = describe(status, true);
+                if child.oom_killed() {
+                    Outcome::OutOfMemory { exit }
+                } else {
+                    Outcome::Crashed { exit }
+                }
+            }
+            _ => Outcome::HandlerError {
+                status: 502,
+                message: format!("{exit}; the container is still running"),
+            },
+        }
+    }
+
+    /// Sends SIGTERM (what Knative and Cloud Run send), waits up to `grace`, then kills it.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.alive.store(false, Ordering::Relaxed);
+        let mut child = self.child.lock().await;
+        if let Err(e) = child.signal(libc::SIGTERM) {
+            tracing::debug!(pid = self.pid, "could not signal the container: {e}");
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn kill(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+        let _ = self.child.lock().await.kill().await;
+    }
+}
+
+/// The request as the container receives it: the user's, with the execution's headers.
+fn build_request(inv: Invocation) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let request = inv.request;
+    let mut uri = if request.path.starts_with('/') {
+        request.path.clone()
+    } else {
+        format!("/{}", request.path)
+    };
+    if !request.query.is_empty() {
+        uri.push('?');
+        uri.push_str(&request.query);
+    }
+    let mut builder = hyper::Request::builder()
+        .method(request.method.as_str())
+        .uri(uri);
+    for (name, value) in &request.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || lower.starts_with("x-ignite-") {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !request
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+    {
+        builder = builder.header("host", "localhost");
+    }
+    builder
+        .header("x-ignite-execution-id", inv.execution_id.as_str())
+        .header("x-ignite-function-id", inv.function_id.as_str())
+        .body(Full::new(Bytes::from(request.body)))
+        .map_err(|e| format!("the request cannot be forwarded as HTTP/1.1: {e}"))
+}
