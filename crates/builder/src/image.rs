@@ -26,7 +26,7 @@
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
-use ignite_sandbox::jail::{JailNetwork, JailSpec};
+use ignite_sandbox::jail::{JailBind, JailNetwork, JailSpec};
 use tokio::process::Command;
 
 use crate::python::blocking;
@@ -285,6 +285,12 @@ struct Work {
     containers: PathBuf,
     storage_conf: PathBuf,
     digest: PathBuf,
+    /// `passwd` and `group` naming the namespace's root, at `/etc/` in the jail (buildah looks
+    /// its user up).
+    etc: PathBuf,
+    /// An empty directory, the jail's `/sys`: a `RUN` step's chroot binds `/sys` in, and the
+    /// host's is none of the build's business.
+    sys: PathBuf,
 }
 
 impl Work {
@@ -300,13 +306,29 @@ impl Work {
             containers: root.join("containers.conf"),
             storage_conf: root.join("storage.conf"),
             digest: root.join("digest"),
+            etc: root.join("etc"),
+            sys: root.join("sys"),
             root,
         };
-        for dir in [&work.storage, &work.run, &work.home, &work.tmp] {
+        for dir in [
+            &work.storage,
+            &work.run,
+            &work.home,
+            &work.tmp,
+            &work.etc,
+            &work.sys,
+        ] {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         let write = |path: &Path, text: String| std::fs::write(path, text).map_err(io_err(path));
         write(&work.registries, registries_conf(b.registries, b.insecure))?;
+        write(
+            &work.etc.join("passwd"),
+            format!("root:x:0:0:root:{}:/bin/sh\n", work.home.display()),
+        )?;
+        write(&work.etc.join("group"), "root:x:0:\n".to_string())?;
+        // No credentials: the allowed registries serve their images to anyone.
+        write(&work.home.join("auth.json"), "{\"auths\":{}}\n".to_string())?;
         // Where a base image comes from is the allow-list's to judge, not signatures'.
         write(
             &work.policy,
@@ -479,9 +501,16 @@ impl Buildah<'_, '_> {
             return Ok(());
         }
         let last = last.0.join("\n");
-        if last.contains("403 Forbidden") || last.contains("may only reach the registry") {
+        // The proxy's refusal, as Go's client reports it (a CONNECT refused, or a tunnel's
+        // request answered by the proxy).
+        if last.contains("403 Forbidden") || last.contains("403 (Forbidden)") {
+            let registry = last
+                .split("container registry ")
+                .nth(1)
+                .and_then(|rest| rest.split(": ").next())
+                .map_or_else(|| "a base image".to_string(), |r| format!("registry {r}"));
             return Err(BuildError::RegistryNotAllowed {
-                image: "a base image".into(),
+                image: registry,
                 allowed: self.b.registries.join(", "),
             });
         }
@@ -538,7 +567,19 @@ impl Buildah<'_, '_> {
             root: jail.root.clone(),
             read_only,
             writable: vec![self.work.root.clone(), self.b.out.to_path_buf()],
-            mapped: Vec::new(),
+            mapped: ["passwd", "group"]
+                .into_iter()
+                .map(|name| JailBind {
+                    source: self.work.etc.join(name),
+                    target: Path::new("/etc").join(name),
+                    writable: false,
+                })
+                .chain(std::iter::once(JailBind {
+                    source: self.work.sys.clone(),
+                    target: "/sys".into(),
+                    writable: false,
+                }))
+                .collect(),
             scratch: Vec::new(),
             tmp_mb: jail.tmp_mb,
             uid: jail.uid,

@@ -83,6 +83,13 @@ pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
             unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) },
             "creating device nodes",
         )?;
+        // The mode went through the umask: every user may read and write these (a user
+        // namespace's root, whose uid is not the nodes' owner, included).
+        check(
+            // SAFETY: chmod on a valid path.
+            unsafe { libc::chmod(c.as_ptr(), 0o666) },
+            "creating device nodes",
+        )?;
     }
     let proc_ = inside(root, Path::new("/proc"));
     std::fs::create_dir_all(&proc_)?;

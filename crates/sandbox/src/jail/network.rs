@@ -81,22 +81,34 @@ pub(super) fn loopback_tunnels(
 }
 
 /// Carries every connection made to `listener` through `proxy` to `target`: a `CONNECT
-/// target` first, then the bytes both ways; a refused `CONNECT` closes the connection.
+/// target` first, then the bytes both ways; a refused `CONNECT`'s answer (an HTTP response
+/// that says why) goes to the client as the reply to whatever it sent, and the connection
+/// closes.
 pub(super) fn tunnel_all(listener: std::net::TcpListener, proxy: PathBuf, target: String) {
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             let (proxy, target) = (proxy.clone(), target.clone());
-            std::thread::spawn(move || {
-                if let Some(upstream) = connect_through(&proxy, &target) {
-                    relay(client, upstream);
+            std::thread::spawn(move || match connect_through(&proxy, &target) {
+                Some(Ok(upstream)) => relay(client, upstream),
+                Some(Err((head, mut upstream))) => {
+                    let mut client = client;
+                    use std::io::Write;
+                    if client.write_all(&head).is_ok() {
+                        let _ = io::copy(&mut upstream, &mut client);
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
                 }
+                None => {}
             });
         }
     });
 }
 
-/// A tunnel to `target` through the proxy, once it answered `200`.
-fn connect_through(proxy: &Path, target: &str) -> Option<std::os::unix::net::UnixStream> {
+/// A tunnel to `target` through the proxy, once it answered `200`; else its answer's head and
+/// the connection its body follows on.
+type Tunnel = Result<std::os::unix::net::UnixStream, (Vec<u8>, std::os::unix::net::UnixStream)>;
+
+fn connect_through(proxy: &Path, target: &str) -> Option<Tunnel> {
     use std::io::{Read, Write};
     let mut upstream = std::os::unix::net::UnixStream::connect(proxy).ok()?;
     upstream
@@ -112,7 +124,11 @@ fn connect_through(proxy: &Path, target: &str) -> Option<std::os::unix::net::Uni
         head.push(byte[0]);
     }
     let ok = head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200");
-    ok.then_some(upstream)
+    Some(if ok {
+        Ok(upstream)
+    } else {
+        Err((head, upstream))
+    })
 }
 
 /// Brings the namespace's loopback up (it starts down).
