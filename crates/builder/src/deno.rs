@@ -905,6 +905,8 @@ impl Steps<'_> {
             program: self.deno.to_path_buf(),
             args: run.args.iter().map(OsString::from).collect(),
             network,
+            user_namespace: None,
+            loopback_tunnels: Vec::new(),
         }
     }
 }

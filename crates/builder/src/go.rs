@@ -977,6 +977,8 @@ impl Steps<'_, '_> {
             program: self.go.go.clone(),
             args: run.args.clone(),
             network,
+            user_namespace: None,
+            loopback_tunnels: Vec::new(),
         }
     }
 }

@@ -12,7 +12,9 @@
 
 pub mod archive;
 pub mod deno;
+pub mod git;
 pub mod go;
+pub mod image;
 pub mod oci;
 mod proxy;
 pub mod python;
@@ -303,6 +305,55 @@ pub enum BuildError {
     DenoConfig(String),
     #[error("{step} failed: {message}\n(the build log has Deno's whole output)")]
     DenoFailed { step: String, message: String },
+    #[error(
+        "the Dockerfile {0} is outside the build context: --dockerfile-path's directory is the \
+         context, and the Dockerfile must be inside it (no `..`, no link leading out)"
+    )]
+    DockerfileOutside(String),
+    #[error("there is no Dockerfile at {0} in the build context")]
+    NoDockerfile(String),
+    #[error(
+        "the build context is larger than {limit_mb} MiB; leave what the image does not need \
+         out with a .dockerignore, or trim the directory"
+    )]
+    ContextTooLarge { limit_mb: u64 },
+    #[error(
+        "`FROM {image}` names no registry: write the registry's host (say, \
+         `FROM registry.example.com/{image}`); the build may pull base images only from \
+         {allowed}"
+    )]
+    BareImageName { image: String, allowed: String },
+    #[error(
+        "the build may pull base images only from {allowed}; {image} is from another registry \
+         (the operator chooses the registries a build may pull from)"
+    )]
+    RegistryNotAllowed { image: String, allowed: String },
+    #[error("the image build failed ({step} {status}); buildah's last lines:\n{last}")]
+    ImageFailed {
+        step: String,
+        status: String,
+        /// buildah's last lines (the failing RUN's output, say).
+        last: String,
+    },
+    #[error("{0}")]
+    GitUrl(String),
+    #[error(
+        "the git reference {0:?} is not a branch, tag or commit name (no leading `-`, no \
+         spaces or `:`, `..`, `^`, `~`, `?`, `*`, `[`, `\\`)"
+    )]
+    GitRef(String),
+    #[error(
+        "the build may clone only from {allowed}; {host} is not among them (the operator \
+         allows git hosts)"
+    )]
+    GitHostNotAllowed { host: String, allowed: String },
+    #[error("{step} failed (git {status}){}", last.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    GitFailed {
+        step: String,
+        status: String,
+        /// git's last line on stderr, credentials redacted.
+        last: Option<String>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -791,6 +842,8 @@ async fn build_jailed(
         program: tools.cargo.clone(),
         args: args.into_iter().map(Into::into).collect(),
         network: JailNetwork::None,
+        user_namespace: None,
+        loopback_tunnels: Vec::new(),
     };
     let mut cmd = Command::new(&jail.helper);
     cmd.arg("ignite")
@@ -950,6 +1003,8 @@ fn fetch_spec(
         program: tools.cargo.clone(),
         args,
         network,
+        user_namespace: None,
+        loopback_tunnels: Vec::new(),
     })
 }
 

@@ -8,6 +8,10 @@
 //! `ignite_sandbox::jail::fetch_exec`) with no route anywhere; a forwarder inside carries its
 //! connections to this socket. Cargo speaks HTTPS through the tunnel, end to end with the
 //! registry: the proxy sees host names and byte counts, never contents.
+//!
+//! A plain-HTTP request in absolute form (`GET http://host:port/path HTTP/1.1`, what an HTTP
+//! client sends its proxy for an `http://` URL: buildah's, for a registry the operator marked
+//! insecure) is forwarded to an allowed `host:port` the same way, one request per connection.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -84,13 +88,17 @@ async fn serve(mut client: UnixStream, allowed: &[String]) -> io::Result<()> {
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request head"))??;
-    let Some(target) = connect_target(&head) else {
-        return refuse(
-            &mut client,
-            "405 Method Not Allowed",
-            "only CONNECT is served",
-        )
-        .await;
+    let (target, forward) = match (connect_target(&head), forward_request(&head)) {
+        (Some(target), _) => (target, None),
+        (None, Some((target, head))) => (target, Some(head)),
+        (None, None) => {
+            return refuse(
+                &mut client,
+                "405 Method Not Allowed",
+                "only CONNECT and absolute-form http:// requests are served",
+            )
+            .await;
+        }
     };
     if !allowed.contains(&target) {
         tracing::warn!("the dependency fetch asked for {target}, which is not the registry");
@@ -107,12 +115,26 @@ async fn serve(mut client: UnixStream, allowed: &[String]) -> io::Result<()> {
         }
         Err(_) => return refuse(&mut client, "504 Gateway Timeout", &target).await,
     };
-    client
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        .await?;
     let mut upstream = upstream;
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok(())
+    let Some(head) = forward else {
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        return Ok(());
+    };
+    // One request: its head rewritten, its body (if any) after it, the response back until
+    // the upstream closes (the head asked it to).
+    upstream.write_all(head.as_bytes()).await?;
+    let (mut client_r, mut client_w) = client.split();
+    let (mut upstream_r, mut upstream_w) = upstream.split();
+    let body = tokio::io::copy(&mut client_r, &mut upstream_w);
+    let response = tokio::io::copy(&mut upstream_r, &mut client_w);
+    tokio::select! {
+        r = response => { r?; }
+        r = async { body.await?; std::future::pending::<io::Result<u64>>().await } => { r?; }
+    }
+    client_w.shutdown().await
 }
 
 /// Reads up to the blank line that ends a request head (a CONNECT has no body).
@@ -151,6 +173,65 @@ fn connect_target(head: &str) -> Option<String> {
         .map(|_| target.to_ascii_lowercase())
 }
 
+/// Of an absolute-form plain-HTTP request (`GET http://Host:port/p HTTP/1.1`): its `host:port`
+/// (port 80 when none is written), lowercased, and its head rewritten for the origin — the
+/// path alone in the request line, the proxy's own headers and the connection's options
+/// dropped, `connection: close` added.
+fn forward_request(head: &str) -> Option<(String, String)> {
+    let mut lines = head.split("\r\n");
+    let mut words = lines.next()?.split(' ');
+    let (method, uri, version) = (words.next()?, words.next()?, words.next()?);
+    if words.next().is_some()
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !version.starts_with("HTTP/1.")
+    {
+        return None;
+    }
+    let rest = uri
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &uri[7..])?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let target = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            authority.to_ascii_lowercase()
+        }
+        Some(_) => return None,
+        None => format!("{}:80", authority.to_ascii_lowercase()),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    let mut out = format!("{method} {path} {version}\r\n");
+    for line in lines.filter(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if [
+            "proxy-connection",
+            "proxy-authorization",
+            "connection",
+            "keep-alive",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("connection: close\r\n\r\n");
+    Some((target, out))
+}
+
 async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> io::Result<()> {
     let body = format!("ignite: {why}\n");
     let reply = format!(
@@ -172,6 +253,73 @@ mod tests {
         );
         assert_eq!(connect_target("GET http://evil/ HTTP/1.1\r\n\r\n"), None);
         assert_eq!(connect_target("CONNECT evil:443\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn absolute_form_requests_are_rewritten_for_the_origin() {
+        let (target, head) = forward_request(
+            "GET http://Reg.Example:5000/v2/base/manifests/1 HTTP/1.1\r\nHost: reg.example:5000\r\n\
+             Proxy-Connection: keep-alive\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(target, "reg.example:5000");
+        assert_eq!(
+            head,
+            "GET /v2/base/manifests/1 HTTP/1.1\r\nHost: reg.example:5000\r\nAccept: */*\r\n\
+             connection: close\r\n\r\n"
+        );
+        let (target, head) = forward_request("HEAD http://h HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            (target.as_str(), head.as_str()),
+            ("h:80", "HEAD / HTTP/1.1\r\nconnection: close\r\n\r\n")
+        );
+        for bad in [
+            "GET /relative HTTP/1.1\r\n\r\n",
+            "GET https://h/ HTTP/1.1\r\n\r\n",
+            "GET http://user@h/ HTTP/1.1\r\n\r\n",
+            "GET http://h:x/ HTTP/1.1\r\n\r\n",
+            "GET http:// HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(forward_request(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_plain_http_to_allowed_targets() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let allowed = upstream.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                head.len()
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = RegistryProxy::start(&dir.path().join("p.sock"), &[allowed.as_str()]).unwrap();
+        let mut s = UnixStream::connect(proxy.path()).await.unwrap();
+        s.write_all(
+            format!("GET http://{allowed}/v2/ HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(
+            got.ends_with(&format!(
+                "GET /v2/ HTTP/1.1\r\nHost: {allowed}\r\nconnection: close\r\n\r\n"
+            )),
+            "{got}"
+        );
     }
 
     async fn ask(path: &Path, request: &str) -> String {
@@ -198,8 +346,11 @@ mod tests {
         let refused = ask(proxy.path(), "CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n").await;
         assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
         assert!(refused.contains("refused 10.0.0.1:443"), "{refused}");
-        let wrong = ask(proxy.path(), "GET http://example.com/ HTTP/1.1\r\n\r\n").await;
+        let wrong = ask(proxy.path(), "GET /v2/ HTTP/1.1\r\n\r\n").await;
         assert!(wrong.starts_with("HTTP/1.1 405"), "{wrong}");
+        let plain = ask(proxy.path(), "GET http://example.com/ HTTP/1.1\r\n\r\n").await;
+        assert!(plain.starts_with("HTTP/1.1 403"), "{plain}");
+        assert!(plain.contains("refused example.com:80"), "{plain}");
 
         let mut s = UnixStream::connect(proxy.path()).await.unwrap();
         s.write_all(format!("CONNECT {allowed} HTTP/1.1\r\n\r\nping").as_bytes())

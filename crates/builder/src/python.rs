@@ -503,6 +503,8 @@ impl Steps<'_, '_> {
             program: self.python.executable.clone(),
             args: run.args.clone(),
             network,
+            user_namespace: None,
+            loopback_tunnels: Vec::new(),
         }
     }
 }

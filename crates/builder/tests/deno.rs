@@ -269,6 +269,8 @@ fn run_built(tree: &Path, extra_env: &[(&str, &str)]) -> (bool, String) {
         program: deno,
         args: argv.into_iter().map(OsString::from).collect(),
         network: JailNetwork::None,
+        user_namespace: None,
+        loopback_tunnels: Vec::new(),
     };
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("ignite")

@@ -83,6 +83,13 @@ pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
             unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) },
             "creating device nodes",
         )?;
+        // The mode went through the umask: every user may read and write these (a user
+        // namespace's root, whose uid is not the nodes' owner, included).
+        check(
+            // SAFETY: chmod on a valid path.
+            unsafe { libc::chmod(c.as_ptr(), 0o666) },
+            "creating device nodes",
+        )?;
     }
     let proc_ = inside(root, Path::new("/proc"));
     std::fs::create_dir_all(&proc_)?;
@@ -146,18 +153,78 @@ pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
         )?;
     }
     drop_bounding_set()?;
+    let Some(ids) = spec.user_namespace else {
+        drop_privileges(spec.uid)?;
+        // The command runs as pid 2 under this init, which reaps whatever the build orphans.
+        // SAFETY: single-threaded; the child only execs (or reports and exits).
+        return match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => command(spec),
+            child => end_with(child),
+        };
+    };
+    // A user namespace of the command's: the child enters it as the build user, and this init,
+    // still root, writes the namespace's id maps (a range of host ids, which only a process
+    // with CAP_SETUID in the parent namespace may map), then drops its own privileges.
+    let (ready_r, ready_w) = pipe()?;
+    let (mapped_r, mapped_w) = pipe()?;
+    // SAFETY: single-threaded; the child makes system calls, then execs (or reports and exits).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            close(ready_r);
+            close(mapped_w);
+            let entered = drop_privileges(spec.uid).and_then(|()| {
+                check(
+                    // SAFETY: unshare has no memory-safety preconditions; single-threaded.
+                    unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) },
+                    "creating the build's user namespace",
+                )?;
+                signal(ready_w)?;
+                wait_signal(mapped_r)?;
+                // SAFETY: plain system calls; uid and gid 0 are mapped now.
+                unsafe {
+                    check(libc::setgroups(0, std::ptr::null()), "dropping groups")?;
+                    check(libc::setresgid(0, 0, 0), "becoming the namespace's root")?;
+                    check(libc::setresuid(0, 0, 0), "becoming the namespace's root")?;
+                }
+                Ok(())
+            });
+            match entered {
+                Ok(()) => command(spec),
+                Err(e) => {
+                    eprintln!("ignite build jail: {e}");
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(126) }
+                }
+            }
+        }
+        child => {
+            close(ready_w);
+            close(mapped_r);
+            wait_signal(ready_r)?;
+            let map = format!("0 {} {ids}\n", spec.uid);
+            for file in ["uid_map", "gid_map"] {
+                let path = format!("/proc/{child}/{file}");
+                std::fs::write(&path, &map)
+                    .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))?;
+            }
+            signal(mapped_w)?;
+            drop_privileges(spec.uid)?;
+            end_with(child)
+        }
+    }
+}
+
+/// Becomes `uid` (and its gid) with no capability, no supplementary group and
+/// `no_new_privs`, set to die with its parent.
+fn drop_privileges(uid: u32) -> io::Result<()> {
     // SAFETY: single-threaded: the glibc wrappers are fine; they drop every privilege (the
     // change from uid 0 clears the capability sets).
     unsafe {
         check(libc::setgroups(0, std::ptr::null()), "dropping groups")?;
-        check(
-            libc::setresgid(spec.uid, spec.uid, spec.uid),
-            "dropping to the build user",
-        )?;
-        check(
-            libc::setresuid(spec.uid, spec.uid, spec.uid),
-            "dropping to the build user",
-        )?;
+        check(libc::setresgid(uid, uid, uid), "dropping to the build user")?;
+        check(libc::setresuid(uid, uid, uid), "dropping to the build user")?;
     }
     // A uid that stays 0 (the fetch) keeps its capabilities through setresuid: clear them.
     clear_capabilities()?;
@@ -167,25 +234,64 @@ pub(super) fn init(spec: &JailSpec) -> io::Result<Never> {
         "setting no_new_privs",
     )?;
     // Changing the user cleared the parent-death signal: set it again.
-    super::die_with_parent()?;
-    // The command runs as pid 2 under this init, which reaps whatever the build orphans.
-    // SAFETY: single-threaded; the child only execs (or reports and exits).
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            let e = exec_command(spec);
-            eprintln!(
-                "ignite build jail: cannot run {}: {e}",
-                spec.program.display()
-            );
-            // SAFETY: ends the child.
-            unsafe { libc::_exit(127) }
-        }
-        child => {
-            let code = wait_for(child);
-            // SAFETY: ends init; the kernel kills what is left in the namespace.
-            unsafe { libc::_exit(code) }
-        }
+    super::die_with_parent()
+}
+
+/// The command's process: execs it, or reports why not and exits.
+fn command(spec: &JailSpec) -> io::Result<Never> {
+    let e = exec_command(spec);
+    eprintln!(
+        "ignite build jail: cannot run {}: {e}",
+        spec.program.display()
+    );
+    // SAFETY: ends the child.
+    unsafe { libc::_exit(127) }
+}
+
+/// Init's end: waits for the command, then exits with its status.
+fn end_with(child: libc::pid_t) -> io::Result<Never> {
+    let code = wait_for(child);
+    // SAFETY: ends init; the kernel kills what is left in the namespace.
+    unsafe { libc::_exit(code) }
+}
+
+fn pipe() -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut fds = [0; 2];
+    check(
+        // SAFETY: pipe2 writes two fds into the array it is given.
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "making a pipe",
+    )?;
+    Ok((fds[0], fds[1]))
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: closes an fd of ours that nothing else uses.
+    unsafe { libc::close(fd) };
+}
+
+/// Writes one byte to `fd` and closes it.
+fn signal(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: writes one byte from a live buffer.
+    let n = unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    close(fd);
+    check(
+        n as libc::c_int,
+        "signalling across the user namespace's set-up",
+    )
+}
+
+/// Reads one byte from `fd` (an end of file is an error: the other side died) and closes it.
+fn wait_signal(fd: libc::c_int) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    // SAFETY: reads at most one byte into a live buffer.
+    let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+    close(fd);
+    match n {
+        1 => Ok(()),
+        _ => Err(io::Error::other(
+            "the other side of the user namespace's set-up went away",
+        )),
     }
 }
 

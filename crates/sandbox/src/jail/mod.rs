@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use init::init;
 pub use network::fetch_exec;
-use network::{forward_all, proxied_network};
+use network::{forward_all, loopback_tunnels, proxied_network, tunnel_all};
 
 /// What the jail's network is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub enum JailNetwork {
     /// A network namespace of its own whose only way out is this Unix socket, an HTTP
     /// `CONNECT` proxy of the server's (`ignite_builder::RegistryProxy`): a forwarder, outside
     /// the jail's mount view but in its network namespace, listens on loopback, and
-    /// `CARGO_HTTP_PROXY`, `HTTPS_PROXY` and `https_proxy` (added to the environment) point
-    /// cargo and pip at it. The dependency fetch (cargo's, or pip's for a Python app).
+    /// `CARGO_HTTP_PROXY`, `HTTPS_PROXY`, `https_proxy`, `HTTP_PROXY` and `http_proxy` (added
+    /// to the environment) point cargo, pip, git and buildah at it. The dependency fetch (cargo's, or pip's for a Python app).
     Proxy(PathBuf),
     /// The host's network: a fetch on a server that runs no registry proxy.
     Host,
@@ -86,6 +86,19 @@ pub struct JailSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub network: JailNetwork,
+    /// A user namespace of the command's own, mapping its ids `0..n` to the host's
+    /// `uid..uid + n` (uids and gids alike): the command runs as uid 0 there, host `uid`,
+    /// with the namespace's capabilities over a mount namespace of its own (a copy of the
+    /// jail's view, every mount locked) and none over anything else. An image build (buildah:
+    /// base images hold files of many owners, and its `RUN` steps chroot); `None` for the
+    /// rest, which run as `uid` itself.
+    pub user_namespace: Option<u32>,
+    /// With [`JailNetwork::Proxy`]: `host:port` addresses on the host's loopback that the
+    /// command reaches at the same address inside, each connection tunnelled through the
+    /// proxy (a `CONNECT` it may refuse like any other). Clients connect to loopback
+    /// directly, whatever their proxy settings say (Go's do), so a registry on the server's
+    /// loopback is reached this way.
+    pub loopback_tunnels: Vec<String>,
 }
 
 impl JailSpec {
@@ -132,6 +145,12 @@ impl JailSpec {
             JailNetwork::None => {}
             JailNetwork::Proxy(socket) => flag("network-proxy", socket.as_os_str()),
             JailNetwork::Host => flag("network", OsStr::new("host")),
+        }
+        if let Some(n) = self.user_namespace {
+            flag("user-namespace", OsStr::new(&n.to_string()));
+        }
+        for t in &self.loopback_tunnels {
+            flag("loopback-tunnel", OsStr::new(t));
         }
         for (k, v) in &self.env {
             let mut kv = k.clone();
@@ -192,6 +211,16 @@ impl JailSpec {
                 "--max-address-space" => spec.max_address_space = number(value)?,
                 "--cwd" => spec.cwd = value.into(),
                 "--network-proxy" => spec.network = JailNetwork::Proxy(value.into()),
+                "--user-namespace" => {
+                    spec.user_namespace =
+                        Some(u32::try_from(number(value)?).map_err(|e| bad(e.to_string()))?)
+                }
+                "--loopback-tunnel" => spec.loopback_tunnels.push(
+                    value
+                        .to_str()
+                        .ok_or_else(|| bad(format!("--loopback-tunnel {value:?}")))?
+                        .to_string(),
+                ),
                 "--network" => {
                     spec.network = match value.to_str() {
                         Some("host") => JailNetwork::Host,
@@ -351,10 +380,19 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
         JailNetwork::Host => enter(spec, namespaces),
         JailNetwork::Proxy(proxy) => {
             let (listener, port) = proxied_network()?;
+            let tunnels = loopback_tunnels(&spec.loopback_tunnels)?;
             let mut inner = spec.clone();
             let url = format!("http://127.0.0.1:{port}");
             // cargo reads the first; pip (and most other HTTPS clients) the others.
-            for name in ["CARGO_HTTP_PROXY", "HTTPS_PROXY", "https_proxy"] {
+            // (HTTP_PROXY: plain-HTTP requests go to the proxy too, which forwards those to
+            // its allowed hosts and refuses the rest, rather than finding no route.)
+            for name in [
+                "CARGO_HTTP_PROXY",
+                "HTTPS_PROXY",
+                "https_proxy",
+                "HTTP_PROXY",
+                "http_proxy",
+            ] {
                 inner.env.push((name.into(), url.clone().into()));
             }
             // The jail is a child: this process stays in the host's mount namespace, where
@@ -365,6 +403,7 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
                 -1 => Err(io::Error::last_os_error()),
                 0 => {
                     drop(listener);
+                    drop(tunnels);
                     let e = match enter(&inner, namespaces) {
                         Ok(never) => match never {},
                         Err(e) => e,
@@ -375,6 +414,9 @@ fn run(spec: &JailSpec) -> io::Result<Never> {
                 }
                 child => {
                     forward_all(listener, proxy.clone());
+                    for (listener, target) in tunnels {
+                        tunnel_all(listener, proxy.clone(), target);
+                    }
                     let code = wait_for(child);
                     std::process::exit(code)
                 }
@@ -461,6 +503,8 @@ mod tests {
             program: "/opt/toolchain/bin/cargo".into(),
             args: vec!["build".into(), "--release".into(), "--".into()],
             network: JailNetwork::None,
+            user_namespace: Some(65536),
+            loopback_tunnels: vec!["127.0.0.1:5000".into()],
         };
         assert_eq!(JailSpec::from_args(&spec.to_args()).unwrap(), spec);
         for network in [

@@ -64,6 +64,73 @@ pub(super) fn forward_all(listener: std::net::TcpListener, proxy: PathBuf) {
     });
 }
 
+/// Listens, inside the namespace [`proxied_network`] made, on each of `targets` (`host:port` on
+/// loopback), for [`tunnel_all`]. Call while single-threaded, after [`proxied_network`].
+pub(super) fn loopback_tunnels(
+    targets: &[String],
+) -> io::Result<Vec<(std::net::TcpListener, String)>> {
+    targets
+        .iter()
+        .map(|target| {
+            let listener = std::net::TcpListener::bind(target.as_str()).map_err(|e| {
+                io::Error::new(e.kind(), format!("listening on {target} in the jail: {e}"))
+            })?;
+            Ok((listener, target.clone()))
+        })
+        .collect()
+}
+
+/// Carries every connection made to `listener` through `proxy` to `target`: a `CONNECT
+/// target` first, then the bytes both ways; a refused `CONNECT`'s answer (an HTTP response
+/// that says why) goes to the client as the reply to whatever it sent, and the connection
+/// closes.
+pub(super) fn tunnel_all(listener: std::net::TcpListener, proxy: PathBuf, target: String) {
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (proxy, target) = (proxy.clone(), target.clone());
+            std::thread::spawn(move || match connect_through(&proxy, &target) {
+                Some(Ok(upstream)) => relay(client, upstream),
+                Some(Err((head, mut upstream))) => {
+                    let mut client = client;
+                    use std::io::Write;
+                    if client.write_all(&head).is_ok() {
+                        let _ = io::copy(&mut upstream, &mut client);
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                }
+                None => {}
+            });
+        }
+    });
+}
+
+/// A tunnel to `target` through the proxy, once it answered `200`; else its answer's head and
+/// the connection its body follows on.
+type Tunnel = Result<std::os::unix::net::UnixStream, (Vec<u8>, std::os::unix::net::UnixStream)>;
+
+fn connect_through(proxy: &Path, target: &str) -> Option<Tunnel> {
+    use std::io::{Read, Write};
+    let mut upstream = std::os::unix::net::UnixStream::connect(proxy).ok()?;
+    upstream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: what follows the head is the tunnel's.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8 << 10 || upstream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let ok = head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200");
+    Some(if ok {
+        Ok(upstream)
+    } else {
+        Err((head, upstream))
+    })
+}
+
 /// Brings the namespace's loopback up (it starts down).
 fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain datagram socket; closed below.
@@ -95,9 +162,14 @@ fn loopback_up() -> io::Result<()> {
 
 /// Carries one connection of the program's to the server's proxy and back.
 fn forward(client: std::net::TcpStream, proxy: &Path) {
-    let Ok(upstream) = std::os::unix::net::UnixStream::connect(proxy) else {
-        return;
-    };
+    if let Ok(upstream) = std::os::unix::net::UnixStream::connect(proxy) {
+        relay(client, upstream);
+    }
+}
+
+/// Copies both ways between a connection of the program's and one to the proxy, until both
+/// ends are done.
+fn relay(client: std::net::TcpStream, upstream: std::os::unix::net::UnixStream) {
     let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
