@@ -1,0 +1,342 @@
+//! Pulls from a real registry (Debian's `docker-registry`, the CNCF distribution registry) on
+//! loopback: an image pushed with oci-client, pulled, loaded and unpacked; and a registry with
+//! htpasswd auth, where only the right credentials pull.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{E, gzip, tar};
+use ignite_builder::oci::OciLayout;
+use ignite_image::{Credentials, ImageConfig, ImageError, RegistryAccess, RootCache};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A `docker-registry` serving on a loopback port of its own, stopped on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(user: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(REGISTRY).exists(),
+            "{REGISTRY} is missing: apt-get install -y docker-registry"
+        );
+        let mut dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let auth = match user {
+            Some((name, password)) => {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{name}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: ignite-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
+        // The registry does not report a port it picked: pick one, and try again if another
+        // process took it in between.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: {addr}\n{auth}",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .expect("config");
+            let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+            let child = Command::new(REGISTRY)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn docker-registry");
+            let mut registry = Registry { child, addr, dir };
+            if registry.wait_ready() {
+                return registry;
+            }
+            dir = registry.stop();
+        }
+        panic!("docker-registry did not start");
+    }
+
+    /// Waits (at most 10 s) until `/v2/` answers; false if the registry exited.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("docker-registry exited ({status}):\n{}", self.log());
+                return false;
+            }
+            if let Ok(mut s) = TcpStream::connect(&self.addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+                let mut answer = [0u8; 12];
+                if s.write_all(request.as_bytes()).is_ok()
+                    && s.read_exact(&mut answer).is_ok()
+                    && answer.starts_with(b"HTTP/1.")
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not answer in 10 s:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn access(&self, credentials: Option<(&str, &str)>) -> RegistryAccess {
+        let mut map = HashMap::new();
+        if let Some((username, password)) = credentials {
+            map.insert(
+                self.addr.clone(),
+                Credentials {
+                    username: username.into(),
+                    password: password.into(),
+                },
+            );
+        }
+        RegistryAccess {
+            insecure: vec![self.addr.clone()],
+            credentials: map,
+        }
+    }
+
+    /// Pushes a FROM-scratch-like image: one gzip layer with an executable and a file.
+    async fn push(&self, repository: &str, auth: RegistryAuth) -> String {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let layer = gzip(&tar(&[
+            E::File("bin/app", b"#!/bin/app\n", 0o755),
+            E::File("srv/hello.txt", b"hello from the registry", 0o644),
+        ]));
+        let config = common::config_json(&ImageConfig {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--port".into(), "8080".into()],
+            env: vec![("PORT".into(), "8080".into())],
+            working_dir: Some("/srv".into()),
+            exposed_ports: vec![8080],
+            ..ImageConfig::default()
+        });
+        let reference: oci_client::Reference = format!("{}/{repository}", self.addr)
+            .parse()
+            .expect("reference");
+        client
+            .push(
+                &reference,
+                &[ImageLayer::oci_v1_gzip(layer, None)],
+                Config::oci_v1(config, None),
+                &auth,
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("push: {e}\n{}", self.log()));
+        reference.whole()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pushed_to_a_registry_is_pulled_loaded_and_unpacked() {
+    let registry = Registry::start(None);
+    let reference = registry.push("acme/web:v1", RegistryAuth::Anonymous).await;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let layout = OciLayout::open(&tmp.path().join("layout")).expect("layout");
+    let access = registry.access(None);
+
+    let image = ignite_image::pull(&layout, &reference, &access)
+        .await
+        .expect("pull");
+    assert_eq!(image.config.entrypoint, ["/bin/app"]);
+    assert_eq!(image.config.cmd, ["--port", "8080"]);
+    assert_eq!(image.config.exposed_ports, [8080]);
+    assert_eq!(image.layers.len(), 1);
+    assert_eq!(image.size, image.layers[0].size);
+    for digest in [
+        &image.manifest_digest,
+        &image.config_digest,
+        &image.layers[0].digest,
+    ] {
+        assert!(layout.blob_path(digest).is_file(), "{digest} is stored");
+    }
+    assert_eq!(
+        ignite_image::load(&layout, &image.manifest_digest).expect("load"),
+        image
+    );
+
+    // By digest, the blobs already there are not fetched again.
+    let layer_inode = layout
+        .blob_path(&image.layers[0].digest)
+        .metadata()
+        .expect("layer")
+        .ino();
+    let by_digest = format!("{}/acme/web@{}", registry.addr, image.manifest_digest);
+    let again = ignite_image::pull(&layout, &by_digest, &access)
+        .await
+        .expect("pull by digest");
+    assert_eq!(again, image);
+    let inode = layout
+        .blob_path(&image.layers[0].digest)
+        .metadata()
+        .expect("layer")
+        .ino();
+    assert_eq!(inode, layer_inode, "the layer blob was not written again");
+
+    let cache = RootCache::new(tmp.path().join("roots"), 1 << 20);
+    let (root, unpacked) = cache.acquire(&layout, &image).expect("acquire");
+    assert!(unpacked);
+    assert_eq!(
+        std::fs::read_to_string(root.path.join("srv/hello.txt")).expect("hello"),
+        "hello from the registry"
+    );
+    assert_eq!(root.argv, ["/bin/app", "--port", "8080"]);
+    assert_eq!(root.program, Path::new("/bin/app"));
+    assert_eq!(root.workdir, Path::new("/srv"));
+
+    let missing = format!("{}/acme/web:nope", registry.addr);
+    let err = ignite_image::pull(&layout, &missing, &access)
+        .await
+        .expect_err("no such tag");
+    assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
+
+    let wrong_digest = format!("{}/acme/web@sha256:{}", registry.addr, "0".repeat(64));
+    let err = ignite_image::pull(&layout, &wrong_digest, &access)
+        .await
+        .expect_err("no such digest");
+    assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_htpasswd_auth_pulls_only_with_the_right_credentials() {
+    let registry = Registry::start(Some(("alice", "s3cret")));
+    let reference = registry
+        .push(
+            "private/app:v1",
+            RegistryAuth::Basic("alice".into(), "s3cret".into()),
+        )
+        .await;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let layout = OciLayout::open(&tmp.path().join("layout")).expect("layout");
+
+    let err = ignite_image::pull(&layout, &reference, &registry.access(None))
+        .await
+        .expect_err("no credentials");
+    assert!(
+        matches!(err, ImageError::CredentialsRequired { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("dodil ignite registry login"),
+        "{err}"
+    );
+
+    let wrong = registry.access(Some(("alice", "wrong")));
+    let err = ignite_image::pull(&layout, &reference, &wrong)
+        .await
+        .expect_err("wrong credentials");
+    assert!(
+        matches!(err, ImageError::CredentialsRefused { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("refused the credentials"), "{message}");
+    assert!(
+        message.contains(&format!("dodil ignite registry login {}", registry.addr)),
+        "{message}"
+    );
+
+    let image = ignite_image::pull(
+        &layout,
+        &reference,
+        &registry.access(Some(("alice", "s3cret"))),
+    )
+    .await
+    .expect("pull with the right credentials");
+    assert_eq!(image.layers.len(), 1);
+
+    let access = registry.access(None);
+    let right = Credentials {
+        username: "alice".into(),
+        password: "s3cret".into(),
+    };
+    ignite_image::check_login(&registry.addr, &right, &access)
+        .await
+        .expect("the right credentials are accepted");
+    let bad = Credentials {
+        password: "wrong".into(),
+        ..right
+    };
+    let err = ignite_image::check_login(&registry.addr, &bad, &access)
+        .await
+        .expect_err("wrong credentials are refused");
+    assert!(
+        matches!(err, ImageError::CredentialsRefused { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_not_there_is_an_error_naming_it() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let layout = OciLayout::open(&tmp.path().join("layout")).expect("layout");
+    let access = RegistryAccess {
+        insecure: vec![addr.clone()],
+        credentials: HashMap::new(),
+    };
+    let err = ignite_image::pull(&layout, &format!("{addr}/x/y:z"), &access)
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr), "{err}");
+    let err = ignite_image::pull(&layout, "UPPER/Case:tag!", &access)
+        .await
+        .expect_err("not a reference");
+    assert!(matches!(err, ImageError::Reference { .. }), "{err:?}");
+}
