@@ -126,6 +126,15 @@ pub struct SaveDraftParams {
     pub toolchain: Option<String>,
     /// `archive` (default) or `file`.
     pub kind: Option<String>,
+    /// Image mode: pull this image (`<registry>/<repository>:<tag>` or `…@sha256:<hex>`); no
+    /// body.
+    pub image_ref: Option<String>,
+    /// Image mode: clone this repository (`https://…[#<branch, tag or commit>]`) and build its
+    /// `Dockerfile`; no body.
+    pub git_url: Option<String>,
+    /// Image mode: the body is the build context (an archive) and this is its Dockerfile's
+    /// path inside it.
+    pub dockerfile: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -200,8 +209,11 @@ pub struct Metrics {
 /// The parts of a cold start, in the order they happen.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ColdStartPhases {
-    /// Locating the artifact on the node.
+    /// Locating the artifact on the node (an image: pulling what the node lacks).
     pub fetch_ms: f64,
+    /// Unpacking an image's root first, when the node had not yet; 0 otherwise.
+    #[serde(default)]
+    pub unpack_ms: f64,
     /// Starting the version's template first (Python: the interpreter and the app's imports),
     /// when it was not running on the node; 0 otherwise.
     #[serde(default)]
@@ -209,7 +221,8 @@ pub struct ColdStartPhases {
     /// Creating the process: an exec (native), a fork of the template (Python), a wasm
     /// instance (wasm); `start` says which.
     pub spawn_ms: f64,
-    /// From the process existing to the SDK's ready handshake.
+    /// From the process existing to the SDK's ready handshake (an image: to its port accepting a
+    /// connection).
     pub init_ms: f64,
     /// `exec`, `fork` or `component`.
     #[serde(default)]
@@ -278,6 +291,28 @@ pub struct Token {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<Token>,
+}
+
+/// `registry login`: credentials for one registry, kept for the caller's org (encrypted at
+/// rest, never shown again).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistryLogin {
+    pub username: String,
+    pub password: String,
+}
+
+/// A registry the org has credentials for (never the password).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registry {
+    pub host: String,
+    pub username: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistryList {
+    pub registries: Vec<Registry>,
 }
 
 /// The most requests one instance may serve at once.

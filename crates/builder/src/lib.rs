@@ -301,6 +301,10 @@ pub enum BuildError {
     DenoSdk(PathBuf),
     #[error("cannot use the Deno binary: {0}")]
     Deno(String),
+    /// An image could not be pulled, imported or unpacked (the message says why and what to
+    /// do).
+    #[error("{0}")]
+    Image(String),
     #[error("the app's Deno config: {0}")]
     DenoConfig(String),
     #[error("{step} failed: {message}\n(the build log has Deno's whole output)")]

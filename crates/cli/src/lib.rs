@@ -87,6 +87,9 @@ enum Ignite {
     /// API tokens of your org.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Credentials your org's image drafts pull with (private registries).
+    #[command(subcommand)]
+    Registry(RegistryCmd),
     /// Compile a handler project and invoke it locally, once (no server needed).
     Run(local::RunArgs),
 }
@@ -145,6 +148,22 @@ struct ServerArgs {
     /// most 4096). Past it, the least recently used idle template is stopped.
     #[arg(long)]
     template_memory_mb: Option<u64>,
+    /// A registry image drafts may come from (pulls, logins, a Dockerfile's FROM), as
+    /// host[:port]; repeat for several. Default: docker.io, ghcr.io, quay.io, gcr.io,
+    /// registry.gitlab.com and public.ecr.aws.
+    #[arg(long = "image-registry")]
+    image_registries: Vec<String>,
+    /// A registry on the operator's network that speaks plain HTTP (allowed too), host:port.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// A git server `--git-url` drafts may clone from, host[:port]; repeat for several.
+    /// Default: github.com, gitlab.com, bitbucket.org and codeberg.org.
+    #[arg(long = "git-host")]
+    git_hosts: Vec<String>,
+    /// The disk the node's unpacked image roots may take together, in MiB; past it the least
+    /// recently used root no instance runs on is removed.
+    #[arg(long, default_value_t = 10240)]
+    image_cache_mb: u64,
     /// How much a compile may write (its target directory's growth, and any one file), in MiB.
     #[arg(long, default_value_t = 10240)]
     build_disk_mb: u64,
@@ -321,6 +340,25 @@ enum TokenCmd {
     Create { name: String },
     List,
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Keep credentials for a registry (checked against it first; the password is read from
+    /// stdin and never shown again).
+    Login {
+        /// The registry, as in an image reference: ghcr.io, registry.example.com:5000.
+        host: String,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// Read the password (or token) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// The registries your org has credentials for.
+    List,
+    /// Forget the credentials for a registry.
+    Logout { host: String },
 }
 
 /// The process entry of `dodil`.
@@ -520,6 +558,7 @@ fn run(args: IgniteArgs) -> Result<()> {
             Ok(())
         }
         Ignite::Token(cmd) => token(connect()?, out, cmd),
+        Ignite::Registry(cmd) => registry(connect()?, out, cmd),
     }
 }
 
@@ -713,14 +752,39 @@ fn draft(client: Client, out: Output, cmd: DraftCmd) -> Result<()> {
     match cmd {
         DraftCmd::Save(a) => {
             let (org, name) = split_id(&a.id)?;
-            if a.dockerfile_path.is_some() || a.git_url.is_some() || a.image_ref.is_some() {
-                bail!(
-                    "--dockerfile-path, --git-url and --image-ref select the image build paths, which this platform does not offer; compile Rust with --code"
-                );
-            }
-            let code = a.code.context("--code is required: point it at the directory with Cargo.toml and src/ (or one source file)")?;
-            let (kind, bytes) = package(&code)?;
-            let mut query = vec![("kind", kind.to_string())];
+            let mut query = Vec::new();
+            let bytes = if let Some(image_ref) = &a.image_ref {
+                query.push(("image_ref", image_ref.clone()));
+                Vec::new()
+            } else if let Some(git_url) = &a.git_url {
+                query.push(("git_url", git_url.clone()));
+                Vec::new()
+            } else if let Some(dockerfile) = &a.dockerfile_path {
+                if !dockerfile.is_file() {
+                    bail!(
+                        "--dockerfile-path {}: no such file; point it at the Dockerfile (its \
+                         directory is the build context)",
+                        dockerfile.display()
+                    );
+                }
+                let context = match dockerfile.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let name = dockerfile
+                    .file_name()
+                    .context("--dockerfile-path names no file")?
+                    .to_string_lossy()
+                    .into_owned();
+                query.push(("kind", "archive".to_string()));
+                query.push(("dockerfile", name));
+                pack_dir(&context)?
+            } else {
+                let code = a.code.context("--code is required: point it at the directory with Cargo.toml and src/ (or one source file); or give an image with --image-ref, --dockerfile-path or --git-url")?;
+                let (kind, bytes) = package(&code)?;
+                query.push(("kind", kind.to_string()));
+                bytes
+            };
             if let Some(r) = a.runtime {
                 query.push(("runtime", r));
             }
@@ -861,6 +925,56 @@ fn token(client: Client, out: Output, cmd: TokenCmd) -> Result<()> {
     Ok(())
 }
 
+fn registry(client: Client, out: Output, cmd: RegistryCmd) -> Result<()> {
+    match cmd {
+        RegistryCmd::Login {
+            host,
+            username,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                bail!(
+                    "pass the password on stdin, so that it stays out of your shell's history: \
+                     `echo \"$TOKEN\" | dodil ignite registry login {host} --username {username} \
+                     --password-stdin`"
+                );
+            }
+            let mut password = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_string();
+            let v = client.put_json(
+                &format!("/v1/registries/{}", urlencode(&host)),
+                &json!({ "username": username, "password": password }),
+            )?;
+            print(out, &v, || {
+                format!("logged in to {host} as {username}; image drafts of your org pull with it")
+            });
+        }
+        RegistryCmd::List => {
+            let v = client.get("/v1/registries")?;
+            print(out, &v, || {
+                let mut s = format!("{:<40} {}", "REGISTRY", "USERNAME");
+                for r in v["registries"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "\n{:<40} {}",
+                        r["host"].as_str().unwrap_or(""),
+                        r["username"].as_str().unwrap_or("")
+                    ));
+                }
+                s
+            });
+        }
+        RegistryCmd::Logout { host } => {
+            client.delete(&format!("/v1/registries/{}", urlencode(&host)))?;
+            print(out, &json!({ "logged_out": host }), || {
+                format!("forgot the credentials for {host}")
+            });
+        }
+    }
+    Ok(())
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -901,6 +1015,11 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
             code.display()
         );
     }
+    Ok(("archive", pack_dir(code)?))
+}
+
+/// A directory as a .tar.gz, without build output, VCS data and local environments.
+fn pack_dir(code: &Path) -> Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
@@ -938,8 +1057,7 @@ fn package(code: &Path) -> Result<(&'static str, Vec<u8>)> {
         Ok(())
     }
     add(&mut tar, code, code)?;
-    let bytes = tar.into_inner()?.finish()?;
-    Ok(("archive", bytes))
+    Ok(tar.into_inner()?.finish()?)
 }
 
 fn server(a: ServerArgs) -> Result<()> {
@@ -969,6 +1087,18 @@ fn server(a: ServerArgs) -> Result<()> {
         go: a.go,
         deno: a.deno,
         template_memory_mb: a.template_memory_mb,
+        images: {
+            let mut images = ignite_server::images::ImageSettings::default();
+            if !a.image_registries.is_empty() {
+                images.registries = a.image_registries;
+            }
+            images.insecure = a.insecure_registries;
+            if !a.git_hosts.is_empty() {
+                images.git_hosts = a.git_hosts;
+            }
+            images.cache_mb = a.image_cache_mb;
+            images
+        },
         limits: ignite_server::limits::LimitSettings {
             node_instances: a.node_instances,
             app_instances: a.app_instances,

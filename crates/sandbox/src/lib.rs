@@ -429,6 +429,12 @@ impl Sandbox {
         Ok(Some(BuildCgroup { group }))
     }
 
+    /// The first of `count` host uids an image build maps its user namespace to (below the
+    /// compiles' uid, so apart from every instance's and compile's).
+    pub fn image_build_uids(&self, count: u32) -> u32 {
+        self.build_uid().saturating_sub(count)
+    }
+
     /// The host uid compiles run as (just below the instances' range).
     pub fn build_uid(&self) -> u32 {
         self.inner.config.first_uid.saturating_sub(1)

@@ -28,7 +28,7 @@ pub struct LiveBuild {
 }
 
 impl LiveBuild {
-    fn push(&self, line: String) {
+    pub(crate) fn push(&self, line: String) {
         self.lines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,6 +152,10 @@ async fn compile(
         move |source| BuildError::Io { path, source }
     };
     let app_dir = state.config.data_dir.join("builds").join(org).join(app);
+    if draft.runtime == "image" {
+        std::fs::create_dir_all(&app_dir).map_err(io(&app_dir))?;
+        return crate::images::compile(state, org, draft, build_id, live, &app_dir).await;
+    }
     let src = app_dir.join("src");
     fresh_dir(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
@@ -276,7 +280,7 @@ async fn compile(
 
 /// The build jail for build `id` (with the sandbox): its options, and the cgroup that holds
 /// its memory limit (removed when dropped). `proxy` is the fetch's only way out.
-fn jail(
+pub(crate) fn jail(
     state: &State,
     id: &str,
     proxy: Option<&ignite_builder::RegistryProxy>,
@@ -636,7 +640,7 @@ async fn remember(state: &State, key: Option<&str>, digest: &str, size: u64, tar
 }
 
 /// A failed build is out of memory when its cgroup's memory controller killed part of it.
-fn out_of_memory_or(
+pub(crate) fn out_of_memory_or(
     state: &State,
     cgroup: Option<&mut ignite_sandbox::BuildCgroup>,
     e: BuildError,

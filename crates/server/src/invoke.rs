@@ -118,6 +118,7 @@ fn note_cold_start(record: &mut Execution, cold: Option<ColdStart>) {
         record.spawn_ms = ms(cold.spawn);
         record.init_ms = ms(cold.init);
         record.template_ms = ms(cold.template);
+        record.unpack_ms = ms(cold.unpack);
         record.start_kind = Some(cold.kind.as_str().into());
     }
 }

@@ -9,6 +9,7 @@ mod auth;
 mod builds;
 mod error;
 mod gateway;
+pub mod images;
 mod invoke;
 mod journal;
 pub mod limits;
@@ -17,6 +18,7 @@ mod node;
 mod recorder;
 mod routes;
 mod runtime;
+mod secrets;
 mod serve;
 pub mod store;
 
@@ -70,6 +72,8 @@ pub struct Config {
     /// The node's instance budget and the most one app may ask for (derived from the machine
     /// where not set).
     pub limits: limits::LimitSettings,
+    /// Image mode: allowed registries and git hosts, the unpacked roots' disk budget.
+    pub images: images::ImageSettings,
 }
 
 /// What the server tells its caller once it is listening.
@@ -119,6 +123,10 @@ pub(crate) struct State {
     pub deno_problem: Option<String>,
     /// `deno install`'s only way out (with the sandbox): JSR, npm and deno.land.
     pub deno_proxy: Option<ignite_builder::RegistryProxy>,
+    /// The node's unpacked image roots, within the operator's disk budget.
+    pub roots: ignite_image::RootCache,
+    /// Seals what the server must read back (registry passwords).
+    pub secrets: secrets::SecretBox,
 }
 
 impl State {
@@ -238,6 +246,11 @@ pub async fn run(
     // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
+    let secrets = secrets::SecretBox::open(&config.data_dir)?;
+    let roots = ignite_image::RootCache::new(
+        config.data_dir.join("images"),
+        config.images.cache_mb << 20,
+    );
     store::fail_interrupted_builds(&db).await?;
     // Records an earlier run answered (or began) but had not written yet: a crash keeps them
     // in the journal; the store gets them before anything else happens.
@@ -300,6 +313,8 @@ pub async fn run(
         deno,
         deno_problem,
         deno_proxy,
+        roots,
+        secrets,
         config,
     });
     let mut warnings = Vec::new();

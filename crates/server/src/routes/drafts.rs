@@ -38,7 +38,33 @@ pub(super) async fn save_draft(
         "upload the project without its target/ directory (`dodil ignite draft save` leaves it out)",
     )
     .await?;
-    let runtime = q.runtime.unwrap_or_else(|| app.runtime.clone());
+    let image_flags = [
+        q.image_ref.is_some(),
+        q.git_url.is_some(),
+        q.dockerfile.is_some(),
+    ]
+    .into_iter()
+    .filter(|given| *given)
+    .count();
+    if image_flags > 1 {
+        return Err(ApiError::bad_request(
+            "pass one of --image-ref, --git-url and --dockerfile-path: each names the whole \
+             source of an image draft",
+        ));
+    }
+    let runtime = q.runtime.clone().unwrap_or_else(|| {
+        if image_flags > 0 {
+            "image".into()
+        } else {
+            app.runtime.clone()
+        }
+    });
+    if image_flags > 0 && runtime != "image" {
+        return Err(ApiError::bad_request(format!(
+            "--image-ref, --git-url and --dockerfile-path make an image draft, not a {runtime} \
+             one; drop --runtime {runtime}, or save {runtime} source with --code"
+        )));
+    }
     if !crate::runtime::RUNTIMES.contains(&runtime.as_str()) {
         return Err(ApiError::bad_request(format!(
             "unsupported runtime {runtime:?}: use {}",
@@ -64,6 +90,9 @@ pub(super) async fn save_draft(
                 )));
             }
         }
+    }
+    if runtime == "image" {
+        return save_image_draft(&state, &org, &name, &q, body).await;
     }
     let rust_target = match q.rust_target.as_deref() {
         _ if runtime != "rust" => String::new(),
@@ -122,6 +151,139 @@ pub(super) async fn save_draft(
     )
     .await?;
     let draft = store::get_version(&state.db, &org, &name, 0).await?;
+    Ok(Json(api::DraftSaved {
+        id: format!("{org}:{name}"),
+        version: 0,
+        draft,
+    }))
+}
+
+/// An image draft: where its image comes from, checked now (the registry or git host allowed,
+/// the context an archive that holds its Dockerfile), stored as the draft's source.
+async fn save_image_draft(
+    state: &crate::State,
+    org: &str,
+    name: &str,
+    q: &api::SaveDraftParams,
+    body: Bytes,
+) -> ApiResult<Json<api::DraftSaved>> {
+    use crate::images::ImageSource;
+    let settings = &state.config.images;
+    let source = if let Some(image_ref) = &q.image_ref {
+        let image_ref = image_ref.trim();
+        if image_ref.is_empty()
+            || image_ref.len() > 512
+            || image_ref.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ApiError::bad_request(format!(
+                "--image-ref {image_ref:?} is not an image reference; write \
+                 <registry>/<repository>:<tag> or <registry>/<repository>@sha256:<digest>"
+            )));
+        }
+        settings
+            .check_registry(&crate::images::registry_of(image_ref))
+            .map_err(ApiError::bad_request)?;
+        ImageSource::Pull {
+            image_ref: image_ref.to_string(),
+        }
+    } else if let Some(spec) = &q.git_url {
+        let (url, reference) = ignite_builder::git::split_reference(spec);
+        let host =
+            ignite_builder::git::check_url(url).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(reference) = reference
+            && (reference.is_empty() || reference.starts_with('-') || reference.len() > 256)
+        {
+            return Err(ApiError::bad_request(format!(
+                "the git reference {reference:?} after # is not a branch, tag or commit"
+            )));
+        }
+        let allowed: Vec<String> = settings
+            .git_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        if !allowed.iter().any(|a| a == &host || a == bare) {
+            return Err(ApiError::bad_request(format!(
+                "this platform clones only from {}, not from {host}; push the repository there, \
+                 or ask the operator to add the host with `--git-host {bare}`",
+                allowed.join(", ")
+            )));
+        }
+        ImageSource::Git {
+            url: url.to_string(),
+            reference: reference.map(str::to_string),
+        }
+    } else if let Some(dockerfile) = &q.dockerfile {
+        let path = std::path::Path::new(dockerfile);
+        if dockerfile.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(ApiError::bad_request(format!(
+                "the Dockerfile path {dockerfile:?} must be a plain path inside the context (the \
+                 Dockerfile's directory), like Dockerfile"
+            )));
+        }
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the uploaded build context is empty; --dockerfile-path uploads the Dockerfile's \
+                 directory",
+            ));
+        }
+        let probe = tempdir_in(&state.config.data_dir.join("builds"))
+            .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
+        let checked = ignite_builder::archive::unpack(&body, &probe, builds::SOURCE_CAP)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .and_then(|_| {
+                if std::fs::symlink_metadata(probe.join(path)).is_ok_and(|m| m.is_file()) {
+                    Ok(())
+                } else {
+                    Err(ApiError::bad_request(format!(
+                        "the build context has no file {dockerfile}; point --dockerfile-path \
+                         at the Dockerfile"
+                    )))
+                }
+            });
+        let _ = std::fs::remove_dir_all(&probe);
+        checked?;
+        let context = state
+            .oci
+            .put_blob(&body)
+            .map_err(|e| ApiError::internal(format!("could not store the context: {e}")))?;
+        ImageSource::Dockerfile {
+            context,
+            dockerfile: dockerfile.clone(),
+        }
+    } else {
+        return Err(ApiError::bad_request(format!(
+            "an image draft takes its image from --image-ref <registry>/<repository>:<tag>, \
+             --dockerfile-path ./Dockerfile or --git-url <url>[#<ref>] (`dodil ignite draft save \
+             {org}:{name} --image-ref …`)"
+        )));
+    };
+    let descriptor = serde_json::to_vec(&source)
+        .map_err(|e| ApiError::internal(format!("could not describe the source: {e}")))?;
+    let digest = state
+        .oci
+        .put_blob(&descriptor)
+        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
+    store::save_draft(
+        &state.db,
+        org,
+        name,
+        store::DraftSource {
+            runtime: "image",
+            rust_target: None,
+            toolchain: None,
+            source_digest: &digest,
+            source_kind: source.kind(),
+        },
+    )
+    .await?;
+    let draft = store::get_version(&state.db, org, name, 0).await?;
     Ok(Json(api::DraftSaved {
         id: format!("{org}:{name}"),
         version: 0,

@@ -102,6 +102,7 @@ pub fn execution_view(e: &Execution) -> api::Execution {
                 (Some(fetch_ms), Some(spawn_ms), Some(init_ms)) => Some(api::ColdStartPhases {
                     fetch_ms,
                     template_ms: e.template_ms.unwrap_or(0.0),
+                    unpack_ms: e.unpack_ms.unwrap_or(0.0),
                     spawn_ms,
                     init_ms,
                     start: e.start_kind.clone().unwrap_or_else(|| "exec".into()),

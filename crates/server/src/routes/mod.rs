@@ -6,6 +6,7 @@
 mod apps;
 mod drafts;
 mod executions;
+mod registries;
 mod tokens;
 mod versions;
 
@@ -45,7 +46,7 @@ pub const PAYLOAD_HINT: &str =
     modifiers(&BearerToken),
     tags(
         (name = "apps"), (name = "drafts"), (name = "versions"), (name = "invoke"),
-        (name = "executions"), (name = "tokens")
+        (name = "executions"), (name = "tokens"), (name = "registries")
     )
 )]
 struct ApiDoc;
@@ -81,6 +82,8 @@ fn api_router() -> OpenApiRouter<Arc<State>> {
         .routes(routes!(executions::get_execution))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(registries::login, registries::logout))
+        .routes(routes!(registries::list))
 }
 
 /// The OpenAPI document of the API, generated from the handlers' annotations.

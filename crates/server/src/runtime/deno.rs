@@ -19,7 +19,7 @@
 //! Without the sandbox (`--no-sandbox`) the same command runs unconfined on the unpacked tree.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ignite_agent::{SpawnConfig, SpawnError};
@@ -136,45 +136,7 @@ pub struct DenoLauncher {
     pub env: Vec<(String, String)>,
     pub sandbox: Option<Sandbox>,
     /// A sandbox made ahead of need for this version's next instance (see [`Spare`]).
-    pub spare: Spare,
-}
-
-/// One sandbox kept ready for a launcher's next instance, its binds (the binary, its libraries,
-/// the tree) mounted and its cgroups joined: making one on the spot costs ~1–10 ms (a cgroup
-/// join waits for an RCU grace period), handing one its program ~0.05 ms. Made after each start,
-/// once that instance is ready, and dropped (the parked process killed) with the launcher.
-#[derive(Default)]
-pub struct Spare {
-    ready: Arc<Mutex<Option<Prepared>>>,
-    making: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Spare {
-    fn take(&self) -> Option<Prepared> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Makes the next one in the background, unless one is there or being made.
-    fn refill(&self, sandbox: &Sandbox, binds: Vec<Bind>, egress: bool) {
-        use std::sync::atomic::Ordering;
-        if self
-            .ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-            || self.making.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let (sandbox, ready, making) = (sandbox.clone(), self.ready.clone(), self.making.clone());
-        tokio::task::spawn_blocking(move || {
-            match Prepared::new(&sandbox, &binds, egress) {
-                Ok(p) => *ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
-                Err(e) => tracing::debug!("could not prepare a Deno instance's sandbox: {e}"),
-            }
-            making.store(false, Ordering::Release);
-        });
-    }
+    pub spare: super::Spare,
 }
 
 impl DenoLauncher {
@@ -255,8 +217,9 @@ impl Launcher for DenoLauncher {
                 None => ignite_agent::Instance::spawn(&config).await,
             };
             // Once this instance is ready (or has failed), the next one's sandbox.
+            let (sandbox, binds, egress) = (sandbox.clone(), config.binds.clone(), settings.egress);
             self.spare
-                .refill(sandbox, config.binds.clone(), settings.egress);
+                .refill(move || Prepared::new(&sandbox, &binds, egress));
             Ok(started(instance?, fetch))
         })
     }

@@ -459,6 +459,7 @@ impl Launcher for PythonLauncher {
                     init: instance.init_duration(),
                     template: Duration::ZERO,
                     kind: StartKind::Exec,
+                    ..ColdStart::default()
                 };
                 return Ok((Arc::new(instance) as Arc<dyn Instance>, cold));
             };
@@ -477,6 +478,7 @@ impl Launcher for PythonLauncher {
                 spawn: instance.spawn_duration(),
                 init: instance.init_duration(),
                 kind: StartKind::Fork,
+                ..ColdStart::default()
             };
             Ok((Arc::new(instance) as Arc<dyn Instance>, cold))
         })

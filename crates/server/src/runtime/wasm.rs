@@ -50,6 +50,7 @@ impl Instance for WasmInstance {
                     init: Duration::ZERO,
                     template: Duration::ZERO,
                     kind: super::StartKind::Component,
+                    ..ColdStart::default()
                 }),
             }
         })

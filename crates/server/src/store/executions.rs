@@ -11,7 +11,7 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO executions (id, org, app, version, status, trigger, started_at, \
              finished_at, cold_start_ms, init_ms, duration_ms, billed_duration_ms, \
-             response_status, error, logs, queue_ms, fetch_ms, spawn_ms, template_ms, start_kind) ",
+             response_status, error, logs, queue_ms, fetch_ms, spawn_ms, template_ms, start_kind, unpack_ms) ",
         );
         q.push_values(chunk, |mut row, e| {
             row.push_bind(&e.id)
@@ -33,7 +33,8 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
                 .push_bind(e.fetch_ms)
                 .push_bind(e.spawn_ms)
                 .push_bind(e.template_ms)
-                .push_bind(&e.start_kind);
+                .push_bind(&e.start_kind)
+                .push_bind(e.unpack_ms);
         });
         q.push(
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
@@ -43,7 +44,7 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
              response_status = excluded.response_status, error = excluded.error, \
              logs = excluded.logs, queue_ms = excluded.queue_ms, fetch_ms = excluded.fetch_ms, \
              spawn_ms = excluded.spawn_ms, template_ms = excluded.template_ms, \
-             start_kind = excluded.start_kind",
+             start_kind = excluded.start_kind, unpack_ms = excluded.unpack_ms",
         );
         q.build().execute(&mut *tx).await?;
     }

@@ -136,6 +136,9 @@ pub struct Execution {
     /// `exec`, `fork` or `component`, on a cold start.
     #[serde(default)]
     pub start_kind: Option<String>,
+    /// Unpacking an image's root first (image mode), on a cold start that had to.
+    #[serde(default)]
+    pub unpack_ms: Option<f64>,
     pub duration_ms: Option<f64>,
     pub billed_duration_ms: Option<i64>,
     pub response_status: Option<i64>,
@@ -162,6 +165,7 @@ impl Execution {
             spawn_ms: None,
             template_ms: None,
             start_kind: None,
+            unpack_ms: None,
             duration_ms: None,
             billed_duration_ms: None,
             response_status: None,
@@ -225,6 +229,7 @@ fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
         spawn_ms: row.get("spawn_ms"),
         template_ms: row.get("template_ms"),
         start_kind: row.get("start_kind"),
+        unpack_ms: row.get("unpack_ms"),
         duration_ms: row.get("duration_ms"),
         billed_duration_ms: row.get("billed_duration_ms"),
         response_status: row.get("response_status"),
@@ -348,4 +353,64 @@ mod tests {
             .collect();
         assert_eq!(embedded, files);
     }
+}
+
+/// Credentials an org keeps for a registry: `(host, username, sealed password, created_at)`.
+#[derive(Debug, Clone)]
+pub struct RegistryCredential {
+    pub host: String,
+    pub username: String,
+    pub secret: Vec<u8>,
+    pub created_at: i64,
+}
+
+pub async fn put_registry_credential(
+    db: &Db,
+    org: &str,
+    host: &str,
+    username: &str,
+    secret: &[u8],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO registry_credentials (org, host, username, secret, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, host) DO UPDATE SET \
+         username = excluded.username, secret = excluded.secret, created_at = excluded.created_at",
+    )
+    .bind(org)
+    .bind(host)
+    .bind(username)
+    .bind(secret)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn registry_credentials(db: &Db, org: &str) -> sqlx::Result<Vec<RegistryCredential>> {
+    let rows = sqlx::query(
+        "SELECT host, username, secret, created_at FROM registry_credentials WHERE org = $1 \
+         ORDER BY host",
+    )
+    .bind(org)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RegistryCredential {
+            host: r.get("host"),
+            username: r.get("username"),
+            secret: r.get("secret"),
+            created_at: r.get("created_at"),
+        })
+        .collect())
+}
+
+/// Whether there was something to delete.
+pub async fn delete_registry_credential(db: &Db, org: &str, host: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM registry_credentials WHERE org = $1 AND host = $2")
+        .bind(org)
+        .bind(host)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }

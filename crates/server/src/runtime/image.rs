@@ -1,0 +1,218 @@
+//! Container images (image mode): an instance is the image's entrypoint started on the image's
+//! unpacked root (read-only, shared by every instance of the image on this node), in the same
+//! sandbox as every other instance — its own user (the image's `USER`, mapped to an
+//! unprivileged host uid), pid, mount and network namespaces, cgroups, seccomp — serving HTTP
+//! on `$PORT` inside its network namespace, where the agent's [`ignite_agent::HttpInstance`]
+//! reaches it. The launcher keeps one sandbox with the root mounted ready for the next start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ignite_agent::{HttpConfig, HttpInstance, Invocation};
+use ignite_image::RootLease;
+use ignite_sandbox::{ImageRoot, Prepared, Sandbox};
+
+use super::{
+    BoxFuture, ColdStart, Instance, Invoked, Launcher, Spare, StartError, StartKind, StartSettings,
+    Started,
+};
+
+/// The port a container listens on unless the app's environment sets `PORT` (Knative's and
+/// Cloud Run's default).
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// How long a container may take to listen on its port.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts instances of one image version.
+pub struct ImageLauncher {
+    /// The image's manifest digest.
+    pub digest: String,
+    pub app: String,
+    pub version: i64,
+    /// The platform's OCI layout (the data directory).
+    pub layout: PathBuf,
+    pub roots: ignite_image::RootCache,
+    /// The app's environment (over the image's `ENV`).
+    pub env: Vec<(String, String)>,
+    pub sandbox: Option<Sandbox>,
+    pub spare: Spare,
+}
+
+/// A running container and the lease that keeps its root on the node.
+struct ImageInstance {
+    http: HttpInstance,
+    _root: RootLease,
+}
+
+impl Instance for ImageInstance {
+    fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Invoked> {
+        Box::pin(async move {
+            Invoked {
+                reply: self.http.invoke(invocation).await,
+                start: None,
+            }
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.http.is_alive()
+    }
+
+    fn has_exited(&self) -> bool {
+        self.http.has_exited()
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.http.shutdown(grace))
+    }
+}
+
+fn failed(message: impl std::fmt::Display) -> StartError {
+    StartError {
+        message: message.to_string(),
+        logs: Vec::new(),
+    }
+}
+
+impl ImageLauncher {
+    /// The image's root on this node (unpacking it first if the node has not yet), and how
+    /// long finding the image and unpacking took.
+    async fn root(&self) -> Result<(RootLease, Duration, Duration), StartError> {
+        let (layout, digest, roots) = (self.layout.clone(), self.digest.clone(), self.roots.clone());
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let layout = ignite_builder::oci::OciLayout::open(&layout)
+                .map_err(|e| failed(format!("opening the image store: {e}")))?;
+            let image = ignite_image::load(&layout, &digest).map_err(failed)?;
+            let fetch = t0.elapsed();
+            let t1 = Instant::now();
+            let (lease, unpacked) = roots.acquire(&layout, &image).map_err(failed)?;
+            let unpack = if unpacked {
+                t1.elapsed()
+            } else {
+                Duration::ZERO
+            };
+            Ok((lease, fetch, unpack))
+        })
+        .await
+        .map_err(|e| failed(format!("finding the image: {e}")))?
+    }
+
+    /// The process's environment: the image's `ENV`, the app's over it, then `PORT` and
+    /// Knative's `K_SERVICE`/`K_REVISION`.
+    fn environment(&self, root: &ignite_image::Root) -> (Vec<(String, String)>, u16) {
+        let mut env: Vec<(String, String)> = root.env.clone();
+        for (k, v) in &self.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let port = env
+            .iter()
+            .find(|(k, _)| k == "PORT")
+            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_PORT);
+        env.retain(|(k, _)| k != "PORT" && k != "K_SERVICE" && k != "K_REVISION");
+        env.push(("PORT".into(), port.to_string()));
+        env.push(("K_SERVICE".into(), self.app.clone()));
+        env.push((
+            "K_REVISION".into(),
+            format!("{}-v{}", self.app, self.version),
+        ));
+        (env, port)
+    }
+}
+
+fn image_root(root: &ignite_image::Root) -> ImageRoot {
+    ImageRoot {
+        rootfs: root.path.clone(),
+        workdir: root.workdir.clone(),
+        uid: root.uid,
+        gid: root.gid,
+    }
+}
+
+impl Launcher for ImageLauncher {
+    fn prepare(&self, settings: StartSettings) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.root().await {
+                Ok((lease, _, _)) => {
+                    if let Some(sandbox) = &self.sandbox {
+                        let (sandbox, root) = (sandbox.clone(), image_root(&lease));
+                        self.spare
+                            .refill(move || Prepared::image(&sandbox, &root, settings.egress));
+                    }
+                }
+                Err(e) => tracing::warn!(digest = self.digest, "could not prepare the image: {e}"),
+            }
+        })
+    }
+
+    fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started> {
+        Box::pin(async move {
+            let Some(sandbox) = &self.sandbox else {
+                return Err(failed(
+                    "image mode runs containers only in the sandbox, which this server runs \
+                     without (--no-sandbox); start it without --no-sandbox",
+                ));
+            };
+            let (lease, fetch, unpack) = self.root().await?;
+            let root = image_root(&lease);
+            let limits = settings.limits();
+            let prepared = match self.spare.take().filter(|p| {
+                p.image_root() == Some(&root) && p.fits(&empty_command(), &limits)
+            }) {
+                Some(prepared) => prepared,
+                None => {
+                    let (sandbox, root) = (sandbox.clone(), root.clone());
+                    tokio::task::spawn_blocking(move || {
+                        Prepared::image(&sandbox, &root, limits.egress)
+                    })
+                    .await
+                    .map_err(|e| failed(format!("preparing the sandbox: {e}")))?
+                    .map_err(|e| failed(format!("could not start the container: {e}")))?
+                }
+            };
+            let (env, port) = self.environment(&lease);
+            let config = HttpConfig {
+                program: lease.program.clone(),
+                args: lease.argv.clone(),
+                env,
+                port,
+                init_timeout: INIT_TIMEOUT,
+                log_limit: 256 * 1024,
+            };
+            let started = HttpInstance::start(prepared, &config, &limits).await;
+            // The next instance's sandbox, once this one is up (or has failed).
+            let (sandbox, next) = (sandbox.clone(), root.clone());
+            self.spare
+                .refill(move || Prepared::image(&sandbox, &next, settings.egress));
+            let http = started?;
+            let cold = ColdStart {
+                fetch,
+                unpack,
+                spawn: http.spawn_duration(),
+                init: http.init_duration(),
+                kind: StartKind::Exec,
+                ..ColdStart::default()
+            };
+            Ok((
+                Arc::new(ImageInstance { http, _root: lease }) as Arc<dyn Instance>,
+                cold,
+            ))
+        })
+    }
+}
+
+/// What [`Prepared::fits`] compares for an image's sandbox: no binds.
+fn empty_command() -> ignite_sandbox::Command<'static> {
+    ignite_sandbox::Command {
+        program: std::path::Path::new("/"),
+        argv: &[],
+        env: &[],
+        binds: &[],
+        reserves_address_space: false,
+    }
+}
