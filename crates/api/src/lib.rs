@@ -350,6 +350,22 @@ pub struct ScalingConfig {
     pub queue_depth: u32,
 }
 
+impl ScalingConfig {
+    /// A new app's settings: the defaults, except that an image app's server takes 80 requests
+    /// at once (Cloud Run's default: an image is a web server, built to serve many) in 512 MiB
+    /// (an interpreter and its server).
+    pub fn for_runtime(runtime: &str) -> ScalingConfig {
+        match runtime {
+            "image" => ScalingConfig {
+                concurrency: 80,
+                memory_mb: 512,
+                ..ScalingConfig::default()
+            },
+            _ => ScalingConfig::default(),
+        }
+    }
+}
+
 impl Default for ScalingConfig {
     fn default() -> Self {
         ScalingConfig {

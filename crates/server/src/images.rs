@@ -26,7 +26,8 @@ pub const DEFAULT_REGISTRIES: &[&str] = &[
 ];
 
 /// The git hosts a platform allows when the operator names none.
-pub const DEFAULT_GIT_HOSTS: &[&str] = &["github.com", "gitlab.com", "bitbucket.org", "codeberg.org"];
+pub const DEFAULT_GIT_HOSTS: &[&str] =
+    &["github.com", "gitlab.com", "bitbucket.org", "codeberg.org"];
 
 /// The operator's image-mode settings.
 #[derive(Debug, Clone)]
@@ -107,7 +108,10 @@ impl ImageSettings {
 }
 
 fn with_port(host: &str, port: u16) -> String {
-    if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host.to_ascii_lowercase()
     } else {
         format!("{}:{port}", host.to_ascii_lowercase())
@@ -130,9 +134,17 @@ pub fn registry_of(reference: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ImageSource {
-    Pull { image_ref: String },
-    Dockerfile { context: String, dockerfile: String },
-    Git { url: String, reference: Option<String> },
+    Pull {
+        image_ref: String,
+    },
+    Dockerfile {
+        context: String,
+        dockerfile: String,
+    },
+    Git {
+        url: String,
+        reference: Option<String>,
+    },
 }
 
 impl ImageSource {
@@ -155,7 +167,12 @@ fn sealed_for(org: &str, host: &str) -> Vec<u8> {
 }
 
 /// Seals `password` for `org`'s credentials at `host`.
-pub(crate) fn seal_password(state: &State, org: &str, host: &str, password: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn seal_password(
+    state: &State,
+    org: &str,
+    host: &str,
+    password: &str,
+) -> std::io::Result<Vec<u8>> {
     state
         .secrets
         .seal(password.as_bytes(), &sealed_for(org, host))

@@ -247,10 +247,8 @@ pub async fn run(
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
     let secrets = secrets::SecretBox::open(&config.data_dir)?;
-    let roots = ignite_image::RootCache::new(
-        config.data_dir.join("images"),
-        config.images.cache_mb << 20,
-    );
+    let roots =
+        ignite_image::RootCache::new(config.data_dir.join("images"), config.images.cache_mb << 20);
     store::fail_interrupted_builds(&db).await?;
     // Records an earlier run answered (or began) but had not written yet: a crash keeps them
     // in the journal; the store gets them before anything else happens.

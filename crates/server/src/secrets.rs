@@ -99,13 +99,22 @@ mod tests {
         let sealed = secrets.seal(b"hunter2", b"acme\0registry.example").unwrap();
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(
-            secrets.open_sealed(&sealed, b"acme\0registry.example").as_deref(),
+            secrets
+                .open_sealed(&sealed, b"acme\0registry.example")
+                .as_deref(),
             Some(&b"hunter2"[..])
         );
-        assert_eq!(secrets.open_sealed(&sealed, b"other\0registry.example"), None);
+        assert_eq!(
+            secrets.open_sealed(&sealed, b"other\0registry.example"),
+            None
+        );
         // The same key is read back on the next start.
         let again = SecretBox::open(dir.path()).unwrap();
-        assert!(again.open_sealed(&sealed, b"acme\0registry.example").is_some());
+        assert!(
+            again
+                .open_sealed(&sealed, b"acme\0registry.example")
+                .is_some()
+        );
         let elsewhere = tempfile::tempdir().unwrap();
         let other = SecretBox::open(elsewhere.path()).unwrap();
         assert_eq!(other.open_sealed(&sealed, b"acme\0registry.example"), None);

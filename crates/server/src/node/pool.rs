@@ -185,6 +185,7 @@ impl Pool {
         StartSettings {
             memory_mb: self.scaling().memory_mb,
             egress: self.key.3,
+            deadline: std::time::Duration::from_secs(u64::from(self.scaling().timeout_s.max(1))),
         }
     }
 }

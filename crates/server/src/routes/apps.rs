@@ -87,9 +87,11 @@ pub(super) async fn create_app(
     {
         store::CreateApp::Created => {
             // The defaults, within what this node lets one app have.
-            let defaults = api::ScalingConfig::default();
-            let fitted = state.node.limits.clamp(defaults.clone());
-            if fitted != defaults {
+            let fitted = state
+                .node
+                .limits
+                .clamp(api::ScalingConfig::for_runtime(&body.runtime));
+            if fitted != api::ScalingConfig::default() {
                 store::set_scaling(&state.db, &org, &body.name, &fitted).await?;
             }
         }

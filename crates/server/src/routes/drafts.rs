@@ -173,7 +173,9 @@ async fn save_image_draft(
         let image_ref = image_ref.trim();
         if image_ref.is_empty()
             || image_ref.len() > 512
-            || image_ref.chars().any(|c| c.is_whitespace() || c.is_control())
+            || image_ref
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(ApiError::bad_request(format!(
                 "--image-ref {image_ref:?} is not an image reference; write \
@@ -188,8 +190,8 @@ async fn save_image_draft(
         }
     } else if let Some(spec) = &q.git_url {
         let (url, reference) = ignite_builder::git::split_reference(spec);
-        let host =
-            ignite_builder::git::check_url(url).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let host = ignite_builder::git::check_url(url)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         if let Some(reference) = reference
             && (reference.is_empty() || reference.starts_with('-') || reference.len() > 256)
         {
@@ -539,9 +541,11 @@ pub(super) async fn publish(
     // What the first start needs (a Python template) is made now, not by the first request.
     if let Some(published) = store::get_version(&state.db, &org, &name, version).await? {
         let (state, org, name) = (state.clone(), org.clone(), name.clone());
+        let scaling = state.node.limits.clamp(app.scaling.clone());
         let settings = crate::runtime::StartSettings {
-            memory_mb: state.node.limits.clamp(app.scaling.clone()).memory_mb,
+            memory_mb: scaling.memory_mb,
             egress: app.network.egress,
+            deadline: Duration::from_secs(u64::from(scaling.timeout_s.max(1))),
         };
         tokio::spawn(async move {
             crate::runtime::launcher(&state, &org, &name, &published)

@@ -97,7 +97,10 @@ pub(super) async fn login(
 /// The registries the org has credentials for (never the passwords).
 #[utoipa::path(get, path = "/v1/registries", tag = "registries", security(("token" = [])),
     responses((status = 200, body = api::RegistryList)))]
-pub(super) async fn list(AxState(state): S, headers: HeaderMap) -> ApiResult<Json<api::RegistryList>> {
+pub(super) async fn list(
+    AxState(state): S,
+    headers: HeaderMap,
+) -> ApiResult<Json<api::RegistryList>> {
     let org = org_of(&state.db, &headers).await?;
     let registries = store::registry_credentials(&state.db, &org)
         .await?

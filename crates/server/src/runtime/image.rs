@@ -22,9 +22,6 @@ use super::{
 /// Cloud Run's default).
 pub const DEFAULT_PORT: u16 = 8080;
 
-/// How long a container may take to listen on its port.
-const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Starts instances of one image version.
 pub struct ImageLauncher {
     /// The image's manifest digest.
@@ -80,7 +77,8 @@ impl ImageLauncher {
     /// The image's root on this node (unpacking it first if the node has not yet), and how
     /// long finding the image and unpacking took.
     async fn root(&self) -> Result<(RootLease, Duration, Duration), StartError> {
-        let (layout, digest, roots) = (self.layout.clone(), self.digest.clone(), self.roots.clone());
+        let (layout, digest, roots) =
+            (self.layout.clone(), self.digest.clone(), self.roots.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let layout = ignite_builder::oci::OciLayout::open(&layout)
@@ -161,9 +159,11 @@ impl Launcher for ImageLauncher {
             let (lease, fetch, unpack) = self.root().await?;
             let root = image_root(&lease);
             let limits = settings.limits();
-            let prepared = match self.spare.take().filter(|p| {
-                p.image_root() == Some(&root) && p.fits(&empty_command(), &limits)
-            }) {
+            let prepared = match self
+                .spare
+                .take()
+                .filter(|p| p.image_root() == Some(&root) && p.fits(&empty_command(), &limits))
+            {
                 Some(prepared) => prepared,
                 None => {
                     let (sandbox, root) = (sandbox.clone(), root.clone());
@@ -181,7 +181,7 @@ impl Launcher for ImageLauncher {
                 args: lease.argv.clone(),
                 env,
                 port,
-                init_timeout: INIT_TIMEOUT,
+                init_timeout: settings.deadline,
                 log_limit: 256 * 1024,
             };
             let started = HttpInstance::start(prepared, &config, &limits).await;

@@ -114,6 +114,9 @@ pub struct StartSettings {
     pub memory_mb: u32,
     /// Internet access (the pool was made for one value; a change makes a new pool).
     pub egress: bool,
+    /// The app's deadline (`timeout_s`): an image's server that does not listen within it
+    /// fails its start (the request waiting for it would time out anyway).
+    pub deadline: Duration,
 }
 
 impl StartSettings {
@@ -170,7 +173,9 @@ impl Spare {
     /// Makes the next one in the background with `make`, unless one is there or being made.
     pub(crate) fn refill(
         &self,
-        make: impl FnOnce() -> Result<ignite_sandbox::Prepared, ignite_sandbox::SpawnError> + Send + 'static,
+        make: impl FnOnce() -> Result<ignite_sandbox::Prepared, ignite_sandbox::SpawnError>
+        + Send
+        + 'static,
     ) {
         use std::sync::atomic::Ordering;
         if self

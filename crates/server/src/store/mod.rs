@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "start kind",
         include_str!("../../migrations/0006_start_kind.sql"),
     ),
+    (
+        7,
+        "images",
+        include_str!("../../migrations/0007_images.sql"),
+    ),
 ];
 
 fn migrator() -> sqlx::migrate::Migrator {
