@@ -195,3 +195,393 @@ fn an_image_is_pulled_and_served_through_invoke_and_the_public_url() {
     drop(registry);
     server.stop();
 }
+
+/// Runs `dodil ignite <args>` with `stdin` as its standard input.
+fn dodil_with_stdin(
+    server: &Server,
+    cwd: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .arg("ignite")
+        .args(args)
+        .current_dir(cwd)
+        .env("DODIL_CONFIG", server.dir.join("config.toml"))
+        .env_remove("DODIL_TOKEN")
+        .env_remove("DODIL_API_ENDPOINT")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dodil");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("dodil")
+}
+
+#[test]
+fn a_private_registry_needs_the_orgs_credentials_and_refuses_wrong_ones() {
+    let dir = scratch("image-private");
+    let registry = Registry::start(&dir.join("registry"), Some(("puller", "s3cret-pw")));
+    let image = registry.push(
+        "acme/private:v1",
+        vec![echo_layer()],
+        echo_config("private"),
+        Some(("puller", "s3cret-pw")),
+    );
+    let server = server_for(&dir.join("server"), &registry, &[]);
+    let p = dir.clone();
+    create_image_app(&server, &p, "private");
+    ok(
+        &server,
+        &p,
+        &["draft", "save", "acme-corp:private", "--image-ref", &image],
+    );
+    // Without credentials the publish fails, saying how to log in.
+    let refused = fails(&server, &p, &["draft", "publish", "acme-corp:private"]);
+    assert!(refused.contains("registry login"), "{refused}");
+
+    // Wrong credentials are refused by the registry, and nothing is kept.
+    let wrong = dodil_with_stdin(
+        &server,
+        &p,
+        &[
+            "registry",
+            "login",
+            &registry.addr,
+            "--username",
+            "puller",
+            "--password-stdin",
+        ],
+        "not-the-password\n",
+    );
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("refused"), "{said}");
+    let list = json(&ok(&server, &p, &["registry", "list", "-o", "json"]));
+    assert_eq!(
+        list["registries"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    // The password never comes from the command line.
+    let refused = fails(
+        &server,
+        &p,
+        &["registry", "login", &registry.addr, "--username", "puller"],
+    );
+    assert!(refused.contains("--password-stdin"), "{refused}");
+
+    let right = dodil_with_stdin(
+        &server,
+        &p,
+        &[
+            "registry",
+            "login",
+            &registry.addr,
+            "--username",
+            "puller",
+            "--password-stdin",
+        ],
+        "s3cret-pw\n",
+    );
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    let list = ok(&server, &p, &["registry", "list", "-o", "json"]);
+    assert!(
+        list.contains("puller") && !list.contains("s3cret-pw"),
+        "{list}"
+    );
+    // Kept sealed: the password is nowhere in the store.
+    let db = std::fs::read(server.dir.join("data").join("ignite.db")).expect("the store");
+    assert!(
+        !db.windows(9).any(|w| w == b"s3cret-pw"),
+        "the password is stored in clear"
+    );
+
+    // Now the publish pulls with them, and the app answers.
+    ok(&server, &p, &["draft", "compile", "acme-corp:private"]);
+    let published = json(&ok(
+        &server,
+        &p,
+        &["draft", "publish", "acme-corp:private", "-o", "json"],
+    ));
+    assert_eq!(published["active_version"], 1, "{published}");
+    let v = json(&ok(
+        &server,
+        &p,
+        &["invoke", "acme-corp:private", "-p", "{}"],
+    ));
+    assert_eq!(v["env"]["GREETING"], "private", "{v}");
+
+    // Another org does not get this org's credentials.
+    ok(&server, &p, &["registry", "logout", &registry.addr]);
+    let list = json(&ok(&server, &p, &["registry", "list", "-o", "json"]));
+    assert_eq!(
+        list["registries"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    server.stop();
+}
+
+/// Publishes `image` as app `name` with `scale` settings first.
+fn publish_image(server: &Server, p: &std::path::Path, name: &str, image: &str, scale: &[&str]) {
+    create_image_app(server, p, name);
+    let id = format!("acme-corp:{name}");
+    if !scale.is_empty() {
+        let mut args = vec!["app", "scale", id.as_str()];
+        args.extend_from_slice(scale);
+        ok(server, p, &args);
+    }
+    ok(server, p, &["draft", "save", &id, "--image-ref", image]);
+    ok(server, p, &["draft", "publish", &id]);
+}
+
+fn get(server: &Server, app: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http_full(
+        &server.gateway,
+        &format!("{app}-acme-corp.ignite.localhost"),
+        "GET",
+        path,
+        "",
+    )
+}
+
+#[test]
+fn containers_that_fail_are_told_and_leave_records() {
+    let dir = scratch("image-failures");
+    let registry = Registry::start(&dir.join("registry"), None);
+    let mut exits = echo_config("exits");
+    exits["Env"] = serde_json::json!(["MODE=exit"]);
+    let exits = registry.push("acme/exits:v1", vec![echo_layer()], exits, None);
+    let mut silent = echo_config("silent");
+    silent["Env"] = serde_json::json!(["MODE=silent"]);
+    let silent = registry.push("acme/silent:v1", vec![echo_layer()], silent, None);
+    let echo = registry.push("acme/echo:v1", vec![echo_layer()], echo_config("ok"), None);
+    let server = server_for(&dir.join("server"), &registry, &[]);
+    let p = dir.clone();
+
+    // One that exits at start: the cold start fails with its last log line.
+    publish_image(&server, &p, "exits", &exits, &[]);
+    let (status, headers, body) = get(&server, "exits", "/");
+    assert_eq!(status, 502, "{body}");
+    let record = execution_of(&server, &p, &headers);
+    let said = record.to_string();
+    assert!(said.contains("exited") && said.contains("boom"), "{record}");
+
+    // One that never listens: the cold start fails at the app's deadline, saying $PORT.
+    publish_image(&server, &p, "silent", &silent, &["--timeout", "2"]);
+    let (status, headers, body) = get(&server, "silent", "/");
+    assert!(status == 502 || status == 504, "{status} {body}");
+    let record = execution_of(&server, &p, &headers);
+    assert_ne!(record["status"], "succeeded", "{record}");
+    assert!(record.to_string().contains("PORT"), "{record}");
+
+    // One that crashes mid-request, one past its deadline, one past its memory cap.
+    publish_image(
+        &server,
+        &p,
+        "echo",
+        &echo,
+        &["--timeout", "2", "--memory", "64"],
+    );
+    let (status, _, body) = get(&server, "echo", "/");
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, body) = get(&server, "echo", "/crash");
+    assert_eq!(status, 502, "{body}");
+    let record = execution_of(&server, &p, &headers);
+    assert_eq!(record["status"], "crashed", "{record}");
+    let (status, headers, body) = get(&server, "echo", "/sleep?ms=10000");
+    assert_eq!(status, 504, "{body}");
+    let record = execution_of(&server, &p, &headers);
+    assert_eq!(record["status"], "timeout", "{record}");
+    let (status, headers, body) = get(&server, "echo", "/alloc");
+    assert_eq!(status, 502, "{body}");
+    let record = execution_of(&server, &p, &headers);
+    assert_eq!(record["status"], "oom", "{record}");
+    // And the app still answers after each (a fresh instance).
+    let (status, _, body) = get(&server, "echo", "/");
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+}
+
+#[test]
+fn a_hostile_image_is_unpacked_without_escaping_and_its_process_sees_nothing_of_the_host() {
+    let dir = scratch("image-hostile");
+    let registry = Registry::start(&dir.join("registry"), None);
+    // A file on the host that the image names from every side.
+    let sentinel = dir.join("host-secret.txt");
+    std::fs::write(&sentinel, "host secret").expect("sentinel");
+    let sentinel_path = sentinel.display().to_string();
+    let outside = format!("../../../../../../..{sentinel_path}");
+    let hostile = layer(&[
+        E::File("../../escaped.txt", b"climbed", 0o644),
+        E::File("/abs.txt", b"absolute", 0o644),
+        E::Symlink("escape", &sentinel_path),
+        E::Symlink("up", "../../../../../../../.."),
+        E::File(
+            "up/ignite-escaped-through-symlink.txt",
+            b"through a symlink",
+            0o644,
+        ),
+        E::File("setuid", b"#!/server\n", 0o4755),
+        E::Char("dev-null-copy", 1, 3),
+        E::Char("kmem", 1, 2),
+        E::Link("hardlink", &outside),
+    ]);
+    let image = registry.push(
+        "acme/hostile:v1",
+        vec![echo_layer(), hostile],
+        echo_config("hostile"),
+        None,
+    );
+    let server = server_for(&dir.join("server"), &registry, &[]);
+    let p = dir.clone();
+    publish_image(&server, &p, "hostile", &image, &["--concurrency", "1"]);
+
+    // Nothing was written outside the root.
+    assert!(!dir.join("escaped.txt").exists());
+    assert!(!std::path::Path::new("/ignite-escaped-through-symlink.txt").exists());
+    assert!(!std::path::Path::new("/abs.txt").exists());
+    let file = |path: &str| {
+        let (status, _, body) = get(&server, "hostile", &format!("/file?path={path}"));
+        assert_eq!(status, 200, "{body}");
+        json(&body)["file"].clone()
+    };
+    // Inside, the entries landed in the root; the symlink resolves inside it, not on the host.
+    assert_eq!(file("/abs.txt")["read"], "absolute");
+    // A path climbing above the root is refused, not written anywhere.
+    assert_eq!(file("/escaped.txt")["read"], "");
+    assert_eq!(
+        file("/escape")["read"],
+        "",
+        "the host's file through a symlink"
+    );
+    assert_eq!(file(&sentinel_path)["read"], "");
+    // The setuid bit is gone; the device nodes were never made.
+    let mode = file("/setuid")["mode"].as_u64().unwrap_or(0);
+    assert_eq!(mode & 0o6000, 0, "mode {mode:o}");
+    assert!(
+        file("/kmem")["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(
+        file("/dev-null-copy")["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(
+        file("/hardlink")["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    // No host file, no host process; the root is read-only.
+    assert_eq!(file("/etc/hostname")["read"], "");
+    assert!(
+        file("/etc/passwd")["read"]
+            .as_str()
+            .is_some_and(|s| s.contains("app:x:1234"))
+    );
+    let (_, _, body) = get(&server, "hostile", "/");
+    let pids = json(&body)["pids"].as_u64().unwrap_or(0);
+    assert!(pids <= 2, "the container sees {pids} processes");
+    let (_, _, body) = get(&server, "hostile", "/write?path=/data/new.txt");
+    assert!(
+        json(&body)["write"]
+            .as_str()
+            .is_some_and(|e| e.contains("Read-only")),
+        "{body}"
+    );
+    let (_, _, body) = get(&server, "hostile", "/write?path=/tmp/scratch.txt");
+    assert_eq!(json(&body)["write"], "ok", "/tmp is writable: {body}");
+
+    // Two instances at once share the one unpacked root, read-only.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| get(&server, "hostile", "/sleep?ms=1500"));
+        std::thread::sleep(Duration::from_millis(200));
+        let b = s.spawn(|| get(&server, "hostile", "/write?path=/server"));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert_eq!(a.0, 200, "{}", a.2);
+    assert!(
+        json(&b.2)["write"]
+            .as_str()
+            .is_some_and(|e| e.contains("Read-only")),
+        "{}",
+        b.2
+    );
+    let roots: Vec<_> = std::fs::read_dir(server.dir.join("data").join("images"))
+        .expect("the unpacked roots")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(roots.len(), 1, "one root per image: {roots:?}");
+    server.stop();
+}
+
+#[test]
+fn a_publish_during_traffic_drains_and_rollback_goes_back() {
+    let dir = scratch("image-drain");
+    let registry = Registry::start(&dir.join("registry"), None);
+    let v1 = registry.push("acme/echo:v1", vec![echo_layer()], echo_config("one"), None);
+    let v2 = registry.push("acme/echo:v2", vec![echo_layer()], echo_config("two"), None);
+    let server = server_for(&dir.join("server"), &registry, &[]);
+    let p = dir.clone();
+    publish_image(&server, &p, "live", &v1, &[]);
+    let greeting = || {
+        let (status, _, body) = get(&server, "live", "/sleep?ms=50");
+        assert_eq!(status, 200, "{body}");
+        json(&body)["env"]["GREETING"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(greeting(), "one");
+    // Traffic throughout the publish of v2: every request answers, from one version or the
+    // other, and once the publish is done only v2 answers.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seen.push(greeting());
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        ok(
+            &server,
+            &p,
+            &["draft", "save", "acme-corp:live", "--image-ref", &v2],
+        );
+        ok(&server, &p, &["draft", "publish", "acme-corp:live"]);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        callers
+            .into_iter()
+            .flat_map(|c| c.join().expect("caller"))
+            .collect::<Vec<_>>()
+    });
+    assert!(seen.iter().all(|g| g == "one" || g == "two"), "{seen:?}");
+    assert_eq!(greeting(), "two");
+    ok(&server, &p, &["version", "rollback", "acme-corp:live", "1"]);
+    assert_eq!(greeting(), "one");
+    let v = json(&ok(&server, &p, &["invoke", "acme-corp:live", "-p", "{}"]));
+    assert_eq!(v["env"]["K_REVISION"], "live-v1", "{v}");
+    server.stop();
+}

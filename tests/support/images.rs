@@ -236,7 +236,7 @@ pub enum E<'a> {
 }
 
 fn raw_header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_old();
+    let mut h = tar::Header::new_gnu();
     let name = &mut h.as_old_mut().name;
     assert!(path.len() < name.len(), "test path too long");
     name[..path.len()].copy_from_slice(path.as_bytes());
