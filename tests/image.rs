@@ -585,3 +585,141 @@ fn a_publish_during_traffic_drains_and_rollback_goes_back() {
     assert_eq!(v["env"]["K_REVISION"], "live-v1", "{v}");
     server.stop();
 }
+
+#[test]
+fn a_dockerfile_and_a_git_repository_at_a_tag_are_built_with_buildah_and_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("image-build");
+    // nobody (the git CGI scripts' user) reads the repositories.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let registry = Registry::start(&dir.join("registry"), None);
+
+    // A repository: a tagged commit, then a later one on its branch.
+    let work = dir.join("work");
+    echo_context(&work, "tagged");
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(&work, &["tag", "v1"]);
+    echo_context(&work, "later");
+    git(&work, &["commit", "-qam", "two"]);
+    let repos = dir.join("repos");
+    std::fs::create_dir_all(&repos).expect("repos");
+    git(
+        &dir,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap_or_default(),
+            "repos/app.git",
+        ],
+    );
+    let git_server = GitServer::start(&repos, &dir.join("www"));
+    let server = server_for(
+        &dir.join("server"),
+        &registry,
+        &["--git-host", &git_server.addr],
+    );
+    let p = dir.clone();
+
+    // --dockerfile-path: the Dockerfile's directory is the context, .dockerignore honoured.
+    let context = dir.join("ctx");
+    echo_context(&context, "built");
+    create_image_app(&server, &p, "built");
+    ok(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:built",
+            "--dockerfile-path",
+            "./ctx/Dockerfile",
+        ],
+    );
+    let published = json(&ok(
+        &server,
+        &p,
+        &["draft", "publish", "acme-corp:built", "-o", "json"],
+    ));
+    assert_eq!(published["active_version"], 1, "{published}");
+    let logs = ok(&server, &p, &["draft", "compile-logs", "acme-corp:built"]);
+    assert!(
+        logs.contains("buildah") && logs.contains("COPY server"),
+        "{logs}"
+    );
+    let v = json(&ok(&server, &p, &["invoke", "acme-corp:built", "-p", "{}"]));
+    assert_eq!(v["env"]["GREETING"], "built", "{v}");
+    assert_eq!(v["uid"], "0", "no USER: root of its own namespace: {v}");
+    let (_, _, body) = get(&server, "built", "/file?path=/secret.txt");
+    assert_eq!(json(&body)["file"]["read"], "", ".dockerignore'd: {body}");
+    let (_, _, body) = get(&server, "built", "/file?path=/server");
+    assert!(
+        json(&body)["file"]["mode"]
+            .as_u64()
+            .is_some_and(|m| m & 0o111 != 0),
+        "{body}"
+    );
+
+    // A Dockerfile outside the context is refused at save.
+    let refused = fails(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:built",
+            "--dockerfile-path",
+            "./nowhere/Dockerfile",
+        ],
+    );
+    assert!(refused.contains("Dockerfile"), "{refused}");
+
+    // --git-url at a tag: the tagged commit is what runs, not the branch's later one.
+    create_image_app(&server, &p, "cloned");
+    let url = format!("http://{}/cgi-bin/git/app.git#v1", git_server.addr);
+    ok(
+        &server,
+        &p,
+        &["draft", "save", "acme-corp:cloned", "--git-url", &url],
+    );
+    ok(&server, &p, &["draft", "publish", "acme-corp:cloned"]);
+    let logs = ok(&server, &p, &["draft", "compile-logs", "acme-corp:cloned"]);
+    assert!(
+        logs.contains("cloning") && logs.contains("checked out"),
+        "{logs}"
+    );
+    let v = json(&ok(
+        &server,
+        &p,
+        &["invoke", "acme-corp:cloned", "-p", "{}"],
+    ));
+    assert_eq!(v["env"]["GREETING"], "tagged", "{v}");
+    // A git host the operator did not allow, and a file:// URL, are refused at save.
+    let refused = fails(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:cloned",
+            "--git-url",
+            "https://git.example.com/a/b.git",
+        ],
+    );
+    assert!(refused.contains("git.example.com"), "{refused}");
+    let refused = fails(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:cloned",
+            "--git-url",
+            "file:///etc",
+        ],
+    );
+    assert!(refused.contains("file"), "{refused}");
+    server.stop();
+}

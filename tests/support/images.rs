@@ -320,3 +320,108 @@ pub fn echo_config(greeting: &str) -> serde_json::Value {
         "ExposedPorts": {"8080/tcp": {}},
     })
 }
+
+/// `git http-backend` behind Python's CGI server on a loopback port, serving the bare
+/// repositories under a root; stopped on drop.
+pub struct GitServer {
+    child: Child,
+    pub addr: String,
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CGI_SERVER: &str = r#"
+import http.server, os, sys
+os.chdir(sys.argv[1])
+class Handler(http.server.CGIHTTPRequestHandler):
+    cgi_directories = ["/cgi-bin"]
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl GitServer {
+    /// Serves the bare repositories under `repos` at `http://<addr>/cgi-bin/git/<name>.git`.
+    pub fn start(repos: &Path, www: &Path) -> GitServer {
+        use std::io::BufRead;
+        use std::os::unix::fs::PermissionsExt;
+        let bin = www.join("cgi-bin");
+        std::fs::create_dir_all(&bin).expect("cgi-bin");
+        let script = bin.join("git");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nexec /usr/lib/git-core/git-http-backend\n",
+        )
+        .expect("cgi script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", CGI_SERVER])
+            .arg(www)
+            .env("GIT_PROJECT_ROOT", repos)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            // The CGI server runs scripts as nobody, who owns none of the repositories.
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "safe.directory")
+            .env("GIT_CONFIG_VALUE_0", "*")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the CGI server's port");
+        GitServer {
+            child,
+            addr: format!("127.0.0.1:{}", line.trim()),
+        }
+    }
+}
+
+/// Runs git in `dir` as a test author would.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A build context for the echo server: a `FROM scratch` Dockerfile with `greeting` in its
+/// `ENV`, the server, and a `.dockerignore`d secret.
+pub fn echo_context(dir: &Path, greeting: &str) {
+    std::fs::create_dir_all(dir).expect("context");
+    std::fs::copy(echo_server(), dir.join("server")).expect("server");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY server /server\nENV GREETING={greeting}\nWORKDIR /\n\
+             ENTRYPOINT [\"/server\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    std::fs::write(dir.join("secret.txt"), "not for the image").expect("secret");
+    std::fs::write(dir.join(".dockerignore"), "secret.txt\n").expect(".dockerignore");
+}

@@ -74,6 +74,18 @@ pub fn unpack_zip(bytes: &[u8], dest: &Path, cap: u64) -> Result<(), ArchiveErro
         if total > cap {
             return Err(ArchiveError::TooLarge(cap));
         }
+        keep_executable(&file, entry.unix_mode().unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// An executable file stays executable (a build context's program, a script); no other mode
+/// bit of the upload is kept (no setuid, nothing writable by others).
+fn keep_executable(file: &std::fs::File, mode: u32) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::PermissionsExt;
+    if mode & 0o100 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))
+            .map_err(ArchiveError::Io)?;
     }
     Ok(())
 }
@@ -114,6 +126,7 @@ pub fn unpack_tar_gz(bytes: &[u8], dest: &Path, cap: u64) -> Result<(), ArchiveE
         if copied > entry.size() || total > cap {
             return Err(ArchiveError::TooLarge(cap));
         }
+        keep_executable(&file, entry.header().mode().unwrap_or(0))?;
     }
     Ok(())
 }

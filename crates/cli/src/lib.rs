@@ -61,7 +61,7 @@ pub const FETCH: &str = "__fetch";
 #[derive(Subcommand)]
 enum Ignite {
     /// Start the platform (API, builder, node agent, gateway) on embedded defaults.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// CLI settings.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -414,7 +414,7 @@ fn run(args: IgniteArgs) -> Result<()> {
         )
     };
     match args.command {
-        Ignite::Server(s) => server(s),
+        Ignite::Server(s) => server(*s),
         Ignite::Run(r) => local::run(r),
         Ignite::Config(ConfigCmd::Set { key, value }) => {
             let mut cfg = config::Config::load()?;

@@ -61,7 +61,11 @@ impl ImageSettings {
     /// Every registry allowed, the plain-HTTP ones included.
     pub fn allowed(&self) -> Vec<String> {
         let mut all = self.registries.clone();
-        all.extend(self.insecure.iter().cloned());
+        for insecure in &self.insecure {
+            if !all.iter().any(|a| a.eq_ignore_ascii_case(insecure)) {
+                all.push(insecure.clone());
+            }
+        }
         all
     }
 
@@ -81,7 +85,11 @@ impl ImageSettings {
     /// for the public ones whose blobs live elsewhere, those hosts).
     fn proxy_allow_list(&self) -> Vec<String> {
         let mut list = Vec::new();
-        for registry in &self.registries {
+        for registry in self
+            .registries
+            .iter()
+            .filter(|r| !self.insecure.contains(r))
+        {
             list.push(with_port(registry, 443));
             list.extend(
                 match registry.as_str() {
