@@ -1387,3 +1387,108 @@ fn a_python_tenant_cannot_stop_its_template_escape_its_fork_or_disturb_a_neighbo
         calls.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn image_mode_input_is_refused_before_anything_is_fetched() {
+    let dir = scratch("hostile-images");
+    let server = start_server(&dir);
+    let p = dir.clone();
+    ok(&server, &p, &["app", "create", "img", "--runtime", "image"]);
+    ok(
+        &server,
+        &p,
+        &["app", "create", "rusty", "--runtime", "rust"],
+    );
+    // Image references that would make the server connect where it must not (loopback, the
+    // metadata address, a private registry the operator did not allow), or are not references.
+    for image in [
+        "127.0.0.1:5432/x:1",
+        "localhost/x:1",
+        "169.254.169.254/latest/meta-data:1",
+        "10.0.0.1:5000/acme/web:v1",
+    ] {
+        let out = fails(
+            &server,
+            &p,
+            &["draft", "save", "acme-corp:img", "--image-ref", image],
+        );
+        assert!(
+            out.contains("docker.io") && out.contains("--image-registry"),
+            "{image}: {out}"
+        );
+    }
+    for image in ["a b", "ghcr.io/x\n:1", ""] {
+        let out = fails(
+            &server,
+            &p,
+            &["draft", "save", "acme-corp:img", "--image-ref", image],
+        );
+        assert!(
+            out.contains("image reference") || out.contains("registr"),
+            "{image:?}: {out}"
+        );
+    }
+    // Git URLs that are not plain https/http clones from an allowed host, and option-like
+    // references.
+    for url in [
+        "file:///etc/passwd",
+        "ext::sh -c id",
+        "--upload-pack=touch /tmp/pwned",
+        "http://127.0.0.1:22/x.git",
+        "https://github.com/a/b.git#--upload-pack=touch",
+        "ssh://git@github.com/a/b.git",
+    ] {
+        let out = fails(
+            &server,
+            &p,
+            &["draft", "save", "acme-corp:img", "--git-url", url],
+        );
+        assert!(!out.is_empty() && !out.contains("saved"), "{url}: {out}");
+    }
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+    // A Dockerfile path that climbs out of its context, straight at the API.
+    let auth = format!("Authorization: Bearer {}\r\n", token(&server));
+    for path in ["../../etc/passwd", "/etc/passwd", "a/../../b"] {
+        let (status, body) = send_raw(
+            &server.api,
+            &format!(
+                "PUT /v1/apps/acme-corp/img/draft?dockerfile={} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nxxxx",
+                path.replace('/', "%2F")
+            ),
+        );
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("inside the context"), "{path}: {body}");
+    }
+    // Two image sources at once, and an image flag on a Rust app.
+    let (status, body) = send_raw(
+        &server.api,
+        &format!(
+            "PUT /v1/apps/acme-corp/img/draft?image_ref=ghcr.io%2Fa%2Fb:1&git_url=https%3A%2F%2Fgithub.com%2Fa%2Fb HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    let out = fails(
+        &server,
+        &p,
+        &[
+            "draft",
+            "save",
+            "acme-corp:rusty",
+            "--image-ref",
+            "ghcr.io/a/b:1",
+        ],
+    );
+    assert!(out.contains("--runtime image"), "{out}");
+    // Registry logins only for allowed registries, hosts that are hosts.
+    for host in ["127.0.0.1:5000", "evil.example/../x", "a b"] {
+        let (status, body) = send_raw(
+            &server.api,
+            &format!(
+                "PUT /v1/registries/{} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 31\r\nConnection: close\r\n\r\n{{\"username\":\"u\",\"password\":\"p\"}}",
+                host.replace('/', "%2F").replace(' ', "%20")
+            ),
+        );
+        assert!(status == 400 || status == 404, "{host}: {status} {body}");
+    }
+    server.stop();
+}
