@@ -9,10 +9,12 @@ use sqlx::{Row, SqlitePool};
 
 mod apps;
 mod executions;
+mod sessions;
 mod versions;
 
 pub use apps::*;
 pub use executions::*;
+pub use sessions::*;
 pub use versions::*;
 
 pub type Db = SqlitePool;
@@ -70,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "start kind",
         include_str!("../../migrations/0006_start_kind.sql"),
+    ),
+    (
+        8,
+        "console",
+        include_str!("../../migrations/0008_console.sql"),
     ),
 ];
 
