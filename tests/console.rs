@@ -233,6 +233,7 @@ fn the_console_in_a_real_browser() {
     // Roll back to version 1 from the page; `invoke` answers with version 1 again.
     b.click("tr[data-version='1'] a.rollback");
     b.wait_text("h1", "Roll back to v1", MINUTE);
+    b.screenshot("confirm-rollback");
     b.click("#confirm");
     b.wait_text("#active-version", "v1", MINUTE);
     assert_eq!(invoke_message(&server, p), "Hello from Rust!");
@@ -319,7 +320,11 @@ fn the_console_in_a_real_browser() {
     for page in ["apps", "apps/acme-corp/tiny", "executions"] {
         b.goto(&format!("{console}/{page}"));
         let widths = b.js(
-            "return [window.innerWidth, document.documentElement.scrollWidth];",
+            "return [window.innerWidth, document.documentElement.scrollWidth, \
+             [...document.querySelectorAll('body *')] \
+               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1) \
+               .map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + \
+                 Math.round(e.getBoundingClientRect().right)).slice(0, 12)];",
             json!([]),
         );
         assert_eq!(widths[0], 360, "{page}: {widths}");
@@ -331,6 +336,16 @@ fn the_console_in_a_real_browser() {
     b.goto(&format!("{console}/apps/acme-corp/tiny"));
     b.screenshot_viewport("app-360");
     b.emulate_width(None);
+    // Dark, by the system's preference.
+    b.emulate_dark(true);
+    b.goto(&format!("{console}/executions?app=tiny"));
+    let background = b.js(
+        "return getComputedStyle(document.body).backgroundColor;",
+        json!([]),
+    );
+    assert_eq!(background, "rgb(19, 20, 23)", "not the dark scheme");
+    b.screenshot("executions-dark");
+    b.emulate_dark(false);
 
     // Sign out: the session is gone.
     b.click("header form button");
@@ -342,6 +357,32 @@ fn the_console_in_a_real_browser() {
     // Without a browser: a bad token, a form without its CSRF token (or with a wrong one).
     assert_eq!(http_sign_in(&server, "ign_000000000000_wrong"), Err(401));
     let (session, csrf) = http_sign_in(&server, &token).expect("a session");
+    // The store holds the session id's hash, never the id (nor the token's secret).
+    let id = session.trim_start_matches("ignite_console=");
+    let secret = token.rsplit('_').next().unwrap();
+    for file in ["ignite.db", "ignite.db-wal"] {
+        let bytes = std::fs::read(server.dir.join("data").join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(id), "{file} holds a session id");
+        assert!(!text.contains(secret), "{file} holds a token's secret");
+    }
+    // Over TLS (a proxy that terminated it says so), the cookie is `Secure` too.
+    let (_, headers, page) = request(&server.api, "GET", "/console/sign-in", &[], "");
+    let pre = cookies(&headers).join("; ");
+    let (status, headers, _) = request(
+        &server.api,
+        "POST",
+        "/console/sign-in",
+        &[
+            ("Cookie", &pre),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+        &format!("csrf={}&token={token}", csrf_of(&page)),
+    );
+    assert_eq!(status, 303);
+    let set = header(&headers, "set-cookie").unwrap_or_default();
+    assert!(set.contains("; Secure"), "{set}");
     let form = [
         ("Cookie", session.as_str()),
         ("Content-Type", "application/x-www-form-urlencoded"),

@@ -221,7 +221,7 @@ impl Browser {
         let (cmd, params) = match width {
             Some(w) => (
                 "Emulation.setDeviceMetricsOverride",
-                json!({ "width": w, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
+                json!({ "width": w, "height": 780, "deviceScaleFactor": 1, "mobile": false }),
             ),
             None => ("Emulation.clearDeviceMetricsOverride", json!({})),
         };
@@ -229,6 +229,17 @@ impl Browser {
             "POST",
             "/goog/cdp/execute",
             json!({ "cmd": cmd, "params": params }),
+        );
+    }
+
+    /// Renders pages as under the system's dark (`true`) or light colour scheme.
+    pub fn emulate_dark(&self, dark: bool) {
+        let value = if dark { "dark" } else { "light" };
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{ "name": "prefers-color-scheme", "value": value }] } }),
         );
     }
 

@@ -106,7 +106,7 @@ type Series = (&'static str, &'static str, fn(&Summary) -> Option<f64>);
 /// Duration and cold-start p50/p99 over time: four lines over `buckets`, a table of the same
 /// numbers beside it for a screen reader.
 pub fn latency_chart(buckets: &[Summary], from: i64, to: i64) -> Markup {
-    let (w, h, pad) = (600.0, 180.0, 4.0);
+    let (w, h, pad) = (900.0, 220.0, 4.0);
     let series: [Series; 4] = [
         ("duration p50", "d50", |b| b.p50),
         ("duration p99", "d99", |b| b.p99),

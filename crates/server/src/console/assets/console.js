@@ -8,7 +8,10 @@ async function followBuildLog(pre) {
     pre.dataset.status = status;
     if (badge) {
       badge.dataset.status = status;
-      badge.textContent = status + (error ? " — " + error : "");
+      const span = document.createElement("span");
+      span.className = "badge " + (status === "compiled" ? "good" : status === "compiling" ? "busy" : "bad");
+      span.textContent = status + (error ? " — " + error : "");
+      badge.replaceChildren(span);
     }
   };
   let response;
