@@ -269,6 +269,35 @@ fn the_console_in_a_real_browser() {
     assert_eq!(app["scaling"]["timeout_s"], 20, "{app}");
     assert_eq!(app["scaling"]["reserved_capacity"], 0, "{app}");
 
+    // The environment: a bad name gets the API's message; good lines are what `app get` shows.
+    b.type_into("#env-text", "1BAD=x");
+    b.click("#env button[type=submit]");
+    b.wait_text("#env", "invalid environment variable name", MINUTE);
+    b.type_into("#env-text", "GREETING=hi\nMODE=console");
+    b.click("#env button[type=submit]");
+    b.wait_text("#env", "Environment saved", MINUTE);
+    let app = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(
+        app["env"],
+        json!({"GREETING": "hi", "MODE": "console"}),
+        "{app}"
+    );
+    // Internet access, on and off again.
+    b.click("#network button[type=submit]");
+    b.wait_text("#egress", "on", MINUTE);
+    let app = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:tiny", "-o", "json"],
+    ));
+    assert_eq!(app["network"]["egress"], true, "{app}");
+    b.click("#network button[type=submit]");
+    b.wait_text("#egress", "off", MINUTE);
+
     // The invoke box: the response, its headers, a link to the execution it made.
     b.type_into("#payload", r#"{"message": "from the console"}"#);
     b.click("#invoke-form button");
@@ -453,6 +482,18 @@ fn the_console_in_a_real_browser() {
     assert_eq!(
         foreign.replace("tiny", "X"),
         missing.replace("nothing-here", "X")
+    );
+    let (status, _, page) = request(
+        &server.api,
+        "GET",
+        &format!("/console/executions/{link}"),
+        &cookie,
+        "",
+    );
+    assert_eq!(status, 404, "{page}");
+    assert!(
+        page.contains(&format!("execution {link} not found")),
+        "{page}"
     );
     let (_, _, apps) = request(&server.api, "GET", "/console/apps", &cookie, "");
     assert!(!apps.contains("tiny"), "corp sees acme-corp's app: {apps}");
