@@ -184,6 +184,25 @@ fn the_console_in_a_real_browser() {
     assert!(!b.html().contains(&token), "the page shows the token");
     page_size_ok(&b, "apps");
     b.screenshot("apps");
+    // Create an app from the page: the API's refusal first (the name is taken), then a new one.
+    b.type_into("#name", "tiny");
+    b.click("#create-title ~ form button");
+    b.wait_text("#create-error", "app acme-corp:tiny already exists", MINUTE);
+    b.type_into("#name", "second");
+    b.type_into("#description", "made in the console");
+    b.click("#create-title ~ form button");
+    b.wait_text("h1", "second", MINUTE);
+    assert!(
+        b.url().ends_with("/console/apps/acme-corp/second"),
+        "{}",
+        b.url()
+    );
+    let second = json(&ok(
+        &server,
+        p,
+        &["app", "get", "acme-corp:second", "-o", "json"],
+    ));
+    assert_eq!(second["description"], "made in the console", "{second}");
 
     // A compile's log, followed live: version 2's build script keeps it running for 8 s.
     let v2 = slow_v2(&dir);
