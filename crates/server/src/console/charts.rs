@@ -150,3 +150,43 @@ pub fn latency_chart(buckets: &[Summary], from: i64, to: i64) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(started_at: i64, duration: f64, cold: f64, status: &str) -> Execution {
+        let mut e = Execution::begun("id".into(), "o", "a", 1, "api");
+        e.started_at = started_at;
+        e.duration_ms = Some(duration);
+        e.cold_start_ms = Some(cold);
+        e.status = status.into();
+        e
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.5), Some(50.0));
+        assert_eq!(percentile(&mut v, 0.99), Some(99.0));
+        assert_eq!(percentile(&mut [7.0], 0.99), Some(7.0));
+        assert_eq!(percentile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn buckets_split_by_start_time_and_count_cold_starts_and_errors() {
+        let runs = [
+            run(0, 1.0, 5.0, "succeeded"),
+            run(10, 3.0, 0.0, "failed"),
+            run(60, 2.0, 0.0, "succeeded"),
+            run(120, 9.0, 0.0, "succeeded"),
+        ];
+        let b = buckets(&runs, 0, 120, 2);
+        assert_eq!((b[0].count, b[0].errors, b[0].cold), (2, 1, 1));
+        assert_eq!(b[0].cold_p50, Some(5.0));
+        // The range's end is not in it.
+        assert_eq!((b[1].count, b[1].p50), (1, Some(2.0)));
+        let all = Summary::of(&runs);
+        assert_eq!(all.cold_share(), Some(25.0));
+    }
+}
