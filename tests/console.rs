@@ -472,6 +472,22 @@ fn the_console_in_a_real_browser() {
     ));
     assert_eq!(app["scaling"]["max_instances"], 4, "{app}");
 
+    // A session ends with the token it was opened with.
+    let created = json(&ok(
+        &server,
+        p,
+        &["token", "create", "console-ci", "-o", "json"],
+    ));
+    let (ci, _) = http_sign_in(&server, created["token"].as_str().unwrap()).expect("a session");
+    ok(
+        &server,
+        p,
+        &["token", "revoke", created["id"].as_str().unwrap()],
+    );
+    let (status, headers, _) = request(&server.api, "GET", "/console/apps", &[("Cookie", &ci)], "");
+    assert_eq!(status, 303);
+    assert_eq!(header(&headers, "location"), Some("/console/sign-in"));
+
     // Another org's app answers exactly as a missing one, for pages and for changes.
     server.stop();
     let server = start_server_with(&dir, &["--org", "corp"]);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, State as AxState};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::{Post, cookie, csrf_matches, csrf_refused, html, layout, over_tls, see_other};
 use crate::State;
@@ -144,13 +144,17 @@ pub async fn sign_in(
 }
 
 /// Ends the session here and in the store.
-pub async fn sign_out(AxState(state): AxState<Arc<State>>, post: Post) -> Response {
+pub async fn sign_out(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    post: Post,
+) -> Response {
     if let Err(e) = store::delete_session(&state.db, &post.signed.id_hash).await {
         return super::error_page(Some(&post.signed), &ApiError::from(e));
     }
     let mut answer = see_other("/console/sign-in");
-    if let Ok(v) = cookie_header(COOKIE, "", 0, false).parse() {
+    if let Ok(v) = cookie_header(COOKIE, "", 0, over_tls(&headers)).parse() {
         answer.headers_mut().append(header::SET_COOKIE, v);
     }
-    answer.into_response()
+    answer
 }
