@@ -150,6 +150,7 @@ fn invoke_message(server: &Server, p: &Path) -> String {
 /// The largest page the browser loaded, checked as the test goes.
 fn page_size_ok(b: &Browser, what: &str) {
     let size = b.html().len();
+    eprintln!("the {what} page: {size} bytes of HTML");
     assert!(size < 200 * 1024, "the {what} page is {size} bytes");
 }
 
