@@ -248,6 +248,7 @@ fn apply_layer(
             Err(e) => return Err(bad(e)),
         };
         let mode = entry.header().mode().unwrap_or(0o644);
+        let mtime = entry.header().mtime().unwrap_or(0);
         if mode & 0o6000 != 0 && (kind.is_file() || kind.is_dir()) {
             report.setid_cleared += 1;
         }
@@ -256,7 +257,8 @@ fn apply_layer(
             EntryType::Directory => make_dir(dir, name, mode).map_err(bad)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let budget = limits.max_bytes.saturating_sub(report.bytes);
-                let written = write_file(dir, name, mode, &mut entry, budget).map_err(bad)?;
+                let written =
+                    write_file(dir, name, mode, mtime, &mut entry, budget).map_err(bad)?;
                 report.bytes += written;
                 if report.bytes > limits.max_bytes {
                     return Err(ImageError::TooLarge {
@@ -339,6 +341,7 @@ fn write_file(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     mode: u32,
+    mtime: u64,
     entry: &mut impl Read,
     budget: u64,
 ) -> io::Result<u64> {
@@ -353,6 +356,9 @@ fn write_file(
     let written = io::copy(&mut entry.take(budget.saturating_add(1)), &mut file)?;
     file.flush()?;
     rustix::fs::fchmod(&file, Mode::from(normalize_mode(mode)))?;
+    // The entry's modification time, kept: what checks a file against another by it (Python's
+    // byte-code caches against their sources) finds the image as it was built.
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime))?;
     Ok(written)
 }
 

@@ -109,6 +109,14 @@ fn files_directories_and_symlinks_are_unpacked_from_plain_gzip_and_zstd_layers()
     assert_eq!(report.layers, 3);
     assert_eq!(report.refused(), 0);
     assert_eq!(report.bytes, 3);
+    // A file keeps its entry's modification time (here the epoch): Python checks its byte-code
+    // caches against their sources by it.
+    let modified = f
+        .path("etc/gzip")
+        .metadata()
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(modified, std::time::UNIX_EPOCH);
 }
 
 #[test]

@@ -38,15 +38,27 @@ pub async fn org_of(db: &Db, headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(missing)?;
-    let (id, secret) = value
+    let (org, _) = check_token(db, value).await?.ok_or_else(missing)?;
+    Ok(org)
+}
+
+/// `(org, token id)` of a live token, `None` for anything else (malformed, unknown, revoked,
+/// a wrong secret).
+pub async fn check_token(db: &Db, token: &str) -> Result<Option<(String, String)>, ApiError> {
+    let Some((id, secret)) = token
         .strip_prefix("ign_")
         .and_then(|rest| rest.split_once('_'))
-        .ok_or_else(missing)?;
-    let (org, stored) = store::token(db, id).await?.ok_or_else(missing)?;
+    else {
+        return Ok(None);
+    };
+    let Some((org, stored)) = store::token(db, id).await? else {
+        return Ok(None);
+    };
     let given = hash_secret(secret);
-    if bool::from(given.as_bytes().ct_eq(stored.as_bytes())) {
-        Ok(org)
-    } else {
-        Err(missing())
-    }
+    Ok(bool::from(given.as_bytes().ct_eq(stored.as_bytes())).then(|| (org, id.to_string())))
+}
+
+/// `bytes` random bytes from the OS, as hex.
+pub fn random_token(bytes: usize) -> Result<String, ApiError> {
+    random_hex(bytes).map_err(|e| ApiError::internal(format!("the OS gave no randomness: {e}")))
 }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod builds;
+mod console;
 mod error;
 mod gateway;
 pub mod images;

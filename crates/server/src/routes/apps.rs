@@ -18,7 +18,7 @@ fn env_map(env: &[(String, String)]) -> BTreeMap<String, String> {
     env.iter().cloned().collect()
 }
 
-fn app_view(
+pub(crate) fn app_view(
     state: &State,
     app: &App,
     draft: Option<&store::Version>,
@@ -63,6 +63,12 @@ pub(super) async fn create_app(
     JsonBody(body): JsonBody<api::CreateApp>,
 ) -> ApiResult<(StatusCode, Json<api::App>)> {
     let org = org_of(&state.db, &headers).await?;
+    let app = create(&state, &org, &body).await?;
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+/// Creates an app in `org` (the caller's): the API's and the console's one way to.
+pub(crate) async fn create(state: &State, org: &str, body: &api::CreateApp) -> ApiResult<api::App> {
     if !valid_name(&body.name) {
         return Err(ApiError::bad_request(format!(
             "invalid app name {:?}: use 1–63 lowercase letters, digits and '-'",
@@ -76,15 +82,7 @@ pub(super) async fn create_app(
             crate::runtime::runtimes_list()
         )));
     }
-    match store::create_app(
-        &state.db,
-        &org,
-        &body.name,
-        &body.runtime,
-        &body.description,
-    )
-    .await?
-    {
+    match store::create_app(&state.db, org, &body.name, &body.runtime, &body.description).await? {
         store::CreateApp::Created => {
             // The defaults, within what this node lets one app have.
             let fitted = state
@@ -92,7 +90,7 @@ pub(super) async fn create_app(
                 .limits
                 .clamp(api::ScalingConfig::for_runtime(&body.runtime));
             if fitted != api::ScalingConfig::default() {
-                store::set_scaling(&state.db, &org, &body.name, &fitted).await?;
+                store::set_scaling(&state.db, org, &body.name, &fitted).await?;
             }
         }
         store::CreateApp::Exists => {
@@ -110,18 +108,15 @@ pub(super) async fn create_app(
                     "the public hostname of {org}:{} would be {}, which another app already \
                      has (app and org names both may contain '-'); choose another app name",
                     body.name,
-                    state.public_host(&org, &body.name)
+                    state.public_host(org, &body.name)
                 ),
             ));
         }
     }
-    let app = store::get_app(&state.db, &org, &body.name)
+    let app = store::get_app(&state.db, org, &body.name)
         .await?
         .ok_or_else(|| ApiError::internal("the app vanished after creation"))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(app_view(&state, &app, None, None)),
-    ))
+    Ok(app_view(state, &app, None, None))
 }
 
 /// The caller's org's apps.
@@ -151,17 +146,18 @@ pub(super) async fn get_app(
     Path((org, name)): Path<(String, String)>,
 ) -> ApiResult<Json<api::App>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
-    let draft = store::get_version(&state.db, &org, &name, 0).await?;
+    Ok(Json(view(&state, &app).await?))
+}
+
+/// `app get`: the app with its draft and its active version's artifact.
+pub(crate) async fn view(state: &State, app: &App) -> ApiResult<api::App> {
+    let (org, name) = (&app.org, &app.name);
+    let draft = store::get_version(&state.db, org, name, 0).await?;
     let active = match app.active_version {
-        Some(v) => store::get_version(&state.db, &org, &name, v).await?,
+        Some(v) => store::get_version(&state.db, org, name, v).await?,
         None => None,
     };
-    Ok(Json(app_view(
-        &state,
-        &app,
-        draft.as_ref(),
-        active.as_ref(),
-    )))
+    Ok(app_view(state, app, draft.as_ref(), active.as_ref()))
 }
 
 /// Delete an app, its versions and its running instances.
@@ -192,17 +188,27 @@ pub(super) async fn set_env(
     Path((org, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<api::SetEnv>,
 ) -> ApiResult<Json<api::EnvSet>> {
-    owned_app(&state, &headers, &org, &name).await?;
+    let app = owned_app(&state, &headers, &org, &name).await?;
+    Ok(Json(replace_env(&state, &app, body).await?))
+}
+
+/// Replaces the app's environment, once [`env_problem`] finds nothing wrong with it.
+pub(crate) async fn replace_env(
+    state: &State,
+    app: &App,
+    body: api::SetEnv,
+) -> ApiResult<api::EnvSet> {
+    let (org, name) = (&app.org, &app.name);
     if let Some(problem) = env_problem(&body.env) {
         return Err(ApiError::bad_request(problem));
     }
     let env: Vec<(String, String)> = body.env.clone().into_iter().collect();
-    store::set_env(&state.db, &org, &name, &env).await?;
-    state.node.invalidate(&org, &name);
-    Ok(Json(api::EnvSet {
+    store::set_env(&state.db, org, name, &env).await?;
+    state.node.invalidate(org, name);
+    Ok(api::EnvSet {
         env: body.env,
         note: "environment changes take effect at the next draft publish".into(),
-    }))
+    })
 }
 
 /// Limits of an app's environment: names as a shell takes them, values that an `execve`
@@ -275,6 +281,16 @@ pub(super) async fn set_scaling(
     JsonBody(body): JsonBody<api::ScalingUpdate>,
 ) -> ApiResult<Json<api::ScalingConfig>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
+    Ok(Json(update_scaling(&state, &app, &body).await?))
+}
+
+/// Applies a scaling update, once the configuration and this node's limits allow it.
+pub(crate) async fn update_scaling(
+    state: &State,
+    app: &App,
+    body: &api::ScalingUpdate,
+) -> ApiResult<api::ScalingConfig> {
+    let (org, name) = (&app.org, &app.name);
     let scaling = body.apply(&app.scaling);
     let limits = state.node.limits;
     if let Some(problem) = scaling
@@ -284,15 +300,15 @@ pub(super) async fn set_scaling(
         return Err(ApiError::bad_request(problem));
     }
     if scaling.reserved_capacity > app.scaling.reserved_capacity {
-        let others = store::reserved_elsewhere(&state.db, &org, &name).await?;
+        let others = store::reserved_elsewhere(&state.db, org, name).await?;
         if let Some(problem) = limits.reserve_problem(scaling.reserved_capacity, others) {
             return Err(ApiError::bad_request(problem));
         }
     }
-    store::set_scaling(&state.db, &org, &name, &scaling).await?;
-    state.node.invalidate(&org, &name);
-    state.node.reconcile(&state).await;
-    Ok(Json(scaling))
+    store::set_scaling(&state.db, org, name, &scaling).await?;
+    state.node.invalidate(org, name);
+    state.node.reconcile(state).await;
+    Ok(scaling)
 }
 
 /// Change what the app's instances may reach on the network; takes effect at once (instances
@@ -310,7 +326,17 @@ pub(super) async fn set_network(
     Path((org, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<api::NetworkConfig>,
 ) -> ApiResult<Json<api::NetworkConfig>> {
-    owned_app(&state, &headers, &org, &name).await?;
+    let app = owned_app(&state, &headers, &org, &name).await?;
+    Ok(Json(update_network(&state, &app, body).await?))
+}
+
+/// Changes what the app's instances may reach; turning egress on first checks this node can.
+pub(crate) async fn update_network(
+    state: &State,
+    app: &App,
+    body: api::NetworkConfig,
+) -> ApiResult<api::NetworkConfig> {
+    let (org, name) = (&app.org, &app.name);
     if body.egress
         && let Some(sandbox) = state.sandbox.clone()
     {
@@ -325,8 +351,8 @@ pub(super) async fn set_network(
                 ))
             })?;
     }
-    store::set_network(&state.db, &org, &name, &body).await?;
-    state.node.invalidate(&org, &name);
-    state.node.reconcile(&state).await;
-    Ok(Json(body))
+    store::set_network(&state.db, org, name, &body).await?;
+    state.node.invalidate(org, name);
+    state.node.reconcile(state).await;
+    Ok(body)
 }

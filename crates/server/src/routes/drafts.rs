@@ -364,6 +364,15 @@ pub(super) async fn compile(
     Path((org, name)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<api::CompileStarted>)> {
     owned_app(&state, &headers, &org, &name).await?;
+    start_compile(state, org, name).await
+}
+
+/// Starts compiling the draft of an app the caller owns (the API's and the console's).
+pub(crate) async fn start_compile(
+    state: std::sync::Arc<crate::State>,
+    org: String,
+    name: String,
+) -> ApiResult<(StatusCode, Json<api::CompileStarted>)> {
     let draft = store::get_version(&state.db, &org, &name, 0)
         .await?
         .ok_or_else(|| no_source(&org, &name))?;
@@ -405,6 +414,16 @@ pub(super) async fn compile_logs(
     Query(q): Query<api::LogsParams>,
 ) -> ApiResult<Response> {
     owned_app(&state, &headers, &org, &name).await?;
+    compile_log_stream(state, org, name, q).await
+}
+
+/// The NDJSON compile log of an app the caller owns (the API's and the console's).
+pub(crate) async fn compile_log_stream(
+    state: std::sync::Arc<crate::State>,
+    org: String,
+    name: String,
+    q: api::LogsParams,
+) -> ApiResult<Response> {
     let draft = store::get_version(&state.db, &org, &name, 0).await?;
     let Some(build_id) = draft.and_then(|d| d.build_id) else {
         return Err(ApiError::not_found(format!(
@@ -494,6 +513,16 @@ pub(super) async fn publish(
     Path((org, name)): Path<(String, String)>,
 ) -> ApiResult<Json<api::Published>> {
     let app = owned_app(&state, &headers, &org, &name).await?;
+    publish_draft(state, app, org, name).await
+}
+
+/// Publishes the draft of an app the caller owns (the API's and the console's).
+pub(crate) async fn publish_draft(
+    state: std::sync::Arc<crate::State>,
+    app: store::App,
+    org: String,
+    name: String,
+) -> ApiResult<Json<api::Published>> {
     let mut draft = store::get_version(&state.db, &org, &name, 0)
         .await?
         .ok_or_else(|| no_source(&org, &name))?;

@@ -34,13 +34,24 @@ pub(super) async fn invoke(
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     owned_app(&state, &headers, &org, &name).await?;
+    let body = read_payload(&headers, body, PAYLOAD_LIMIT, PAYLOAD_HINT).await?;
+    invoke_app(state, &org, &name, body.to_vec()).await
+}
+
+/// Invokes the active version of an app the caller owns with a JSON payload (the API's and
+/// the console's invoke: trigger `api`).
+pub(crate) async fn invoke_app(
+    state: std::sync::Arc<crate::State>,
+    org: &str,
+    name: &str,
+    payload: Vec<u8>,
+) -> ApiResult<Response> {
     let route = state
         .node
-        .route(&state.db, &org, &name)
+        .route(&state.db, org, name)
         .await?
-        .ok_or_else(|| app_not_found(&org, &name))?;
-    let body = read_payload(&headers, body, PAYLOAD_LIMIT, PAYLOAD_HINT).await?;
-    let req = HttpRequest::json_post(body.to_vec());
+        .ok_or_else(|| app_not_found(org, name))?;
+    let req = HttpRequest::json_post(payload);
     Ok(execute(state, route, req, "api").await)
 }
 
@@ -55,18 +66,28 @@ pub(super) async fn get_execution(
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Execution>> {
     let org = org_of(&state.db, &headers).await?;
-    check_execution_id(&id)?;
-    let pending = state.recorder.get(&org, &id);
+    Ok(Json(execution_view(
+        &find_execution(&state, &org, &id).await?,
+    )))
+}
+
+/// One execution of `org` (the caller's), still on its way to the store or stored.
+pub(crate) async fn find_execution(
+    state: &crate::State,
+    org: &str,
+    id: &str,
+) -> ApiResult<Execution> {
+    check_execution_id(id)?;
+    let pending = state.recorder.get(org, id);
     let stored = match pending {
         Some(e) => Some(e),
-        None => store::get_execution(&state.db, &org, &id).await?,
+        None => store::get_execution(&state.db, org, id).await?,
     };
-    let e = stored.ok_or_else(|| {
+    stored.ok_or_else(|| {
         ApiError::not_found(format!(
             "execution {id} not found; list recent ones with `dodil ignite execution list`"
         ))
-    })?;
-    Ok(Json(execution_view(&e)))
+    })
 }
 
 /// Execution ids are ULIDs; anything else is a mistake worth naming, not a missing record.
@@ -125,17 +146,31 @@ pub(super) async fn list_executions(
     Query(q): Query<api::ListExecutionsParams>,
 ) -> ApiResult<Json<api::ExecutionList>> {
     let org = org_of(&state.db, &headers).await?;
-    let app = q.app.as_deref().map(|a| a.rsplit(':').next().unwrap_or(a));
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let list = recent_executions(&state, &org, &q, limit).await?;
+    Ok(Json(api::ExecutionList {
+        executions: list.iter().map(execution_view).collect(),
+    }))
+}
+
+/// `org`'s executions (the caller's), newest first: those still on their way to the store and
+/// the stored ones, filtered by `q`'s app, status and start time, at most `limit`.
+pub(crate) async fn recent_executions(
+    state: &crate::State,
+    org: &str,
+    q: &api::ListExecutionsParams,
+    limit: i64,
+) -> ApiResult<Vec<Execution>> {
+    let app = q.app.as_deref().map(|a| a.rsplit(':').next().unwrap_or(a));
     // Records still on their way to the store are listed too. The snapshot is taken *before*
     // the store is read: the writer drops a record from memory only after committing it, so
     // every record is in the snapshot or in what the store returns.
     let pending = state
         .recorder
-        .pending(&org, |e| app.is_none_or(|a| e.app == a));
+        .pending(org, |e| app.is_none_or(|a| e.app == a));
     let stored = store::list_executions(
         &state.db,
-        &org,
+        org,
         store::ExecutionFilter {
             app,
             status: q.status.as_deref(),
@@ -165,7 +200,5 @@ pub(super) async fn list_executions(
         .collect();
     list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
     list.truncate(limit as usize);
-    Ok(Json(api::ExecutionList {
-        executions: list.iter().map(execution_view).collect(),
-    }))
+    Ok(list)
 }

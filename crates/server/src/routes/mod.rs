@@ -3,12 +3,12 @@
 //! org's object answers exactly as a missing one. Routes hold no invocation logic: `invoke`
 //! hands the request to [`crate::invoke`].
 
-mod apps;
-mod drafts;
-mod executions;
+pub(crate) mod apps;
+pub(crate) mod drafts;
+pub(crate) mod executions;
 mod registries;
 mod tokens;
-mod versions;
+pub(crate) mod versions;
 
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ type S = AxState<Arc<State>>;
 
 /// Largest upload (`draft save`) and invoke payload.
 const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
-const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
+pub(crate) const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
 /// What to do about an invocation payload over the limit.
 pub const PAYLOAD_HINT: &str =
     "as for a synchronous Lambda invocation; pass large data by reference (a URL) instead";
@@ -101,6 +101,7 @@ pub fn router(state: Arc<State>) -> Router {
             "/v1/openapi.json",
             get(move || async move { Json((*doc).clone()) }),
         )
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
         .with_state(state)
 }
@@ -127,7 +128,7 @@ pub fn valid_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn app_not_found(org: &str, app: &str) -> ApiError {
+pub(crate) fn app_not_found(org: &str, app: &str) -> ApiError {
     ApiError::not_found(format!(
         "app {org}:{app} not found; create it with `dodil ignite app create {app} --runtime rust`"
     ))
@@ -136,6 +137,17 @@ fn app_not_found(org: &str, app: &str) -> ApiError {
 /// The app, if the caller's org owns it; a foreign org's app answers exactly like a missing one.
 async fn owned_app(state: &State, headers: &HeaderMap, org: &str, app: &str) -> ApiResult<App> {
     let caller = org_of(&state.db, headers).await?;
+    app_of_caller(state, &caller, org, app).await
+}
+
+/// The app, if `caller` (an org already authenticated, by a token or a console session) owns
+/// it; a foreign org's app answers exactly like a missing one.
+pub(crate) async fn app_of_caller(
+    state: &State,
+    caller: &str,
+    org: &str,
+    app: &str,
+) -> ApiResult<App> {
     if caller != org {
         return Err(app_not_found(org, app));
     }

@@ -42,16 +42,26 @@ pub(super) async fn rollback(
     JsonBody(body): JsonBody<api::Rollback>,
 ) -> ApiResult<Json<api::RolledBack>> {
     owned_app(&state, &headers, &org, &name).await?;
+    roll_back(&state, &org, &name, body).await
+}
+
+/// Makes a published version of an app the caller owns active (the API's and the console's).
+pub(crate) async fn roll_back(
+    state: &crate::State,
+    org: &str,
+    name: &str,
+    body: api::Rollback,
+) -> ApiResult<Json<api::RolledBack>> {
     if body.version < 1 {
         return Err(ApiError::bad_request(
             "version 0 is the draft and cannot be made active; roll back to a published version (1, 2, …)",
         ));
     }
-    if store::get_version(&state.db, &org, &name, body.version)
+    if store::get_version(&state.db, org, name, body.version)
         .await?
         .is_none()
     {
-        let versions = store::list_versions(&state.db, &org, &name).await?;
+        let versions = store::list_versions(&state.db, org, name).await?;
         let published: Vec<String> = versions
             .iter()
             .filter(|v| v.version > 0)
@@ -67,9 +77,9 @@ pub(super) async fn rollback(
             }
         )));
     }
-    store::set_active(&state.db, &org, &name, body.version).await?;
-    state.node.invalidate(&org, &name);
-    state.node.reconcile(&state).await;
+    store::set_active(&state.db, org, name, body.version).await?;
+    state.node.invalidate(org, name);
+    state.node.reconcile(state).await;
     Ok(Json(api::RolledBack {
         id: format!("{org}:{name}"),
         active_version: body.version,

@@ -9,10 +9,12 @@ use sqlx::{Row, SqlitePool};
 
 mod apps;
 mod executions;
+mod sessions;
 mod versions;
 
 pub use apps::*;
 pub use executions::*;
+pub use sessions::*;
 pub use versions::*;
 
 pub type Db = SqlitePool;
@@ -75,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "images",
         include_str!("../../migrations/0007_images.sql"),
+    ),
+    (
+        8,
+        "console",
+        include_str!("../../migrations/0008_console.sql"),
     ),
 ];
 
