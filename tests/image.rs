@@ -652,6 +652,28 @@ fn a_dockerfile_and_a_git_repository_at_a_tag_are_built_with_buildah_and_served(
     let v = json(&ok(&server, &p, &["invoke", "acme-corp:built", "-p", "{}"]));
     assert_eq!(v["env"]["GREETING"], "built", "{v}");
     assert_eq!(v["uid"], "0", "no USER: root of its own namespace: {v}");
+    // Root of an empty namespace, with no capability and no way to gain one.
+    let (_, _, body) = get(&server, "built", "/file?path=/proc/self/status");
+    let status = json(&body)["file"]["read"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for line in [
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(line), "{line} in {status}");
+    }
+    // /dev/fd (and stdout, stderr) are there for images that log to them.
+    let (_, _, body) = get(&server, "built", "/file?path=/dev/fd");
+    assert!(
+        json(&body)["file"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("directory")),
+        "{body}"
+    );
     let (_, _, body) = get(&server, "built", "/file?path=/secret.txt");
     assert_eq!(json(&body)["file"]["read"], "", ".dockerignore'd: {body}");
     let (_, _, body) = get(&server, "built", "/file?path=/server");

@@ -59,35 +59,95 @@ pub struct HttpConfig {
     pub log_limit: usize,
 }
 
-/// One kept-alive connection to the container, and its socket (a second descriptor of it, for
-/// the per-request socket option).
+/// One kept-alive connection to the container.
 #[derive(Debug)]
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
-    socket: OwnedFd,
+    /// Taken from the idle list (it served a request before): the container may have closed
+    /// it meanwhile.
+    reused: bool,
 }
 
-impl Connection {
-    /// Acknowledges what arrives at once rather than after the delayed-ACK timer: a server
-    /// that writes its answer's head and body in two writes with Nagle's algorithm on (Python's
-    /// `http.server`, among many) otherwise waits ~40 ms for the acknowledgement of the first
-    /// before sending the second.
-    fn quick_ack(&self) {
+/// The connection's stream, acknowledging what arrives at once rather than on the
+/// delayed-ACK timer: re-armed after every read and write (the kernel leaves quick-ack mode on
+/// its own, and enters delayed-ACK "ping-pong" mode when a send follows a receive). Without it a
+/// server that writes its answer's head and body in two writes with Nagle's algorithm on —
+/// Python's `http.server`, and many more — waits ~40 ms for the first one's ACK before it sends
+/// the second.
+struct QuickAck(tokio::net::TcpStream);
+
+impl QuickAck {
+    fn rearm(&self) {
         let on: libc::c_int = 1;
         // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; the descriptor
-        // is ours and open for the call.
-        let rc = unsafe {
+        // is the stream's own, open while `self` is.
+        unsafe {
             libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
                 libc::IPPROTO_TCP,
                 libc::TCP_QUICKACK,
                 (&on as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::trace!("TCP_QUICKACK: {}", std::io::Error::last_os_error());
+            );
         }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.rearm();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_write(cx, buf);
+        if polled.is_ready() {
+            self.rearm();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
+        if polled.is_ready() {
+            self.rearm();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -120,6 +180,9 @@ impl HttpInstance {
         limits: &Limits,
     ) -> Result<HttpInstance, SpawnError> {
         let started = Instant::now();
+        // A container may be anything: V8, the JVM and Go reserve far more address space than
+        // they use, so where a memory cgroup holds the instance, RLIMIT_AS is not set.
+        let reserves_address_space = prepared.has_memory_cgroup();
         let spawned = ignite_sandbox::spawn_prepared(
             prepared,
             &ignite_sandbox::Command {
@@ -127,7 +190,7 @@ impl HttpInstance {
                 argv: &config.args,
                 env: &config.env,
                 binds: &[],
-                reserves_address_space: false,
+                reserves_address_space,
             },
             limits,
         )
@@ -174,7 +237,8 @@ impl HttpInstance {
         let deadline = started + config.init_timeout;
         let mut pause = Duration::from_micros(100);
         loop {
-            match instance.connect().await {
+            let attempt = tokio::time::timeout_at(deadline.into(), instance.connect()).await;
+            match attempt.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                 Ok(sender) => {
                     instance.init = started.elapsed();
                     instance.idle_push(sender);
@@ -220,8 +284,7 @@ impl HttpInstance {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let stream = socket.connect(address).await?;
         stream.set_nodelay(true)?;
-        let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned()?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = http1::handshake(TokioIo::new(QuickAck(stream)))
             .await
             .map_err(std::io::Error::other)?;
         let pid = self.pid;
@@ -230,7 +293,10 @@ impl HttpInstance {
                 tracing::debug!(pid, "connection to the container ended: {e}");
             }
         });
-        Ok(Connection { sender, socket })
+        Ok(Connection {
+            sender,
+            reused: false,
+        })
     }
 
     fn idle_push(&self, sender: Connection) {
@@ -242,8 +308,9 @@ impl HttpInstance {
 
     fn idle_pop(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(sender) = idle.pop() {
+        while let Some(mut sender) = idle.pop() {
             if !sender.sender.is_closed() {
+                sender.reused = true;
                 return Some(sender);
             }
         }
@@ -359,18 +426,41 @@ impl HttpInstance {
                 };
             }
         };
-        if conn.sender.ready().await.is_err() {
-            return Outcome::Crashed {
-                exit: "the container closed its connection".into(),
+        let mut request = request;
+        let response = loop {
+            let sent = match conn.sender.ready().await {
+                Ok(()) => conn.sender.try_send_request(request).await,
+                Err(e) => {
+                    return Outcome::Crashed {
+                        exit: format!("the container closed its connection: {e}"),
+                    };
+                }
             };
-        }
-        conn.quick_ack();
-        let response = match conn.sender.send_request(request).await {
-            Ok(response) => response,
-            Err(e) => {
-                return Outcome::Crashed {
-                    exit: format!("the container's connection failed: {e}"),
-                };
+            match sent {
+                Ok(response) => break response,
+                // A kept-alive connection the container closed as the request went out: the
+                // request never reached it, so it goes once more, on a new connection.
+                Err(mut e) if conn.reused && e.message().is_some() => {
+                    let Some(again) = e.take_message() else {
+                        return Outcome::Crashed {
+                            exit: format!("the container's connection failed: {}", e.error()),
+                        };
+                    };
+                    request = again;
+                    conn = match self.connect().await {
+                        Ok(fresh) => fresh,
+                        Err(e) => {
+                            return Outcome::Crashed {
+                                exit: format!("the container's port {} refused: {e}", self.port),
+                            };
+                        }
+                    };
+                }
+                Err(e) => {
+                    return Outcome::Crashed {
+                        exit: format!("the container's connection failed: {}", e.error()),
+                    };
+                }
             }
         };
         let (parts, body) = response.into_parts();

@@ -295,10 +295,20 @@ pub struct TokenList {
 
 /// `registry login`: credentials for one registry, kept for the caller's org (encrypted at
 /// rest, never shown again).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegistryLogin {
     pub username: String,
     pub password: String,
+}
+
+/// Never the password, in a log or a panic message.
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A registry the org has credentials for (never the password).

@@ -286,9 +286,20 @@ impl Drop for RootLease {
     }
 }
 
-fn remove_all(dirs: Vec<PathBuf>) {
-    for dir in dirs {
-        remove_tree(&dir);
+/// Deletes evicted roots (already renamed aside by `evict`) on a thread of its own: a lease is
+/// often dropped on an async runtime's worker, and a root may be gigabytes.
+fn remove_all(aside: Vec<PathBuf>) {
+    if aside.is_empty() {
+        return;
+    }
+    let removing = std::thread::Builder::new()
+        .name("ignite-root-eviction".into())
+        .spawn({
+            let aside = aside.clone();
+            move || aside.iter().for_each(|d| remove_tree(d))
+        });
+    if removing.is_err() {
+        aside.iter().for_each(|d| remove_tree(d));
     }
 }
 

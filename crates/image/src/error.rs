@@ -85,6 +85,12 @@ pub enum ImageError {
     TooLarge { limit: u64 },
 
     #[error(
+        "{what} is larger than the {limit} bytes this platform takes for an image; make the \
+         image smaller (a slimmer base, fewer layers) or ask the operator to raise --image-cache-mb"
+    )]
+    PullTooLarge { what: String, limit: u64 },
+
+    #[error(
         "the image has more than {limit} entries in its layers; make the image smaller (fewer files)"
     )]
     TooManyEntries { limit: u64 },

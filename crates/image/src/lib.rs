@@ -52,6 +52,9 @@ pub struct RegistryAccess {
     pub insecure: Vec<String>,
     /// Credentials per `host[:port]`, as the reference names the registry.
     pub credentials: HashMap<String, Credentials>,
+    /// The most an image's layers may weigh together (compressed, as its manifest says); a
+    /// bigger one is refused before anything is fetched. `None`: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// What the runtime needs from an image's config (`ENTRYPOINT`, `CMD`, `ENV`, `WORKDIR`,

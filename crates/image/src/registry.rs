@@ -157,6 +157,18 @@ pub async fn pull(
             ));
         }
     };
+    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    if let Some(max) = access.max_bytes
+        && total > max
+    {
+        return Err(ImageError::PullTooLarge {
+            what: format!(
+                "{} (its layers: {total} bytes compressed)",
+                reference.whole()
+            ),
+            limit: max,
+        });
+    }
     let config = (
         manifest.config.digest.as_str(),
         manifest.config.size,

@@ -132,6 +132,7 @@ impl Registry {
         RegistryAccess {
             insecure: vec![self.addr.clone()],
             credentials: map,
+            ..RegistryAccess::default()
         }
     }
 
@@ -185,6 +186,22 @@ async fn an_image_pushed_to_a_registry_is_pulled_loaded_and_unpacked() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let layout = OciLayout::open(&tmp.path().join("layout")).expect("layout");
     let access = registry.access(None);
+
+    // An image heavier than the platform takes is refused before a layer is fetched.
+    let small = RegistryAccess {
+        max_bytes: Some(10),
+        ..registry.access(None)
+    };
+    let refused = ignite_image::pull(&layout, &reference, &small)
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(refused, ImageError::PullTooLarge { limit: 10, .. }),
+        "{refused}"
+    );
+    assert!(
+        std::fs::read_dir(tmp.path().join("layout/blobs/sha256")).map_or(0, |d| d.count()) == 0
+    );
 
     let image = ignite_image::pull(&layout, &reference, &access)
         .await
@@ -329,6 +346,7 @@ async fn a_registry_that_is_not_there_is_an_error_naming_it() {
     let access = RegistryAccess {
         insecure: vec![addr.clone()],
         credentials: HashMap::new(),
+        ..RegistryAccess::default()
     };
     let err = ignite_image::pull(&layout, &format!("{addr}/x/y:z"), &access)
         .await

@@ -109,10 +109,6 @@ impl ImageSettings {
         list.extend(self.insecure.iter().map(|r| with_port(r, 80)));
         list
     }
-
-    fn git_allow_list(&self) -> Vec<String> {
-        self.git_hosts.iter().map(|h| with_port(h, 443)).collect()
-    }
 }
 
 fn with_port(host: &str, port: u16) -> String {
@@ -192,6 +188,8 @@ pub(crate) fn seal_password(
 pub(crate) async fn access_for(state: &State, org: &str) -> sqlx::Result<RegistryAccess> {
     let mut access = RegistryAccess {
         insecure: state.config.images.insecure.clone(),
+        // An image bigger than the node's whole root budget could never run here.
+        max_bytes: Some(state.config.images.cache_mb << 20),
         ..RegistryAccess::default()
     };
     for credential in store::registry_credentials(&state.db, org).await? {
@@ -222,9 +220,74 @@ fn image_error(e: impl std::fmt::Display) -> BuildError {
     BuildError::Image(e.to_string())
 }
 
+/// A `--git-url` spec checked against the operator's git hosts: the URL, the reference after
+/// `#`, and the `host:port` the clone reaches. Credentials in the URL are refused: they would
+/// be kept with the draft in the clear.
+pub fn check_git(
+    settings: &ImageSettings,
+    spec: &str,
+) -> Result<(String, Option<String>, String), String> {
+    let (url, reference) = ignite_builder::git::split_reference(spec);
+    let host = ignite_builder::git::check_url(url).map_err(|e| e.to_string())?;
+    if ignite_builder::git::redact_url(url) != url {
+        return Err(
+            "a --git-url with credentials in it would be stored with the draft; clone a \
+             repository this platform can read without them"
+                .into(),
+        );
+    }
+    if let Some(reference) = reference
+        && (reference.is_empty()
+            || reference.starts_with('-')
+            || reference.len() > 256
+            || reference
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':'))
+    {
+        return Err(format!(
+            "the git reference {reference:?} after # is not a branch, tag or commit"
+        ));
+    }
+    let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    let allowed = settings.git_hosts.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        a == host || (a == bare && (host.ends_with(":443") || host.ends_with(":80")))
+    });
+    if !allowed {
+        return Err(format!(
+            "this platform clones only from {}, not from {host}; push the repository there, \
+             or ask the operator to add the host with `--git-host {bare}`",
+            settings.git_hosts.join(", ")
+        ));
+    }
+    Ok((url.to_string(), reference.map(str::to_string), host))
+}
+
 /// Builds an image draft: its image pulled or built, imported into the layout, its root
-/// unpacked on this node (so that a missing program is a failed build, not a failed request).
+/// unpacked on this node (so that a missing program is a failed build, not a failed request),
+/// all within the compile budget; the build's scratch directories removed however it ends.
 pub(crate) async fn compile(
+    state: &Arc<State>,
+    org: &str,
+    draft: &Version,
+    build_id: &str,
+    live: &LiveBuild,
+    app_dir: &Path,
+) -> Result<ignite_builder::Artifact, BuildError> {
+    let budget = state.config.build_timeout;
+    let result = tokio::time::timeout(
+        budget,
+        compile_within(state, org, draft, build_id, live, app_dir),
+    )
+    .await
+    .unwrap_or(Err(BuildError::TimedOut(budget)));
+    for scratch in ["context", "checkout", "image-work", "image-out"] {
+        let _ = std::fs::remove_dir_all(app_dir.join(scratch));
+    }
+    result
+}
+
+async fn compile_within(
     state: &Arc<State>,
     org: &str,
     draft: &Version,
@@ -267,7 +330,13 @@ pub(crate) async fn compile(
         ImageSource::Git { url, reference } => {
             let dir = app_dir.join("checkout");
             let _ = std::fs::remove_dir_all(&dir);
-            let allowed = settings.git_allow_list();
+            // Checked again: the operator's hosts may have changed since the save.
+            let spec = match reference {
+                Some(r) => format!("{url}#{r}"),
+                None => url.clone(),
+            };
+            let (_, _, host) = check_git(settings, &spec).map_err(BuildError::Image)?;
+            let allowed = vec![host];
             let proxy = start_proxy(state, app_dir, "git", &allowed)?;
             let mut options = options(state);
             let (jail, _cgroup) = crate::builds::jail(state, build_id, proxy.as_ref())?;
@@ -411,8 +480,6 @@ async fn build_dockerfile(
     .await
     .map_err(image_error)?
     .map_err(image_error)?;
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&out);
     Ok(image)
 }
 

@@ -85,6 +85,10 @@ unsafe fn write_file(path: &CString, contents: &[u8]) -> Result<(), ()> {
     Ok(())
 }
 
+/// `SECBIT_NOROOT`, `SECBIT_NO_SETUID_FIXUP` and `SECBIT_NO_CAP_AMBIENT_RAISE`, each with its
+/// lock, and `SECBIT_KEEP_CAPS_LOCKED` (off and locked) — `<linux/securebits.h>`.
+const SECURE_BITS: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
+
 /// Each failure returns the index of its step in [`STEPS`]; errno is still the call's.
 ///
 /// # Safety
@@ -212,6 +216,11 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             )?;
             for (path, dev) in &paths.devices {
                 ok(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev), 10)?;
+            }
+            if let Some(image) = &iso.image {
+                for (target, link) in &image.links {
+                    ok(libc::symlink(target.as_ptr(), link.as_ptr()), 10)?;
+                }
             }
             // Done here, as root of the host's user namespace (the instance's comes later), so
             // no rule about mounts in a user namespace applies, and the instance, which never
@@ -348,7 +357,13 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                     ptr::null(),
                     paths.root.as_ptr(),
                     ptr::null(),
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        // An image's root keeps the MS_NODEV it was mounted with (its /dev is
+                        // a mount of its own); the empty tmpfs root holds the device nodes.
+                        | if iso.image.is_some() { libc::MS_NODEV } else { 0 },
                     ptr::null(),
                 ),
                 12,
@@ -402,6 +417,19 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             ok(libc::chroot(c".".as_ptr()), 11)?;
             libc::close(root);
             ok(libc::chdir(iso.workdir.as_ptr()), 26)?;
+            // An image may run as uid 0 of its namespace: root gets no capability at exec, nor
+            // does a change of uid fix any up, and the process cannot undo that (the bits are
+            // locked; setting them takes CAP_SETPCAP, which goes below).
+            ok(
+                libc::prctl(
+                    libc::PR_SET_SECUREBITS,
+                    SECURE_BITS as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ),
+                18,
+            )?;
             // Full capabilities in the new (empty) user namespace: drop them all, bounding set
             // included, so nothing regains them through exec.
             for cap in 0..64 {

@@ -54,6 +54,9 @@ pub(crate) struct ImageMounts {
     /// Host files bound read-only over the image's `etc/hosts` and, with internet access,
     /// `etc/resolv.conf`: (source, target).
     pub files: Vec<(CString, CString)>,
+    /// Symlinks made in its `/dev` (`stdout` → `/proc/self/fd/1`, …: images log to them):
+    /// (target, link).
+    pub links: Vec<(CString, CString)>,
 }
 
 impl ImageMounts {
@@ -94,7 +97,18 @@ impl ImageMounts {
                 )));
             }
         }
+        let dev = root.join("dev");
+        let links = [
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ]
+        .into_iter()
+        .map(|(target, name)| Ok((c_path(Path::new(target))?, c_path(&dev.join(name))?)))
+        .collect::<io::Result<_>>()?;
         Ok(ImageMounts {
+            links,
             rootfs: c_path(&image.rootfs)?,
             dev_options: CString::new("size=64k,nr_inodes=16,mode=755")
                 .map_err(io::Error::other)?,

@@ -206,6 +206,12 @@ impl Prepared {
         })
     }
 
+    /// Whether a memory cgroup will hold its process's memory (a program that reserves far
+    /// more address space than it uses can then run without RLIMIT_AS).
+    pub fn has_memory_cgroup(&self) -> bool {
+        self.zygote.has_memory_cgroup()
+    }
+
     /// The image root it was made for, if it was.
     pub fn image_root(&self) -> Option<&ImageRoot> {
         self.image.as_ref()

@@ -79,6 +79,11 @@ impl Zygote {
         self
     }
 
+    /// Whether its memory limit will be a memory cgroup's (else only RLIMIT_AS holds it).
+    pub(crate) fn has_memory_cgroup(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.has_memory_cgroup())
+    }
+
     /// Makes a zygote: everything of an instance but its binary. Takes a few hundred
     /// microseconds; runs on the sandbox's own thread, ahead of need.
     pub(crate) fn create(sandbox: &Sandbox, egress: bool) -> Result<Zygote, SpawnError> {

@@ -189,33 +189,9 @@ async fn save_image_draft(
             image_ref: image_ref.to_string(),
         }
     } else if let Some(spec) = &q.git_url {
-        let (url, reference) = ignite_builder::git::split_reference(spec);
-        let host = ignite_builder::git::check_url(url)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if let Some(reference) = reference
-            && (reference.is_empty() || reference.starts_with('-') || reference.len() > 256)
-        {
-            return Err(ApiError::bad_request(format!(
-                "the git reference {reference:?} after # is not a branch, tag or commit"
-            )));
-        }
-        let allowed: Vec<String> = settings
-            .git_hosts
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
-        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-        if !allowed.iter().any(|a| a == &host || a == bare) {
-            return Err(ApiError::bad_request(format!(
-                "this platform clones only from {}, not from {host}; push the repository there, \
-                 or ask the operator to add the host with `--git-host {bare}`",
-                allowed.join(", ")
-            )));
-        }
-        ImageSource::Git {
-            url: url.to_string(),
-            reference: reference.map(str::to_string),
-        }
+        let (url, reference, _) =
+            crate::images::check_git(settings, spec).map_err(ApiError::bad_request)?;
+        ImageSource::Git { url, reference }
     } else if let Some(dockerfile) = &q.dockerfile {
         let path = std::path::Path::new(dockerfile);
         if dockerfile.is_empty()

@@ -34,7 +34,9 @@ pub struct ImageLauncher {
     /// The app's environment (over the image's `ENV`).
     pub env: Vec<(String, String)>,
     pub sandbox: Option<Sandbox>,
-    pub spare: Spare,
+    /// The next instance's sandbox, with a lease on the root it has mounted (so that the root
+    /// is not evicted under it).
+    pub spare: Spare<(Prepared, RootLease)>,
 }
 
 /// A running container and the lease that keeps its root on the node.
@@ -79,23 +81,25 @@ impl ImageLauncher {
     async fn root(&self) -> Result<(RootLease, Duration, Duration), StartError> {
         let (layout, digest, roots) =
             (self.layout.clone(), self.digest.clone(), self.roots.clone());
-        tokio::task::spawn_blocking(move || {
-            let t0 = Instant::now();
-            let layout = ignite_builder::oci::OciLayout::open(&layout)
-                .map_err(|e| failed(format!("opening the image store: {e}")))?;
-            let image = ignite_image::load(&layout, &digest).map_err(failed)?;
-            let fetch = t0.elapsed();
-            let t1 = Instant::now();
-            let (lease, unpacked) = roots.acquire(&layout, &image).map_err(failed)?;
-            let unpack = if unpacked {
-                t1.elapsed()
-            } else {
-                Duration::ZERO
-            };
-            Ok((lease, fetch, unpack))
-        })
-        .await
-        .map_err(|e| failed(format!("finding the image: {e}")))?
+        tokio::task::spawn_blocking(move || root_of(&layout, &digest, &roots))
+            .await
+            .map_err(|e| failed(format!("finding the image: {e}")))?
+    }
+
+    /// Makes the next instance's sandbox in the background: a lease on the root, then the
+    /// sandbox prepared on it.
+    fn refill(&self, sandbox: &Sandbox, egress: bool) {
+        let (layout, digest, roots) =
+            (self.layout.clone(), self.digest.clone(), self.roots.clone());
+        let sandbox = sandbox.clone();
+        self.spare.refill(move || {
+            let (lease, _, _) =
+                root_of(&layout, &digest, &roots).map_err(|e| ignite_sandbox::SpawnError {
+                    step: "preparing the image's root",
+                    source: std::io::Error::other(e.message),
+                })?;
+            Prepared::image(&sandbox, &image_root(&lease), egress).map(|p| (p, lease))
+        });
     }
 
     /// The process's environment: the image's `ENV`, the app's over it, then `PORT` and
@@ -123,6 +127,28 @@ impl ImageLauncher {
     }
 }
 
+/// The image's root on this node, unpacking it first if the node has not, and how long finding
+/// the image and unpacking took. Blocking.
+fn root_of(
+    layout: &std::path::Path,
+    digest: &str,
+    roots: &ignite_image::RootCache,
+) -> Result<(RootLease, Duration, Duration), StartError> {
+    let t0 = Instant::now();
+    let layout = ignite_builder::oci::OciLayout::open(layout)
+        .map_err(|e| failed(format!("opening the image store: {e}")))?;
+    let image = ignite_image::load(&layout, digest).map_err(failed)?;
+    let fetch = t0.elapsed();
+    let t1 = Instant::now();
+    let (lease, unpacked) = roots.acquire(&layout, &image).map_err(failed)?;
+    let unpack = if unpacked {
+        t1.elapsed()
+    } else {
+        Duration::ZERO
+    };
+    Ok((lease, fetch, unpack))
+}
+
 fn image_root(root: &ignite_image::Root) -> ImageRoot {
     ImageRoot {
         rootfs: root.path.clone(),
@@ -136,11 +162,9 @@ impl Launcher for ImageLauncher {
     fn prepare(&self, settings: StartSettings) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             match self.root().await {
-                Ok((lease, _, _)) => {
+                Ok(_) => {
                     if let Some(sandbox) = &self.sandbox {
-                        let (sandbox, root) = (sandbox.clone(), image_root(&lease));
-                        self.spare
-                            .refill(move || Prepared::image(&sandbox, &root, settings.egress));
+                        self.refill(sandbox, settings.egress);
                     }
                 }
                 Err(e) => tracing::warn!(digest = self.digest, "could not prepare the image: {e}"),
@@ -159,22 +183,21 @@ impl Launcher for ImageLauncher {
             let (lease, fetch, unpack) = self.root().await?;
             let root = image_root(&lease);
             let limits = settings.limits();
-            let prepared = match self
-                .spare
-                .take()
-                .filter(|p| p.image_root() == Some(&root) && p.fits(&empty_command(), &limits))
-            {
-                Some(prepared) => prepared,
-                None => {
-                    let (sandbox, root) = (sandbox.clone(), root.clone());
-                    tokio::task::spawn_blocking(move || {
-                        Prepared::image(&sandbox, &root, limits.egress)
-                    })
-                    .await
-                    .map_err(|e| failed(format!("preparing the sandbox: {e}")))?
-                    .map_err(|e| failed(format!("could not start the container: {e}")))?
-                }
-            };
+            let prepared =
+                match self.spare.take().filter(|(p, _)| {
+                    p.image_root() == Some(&root) && p.fits(&empty_command(), &limits)
+                }) {
+                    Some((prepared, _its_lease)) => prepared,
+                    None => {
+                        let (sandbox, root) = (sandbox.clone(), root.clone());
+                        tokio::task::spawn_blocking(move || {
+                            Prepared::image(&sandbox, &root, limits.egress)
+                        })
+                        .await
+                        .map_err(|e| failed(format!("preparing the sandbox: {e}")))?
+                        .map_err(|e| failed(format!("could not start the container: {e}")))?
+                    }
+                };
             let (env, port) = self.environment(&lease);
             let config = HttpConfig {
                 program: lease.program.clone(),
@@ -185,10 +208,9 @@ impl Launcher for ImageLauncher {
                 log_limit: 256 * 1024,
             };
             let started = HttpInstance::start(prepared, &config, &limits).await;
-            // The next instance's sandbox, once this one is up (or has failed).
-            let (sandbox, next) = (sandbox.clone(), root.clone());
-            self.spare
-                .refill(move || Prepared::image(&sandbox, &next, settings.egress));
+            // The next instance's sandbox, once this one is up (or has failed), with a lease
+            // of its own on the root.
+            self.refill(sandbox, settings.egress);
             let http = started?;
             let cold = ColdStart {
                 fetch,

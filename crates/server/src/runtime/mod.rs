@@ -159,23 +159,30 @@ pub trait Launcher: Send + Sync + 'static {
 /// libraries, the tree — mounted; an image's: its root) and its cgroups joined: making one on the spot costs ~1–10 ms (a cgroup
 /// join waits for an RCU grace period), handing one its program ~0.05 ms. Made after each start,
 /// once that instance is ready, and dropped (the parked process killed) with the launcher.
-#[derive(Default)]
-pub struct Spare {
-    ready: Arc<Mutex<Option<ignite_sandbox::Prepared>>>,
+/// (`T`: the prepared sandbox, with whatever must live as long as it — an image's root lease.)
+pub struct Spare<T = ignite_sandbox::Prepared> {
+    ready: Arc<Mutex<Option<T>>>,
     making: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Spare {
-    pub(crate) fn take(&self) -> Option<ignite_sandbox::Prepared> {
+impl<T> Default for Spare<T> {
+    fn default() -> Spare<T> {
+        Spare {
+            ready: Arc::new(Mutex::new(None)),
+            making: Arc::default(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Spare<T> {
+    pub(crate) fn take(&self) -> Option<T> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Makes the next one in the background with `make`, unless one is there or being made.
     pub(crate) fn refill(
         &self,
-        make: impl FnOnce() -> Result<ignite_sandbox::Prepared, ignite_sandbox::SpawnError>
-        + Send
-        + 'static,
+        make: impl FnOnce() -> Result<T, ignite_sandbox::SpawnError> + Send + 'static,
     ) {
         use std::sync::atomic::Ordering;
         if self
