@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Client, env_usize, fmt, latencies, ms_pct, pct};
+use common::{Client, cold, env_usize, fmt, latencies, pct, phases};
 use support::images::{Registry, echo_config, echo_layer};
 use support::platform::{Server, copy_tiny, deploy, ok, scratch, start_server_with};
 
@@ -43,6 +43,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
 "#;
+
+/// The recorded phases shown for images.
+const PHASES: &[&str] = &["fetch_ms", "unpack_ms", "spawn_ms", "init_ms"];
 
 fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
@@ -134,69 +137,6 @@ fn deploy_image(server: &Server, cwd: &Path, app: &str, image: &str) -> Duration
     t.elapsed()
 }
 
-/// Cold requests one at a time, the apps scaled to zero before each.
-fn cold(
-    rt: &tokio::runtime::Runtime,
-    server: &Server,
-    cwd: &Path,
-    apps: &[&str],
-    n: usize,
-) -> Vec<Duration> {
-    let gateway: SocketAddr = server.gateway.parse().expect("gateway");
-    for app in apps {
-        let id = format!("acme-corp:{app}");
-        ok(server, cwd, &["app", "scale", &id, "--idle-timeout", "0"]);
-    }
-    std::thread::sleep(Duration::from_millis(600));
-    rt.block_on(async {
-        let mut clients = Vec::new();
-        for app in apps {
-            clients.push(Client::connect(gateway, &host(app)).await);
-        }
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n {
-            let c = &mut clients[i % apps.len()];
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-            // Idle timeout 0: the reconciler stops the instance within its tick.
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        v.sort();
-        v
-    })
-}
-
-/// The recorded phases (ms) of an app's last `n` cold starts: (name, p50, p99).
-fn phases(server: &Server, cwd: &Path, app: &str, n: usize) -> Vec<(&'static str, f64, f64)> {
-    let listed: serde_json::Value = serde_json::from_str(&ok(
-        server,
-        cwd,
-        &[
-            "execution",
-            "list",
-            "--app",
-            &format!("acme-corp:{app}"),
-            "--limit",
-            &n.to_string(),
-            "-o",
-            "json",
-        ],
-    ))
-    .expect("json");
-    let executions = listed["executions"].as_array().cloned().unwrap_or_default();
-    ["fetch_ms", "unpack_ms", "spawn_ms", "init_ms"]
-        .into_iter()
-        .map(|name| {
-            let mut v: Vec<f64> = executions
-                .iter()
-                .filter_map(|e| e["metrics"]["cold_start_phases"][name].as_f64())
-                .collect();
-            (name, ms_pct(&mut v, 0.5), ms_pct(&mut v, 0.99))
-        })
-        .collect()
-}
-
 fn main() {
     let work = scratch("bench-images");
     let registry = Registry::start(&work.join("registry"), None);
@@ -261,8 +201,8 @@ fn main() {
     ] {
         rows.push((name.into(), pct(v, 0.5), pct(v, 0.99)));
     }
-    let echo_phases = phases(&server, &work, "echo", cold_n);
-    let py_phases = phases(&server, &work, "pyhttp", cold_n);
+    let echo_phases = phases(&server, &work, "echo", cold_n, PHASES);
+    let py_phases = phases(&server, &work, "pyhttp", cold_n, PHASES);
     drop(server);
 
     // A node's first start of an image: a restart clears its unpacked roots, so the first

@@ -19,12 +19,21 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Client, env_usize, fmt, latencies, ms_pct, pct, pss_kib};
+use common::{cold, env_usize, fmt, latencies, pct, phases, pss_kib};
 use support::platform::{Server, copy_tiny, deploy, ok, scratch, start_server, start_server_with};
 
 const PYTHON_SEED: &str = include_str!("../examples/tiny-py/main.py");
 const GO_SEED: &str = include_str!("../examples/tiny-go/main.go");
 const GO_MOD: &str = include_str!("../examples/tiny-go/go.mod");
+
+/// The recorded phases shown for Python.
+const PHASES: &[&str] = &[
+    "cold_start_ms",
+    "fetch_ms",
+    "template_ms",
+    "spawn_ms",
+    "init_ms",
+];
 
 fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
@@ -68,76 +77,6 @@ fn deploy_go(server: &Server, work: &Path, app: &str) -> std::path::PathBuf {
     );
     ok(server, &p, &["draft", "publish", &id]);
     p
-}
-
-/// Cold requests one at a time, the app scaled to zero before each.
-fn cold(
-    rt: &tokio::runtime::Runtime,
-    server: &Server,
-    cwd: &Path,
-    gateway: SocketAddr,
-    apps: &[&str],
-    n: usize,
-) -> Vec<Duration> {
-    for app in apps {
-        scale(server, cwd, app, &["--idle-timeout", "0"]);
-    }
-    std::thread::sleep(Duration::from_millis(600));
-    rt.block_on(async {
-        let mut clients = Vec::new();
-        for app in apps {
-            clients.push(Client::connect(gateway, &host(app)).await);
-        }
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n {
-            let c = &mut clients[i % apps.len()];
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        v.sort();
-        v
-    })
-}
-
-/// The recorded phases (ms) of an app's last `n` executions: (name, p50, p99).
-fn phases(server: &Server, cwd: &Path, app: &str, n: usize) -> Vec<(&'static str, f64, f64)> {
-    let listed: serde_json::Value = serde_json::from_str(&ok(
-        server,
-        cwd,
-        &[
-            "execution",
-            "list",
-            "--app",
-            &format!("acme-corp:{app}"),
-            "--limit",
-            &n.to_string(),
-            "-o",
-            "json",
-        ],
-    ))
-    .unwrap();
-    let executions = listed["executions"].as_array().cloned().unwrap_or_default();
-    [
-        "cold_start_ms",
-        "fetch_ms",
-        "template_ms",
-        "spawn_ms",
-        "init_ms",
-    ]
-    .into_iter()
-    .map(|name| {
-        let mut v: Vec<f64> = executions
-            .iter()
-            .filter_map(|e| match name {
-                "cold_start_ms" => e["metrics"][name].as_f64(),
-                _ => e["metrics"]["cold_start_phases"][name].as_f64(),
-            })
-            .collect();
-        (name, ms_pct(&mut v, 0.5), ms_pct(&mut v, 0.99))
-    })
-    .collect()
 }
 
 /// Wall time of `n` runs of a command, sorted.
@@ -232,9 +171,9 @@ fn main() {
         pct(&warm_go, 0.5),
         pct(&warm_go, 0.99),
     ));
-    let cold_rust = cold(&rt, &server, &rust, gateway, &["tiny"], cold_n);
-    let cold_py = cold(&rt, &server, &py, gateway, &["tiny-py"], cold_n);
-    let cold_go = cold(&rt, &server, &go, gateway, &["tiny-go"], cold_n);
+    let cold_rust = cold(&rt, &server, &rust, &["tiny"], cold_n);
+    let cold_py = cold(&rt, &server, &py, &["tiny-py"], cold_n);
+    let cold_go = cold(&rt, &server, &go, &["tiny-go"], cold_n);
     rows.push((
         "rust: cold (scaled to zero)".into(),
         pct(&cold_rust, 0.5),
@@ -250,7 +189,7 @@ fn main() {
         pct(&cold_py, 0.5),
         pct(&cold_py, 0.99),
     ));
-    let py_phases = phases(&server, &py, "tiny-py", cold_n);
+    let py_phases = phases(&server, &py, "tiny-py", cold_n, PHASES);
 
     // Idle instances' memory: reserved ones, forks of one template.
     let hold = env_usize("IGNITE_BENCH_HOLD", 20);
@@ -299,17 +238,16 @@ fn main() {
     // called in turn, so every call starts its app's template and forks it.
     let first_work = scratch("bench-runtimes-first");
     let first = start_server_with(&first_work, &["--template-memory-mb", "1"]);
-    let first_gw: SocketAddr = first.gateway.parse().unwrap();
     let p1 = deploy_python(&first, &first_work, "first-a");
     deploy_python(&first, &first_work, "first-b");
     let first_n = env_usize("IGNITE_BENCH_FIRST", 40);
-    let first_py = cold(&rt, &first, &p1, first_gw, &["first-a", "first-b"], first_n);
+    let first_py = cold(&rt, &first, &p1, &["first-a", "first-b"], first_n);
     rows.push((
         "python: first start (template cold)".into(),
         pct(&first_py, 0.5),
         pct(&first_py, 0.99),
     ));
-    let first_phases = phases(&first, &p1, "first-a", first_n / 2);
+    let first_phases = phases(&first, &p1, "first-a", first_n / 2, PHASES);
     drop(first);
 
     // The peers: what a cold start without a template would pay.

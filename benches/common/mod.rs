@@ -143,3 +143,78 @@ pub fn pss_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("Rss:")?, field("Pss:")?))
 }
+
+/// Cold requests one at a time through `server`'s gateway, the apps (`acme-corp:<app>`) scaled
+/// to zero before each (idle timeout 0: the reconciler stops an instance within its tick);
+/// sorted.
+pub fn cold(
+    rt: &tokio::runtime::Runtime,
+    server: &crate::support::platform::Server,
+    cwd: &std::path::Path,
+    apps: &[&str],
+    n: usize,
+) -> Vec<Duration> {
+    let gateway: SocketAddr = server.gateway.parse().expect("the gateway address");
+    for app in apps {
+        let id = format!("acme-corp:{app}");
+        crate::support::platform::ok(server, cwd, &["app", "scale", &id, "--idle-timeout", "0"]);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for app in apps {
+            clients
+                .push(Client::connect(gateway, &format!("{app}-acme-corp.ignite.localhost")).await);
+        }
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = &mut clients[i % apps.len()];
+            let t = Instant::now();
+            assert_eq!(c.call().await, 200);
+            v.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        v.sort();
+        v
+    })
+}
+
+/// The recorded phases `names` (ms; `cold_start_ms` is the metric itself, the rest are
+/// `cold_start_phases`) of an app's last `n` executions: (name, p50, p99).
+pub fn phases(
+    server: &crate::support::platform::Server,
+    cwd: &std::path::Path,
+    app: &str,
+    n: usize,
+    names: &[&'static str],
+) -> Vec<(&'static str, f64, f64)> {
+    let listed: serde_json::Value = serde_json::from_str(&crate::support::platform::ok(
+        server,
+        cwd,
+        &[
+            "execution",
+            "list",
+            "--app",
+            &format!("acme-corp:{app}"),
+            "--limit",
+            &n.to_string(),
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("the executions as JSON");
+    let executions = listed["executions"].as_array().cloned().unwrap_or_default();
+    names
+        .iter()
+        .map(|&name| {
+            let mut v: Vec<f64> = executions
+                .iter()
+                .filter_map(|e| match name {
+                    "cold_start_ms" => e["metrics"][name].as_f64(),
+                    _ => e["metrics"]["cold_start_phases"][name].as_f64(),
+                })
+                .collect();
+            (name, ms_pct(&mut v, 0.5), ms_pct(&mut v, 0.99))
+        })
+        .collect()
+}

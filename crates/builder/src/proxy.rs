@@ -211,10 +211,13 @@ fn forward_request(head: &str) -> Option<(String, String)> {
     } else {
         path.to_string()
     };
-    let mut out = format!("{method} {path} {version}\r\n");
+    // The Host header is the checked target's, whatever the client wrote: a request must not
+    // name another virtual host of the allowed address.
+    let mut out = format!("{method} {path} {version}\r\nhost: {authority}\r\n");
     for line in lines.filter(|l| !l.is_empty()) {
         let name = line.split(':').next().unwrap_or("").trim();
         if [
+            "host",
             "proxy-connection",
             "proxy-authorization",
             "connection",
@@ -265,13 +268,23 @@ mod tests {
         assert_eq!(target, "reg.example:5000");
         assert_eq!(
             head,
-            "GET /v2/base/manifests/1 HTTP/1.1\r\nHost: reg.example:5000\r\nAccept: */*\r\n\
+            "GET /v2/base/manifests/1 HTTP/1.1\r\nhost: Reg.Example:5000\r\nAccept: */*\r\n\
              connection: close\r\n\r\n"
         );
         let (target, head) = forward_request("HEAD http://h HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(
             (target.as_str(), head.as_str()),
-            ("h:80", "HEAD / HTTP/1.1\r\nconnection: close\r\n\r\n")
+            (
+                "h:80",
+                "HEAD / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"
+            )
+        );
+        // The client's own Host never reaches the origin: it names the checked target.
+        let (_, head) =
+            forward_request("GET http://h/ HTTP/1.1\r\nHost: admin.internal\r\n\r\n").unwrap();
+        assert!(
+            !head.contains("admin.internal") && head.contains("host: h\r\n"),
+            "{head}"
         );
         for bad in [
             "GET /relative HTTP/1.1\r\n\r\n",
@@ -316,7 +329,7 @@ mod tests {
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
         assert!(
             got.ends_with(&format!(
-                "GET /v2/ HTTP/1.1\r\nHost: {allowed}\r\nconnection: close\r\n\r\n"
+                "GET /v2/ HTTP/1.1\r\nhost: {allowed}\r\nconnection: close\r\n\r\n"
             )),
             "{got}"
         );
