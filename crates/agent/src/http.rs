@@ -235,7 +235,7 @@ impl HttpInstance {
             draining: AtomicBool::new(false),
         };
         let deadline = started + config.init_timeout;
-        let mut pause = Duration::from_micros(100);
+        let mut pause = Duration::from_micros(50);
         loop {
             let attempt = tokio::time::timeout_at(deadline.into(), instance.connect()).await;
             match attempt.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
@@ -272,8 +272,15 @@ impl HttpInstance {
                     logs: instance.logs(STARTUP),
                 });
             }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(5));
+            let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
+            if wait < Duration::from_millis(1) {
+                // tokio's timers tick in milliseconds: a static server is up in a fraction of
+                // one, so the first waits sleep a blocking-pool thread instead.
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+            } else {
+                tokio::time::sleep(wait).await;
+            }
+            pause = (pause * 3 / 2).min(Duration::from_millis(5));
         }
     }
 
