@@ -119,38 +119,53 @@ fn socket_thread(jobs: std::sync::mpsc::Receiver<Job>) {
 }
 
 fn run(op: Op) -> io::Result<Option<OwnedFd>> {
-    let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket takes integer arguments only and returns a new descriptor or -1.
-    let fd = unsafe { libc::socket(libc::AF_INET, kind, 0) };
+    match op {
+        Op::TcpSocket => {
+            let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            // SAFETY: socket takes integer arguments only and returns a new descriptor or -1.
+            let fd = unsafe { libc::socket(libc::AF_INET, kind, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the descriptor was just created and is owned by nobody else.
+            Ok(Some(unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }))
+        }
+        Op::LoopbackUp => loopback_up_here().map(|()| None),
+    }
+}
+
+/// Brings the calling thread's network namespace's loopback up (a new one's is down): the build
+/// jail's, and an image instance's through the socket thread.
+pub(crate) fn loopback_up_here() -> io::Result<()> {
+    // SAFETY: a plain datagram socket; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the descriptor was just created and is owned by nobody else.
-    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    match op {
-        Op::TcpSocket => Ok(Some(socket)),
-        Op::LoopbackUp => {
-            // SAFETY: ifreq is plain data; zeroed is a valid value.
-            let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-            for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-                *slot = *byte as libc::c_char;
-            }
-            // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of the ifreq it is
-            // given, which lives for the call.
-            if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled.
-            unsafe {
-                request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            }
-            // SAFETY: as above, SIOCSIFFLAGS reads the ifreq.
-            if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(None)
-        }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
     }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq they are given; the union's
+    // flags member is the one these requests use.
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result.map_err(|e| io::Error::new(e.kind(), format!("bringing loopback up: {e}")))
 }
 
 impl From<OwnedFd> for Netns {

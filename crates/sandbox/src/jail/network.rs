@@ -48,7 +48,7 @@ pub(super) fn proxied_network() -> io::Result<(std::net::TcpListener, u16)> {
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
         "creating the fetch's network namespace",
     )?;
-    loopback_up()?;
+    crate::netns::loopback_up_here()?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     Ok((listener, port))
@@ -129,35 +129,6 @@ fn connect_through(proxy: &Path, target: &str) -> Option<Tunnel> {
     } else {
         Err((head, upstream))
     })
-}
-
-/// Brings the namespace's loopback up (it starts down).
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: a plain datagram socket; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    check(fd, "opening a socket to configure loopback")?;
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq they are given; the union's
-    // flags member is the one these requests use.
-    let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    result.map_err(|e| io::Error::new(e.kind(), format!("bringing loopback up: {e}")))
 }
 
 /// Carries one connection of the program's to the server's proxy and back.

@@ -349,8 +349,7 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             } else if let Some(resolv_conf) = &iso.resolv_conf {
                 ok(libc::mkdir(paths.etc.as_ptr(), 0o755), 22)?;
                 write_file(&paths.resolv_conf, resolv_conf.as_bytes()).map_err(|()| 22usize)?;
-                write_file(&paths.hosts, b"127.0.0.1 localhost\n::1 localhost\n")
-                    .map_err(|()| 22usize)?;
+                write_file(&paths.hosts, crate::HOSTS.as_bytes()).map_err(|()| 22usize)?;
             }
             ok(
                 libc::mount(
