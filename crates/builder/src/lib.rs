@@ -20,7 +20,7 @@ mod proxy;
 pub mod python;
 mod sources;
 
-pub use proxy::{CRATES_IO, DENO, GO_PROXY, PYPI, RegistryProxy};
+pub use proxy::{CRATES_IO, DENO, GO_PROXY, LoopbackProxy, PYPI, RegistryProxy};
 pub use sources::{check_sources, remove_cargo_configs};
 
 use std::ffi::OsString;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixListener};
 
 /// crates.io's sparse index and its download host.
 pub const CRATES_IO: &[&str] = &["index.crates.io:443", "static.crates.io:443"];
@@ -77,6 +77,50 @@ impl RegistryProxy {
     }
 }
 
+/// The same proxy on a loopback TCP port, for the server's own pulls (an HTTP client's
+/// `https_proxy`): every connection a pull makes — a redirect to a blob store, a token realm —
+/// goes to an allowed host or nowhere. Stops when dropped.
+#[derive(Debug)]
+pub struct LoopbackProxy {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopbackProxy {
+    /// Listens on a free loopback port, tunnelling to `allowed` (`host:port`, compared
+    /// exactly). Must be called inside a tokio runtime.
+    pub async fn start(allowed: &[String]) -> io::Result<LoopbackProxy> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let allowed: Vec<String> = allowed.iter().map(|a| a.to_ascii_lowercase()).collect();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let allowed = allowed.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, &allowed).await {
+                        tracing::debug!("registry proxy: {e}");
+                    }
+                });
+            }
+        });
+        Ok(LoopbackProxy { addr, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for LoopbackProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for RegistryProxy {
     fn drop(&mut self) {
         self.task.abort();
@@ -84,7 +128,10 @@ impl Drop for RegistryProxy {
     }
 }
 
-async fn serve(mut client: UnixStream, allowed: &[String]) -> io::Result<()> {
+async fn serve<S>(mut client: S, allowed: &[String]) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request head"))??;
@@ -126,7 +173,7 @@ async fn serve(mut client: UnixStream, allowed: &[String]) -> io::Result<()> {
     // One request: its head rewritten, its body (if any) after it, the response back until
     // the upstream closes (the head asked it to).
     upstream.write_all(head.as_bytes()).await?;
-    let (mut client_r, mut client_w) = client.split();
+    let (mut client_r, mut client_w) = tokio::io::split(&mut client);
     let (mut upstream_r, mut upstream_w) = upstream.split();
     let body = tokio::io::copy(&mut client_r, &mut upstream_w);
     let response = tokio::io::copy(&mut upstream_r, &mut client_w);
@@ -138,7 +185,7 @@ async fn serve(mut client: UnixStream, allowed: &[String]) -> io::Result<()> {
 }
 
 /// Reads up to the blank line that ends a request head (a CONNECT has no body).
-async fn read_head(client: &mut UnixStream) -> io::Result<String> {
+async fn read_head(client: &mut (impl tokio::io::AsyncRead + Unpin)) -> io::Result<String> {
     let mut head = Vec::with_capacity(512);
     let mut byte = [0u8; 1];
     // Byte by byte: nothing past the head may be consumed (the tunnel's first bytes follow).
@@ -235,7 +282,11 @@ fn forward_request(head: &str) -> Option<(String, String)> {
     Some((target, out))
 }
 
-async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> io::Result<()> {
+async fn refuse(
+    client: &mut (impl tokio::io::AsyncWrite + Unpin),
+    status: &str,
+    why: &str,
+) -> io::Result<()> {
     let body = format!("ignite: {why}\n");
     let reply = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -247,6 +298,7 @@ async fn refuse(client: &mut UnixStream, status: &str, why: &str) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UnixStream;
 
     #[test]
     fn only_connect_requests_name_a_target() {

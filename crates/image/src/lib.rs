@@ -55,6 +55,9 @@ pub struct RegistryAccess {
     /// The most an image's layers may weigh together (compressed, as its manifest says); a
     /// bigger one is refused before anything is fetched. `None`: no limit.
     pub max_bytes: Option<u64>,
+    /// An HTTP proxy (`http://host:port`) every connection of a pull or login goes through —
+    /// the manifest's, the blobs' (and the stores they redirect to), the token realm's.
+    pub proxy: Option<String>,
 }
 
 /// What the runtime needs from an image's config (`ENTRYPOINT`, `CMD`, `ENV`, `WORKDIR`,

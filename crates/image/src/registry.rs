@@ -30,6 +30,8 @@ fn client(access: &RegistryAccess) -> Client {
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
+        http_proxy: access.proxy.clone(),
+        https_proxy: access.proxy.clone(),
         ..ClientConfig::default()
     })
 }

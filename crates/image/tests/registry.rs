@@ -358,3 +358,38 @@ async fn a_registry_that_is_not_there_is_an_error_naming_it() {
         .expect_err("not a reference");
     assert!(matches!(err, ImageError::Reference { .. }), "{err:?}");
 }
+
+/// Every connection of a pull goes through the proxy it is given: a proxy that does not allow
+/// the registry makes the pull fail (nothing bypasses it, loopback included); one that does
+/// lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_goes_only_where_its_proxy_allows() {
+    let registry = Registry::start(None);
+    let reference = registry
+        .push("acme/proxied:v1", RegistryAuth::Anonymous)
+        .await;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let layout = OciLayout::open(&tmp.path().join("layout")).expect("layout");
+    let elsewhere = ignite_builder::LoopbackProxy::start(&["registry.example:443".to_string()])
+        .await
+        .expect("proxy");
+    let refused = RegistryAccess {
+        proxy: Some(elsewhere.url()),
+        ..registry.access(None)
+    };
+    let err = ignite_image::pull(&layout, &reference, &refused)
+        .await
+        .expect_err("the proxy allows only registry.example");
+    assert!(err.to_string().contains(&registry.addr), "{err}");
+    let through = ignite_builder::LoopbackProxy::start(std::slice::from_ref(&registry.addr))
+        .await
+        .expect("proxy");
+    let allowed = RegistryAccess {
+        proxy: Some(through.url()),
+        ..registry.access(None)
+    };
+    let image = ignite_image::pull(&layout, &reference, &allowed)
+        .await
+        .expect("pulled through the proxy");
+    assert_eq!(image.layers.len(), 1);
+}

@@ -81,9 +81,9 @@ impl ImageSettings {
         ))
     }
 
-    /// `host:port` of everything a build's pulls reach through the proxy: each registry (and,
-    /// for the public ones whose blobs live elsewhere, those hosts).
-    fn proxy_allow_list(&self) -> Vec<String> {
+    /// `host:port` of everything a pull (a build's, or the server's own) reaches through the
+    /// proxy: each registry (and, for the public ones whose blobs live elsewhere, those hosts).
+    pub fn proxy_allow_list(&self) -> Vec<String> {
         let mut list = Vec::new();
         for registry in self
             .registries
@@ -190,6 +190,7 @@ pub(crate) async fn access_for(state: &State, org: &str) -> sqlx::Result<Registr
         insecure: state.config.images.insecure.clone(),
         // An image bigger than the node's whole root budget could never run here.
         max_bytes: Some(state.config.images.cache_mb << 20),
+        proxy: Some(state.image_proxy.url()),
         ..RegistryAccess::default()
     };
     for credential in store::registry_credentials(&state.db, org).await? {

@@ -126,6 +126,9 @@ pub(crate) struct State {
     pub deno_proxy: Option<ignite_builder::RegistryProxy>,
     /// The node's unpacked image roots, within the operator's disk budget.
     pub roots: ignite_image::RootCache,
+    /// The server's own pulls' only way out: the allowed registries (and their blob stores),
+    /// whatever a registry redirects to.
+    pub image_proxy: ignite_builder::LoopbackProxy,
     /// Seals what the server must read back (registry passwords).
     pub secrets: secrets::SecretBox,
 }
@@ -248,6 +251,9 @@ pub async fn run(
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
     let db = store::open(&config.data_dir).await?;
     let secrets = secrets::SecretBox::open(&config.data_dir)?;
+    let image_proxy = ignite_builder::LoopbackProxy::start(&config.images.proxy_allow_list())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the image pulls' registry proxy: {e}"))?;
     let roots =
         ignite_image::RootCache::new(config.data_dir.join("images"), config.images.cache_mb << 20);
     store::fail_interrupted_builds(&db).await?;
@@ -314,6 +320,7 @@ pub async fn run(
         deno_proxy,
         roots,
         secrets,
+        image_proxy,
         config,
     });
     let mut warnings = Vec::new();

@@ -60,6 +60,7 @@ pub(super) async fn login(
     };
     let access = ignite_image::RegistryAccess {
         insecure: state.config.images.insecure.clone(),
+        proxy: Some(state.image_proxy.url()),
         ..Default::default()
     };
     if let Err(e) = ignite_image::check_login(&host, &credentials, &access).await {
