@@ -531,7 +531,7 @@ fn a_hostile_image_is_unpacked_without_escaping_and_its_process_sees_nothing_of_
 }
 
 #[test]
-fn a_publish_during_traffic_drains_and_rollback_goes_back() {
+fn a_publish_during_traffic_drains_rollback_goes_back_and_reserved_capacity_stays_warm() {
     let dir = scratch("image-drain");
     let registry = Registry::start(&dir.join("registry"), None);
     let v1 = registry.push("acme/echo:v1", vec![echo_layer()], echo_config("one"), None);
@@ -583,6 +583,31 @@ fn a_publish_during_traffic_drains_and_rollback_goes_back() {
     assert_eq!(greeting(), "one");
     let v = json(&ok(&server, &p, &["invoke", "acme-corp:live", "-p", "{}"]));
     assert_eq!(v["env"]["K_REVISION"], "live-v1", "{v}");
+
+    // Reserved capacity keeps a container warm through an idle timeout of 0: the next request
+    // is not a cold start. (Without it, the same settings make every request cold.)
+    let cold_after = |reserved: &str| {
+        ok(
+            &server,
+            &p,
+            &[
+                "app",
+                "scale",
+                "acme-corp:live",
+                "--idle-timeout",
+                "0",
+                "--reserved-capacity",
+                reserved,
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let (status, headers, body) = get(&server, "live", "/");
+        assert_eq!(status, 200, "{body}");
+        let record = execution_of(&server, &p, &headers);
+        record["metrics"]["cold_start_ms"].as_f64().unwrap_or(-1.0)
+    };
+    assert!(cold_after("0") > 0.0, "idle timeout 0 scales to zero");
+    assert_eq!(cold_after("1"), 0.0, "a reserved instance answers warm");
     server.stop();
 }
 
