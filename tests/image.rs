@@ -412,6 +412,31 @@ fn containers_that_fail_are_told_and_leave_records() {
     // And the app still answers after each (a fresh instance).
     let (status, _, body) = get(&server, "echo", "/");
     assert_eq!(status, 200, "{body}");
+
+    // One instance, one request at a time, no queue: a second request at once is told 429.
+    ok(
+        &server,
+        &p,
+        &[
+            "app",
+            "scale",
+            "acme-corp:echo",
+            "--concurrency",
+            "1",
+            "--max-instances",
+            "1",
+            "--queue-depth",
+            "0",
+        ],
+    );
+    let (slow, second) = std::thread::scope(|s| {
+        let slow = s.spawn(|| get(&server, "echo", "/sleep?ms=1500"));
+        std::thread::sleep(Duration::from_millis(400));
+        let second = get(&server, "echo", "/");
+        (slow.join().expect("slow"), second)
+    });
+    assert_eq!(slow.0, 200, "{}", slow.2);
+    assert_eq!(second.0, 429, "{}", second.2);
     server.stop();
 }
 
