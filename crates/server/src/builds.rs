@@ -655,7 +655,7 @@ pub(crate) fn out_of_memory_or(
 }
 
 /// An empty directory at `path` (whatever was there is removed).
-fn fresh_dir(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn fresh_dir(path: &std::path::Path) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(path);
     std::fs::create_dir_all(path)
 }

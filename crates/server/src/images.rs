@@ -12,7 +12,7 @@ use ignite_image::{Credentials, Image, RegistryAccess};
 use serde::{Deserialize, Serialize};
 
 use crate::State;
-use crate::builds::LiveBuild;
+use crate::builds::{LiveBuild, fresh_dir};
 use crate::store::{self, Version};
 
 /// The registries a platform allows when the operator names none: the public ones.
@@ -482,9 +482,4 @@ async fn build_dockerfile(
     .map_err(image_error)?
     .map_err(image_error)?;
     Ok(image)
-}
-
-fn fresh_dir(path: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_dir_all(path);
-    std::fs::create_dir_all(path)
 }

@@ -85,6 +85,33 @@ unsafe fn write_file(path: &CString, contents: &[u8]) -> Result<(), ()> {
     Ok(())
 }
 
+/// Bind-mounts `source` on `target`, then remounts the bind read-only with `flags` besides
+/// (`MS_NOSUID`, `MS_NODEV`, …): a bind cannot be made read-only in one call. The first failing
+/// call's result.
+///
+/// # Safety
+/// Child-side only: plain system calls on C strings the parent prepared.
+unsafe fn bind_read_only(
+    source: *const c_char,
+    target: *const c_char,
+    flags: libc::c_ulong,
+) -> c_int {
+    // SAFETY: mount reads the two C strings, alive for the call; the other arguments are null.
+    unsafe {
+        let rc = libc::mount(source, target, ptr::null(), libc::MS_BIND, ptr::null());
+        if rc < 0 {
+            return rc;
+        }
+        libc::mount(
+            ptr::null(),
+            target,
+            ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+            ptr::null(),
+        )
+    }
+}
+
 /// `SECBIT_NOROOT`, `SECBIT_NO_SETUID_FIXUP` and `SECBIT_NO_CAP_AMBIENT_RAISE`, each with its
 /// lock, and `SECBIT_KEEP_CAPS_LOCKED` (off and locked) — `<linux/securebits.h>`.
 const SECURE_BITS: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
@@ -146,26 +173,10 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                 // The image's root, read-only from the start: its mount points exist (the
                 // unpacker made them), and nothing is ever written to the shared tree.
                 ok(
-                    libc::mount(
+                    bind_read_only(
                         image.rootfs.as_ptr(),
                         paths.root.as_ptr(),
-                        ptr::null(),
-                        libc::MS_BIND,
-                        ptr::null(),
-                    ),
-                    25,
-                )?;
-                ok(
-                    libc::mount(
-                        ptr::null(),
-                        paths.root.as_ptr(),
-                        ptr::null(),
-                        libc::MS_REMOUNT
-                            | libc::MS_BIND
-                            | libc::MS_RDONLY
-                            | libc::MS_NOSUID
-                            | libc::MS_NODEV,
-                        ptr::null(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
                     ),
                     25,
                 )?;
@@ -253,27 +264,10 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             }
             for dir in &masks.read_only {
                 ok(
-                    libc::mount(
+                    bind_read_only(
                         dir.as_ptr(),
                         dir.as_ptr(),
-                        ptr::null(),
-                        libc::MS_BIND,
-                        ptr::null(),
-                    ),
-                    23,
-                )?;
-                ok(
-                    libc::mount(
-                        ptr::null(),
-                        dir.as_ptr(),
-                        ptr::null(),
-                        libc::MS_REMOUNT
-                            | libc::MS_BIND
-                            | libc::MS_RDONLY
-                            | libc::MS_NOSUID
-                            | libc::MS_NODEV
-                            | libc::MS_NOEXEC,
-                        ptr::null(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     ),
                     23,
                 )?;
@@ -294,26 +288,10 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
                     libc::close(fd);
                 }
                 ok(
-                    libc::mount(
+                    bind_read_only(
                         bind.source.as_ptr(),
                         bind.target.as_ptr(),
-                        ptr::null(),
-                        libc::MS_BIND,
-                        ptr::null(),
-                    ),
-                    24,
-                )?;
-                ok(
-                    libc::mount(
-                        ptr::null(),
-                        bind.target.as_ptr(),
-                        ptr::null(),
-                        libc::MS_REMOUNT
-                            | libc::MS_BIND
-                            | libc::MS_RDONLY
-                            | libc::MS_NOSUID
-                            | libc::MS_NODEV,
-                        ptr::null(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
                     ),
                     24,
                 )?;
@@ -321,27 +299,10 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<Never, usize> {
             if let Some(image) = &iso.image {
                 for (source, target) in &image.files {
                     ok(
-                        libc::mount(
+                        bind_read_only(
                             source.as_ptr(),
                             target.as_ptr(),
-                            ptr::null(),
-                            libc::MS_BIND,
-                            ptr::null(),
-                        ),
-                        22,
-                    )?;
-                    ok(
-                        libc::mount(
-                            ptr::null(),
-                            target.as_ptr(),
-                            ptr::null(),
-                            libc::MS_REMOUNT
-                                | libc::MS_BIND
-                                | libc::MS_RDONLY
-                                | libc::MS_NOSUID
-                                | libc::MS_NODEV
-                                | libc::MS_NOEXEC,
-                            ptr::null(),
+                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         ),
                         22,
                     )?;

@@ -126,17 +126,9 @@ pub(super) async fn save_draft(
         ));
     }
     if kind == "archive" {
-        // Refuse a hostile or broken archive now, not at compile time.
-        let probe = tempdir_in(&state.config.data_dir.join("builds"))
-            .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
-        let checked = ignite_builder::archive::unpack(&body, &probe, builds::SOURCE_CAP);
-        let _ = std::fs::remove_dir_all(&probe);
-        checked.map_err(|e| ApiError::bad_request(e.to_string()))?;
+        probe_archive(&state, &body, |_| Ok(()))?;
     }
-    let digest = state
-        .oci
-        .put_blob(&body)
-        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
+    let digest = stored(&state, &body)?;
     store::save_draft(
         &state.db,
         &org,
@@ -150,7 +142,20 @@ pub(super) async fn save_draft(
         },
     )
     .await?;
-    let draft = store::get_version(&state.db, &org, &name, 0).await?;
+    saved(&state, &org, &name).await
+}
+
+/// Stores a draft's source as a blob; its digest.
+fn stored(state: &crate::State, source: &[u8]) -> ApiResult<String> {
+    state
+        .oci
+        .put_blob(source)
+        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))
+}
+
+/// The answer to a save: the draft slot as it now is.
+async fn saved(state: &crate::State, org: &str, name: &str) -> ApiResult<Json<api::DraftSaved>> {
+    let draft = store::get_version(&state.db, org, name, 0).await?;
     Ok(Json(api::DraftSaved {
         id: format!("{org}:{name}"),
         version: 0,
@@ -211,22 +216,16 @@ async fn save_image_draft(
                  directory",
             ));
         }
-        let probe = tempdir_in(&state.config.data_dir.join("builds"))
-            .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
-        let checked = ignite_builder::archive::unpack(&body, &probe, builds::SOURCE_CAP)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-            .and_then(|_| {
-                if std::fs::symlink_metadata(probe.join(path)).is_ok_and(|m| m.is_file()) {
-                    Ok(())
-                } else {
-                    Err(ApiError::bad_request(format!(
-                        "the build context has no file {dockerfile}; point --dockerfile-path \
-                         at the Dockerfile"
-                    )))
-                }
-            });
-        let _ = std::fs::remove_dir_all(&probe);
-        checked?;
+        probe_archive(state, &body, |probe| {
+            if std::fs::symlink_metadata(probe.join(path)).is_ok_and(|m| m.is_file()) {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "the build context has no file {dockerfile}; point --dockerfile-path at the \
+                     Dockerfile"
+                )))
+            }
+        })?;
         let context = state
             .oci
             .put_blob(&body)
@@ -244,10 +243,7 @@ async fn save_image_draft(
     };
     let descriptor = serde_json::to_vec(&source)
         .map_err(|e| ApiError::internal(format!("could not describe the source: {e}")))?;
-    let digest = state
-        .oci
-        .put_blob(&descriptor)
-        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
+    let digest = stored(state, &descriptor)?;
     store::save_draft(
         &state.db,
         org,
@@ -261,12 +257,23 @@ async fn save_image_draft(
         },
     )
     .await?;
-    let draft = store::get_version(&state.db, org, name, 0).await?;
-    Ok(Json(api::DraftSaved {
-        id: format!("{org}:{name}"),
-        version: 0,
-        draft,
-    }))
+    saved(state, org, name).await
+}
+
+/// Refuses a hostile or broken archive now, not at build time: it is unpacked into a scratch
+/// directory (removed after), which `check` may look at.
+fn probe_archive(
+    state: &crate::State,
+    body: &[u8],
+    check: impl FnOnce(&std::path::Path) -> ApiResult<()>,
+) -> ApiResult<()> {
+    let probe = tempdir_in(&state.config.data_dir.join("builds"))
+        .map_err(|e| ApiError::internal(format!("could not make a scratch directory: {e}")))?;
+    let checked = ignite_builder::archive::unpack(body, &probe, builds::SOURCE_CAP)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+        .and_then(|_| check(&probe));
+    let _ = std::fs::remove_dir_all(&probe);
+    checked
 }
 
 fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
