@@ -196,35 +196,6 @@ fn an_image_is_pulled_and_served_through_invoke_and_the_public_url() {
     server.stop();
 }
 
-/// Runs `dodil ignite <args>` with `stdin` as its standard input.
-fn dodil_with_stdin(
-    server: &Server,
-    cwd: &std::path::Path,
-    args: &[&str],
-    stdin: &str,
-) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
-        .arg("ignite")
-        .args(args)
-        .current_dir(cwd)
-        .env("DODIL_CONFIG", server.dir.join("config.toml"))
-        .env_remove("DODIL_TOKEN")
-        .env_remove("DODIL_API_ENDPOINT")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run dodil");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("dodil")
-}
-
 #[test]
 fn a_private_registry_needs_the_orgs_credentials_and_refuses_wrong_ones() {
     let dir = scratch("image-private");

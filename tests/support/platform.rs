@@ -141,15 +141,39 @@ pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
 
 /// Runs `dodil ignite <args>` in `cwd` against `server`.
 pub fn dodil(server: &Server, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dodil"))
+    dodil_command(server, cwd, args)
+        .output()
+        .expect("run dodil")
+}
+
+/// [`dodil`] with `stdin` as its standard input.
+pub fn dodil_with_stdin(server: &Server, cwd: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = dodil_command(server, cwd, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dodil");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("dodil")
+}
+
+/// `dodil ignite <args>` in `cwd`, configured for `server` alone.
+fn dodil_command(server: &Server, cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dodil"));
+    command
         .arg("ignite")
         .args(args)
         .current_dir(cwd)
         .env("DODIL_CONFIG", server.dir.join("config.toml"))
         .env_remove("DODIL_TOKEN")
-        .env_remove("DODIL_API_ENDPOINT")
-        .output()
-        .expect("run dodil")
+        .env_remove("DODIL_API_ENDPOINT");
+    command
 }
 
 pub fn ok(server: &Server, cwd: &Path, args: &[&str]) -> String {
