@@ -75,26 +75,48 @@ pub fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
 
 /// Also sets variables in the server's environment.
 pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    start_server_on(dir, "127.0.0.1", None, extra, env)
+}
+
+/// A server listening on `ip` (port 0), started inside the network namespace `netns` (a file
+/// under `/run/netns`) when one is given. A node (`--role node`) reports its node listener as
+/// both addresses.
+pub fn start_server_on(
+    dir: &Path,
+    ip: &str,
+    netns: Option<&Path>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dodil"));
+    let netns = netns.map(|p| std::fs::File::open(p).expect("open the network namespace"));
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     // A test that fails while other threads still hold its server must not leave the server
     // running: it stops with the test's thread.
-    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    // SAFETY: prctl and setns are async-signal-safe and touch only the calling (child)
+    // process; the namespace's descriptor stays open in the parent until spawn returns.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
+    let listen = format!("{ip}:0");
     let mut child = command
         .args([
             "ignite",
             "server",
             "--api-listen",
-            "127.0.0.1:0",
+            &listen,
             "--gateway-listen",
-            "127.0.0.1:0",
+            &listen,
         ])
         .args(extra)
         .arg("--data-dir")
@@ -108,6 +130,7 @@ pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
         .process_group(0)
         .spawn()
         .expect("start dodil ignite server");
+    drop(netns);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -125,6 +148,9 @@ pub fn start_server_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
         }
         if let Some(g) = line.strip_prefix("gateway listening on http://") {
             gateway = Some(g.to_string());
+        }
+        if let Some(n) = line.strip_prefix("node listening on http://") {
+            (api, gateway) = (Some(n.to_string()), Some(n.to_string()));
         }
         if let Some((_, t)) = line.split_once("admin token (shown once): ") {
             admin_token = Some(t.trim().to_string());

@@ -194,6 +194,32 @@ struct ServerArgs {
     /// flight is answered first).
     #[arg(long, value_name = "SECONDS")]
     idle_connection_timeout: Option<u64>,
+    /// What this process is in a fleet: `all` (everything in one process, the default),
+    /// `control` (API, builds and gateway; instances run on nodes) or `node` (instances only,
+    /// registered with the control plane).
+    #[arg(long, env = "IGNITE_ROLE", default_value = "all")]
+    role: String,
+    /// The fleet's node secret (at least 16 characters): nodes register with it and the
+    /// control plane calls nodes with it. Not an org token.
+    #[arg(long, env = "IGNITE_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
+    /// A node: the control plane's API URL, where it registers (repeat, or separate with
+    /// commas, for several).
+    #[arg(
+        long = "control-url",
+        env = "IGNITE_CONTROL_URL",
+        value_delimiter = ','
+    )]
+    control_urls: Vec<String>,
+    /// A node: where the gateway's requests arrive (HTTP/2).
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    node_listen: String,
+    /// A node: the host:port the control plane dials (default: the listen address).
+    #[arg(long, env = "IGNITE_ADVERTISE")]
+    advertise: Option<String>,
+    /// A node: its name in the fleet (default: the host's name).
+    #[arg(long, env = "IGNITE_NODE_ID")]
+    node_id: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -1064,51 +1090,61 @@ fn server(a: ServerArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(config::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let config = ignite_server::Config {
-        data_dir: data_dir.clone(),
-        org: a.org.clone(),
-        api_addr: a
-            .api_listen
-            .parse()
-            .with_context(|| format!("--api-listen {:?} is not host:port", a.api_listen))?,
-        gateway_addr: a
-            .gateway_listen
-            .parse()
-            .with_context(|| format!("--gateway-listen {:?} is not host:port", a.gateway_listen))?,
-        domain: a.domain,
-        public_port: a.public_port,
-        build_timeout: Duration::from_secs(a.build_timeout),
-        shared_target_dir: a.build_target_dir,
-        sandbox: !a.no_sandbox,
-        sandbox_spare: a.sandbox_spare,
-        build_memory_mb: a.build_memory_mb,
-        build_disk_mb: a.build_disk_mb,
-        python: a.python,
-        go: a.go,
-        deno: a.deno,
-        template_memory_mb: a.template_memory_mb,
-        images: {
-            let mut images = ignite_server::images::ImageSettings::default();
-            if !a.image_registries.is_empty() {
-                images.registries = a.image_registries;
-            }
-            images.insecure = a.insecure_registries;
-            if !a.git_hosts.is_empty() {
-                images.git_hosts = a.git_hosts;
-            }
-            images.cache_mb = a.image_cache_mb;
-            images
-        },
-        limits: ignite_server::limits::LimitSettings {
-            node_instances: a.node_instances,
-            app_instances: a.app_instances,
-            reserved_instances: a.reserved_instances,
-            instance_memory_mb: a.instance_memory_mb,
-            connections_per_client: a.connections_per_client,
-            header_timeout_s: a.header_read_timeout,
-            idle_connection_s: a.idle_connection_timeout,
-        },
-    };
+    let config =
+        ignite_server::Config {
+            data_dir: data_dir.clone(),
+            org: a.org.clone(),
+            api_addr: a
+                .api_listen
+                .parse()
+                .with_context(|| format!("--api-listen {:?} is not host:port", a.api_listen))?,
+            gateway_addr: a.gateway_listen.parse().with_context(|| {
+                format!("--gateway-listen {:?} is not host:port", a.gateway_listen)
+            })?,
+            domain: a.domain,
+            public_port: a.public_port,
+            build_timeout: Duration::from_secs(a.build_timeout),
+            shared_target_dir: a.build_target_dir,
+            sandbox: !a.no_sandbox,
+            sandbox_spare: a.sandbox_spare,
+            build_memory_mb: a.build_memory_mb,
+            build_disk_mb: a.build_disk_mb,
+            python: a.python,
+            go: a.go,
+            deno: a.deno,
+            template_memory_mb: a.template_memory_mb,
+            images: {
+                let mut images = ignite_server::images::ImageSettings::default();
+                if !a.image_registries.is_empty() {
+                    images.registries = a.image_registries;
+                }
+                images.insecure = a.insecure_registries;
+                if !a.git_hosts.is_empty() {
+                    images.git_hosts = a.git_hosts;
+                }
+                images.cache_mb = a.image_cache_mb;
+                images
+            },
+            limits: ignite_server::limits::LimitSettings {
+                node_instances: a.node_instances,
+                app_instances: a.app_instances,
+                reserved_instances: a.reserved_instances,
+                instance_memory_mb: a.instance_memory_mb,
+                connections_per_client: a.connections_per_client,
+                header_timeout_s: a.header_read_timeout,
+                idle_connection_s: a.idle_connection_timeout,
+            },
+            fleet: ignite_server::fleet::FleetSettings {
+                role: a.role.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                node_token: a.node_token,
+                control_urls: a.control_urls,
+                node_listen: Some(a.node_listen.parse().with_context(|| {
+                    format!("--node-listen {:?} is not host:port", a.node_listen)
+                })?),
+                advertise: a.advertise,
+                node_id: a.node_id,
+            },
+        };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -1158,8 +1194,13 @@ fn server(a: ServerArgs) -> Result<()> {
             for note in notes {
                 println!("{note}");
             }
-            println!("gateway listening on http://{}", started.gateway_addr);
-            println!("api listening on http://{}", started.api_addr);
+            match started.node_addr {
+                Some(node) => println!("node listening on http://{node}"),
+                None => {
+                    println!("gateway listening on http://{}", started.gateway_addr);
+                    println!("api listening on http://{}", started.api_addr);
+                }
+            }
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
         })

@@ -2,13 +2,15 @@
 //! hands back ([`Reply`]: an [`Outcome`], the [`Logs`] attributed to it, and how long it took).
 //!
 //! Every runtime speaks these types — the agent's native instances and the wasm host alike — so
-//! the server records an execution the same way whatever ran it. Plain data on `std` alone: no
+//! the server records an execution the same way whatever ran it. Plain data on `std` alone (serde derives behind the `serde` feature, for the hop from a
+//! gateway to a remote node): no
 //! runtime, sandbox or protocol detail belongs here.
 
 use std::time::{Duration, Instant};
 
 /// The HTTP request as the handler sees it: what the gateway (or the API's `invoke`) read, carried
 /// unchanged to the runtime. The one request type from the edge to the instance.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Default)]
 pub struct HttpRequest {
     pub method: String,
@@ -44,6 +46,7 @@ pub struct Invocation {
 }
 
 /// How an invocation ended.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The handler answered.
@@ -77,6 +80,7 @@ impl Outcome {
 }
 
 /// An invocation's outcome, with the logs attributed to it and how long it took.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub outcome: Outcome,
@@ -86,6 +90,7 @@ pub struct Reply {
 }
 
 /// The logs gathered for one request.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Logs {
     pub lines: Vec<String>,

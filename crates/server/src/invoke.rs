@@ -11,6 +11,7 @@ use ignite_agent::{Invocation, Outcome, Reply};
 
 use crate::State;
 use crate::error::ApiError;
+use crate::fleet::wire::Ran;
 use crate::metrics::app_label;
 use crate::node::{AcquireError, Route};
 use crate::runtime::ColdStart;
@@ -55,14 +56,47 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
     let deadline = started + Duration::from_secs(u64::from(app.scaling.timeout_s));
     let id = ulid::Ulid::new().to_string();
     let mut record = Execution::begun(id.clone(), org, name, version.version, trigger);
-    let lease = match state.node.acquire(state, route, version, deadline).await {
-        Ok(lease) => lease,
-        Err(AcquireError::QueueFull { depth }) => return throttled(state, app, &label, depth),
-        Err(AcquireError::Deadline { waited }) => {
+    let ran = match &state.fleet {
+        // The node is elsewhere: the record is begun before the request leaves (a throttle
+        // takes it back), and this replica ends it, whatever the node does.
+        Some(fleet) => {
+            state.recorder.begin(&record);
+            let ran = fleet
+                .dispatch(state, route, version, &id, deadline, req)
+                .await;
+            if matches!(
+                ran,
+                Ok(Ran::QueueFull { .. } | Ran::NodeFull { .. } | Ran::Stopping)
+            ) {
+                state.recorder.discard(&record);
+            }
+            ran
+        }
+        None => {
+            let invocation = invocation(&id, app, version, deadline, req);
+            // The running record is visible once an instance is had, and written only if the
+            // request runs long; the final one is written behind the answer.
+            let admitted = |queued: Duration, cold: Option<ColdStart>| {
+                let mut running = record.clone();
+                running.queue_ms = Some(queued.as_secs_f64() * 1e3);
+                note_cold_start(&mut running, cold);
+                state.recorder.begin(&running);
+            };
+            Ok(run_here(state, route, version, invocation, deadline, admitted).await)
+        }
+    };
+    let (reply, cold, queued) = match ran {
+        Ok(Ran::Done {
+            reply,
+            cold,
+            queued,
+        }) => (reply, cold, queued),
+        Ok(Ran::QueueFull { depth }) => return throttled(state, app, &label, depth),
+        Ok(Ran::Deadline { waited }) => {
             return queue_timeout(state, app, record, started, waited);
         }
-        Err(AcquireError::NodeFull { instances }) => return node_full(app, instances),
-        Err(AcquireError::Stopping) => {
+        Ok(Ran::NodeFull { instances }) => return node_full(app, instances),
+        Ok(Ran::Stopping) => {
             let mut response = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -74,9 +108,9 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
             return response;
         }
-        Err(AcquireError::Start(e)) => {
-            record.logs = e.logs;
-            let message = format!("the instance did not start: {}", e.message);
+        Ok(Ran::StartFailed { message, logs }) => {
+            record.logs = logs;
+            let message = format!("the instance did not start: {message}");
             let failure = Failure::platform(
                 "crashed",
                 StatusCode::BAD_GATEWAY,
@@ -85,28 +119,60 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
             );
             return finish(state, record, started, None, Err(failure));
         }
+        Err(lost) => {
+            let failure = Failure::platform(
+                "node_lost",
+                StatusCode::BAD_GATEWAY,
+                "node_lost",
+                lost.to_string(),
+            );
+            return finish(state, record, started, None, Err(failure));
+        }
     };
-    record.queue_ms = Some(lease.queued.as_secs_f64() * 1e3);
-    let lease_cold = lease.cold;
-    note_cold_start(&mut record, lease.cold);
-    // The running record is visible at once and written only if the request runs long; the
-    // final one is written behind the answer.
-    state.recorder.begin(&record);
-    let invoked = lease
-        .instance
-        .invoke(invocation(&id, app, version, deadline, req))
-        .await;
-    // The share of the instance goes back now, before the answer is made.
-    drop(lease);
-    // A runtime that starts an instance per request (wasm) reports that start itself.
-    let cold = invoked.start.or(lease_cold);
-    if invoked.start.is_some() {
-        note_cold_start(&mut record, cold);
-    }
+    record.queue_ms = Some(queued.as_secs_f64() * 1e3);
+    note_cold_start(&mut record, cold);
     if let Some(cold) = cold {
         count_cold_start(state, &label, cold.total());
     }
-    conclude(state, app, &label, record, started, invoked.reply)
+    conclude(state, app, &label, record, started, reply)
+}
+
+/// Runs a request on this process's own instances: admission through the node's pools (a
+/// warm share, a cold start, the queue, or a refusal), then the instance. `admitted` hears
+/// once an instance is had. The single-process server and a fleet's node both run requests
+/// through here; nothing is recorded (the caller ends the execution).
+pub(crate) async fn run_here(
+    state: &State,
+    route: &Route,
+    version: &store::Version,
+    invocation: Invocation,
+    deadline: Instant,
+    admitted: impl FnOnce(Duration, Option<ColdStart>),
+) -> Ran {
+    let lease = match state.node.acquire(state, route, version, deadline).await {
+        Ok(lease) => lease,
+        Err(AcquireError::QueueFull { depth }) => return Ran::QueueFull { depth },
+        Err(AcquireError::Deadline { waited }) => return Ran::Deadline { waited },
+        Err(AcquireError::NodeFull { instances }) => return Ran::NodeFull { instances },
+        Err(AcquireError::Stopping) => return Ran::Stopping,
+        Err(AcquireError::Start(e)) => {
+            return Ran::StartFailed {
+                message: e.message,
+                logs: e.logs,
+            };
+        }
+    };
+    admitted(lease.queued, lease.cold);
+    let (lease_cold, queued) = (lease.cold, lease.queued);
+    let invoked = lease.instance.invoke(invocation).await;
+    // The share of the instance goes back now, before the answer is made.
+    drop(lease);
+    // A runtime that starts an instance per request (wasm) reports that start itself.
+    Ran::Done {
+        reply: invoked.reply,
+        cold: invoked.start.or(lease_cold),
+        queued,
+    }
 }
 
 /// Puts where a cold start's time went (or that there was none) in the record.
@@ -125,7 +191,7 @@ fn note_cold_start(record: &mut Execution, cold: Option<ColdStart>) {
 
 /// What the handler is asked to run (native or wasm): the request, the version's environment,
 /// the deadline.
-fn invocation(
+pub(crate) fn invocation(
     execution_id: &str,
     app: &App,
     version: &store::Version,

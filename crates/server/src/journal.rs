@@ -14,6 +14,9 @@ use std::sync::Mutex;
 
 use crate::store::Execution;
 
+/// The status of a tombstone: a begun record taken back ([`crate::recorder::Recorder::discard`]).
+pub const DISCARDED: &str = "discarded";
+
 struct Segment {
     number: u64,
     file: File,
@@ -79,6 +82,7 @@ pub fn replay(dir: &Path) -> io::Result<Vec<Execution>> {
             }
         }
     }
+    latest.retain(|e| e.status != DISCARDED);
     Ok(latest)
 }
 

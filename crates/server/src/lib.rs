@@ -9,6 +9,7 @@ mod auth;
 mod builds;
 mod console;
 mod error;
+pub mod fleet;
 mod gateway;
 pub mod images;
 mod invoke;
@@ -75,6 +76,8 @@ pub struct Config {
     pub limits: limits::LimitSettings,
     /// Image mode: allowed registries and git hosts, the unpacked roots' disk budget.
     pub images: images::ImageSettings,
+    /// The role in a fleet (everything, by default) and what it needs.
+    pub fleet: fleet::FleetSettings,
 }
 
 /// What the server tells its caller once it is listening.
@@ -90,6 +93,9 @@ pub struct Started {
     pub limits: limits::Limits,
     /// What the operator should know before the first compile (a missing target, say).
     pub warnings: Vec<String>,
+    /// A fleet's node: where the gateway's requests arrive (`api_addr` and `gateway_addr`
+    /// are then this too: a node serves neither).
+    pub node_addr: Option<SocketAddr>,
 }
 
 pub(crate) struct State {
@@ -131,6 +137,10 @@ pub(crate) struct State {
     pub image_proxy: ignite_builder::LoopbackProxy,
     /// Seals what the server must read back (registry passwords).
     pub secrets: secrets::SecretBox,
+    /// A control replica's fleet: its nodes, placement and dispatch (`--role control`).
+    pub fleet: Option<Arc<fleet::control::Fleet>>,
+    /// This process as a fleet's node (`--role node`).
+    pub fleet_node: Option<Arc<fleet::node::NodeRole>>,
 }
 
 impl State {
@@ -141,6 +151,18 @@ impl State {
             store::hostname_label(org, app),
             self.config.domain
         )
+    }
+
+    /// What a control replica's maintenance is: long-running requests' records written every
+    /// tick (its instances run on nodes).
+    async fn recorder_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(node::TICK);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.recorder.flush_running(Some(store::now_ms() - 500)),
+            }
+        }
     }
 
     pub fn public_url(&self, org: &str, app: &str) -> String {
@@ -172,6 +194,8 @@ pub async fn run(
     shutdown: CancellationToken,
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
+    config.fleet.check().map_err(|e| anyhow::anyhow!(e))?;
+    let role = config.fleet.role;
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
     // Finding the interpreter's files runs ldd over its extension modules (~0.3 s): beside the
     // rest of the start, not before it.
@@ -269,7 +293,8 @@ pub async fn run(
     }
     let journal = journal::Journal::open(&journal_dir)?;
     store::fail_interrupted_executions(&db).await?;
-    let admin_token = if store::org_exists(&db, &config.org).await? {
+    // A node keeps no platform state: its store holds nothing (the control plane's does).
+    let admin_token = if role == fleet::Role::Node || store::org_exists(&db, &config.org).await? {
         None
     } else {
         store::create_org(&db, &config.org).await?;
@@ -279,10 +304,48 @@ pub async fn run(
         Some(token)
     };
 
-    let api_listener = TcpListener::bind(config.api_addr).await?;
-    let gateway_listener = TcpListener::bind(config.gateway_addr).await?;
-    let api_addr = api_listener.local_addr()?;
-    let gateway_addr = gateway_listener.local_addr()?;
+    // A node serves the gateway's requests on its node listener and nothing else; the rest
+    // serve the API and the gateway.
+    let (listeners, node_listener) = match role {
+        fleet::Role::Node => {
+            let at = fleet::node::listen_address(&config.fleet);
+            let listener = TcpListener::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on --node-listen {at}: {e}"))?;
+            (None, Some(listener))
+        }
+        _ => (
+            Some((
+                TcpListener::bind(config.api_addr).await?,
+                TcpListener::bind(config.gateway_addr).await?,
+            )),
+            None,
+        ),
+    };
+    let node_addr = node_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (api_addr, gateway_addr) = match (&listeners, node_addr) {
+        (Some((api, gateway)), _) => (api.local_addr()?, gateway.local_addr()?),
+        (None, Some(node)) => (node, node),
+        (None, None) => unreachable!("a role serves one listener or the other"),
+    };
+    let fleet_node = match (role, node_addr) {
+        (fleet::Role::Node, Some(at)) => Some(Arc::new(fleet::node::NodeRole::new(
+            config.fleet.node_id(),
+            config
+                .fleet
+                .advertise
+                .clone()
+                .unwrap_or_else(|| at.to_string()),
+            config.fleet.node_token.clone().unwrap_or_default(),
+            config.fleet.control_urls.clone(),
+        ))),
+        _ => None,
+    };
+    let fleet = (role == fleet::Role::Control).then(|| {
+        Arc::new(fleet::control::Fleet::new(
+            config.fleet.node_token.clone().unwrap_or_default(),
+        ))
+    });
     let (recorder, records) = recorder::Recorder::new(journal);
     let sdk_fingerprint = ignite_builder::Sdk::bundled()
         .fingerprint()
@@ -321,6 +384,8 @@ pub async fn run(
         roots,
         secrets,
         image_proxy,
+        fleet,
+        fleet_node,
         config,
     });
     let mut warnings = Vec::new();
@@ -352,32 +417,62 @@ pub async fn run(
         sandbox: sandbox_line,
         limits,
         warnings,
+        node_addr,
     });
 
     let writer = {
         let state = state.clone();
         tokio::spawn(async move { state.recorder.run(state.db.clone(), records).await })
     };
+    // A node reconciles its pools with what the control plane says; a control replica runs
+    // no instance (only long requests' records to flush) and watches its fleet; a single
+    // server reconciles with its store.
     let maintenance = {
         let state = state.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { state.node.maintain(&state, shutdown).await })
+        tokio::spawn(async move {
+            match role {
+                fleet::Role::Control => state.recorder_loop(shutdown).await,
+                _ => state.node.maintain(&state, shutdown).await,
+            }
+        })
+    };
+    let fleet_tasks = {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Some(fleet) = &state.fleet {
+                fleet.watch(&state.db, shutdown).await;
+            } else if let Some(role) = &state.fleet_node {
+                role.heartbeat(&state, shutdown).await;
+            }
+        })
     };
     let connections =
         serve::ConnectionLimits::new(limits.connections as usize, &state.config.limits);
-    let api = serve::serve(
-        api_listener,
-        routes::router(state.clone()),
-        connections,
-        shutdown.clone(),
-    );
-    let gateway = serve::serve(
-        gateway_listener,
-        gateway::router(state.clone()),
-        connections,
-        shutdown.clone(),
-    );
-    let (a, g) = tokio::join!(api, gateway);
+    let (a, g) = match (listeners, node_listener) {
+        (Some((api_listener, gateway_listener)), _) => {
+            let api = serve::serve(
+                api_listener,
+                routes::router(state.clone()),
+                connections,
+                shutdown.clone(),
+            );
+            let gateway = serve::serve(
+                gateway_listener,
+                gateway::router(state.clone()),
+                connections,
+                shutdown.clone(),
+            );
+            tokio::join!(api, gateway)
+        }
+        (None, Some(listener)) => (
+            fleet::node::serve(listener, state.clone(), shutdown.clone()).await,
+            Ok(()),
+        ),
+        (None, None) => (Ok(()), Ok(())),
+    };
+    let _ = fleet_tasks.await;
     let _ = maintenance.await;
     state.node.shutdown().await;
     state.templates.stop_all().await;

@@ -78,6 +78,22 @@ impl Recorder {
         }
     }
 
+    /// Takes back a record begun for a request that turned out not to be an execution (a
+    /// remote node's throttle: the control plane begins the record before it knows). The
+    /// journal gets a tombstone (`discarded`), which a replay skips.
+    pub fn discard(&self, e: &Execution) {
+        let mut tombstone = e.clone();
+        tombstone.status = crate::journal::DISCARDED.into();
+        self.journal.append_then(&tombstone, || {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Once handed to the writer (a request waiting half a second for a throttle) it
+            // stays; a throttle answers at once, long before that.
+            if pending.1.get(&e.id).is_some_and(|(_, _, queued)| !*queued) {
+                pending.1.remove(&e.id);
+            }
+        });
+    }
+
     /// Queues for writing the executions begun before `started_before` (ms since the epoch) and
     /// not yet written, so that a long request is on disk while it runs. `None` queues all.
     pub fn flush_running(&self, started_before: Option<i64>) {

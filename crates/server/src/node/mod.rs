@@ -400,21 +400,26 @@ impl Node {
     /// One pass of reconciliation: drop dead idle instances, stop idle ones past their timeout,
     /// drain retired versions, start reserved capacity. Idempotent.
     pub async fn reconcile(&self, state: &State) {
-        // Which (app → active version, scaling) the store wants.
+        // Which (app → active version, scaling) the store wants — or, on a fleet's node, what
+        // the control plane last said.
         let mut wanted: HashMap<AppKey, (i64, Arc<Route>)> = HashMap::new();
-        match store::live_apps(&state.db).await {
-            Ok(apps) => {
-                for (org, app) in apps {
-                    if let Ok(Some(route)) = self.route(&state.db, &org, &app).await
-                        && let Some(v) = &route.version
-                    {
-                        wanted.insert((org, app), (v.version, route.clone()));
+        if let Some(role) = &state.fleet_node {
+            wanted = role.wanted();
+        } else {
+            match store::live_apps(&state.db).await {
+                Ok(apps) => {
+                    for (org, app) in apps {
+                        if let Ok(Some(route)) = self.route(&state.db, &org, &app).await
+                            && let Some(v) = &route.version
+                        {
+                            wanted.insert((org, app), (v.version, route.clone()));
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                tracing::warn!("reconcile: cannot read the apps: {e}");
-                return;
+                Err(e) => {
+                    tracing::warn!("reconcile: cannot read the apps: {e}");
+                    return;
+                }
             }
         }
         // Make sure a pool exists for every app that wants reserved capacity.
@@ -566,6 +571,27 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// What the node holds, for a heartbeat: instances running or starting over all pools,
+    /// and each pool's.
+    pub fn report(&self) -> (u32, Vec<crate::fleet::wire::PoolReport>) {
+        let mut running = 0;
+        let mut pools = Vec::new();
+        for pool in self.pools() {
+            let st = pool.lock();
+            let (org, app, version, egress) = pool.key.clone();
+            running += st.total();
+            pools.push(crate::fleet::wire::PoolReport {
+                org,
+                app,
+                version,
+                egress,
+                instances: st.total(),
+                idle: st.members.iter().filter(|m| m.busy == 0).count() as u32,
+            });
+        }
+        (running, pools)
     }
 
     /// Stops every instance (the server is stopping).

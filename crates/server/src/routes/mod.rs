@@ -97,6 +97,12 @@ pub fn router(state: Arc<State>) -> Router {
     router
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        // The fleet's nodes, with the node token (not an org token; not in the API document).
+        .route(
+            crate::fleet::wire::HEARTBEAT_PATH,
+            axum::routing::post(crate::fleet::control::heartbeat_route),
+        )
+        .route("/v1/fleet/nodes", get(crate::fleet::control::nodes_route))
         .route(
             "/v1/openapi.json",
             get(move || async move { Json((*doc).clone()) }),

@@ -45,7 +45,7 @@ pub fn runtimes_list() -> String {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How an instance came to be.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StartKind {
     /// A new process exec'd the handler (a native binary; an unconfined interpreter).
     #[default]
@@ -67,7 +67,7 @@ impl StartKind {
 }
 
 /// Where a cold start's time went.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct ColdStart {
     /// Finding (a remote registry would: pulling) the artifact, or loading it.
     pub fetch: Duration,

@@ -9,11 +9,13 @@ use sqlx::{Row, SqlitePool};
 
 mod apps;
 mod executions;
+mod nodes;
 mod sessions;
 mod versions;
 
 pub use apps::*;
 pub use executions::*;
+pub use nodes::*;
 pub use sessions::*;
 pub use versions::*;
 
@@ -83,6 +85,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "console",
         include_str!("../../migrations/0008_console.sql"),
     ),
+    (10, "nodes", include_str!("../../migrations/0010_nodes.sql")),
 ];
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -111,7 +114,7 @@ async fn begin_write(db: &Db) -> sqlx::Result<sqlx::Transaction<'static, sqlx::S
     db.begin_with("BEGIN IMMEDIATE").await
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct App {
     pub org: String,
     pub name: String,

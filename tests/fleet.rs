@@ -1,0 +1,622 @@
+//! The fleet on one machine: nodes' "hosts" are network namespaces on a bridge, each running a
+//! real `dodil ignite server --role node`; the control replicas (real `--role control`
+//! processes) listen on the test process's own end of the bridge, and the tests drive them with
+//! the real CLI and plain HTTP.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fleet::Net;
+use support::platform::*;
+
+const TOKEN: &str = "fleet-test-node-token-0123456789";
+
+/// Answers which instance it is (a token drawn at its start) after sleeping `sleep_ms`.
+const SLEEPY: &str = r#"
+use ignite::prelude::*;
+
+#[ignite::main]
+async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
+    let sleep_ms: u64 = req.field("sleep_ms").unwrap_or(0);
+    if sleep_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
+    }
+    static INSTANCE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    });
+    Ok(serde_json::json!({ "instance": instance.to_string() }))
+}
+"#;
+
+struct Fleet {
+    controls: Vec<Server>,
+    nodes: Vec<Option<Server>>,
+    net: Net,
+    dir: std::path::PathBuf,
+}
+
+impl Fleet {
+    /// `controls` replicas on hosts `c0`, `c1`, …, and `nodes` nodes on `n0`, `n1`, ….
+    fn start(name: &str, controls: usize, nodes: usize, extra: &[&str]) -> Fleet {
+        let dir = scratch(name);
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let net = Net::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut started = Vec::new();
+        // The control replicas run in the test's own namespace, on its address on the bridge:
+        // compiles fetch from crates.io, which the hosts' namespaces cannot reach.
+        for i in 0..controls {
+            let at = dir.join(format!("c{i}"));
+            std::fs::create_dir_all(&at).unwrap();
+            let mut args = vec![
+                "--role",
+                "control",
+                "--node-token",
+                TOKEN,
+                "--sandbox-spare",
+                "1",
+            ];
+            args.extend_from_slice(extra);
+            started.push(start_server_on(&at, &net.client_ip(), None, &args, &[]));
+        }
+        let mut fleet = Fleet {
+            controls: started,
+            nodes: Vec::new(),
+            net,
+            dir,
+        };
+        for i in 0..nodes {
+            let node = fleet.start_node(i);
+            fleet.nodes.push(Some(node));
+        }
+        fleet.wait_for_nodes(nodes);
+        fleet
+    }
+
+    fn start_node(&self, i: usize) -> Server {
+        let host = self.net.host(&format!("n{i}"));
+        let at = self.dir.join(&host.name);
+        std::fs::create_dir_all(at.join("data")).unwrap();
+        // Until the platform registry carries artifacts to nodes, the nodes share the first
+        // control replica's blobs.
+        let blobs = at.join("data/blobs");
+        if !blobs.exists() {
+            std::os::unix::fs::symlink(self.controls[0].dir.join("data/blobs"), &blobs).unwrap();
+        }
+        let controls: Vec<String> = self
+            .controls
+            .iter()
+            .map(|c| format!("http://{}", c.api))
+            .collect();
+        let listen = format!("{}:7070", host.ip);
+        let node_id = host.name.clone();
+        start_server_on(
+            &at,
+            &host.ip,
+            Some(&host.netns()),
+            &[
+                "--role",
+                "node",
+                "--node-token",
+                TOKEN,
+                "--control-url",
+                &controls.join(","),
+                "--node-listen",
+                &listen,
+                "--node-id",
+                &node_id,
+                "--sandbox-spare",
+                "2",
+            ],
+            &[],
+        )
+    }
+
+    /// The live nodes as replica `i` sees them.
+    fn view(&self, i: usize) -> Vec<Value> {
+        let mut answer = ureq::get(&format!("http://{}/v1/fleet/nodes", self.controls[i].api))
+            .header("authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .expect("GET /v1/fleet/nodes");
+        let body: Value = answer.body_mut().read_json().expect("JSON");
+        body["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn wait_for_nodes(&self, n: usize) {
+        for i in 0..self.controls.len() {
+            wait_until(Duration::from_secs(30), "the nodes to register", || {
+                self.view(i).len() == n
+            });
+        }
+    }
+
+    /// Instances of `app` per node id, as replica 0 sees them.
+    fn instances(&self, app: &str) -> Vec<(String, u64)> {
+        self.view(0)
+            .iter()
+            .map(|n| {
+                let count = n["pools"]
+                    .as_array()
+                    .map(|pools| {
+                        pools
+                            .iter()
+                            .filter(|p| p["app"] == app)
+                            .map(|p| p["instances"].as_u64().unwrap_or(0))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                (n["id"].as_str().unwrap_or("").to_string(), count)
+            })
+            .collect()
+    }
+
+    fn node_index(&self, id: &str) -> usize {
+        id.strip_prefix('n').and_then(|n| n.parse().ok()).unwrap()
+    }
+
+    fn kill_node(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("a running node");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &node.pid().to_string()])
+            .status();
+        drop(node);
+    }
+}
+
+fn host(app: &str) -> String {
+    format!("{app}-acme-corp.ignite.localhost")
+}
+
+fn call(server: &Server, app: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    http_full(&server.gateway, &host(app), "POST", "/", body)
+}
+
+fn deploy_sleepy(server: &Server, cwd: &Path, app: &str) {
+    let code = project(cwd, app, SLEEPY);
+    deploy(
+        server,
+        cwd,
+        &format!("acme-corp:{app}"),
+        code.to_str().unwrap(),
+    );
+}
+
+/// The seed's recipe through the control plane, its instance on a node, and an app's requests
+/// gathering on one node (warm affinity).
+#[test]
+fn the_recipe_runs_through_a_control_plane_on_nodes_and_requests_stay_on_the_warm_node() {
+    let fleet = Fleet::start("fleet-recipe", 1, 3, &[]);
+    let control = &fleet.controls[0];
+    let cwd = fleet.dir.join("tiny");
+    copy_tiny(&cwd);
+    ok(
+        control,
+        &cwd,
+        &[
+            "app",
+            "create",
+            "tiny",
+            "--runtime",
+            "rust",
+            "--description",
+            "Tiny compiled Rust handler",
+        ],
+    );
+    save_native(control, &cwd, "acme-corp:tiny", "./");
+    ok(control, &cwd, &["draft", "compile", "acme-corp:tiny"]);
+    ok(control, &cwd, &["draft", "compile-logs", "acme-corp:tiny"]);
+    ok(control, &cwd, &["draft", "publish", "acme-corp:tiny"]);
+    let out = ok(
+        control,
+        &cwd,
+        &["invoke", "acme-corp:tiny", "--payload", r#"{"name":"Ada"}"#],
+    );
+    assert!(out.contains("Hello from Rust!"), "{out}");
+    let placed = fleet.instances("tiny");
+    wait_until(
+        Duration::from_secs(5),
+        "the node to report its instance",
+        || fleet.instances("tiny").iter().map(|(_, n)| n).sum::<u64>() == 1,
+    );
+    // Sequential requests all land where the warm instance is.
+    for _ in 0..30 {
+        let (status, _, body) = call(control, "tiny", r#"{"name":"Grace"}"#);
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = fleet.instances("tiny");
+    let holding: Vec<_> = after.iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(
+        holding.len(),
+        1,
+        "one node holds the app: {after:?} (before: {placed:?})"
+    );
+    assert_eq!(
+        holding[0].1, 1,
+        "one warm instance served them all: {after:?}"
+    );
+}
+
+/// `kill -9` of the node serving an app mid-traffic: the requests it held answer 502
+/// `node_lost`, each with its record; the rest are served, by another node within 2 s.
+#[test]
+fn a_node_killed_mid_traffic_costs_only_its_requests_in_flight_and_every_record_is_exact() {
+    let mut fleet = Fleet::start("fleet-kill", 1, 3, &[]);
+    let cwd = fleet.dir.join("work");
+    std::fs::create_dir_all(&cwd).unwrap();
+    deploy_sleepy(&fleet.controls[0], &cwd, "sleepy");
+    let (status, _, body) = call(&fleet.controls[0], "sleepy", "{}");
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(5),
+        "the node to report its instance",
+        || fleet.instances("sleepy").iter().any(|(_, n)| *n > 0),
+    );
+    let (victim, _) = fleet
+        .instances("sleepy")
+        .into_iter()
+        .find(|(_, n)| *n > 0)
+        .unwrap();
+    let victim = fleet.node_index(&victim);
+
+    let gateway = fleet.controls[0].gateway.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (gateway, stop, answers) = (gateway.clone(), stop.clone(), answers.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = http_full(
+                        &gateway,
+                        &host("sleepy"),
+                        "POST",
+                        "/",
+                        r#"{"sleep_ms":300}"#,
+                    );
+                    answers.lock().unwrap().push((sent, Instant::now(), answer));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    fleet.kill_node(victim);
+    std::thread::sleep(Duration::from_millis(3500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    let mut lost = 0;
+    let mut served_after = None;
+    for (sent, done, (status, headers, body)) in answers.iter() {
+        match status {
+            200 => {
+                if *sent > killed && served_after.is_none() {
+                    served_after = Some(*done - killed);
+                }
+            }
+            502 => {
+                assert!(body.contains("node_lost"), "{body}");
+                assert!(
+                    *sent < killed + Duration::from_secs(2),
+                    "lost long after the kill"
+                );
+                lost += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        // Every answer has its record, with the status it was answered with.
+        let id = header(headers, "x-ignite-execution-id").expect("an execution id");
+        let record = json(&ok(
+            &fleet.controls[0],
+            &cwd,
+            &["execution", "get", id, "-o", "json"],
+        ));
+        let want = if *status == 200 {
+            "succeeded"
+        } else {
+            "node_lost"
+        };
+        assert_eq!(record["status"], want, "{record}");
+    }
+    assert!(
+        lost >= 1,
+        "the requests in flight on the killed node answered node_lost"
+    );
+    let served_after = served_after.expect("requests were served after the kill");
+    assert!(
+        served_after < Duration::from_secs(2) + Duration::from_millis(600),
+        "served elsewhere {served_after:?} after the kill"
+    );
+    // Exactly one record per answer.
+    let list = json(&ok(
+        &fleet.controls[0],
+        &cwd,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:sleepy",
+            "--limit",
+            "1000",
+            "-o",
+            "json",
+        ],
+    ));
+    let records = list["executions"].as_array().map_or(0, Vec::len);
+    assert_eq!(records, answers.len() + 1, "one record per request");
+}
+
+/// A node cut off the bridge mid-traffic and back: its requests in flight answer `node_lost`
+/// (each recorded once), traffic moves to the others within 2 s, and when it comes back what
+/// it ran is drained (stale) and no execution is recorded twice.
+#[test]
+fn a_partitioned_node_is_routed_around_and_drained_when_it_heals() {
+    let fleet = Fleet::start("fleet-partition", 1, 3, &[]);
+    let cwd = fleet.dir.join("work");
+    std::fs::create_dir_all(&cwd).unwrap();
+    deploy_sleepy(&fleet.controls[0], &cwd, "cut");
+    let (status, _, body) = call(&fleet.controls[0], "cut", "{}");
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(5),
+        "the node to report its instance",
+        || fleet.instances("cut").iter().any(|(_, n)| *n > 0),
+    );
+    let (victim, _) = fleet
+        .instances("cut")
+        .into_iter()
+        .find(|(_, n)| *n > 0)
+        .unwrap();
+    let cut_off = &fleet.net.hosts[fleet.node_index(&victim)];
+
+    // Two requests held by the node when it is cut off.
+    let gateway = fleet.controls[0].gateway.clone();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let gateway = gateway.clone();
+            std::thread::spawn(move || {
+                http_full(&gateway, &host("cut"), "POST", "/", r#"{"sleep_ms":3000}"#)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    cut_off.partition();
+    let cut = Instant::now();
+    for h in held {
+        let (status, headers, body) = h.join().unwrap();
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("node_lost"), "{body}");
+        let id = header(&headers, "x-ignite-execution-id")
+            .unwrap()
+            .to_string();
+        let record = json(&ok(
+            &fleet.controls[0],
+            &cwd,
+            &["execution", "get", &id, "-o", "json"],
+        ));
+        assert_eq!(record["status"], "node_lost", "{record}");
+    }
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "node_lost after {:?}",
+        cut.elapsed()
+    );
+    // New requests go to another node.
+    let (status, _, body) = call(&fleet.controls[0], "cut", "{}");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        cut.elapsed() < Duration::from_secs(3),
+        "served after {:?}",
+        cut.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the fleet to count the node lost",
+        || fleet.view(0).len() == 2,
+    );
+
+    // Back: it rejoins, and what it still ran for the app is drained.
+    cut_off.heal();
+    wait_until(Duration::from_secs(10), "the node to rejoin", || {
+        fleet.view(0).len() == 3
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "its stale instances to be drained",
+        || {
+            fleet
+                .instances("cut")
+                .iter()
+                .any(|(id, n)| *id == victim && *n == 0)
+        },
+    );
+    for _ in 0..10 {
+        let (status, _, body) = call(&fleet.controls[0], "cut", "{}");
+        assert_eq!(status, 200, "{body}");
+    }
+    // 1 + 2 lost + 1 + 10, each recorded once.
+    let list = json(&ok(
+        &fleet.controls[0],
+        &cwd,
+        &[
+            "execution",
+            "list",
+            "--app",
+            "acme-corp:cut",
+            "--limit",
+            "1000",
+            "-o",
+            "json",
+        ],
+    ));
+    let ids: Vec<&str> = list["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 14, "{list}");
+    assert_eq!(unique.len(), ids.len(), "no record twice");
+}
+
+/// The fleet's endpoints take only the node token: an org token, no token or a wrong one is
+/// refused, on the control plane and on a node alike, and nothing runs.
+#[test]
+fn the_fleets_endpoints_refuse_anything_but_the_node_token() {
+    let fleet = Fleet::start("fleet-hostile", 1, 1, &[]);
+    let control = &fleet.controls[0];
+    let org_token = token(control);
+    let beat = r#"{"node_id":"intruder","address":"10.0.0.1:7070","incarnation":"x","capacity":1,"running":0,"pools":[]}"#;
+    for auth in [
+        None,
+        Some(org_token.as_str()),
+        Some("fleet-test-node-token-WRONG"),
+    ] {
+        let mut request = ureq::post(&format!("http://{}/v1/fleet/heartbeat", control.api));
+        if let Some(t) = auth {
+            request = request.header("authorization", &format!("Bearer {t}"));
+        }
+        let answer = request
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .content_type("application/json")
+            .send(beat)
+            .unwrap();
+        assert_eq!(answer.status(), 401, "heartbeat with {auth:?}");
+        let mut request = ureq::get(&format!("http://{}/v1/fleet/nodes", control.api));
+        if let Some(t) = auth {
+            request = request.header("authorization", &format!("Bearer {t}"));
+        }
+        let answer = request
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(answer.status(), 401, "nodes with {auth:?}");
+    }
+    assert_eq!(fleet.view(0).len(), 1, "no intruder registered");
+    // A malformed heartbeat with the token: refused, said why.
+    let answer = ureq::post(&format!("http://{}/v1/fleet/heartbeat", control.api))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .content_type("application/json")
+        .send(r#"{"node_id":""}"#)
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+
+    // The node's listener: HTTP/2 only, with the token. A plain HTTP/1.1 request, or an h2
+    // dispatch without the token, runs nothing.
+    let node = &fleet.net.hosts[0];
+    let (status, _) = send_raw_ns(
+        &format!("{}:7070", node.ip),
+        "POST /v1/node/invoke HTTP/1.1\r\nHost: n\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_ne!(status, 200);
+    for auth in [
+        None,
+        Some(org_token.as_str()),
+        Some("fleet-test-node-token-WRONG"),
+    ] {
+        let (status, body) = h2_post(
+            &format!("{}:7070", node.ip),
+            "/v1/node/invoke",
+            auth,
+            b"junk",
+        );
+        assert_eq!(status, 401, "dispatch with {auth:?}: {body}");
+    }
+    // With the token, a dispatch that is not one is refused as such.
+    let (status, body) = h2_post(
+        &format!("{}:7070", node.ip),
+        "/v1/node/invoke",
+        Some(TOKEN),
+        b"\xff\xff",
+    );
+    assert_eq!(status, 400, "{body}");
+    // A role without what it needs does not start, and says what to add.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "server", "--role", "node", "--data-dir"])
+        .arg(fleet.dir.join("bad"))
+        .env_remove("IGNITE_NODE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--node-token"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "server", "--role", "primary", "--data-dir"])
+        .arg(fleet.dir.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`control`") && stderr.contains("`node`"),
+        "{stderr}"
+    );
+}
+
+/// Writes `request` to `addr` and reads what comes back before the connection closes (or a
+/// second passes): `(status, raw)`, status 0 for an answer that is not HTTP/1.
+fn send_raw_ns(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let status = raw
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, raw)
+}
+
+/// One HTTP/2 (prior knowledge) POST: `(status, body)`.
+fn h2_post(addr: &str, path: &str, token: Option<&str>, body: &'static [u8]) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let mut request = hyper::Request::post(format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let answer = sender
+            .send_request(
+                request
+                    .body(Full::new(bytes::Bytes::from_static(body)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    })
+}
