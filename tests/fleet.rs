@@ -10,11 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::fleet::Net;
+use support::fleet::{Fleet, TOKEN};
 use support::platform::*;
-
-const TOKEN: &str = "fleet-test-node-token-0123456789";
 
 /// Answers which instance it is (a token drawn at its start) after sleeping `sleep_ms`.
 const SLEEPY: &str = r#"
@@ -33,140 +30,6 @@ async fn handler(req: Request, _ctx: Context) -> Result<impl IntoResponse> {
     Ok(serde_json::json!({ "instance": instance.to_string() }))
 }
 "#;
-
-struct Fleet {
-    controls: Vec<Server>,
-    nodes: Vec<Option<Server>>,
-    net: Net,
-    dir: std::path::PathBuf,
-}
-
-impl Fleet {
-    /// `controls` replicas on hosts `c0`, `c1`, …, and `nodes` nodes on `n0`, `n1`, ….
-    fn start(name: &str, controls: usize, nodes: usize, extra: &[&str]) -> Fleet {
-        let dir = scratch(name);
-        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
-        let net = Net::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
-        let mut started = Vec::new();
-        // The control replicas run in the test's own namespace, on its address on the bridge:
-        // compiles fetch from crates.io, which the hosts' namespaces cannot reach.
-        for i in 0..controls {
-            let at = dir.join(format!("c{i}"));
-            std::fs::create_dir_all(&at).unwrap();
-            let mut args = vec![
-                "--role",
-                "control",
-                "--node-token",
-                TOKEN,
-                "--sandbox-spare",
-                "1",
-            ];
-            args.extend_from_slice(extra);
-            started.push(start_server_on(&at, &net.client_ip(), None, &args, &[]));
-        }
-        let mut fleet = Fleet {
-            controls: started,
-            nodes: Vec::new(),
-            net,
-            dir,
-        };
-        for i in 0..nodes {
-            let node = fleet.start_node(i);
-            fleet.nodes.push(Some(node));
-        }
-        fleet.wait_for_nodes(nodes);
-        fleet
-    }
-
-    fn start_node(&self, i: usize) -> Server {
-        let host = self.net.host(&format!("n{i}"));
-        let at = self.dir.join(&host.name);
-        std::fs::create_dir_all(at.join("data")).unwrap();
-        // Until the platform registry carries artifacts to nodes, the nodes share the first
-        // control replica's blobs.
-        let blobs = at.join("data/blobs");
-        if !blobs.exists() {
-            std::os::unix::fs::symlink(self.controls[0].dir.join("data/blobs"), &blobs).unwrap();
-        }
-        let controls: Vec<String> = self
-            .controls
-            .iter()
-            .map(|c| format!("http://{}", c.api))
-            .collect();
-        let listen = format!("{}:7070", host.ip);
-        let node_id = host.name.clone();
-        start_server_on(
-            &at,
-            &host.ip,
-            Some(&host.netns()),
-            &[
-                "--role",
-                "node",
-                "--node-token",
-                TOKEN,
-                "--control-url",
-                &controls.join(","),
-                "--node-listen",
-                &listen,
-                "--node-id",
-                &node_id,
-                "--sandbox-spare",
-                "2",
-            ],
-            &[],
-        )
-    }
-
-    /// The live nodes as replica `i` sees them.
-    fn view(&self, i: usize) -> Vec<Value> {
-        let mut answer = ureq::get(&format!("http://{}/v1/fleet/nodes", self.controls[i].api))
-            .header("authorization", &format!("Bearer {TOKEN}"))
-            .call()
-            .expect("GET /v1/fleet/nodes");
-        let body: Value = answer.body_mut().read_json().expect("JSON");
-        body["nodes"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn wait_for_nodes(&self, n: usize) {
-        for i in 0..self.controls.len() {
-            wait_until(Duration::from_secs(30), "the nodes to register", || {
-                self.view(i).len() == n
-            });
-        }
-    }
-
-    /// Instances of `app` per node id, as replica 0 sees them.
-    fn instances(&self, app: &str) -> Vec<(String, u64)> {
-        self.view(0)
-            .iter()
-            .map(|n| {
-                let count = n["pools"]
-                    .as_array()
-                    .map(|pools| {
-                        pools
-                            .iter()
-                            .filter(|p| p["app"] == app)
-                            .map(|p| p["instances"].as_u64().unwrap_or(0))
-                            .sum()
-                    })
-                    .unwrap_or(0);
-                (n["id"].as_str().unwrap_or("").to_string(), count)
-            })
-            .collect()
-    }
-
-    fn node_index(&self, id: &str) -> usize {
-        id.strip_prefix('n').and_then(|n| n.parse().ok()).unwrap()
-    }
-
-    fn kill_node(&mut self, i: usize) {
-        let node = self.nodes[i].take().expect("a running node");
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &node.pid().to_string()])
-            .status();
-        drop(node);
-    }
-}
 
 fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
@@ -619,4 +482,62 @@ fn h2_post(addr: &str, path: &str, token: Option<&str>, body: &'static [u8]) -> 
         let body = answer.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).to_string())
     })
+}
+
+/// Reserved capacity is spread over the nodes, and placed again on the others when a node is
+/// lost; `max_instances` holds across the fleet.
+#[test]
+fn reserved_capacity_is_spread_over_nodes_and_replaced_when_one_is_lost() {
+    let mut fleet = Fleet::start("fleet-reserved", 1, 3, &[]);
+    let control = &fleet.controls[0];
+    let cwd = fleet.dir.join("work");
+    std::fs::create_dir_all(&cwd).unwrap();
+    deploy_sleepy(control, &cwd, "kept");
+    ok(
+        control,
+        &cwd,
+        &[
+            "app",
+            "scale",
+            "acme-corp:kept",
+            "--reserved-capacity",
+            "3",
+            "--max-instances",
+            "4",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "one reserved instance on each node",
+        || {
+            let placed = fleet.instances("kept");
+            placed.len() == 3 && placed.iter().all(|(_, n)| *n == 1)
+        },
+    );
+    // Six requests at once, each holding its instance: the fleet starts one more (4 in all)
+    // and queues the rest, never past max_instances.
+    let gateway = fleet.controls[0].gateway.clone();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let gateway = gateway.clone();
+            std::thread::spawn(move || {
+                http_full(&gateway, &host("kept"), "POST", "/", r#"{"sleep_ms":800}"#).0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let total: u64 = fleet.instances("kept").iter().map(|(_, n)| n).sum();
+    assert!(total <= 4, "max_instances 4 across the fleet: {total}");
+    for c in calls {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    fleet.kill_node(0);
+    wait_until(
+        Duration::from_secs(15),
+        "the reserve placed on the other nodes",
+        || {
+            let placed = fleet.instances("kept");
+            placed.len() == 2 && placed.iter().map(|(_, n)| n).sum::<u64>() >= 3
+        },
+    );
 }

@@ -5,6 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::platform::{Server, scratch, start_server_on, wait_until};
+
+/// The fleet's node secret in tests.
+pub const TOKEN: &str = "fleet-test-node-token-0123456789";
 
 /// A bridge and the hosts on it.
 pub struct Net {
@@ -158,5 +166,140 @@ impl Drop for Net {
         let _ = Command::new("ip")
             .args(["netns", "del", &format!("{}sw", self.prefix)])
             .output();
+    }
+}
+
+/// Control replicas and nodes, each a real `dodil ignite server` with its role.
+pub struct Fleet {
+    pub controls: Vec<Server>,
+    pub nodes: Vec<Option<Server>>,
+    pub net: Net,
+    pub dir: std::path::PathBuf,
+}
+
+impl Fleet {
+    /// `controls` replicas on hosts `c0`, `c1`, …, and `nodes` nodes on `n0`, `n1`, ….
+    pub fn start(name: &str, controls: usize, nodes: usize, extra: &[&str]) -> Fleet {
+        let dir = scratch(name);
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let net = Net::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut started = Vec::new();
+        // The control replicas run in the test's own namespace, on its address on the bridge:
+        // compiles fetch from crates.io, which the hosts' namespaces cannot reach.
+        for i in 0..controls {
+            let at = dir.join(format!("c{i}"));
+            std::fs::create_dir_all(&at).unwrap();
+            let mut args = vec![
+                "--role",
+                "control",
+                "--node-token",
+                TOKEN,
+                "--sandbox-spare",
+                "1",
+            ];
+            args.extend_from_slice(extra);
+            started.push(start_server_on(&at, &net.client_ip(), None, &args, &[]));
+        }
+        let mut fleet = Fleet {
+            controls: started,
+            nodes: Vec::new(),
+            net,
+            dir,
+        };
+        for i in 0..nodes {
+            let node = fleet.start_node(i);
+            fleet.nodes.push(Some(node));
+        }
+        fleet.wait_for_nodes(nodes);
+        fleet
+    }
+
+    pub fn start_node(&self, i: usize) -> Server {
+        let host = self.net.host(&format!("n{i}"));
+        let at = self.dir.join(&host.name);
+        std::fs::create_dir_all(at.join("data")).unwrap();
+        // Until the platform registry carries artifacts to nodes, the nodes share the first
+        // control replica's blobs.
+        let blobs = at.join("data/blobs");
+        if !blobs.exists() {
+            std::os::unix::fs::symlink(self.controls[0].dir.join("data/blobs"), &blobs).unwrap();
+        }
+        let controls: Vec<String> = self
+            .controls
+            .iter()
+            .map(|c| format!("http://{}", c.api))
+            .collect();
+        let listen = format!("{}:7070", host.ip);
+        let node_id = host.name.clone();
+        start_server_on(
+            &at,
+            &host.ip,
+            Some(&host.netns()),
+            &[
+                "--role",
+                "node",
+                "--node-token",
+                TOKEN,
+                "--control-url",
+                &controls.join(","),
+                "--node-listen",
+                &listen,
+                "--node-id",
+                &node_id,
+                "--sandbox-spare",
+                "2",
+            ],
+            &[],
+        )
+    }
+
+    /// The live nodes as replica `i` sees them.
+    pub fn view(&self, i: usize) -> Vec<Value> {
+        let mut answer = ureq::get(&format!("http://{}/v1/fleet/nodes", self.controls[i].api))
+            .header("authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .expect("GET /v1/fleet/nodes");
+        let body: Value = answer.body_mut().read_json().expect("JSON");
+        body["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn wait_for_nodes(&self, n: usize) {
+        for i in 0..self.controls.len() {
+            wait_until(Duration::from_secs(30), "the nodes to register", || {
+                self.view(i).len() == n
+            });
+        }
+    }
+
+    /// Instances of `app` per node id, as replica 0 sees them.
+    pub fn instances(&self, app: &str) -> Vec<(String, u64)> {
+        self.view(0)
+            .iter()
+            .map(|n| {
+                let count = n["pools"]
+                    .as_array()
+                    .map(|pools| {
+                        pools
+                            .iter()
+                            .filter(|p| p["app"] == app)
+                            .map(|p| p["instances"].as_u64().unwrap_or(0))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                (n["id"].as_str().unwrap_or("").to_string(), count)
+            })
+            .collect()
+    }
+
+    pub fn node_index(&self, id: &str) -> usize {
+        id.strip_prefix('n').and_then(|n| n.parse().ok()).unwrap()
+    }
+
+    pub fn kill_node(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("a running node");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &node.pid().to_string()])
+            .status();
+        drop(node);
     }
 }

@@ -1087,6 +1087,15 @@ fn pack_dir(code: &Path) -> Result<Vec<u8>> {
 }
 
 fn server(a: ServerArgs) -> Result<()> {
+    // Warnings and errors by default (a lost node, a failed heartbeat, a record that could not
+    // be written); `IGNITE_LOG=info` or a filter like `ignite_server=debug` says more.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IGNITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let data_dir = a.data_dir.unwrap_or_else(config::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;

@@ -73,6 +73,11 @@ pub enum DispatchError {
 
 pub struct Fleet {
     token: String,
+    /// Nodes this replica counted lost (id → incarnation): a heartbeat of the same start is a
+    /// node back from a partition.
+    counted_lost: Mutex<HashMap<String, String>>,
+    /// The apps with reserved capacity, as of the last refresh.
+    reserved: RwLock<Vec<(String, String)>>,
     client: Client<HttpConnector, Full<Bytes>>,
     view: RwLock<Arc<Vec<Arc<Member>>>>,
     /// Nodes that refused a connection, and when.
@@ -93,6 +98,8 @@ impl Fleet {
             .build(connector);
         Fleet {
             token,
+            counted_lost: Mutex::default(),
+            reserved: RwLock::default(),
             client,
             view: RwLock::default(),
             down: Mutex::default(),
@@ -143,6 +150,14 @@ impl Fleet {
         }) {
             tracing::warn!("fleet: node {} ({}) is lost", gone.id, gone.address);
             gone.lost.cancel();
+            self.counted_lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(gone.id.clone(), gone.incarnation.clone());
+        }
+        match store::reserved_apps(db).await {
+            Ok(apps) => *self.reserved.write().unwrap_or_else(|p| p.into_inner()) = apps,
+            Err(e) => tracing::warn!("fleet: cannot read the apps' reserved capacity: {e}"),
         }
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
@@ -164,7 +179,7 @@ impl Fleet {
     pub async fn heartbeat(&self, state: &State, beat: Heartbeat) -> sqlx::Result<HeartbeatAnswer> {
         let now = store::now_ms();
         let pools = serde_json::to_string(&beat.pools).unwrap_or_else(|_| "[]".into());
-        let before = store::upsert_node(
+        store::upsert_node(
             &state.db,
             &store::NodeRow {
                 id: beat.node_id.clone(),
@@ -177,10 +192,15 @@ impl Fleet {
             },
         )
         .await?;
-        // It was counted lost (no heartbeat for a while) and is back: what it runs is stale.
-        let rejoined = before.is_some_and(|(incarnation, last_seen)| {
-            incarnation == beat.incarnation && now - last_seen > LOST_AFTER.as_millis() as i64
-        });
+        // This replica counted it lost (no heartbeat for a while) and it is back, the same
+        // start: what it runs is stale.
+        let rejoined = {
+            let mut lost = self.counted_lost.lock().unwrap_or_else(|p| p.into_inner());
+            match lost.remove(&beat.node_id) {
+                Some(incarnation) => incarnation == beat.incarnation,
+                None => false,
+            }
+        };
         let mut ids: Vec<String> = self.members().iter().map(|m| m.id.clone()).collect();
         if !ids.contains(&beat.node_id) {
             ids.push(beat.node_id.clone());
@@ -202,7 +222,12 @@ impl Fleet {
                 add(&route);
             }
         }
-        for (org, app) in store::reserved_apps(&state.db).await? {
+        let reserved = self
+            .reserved
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (org, app) in reserved {
             if let Some(route) = state.node.route(&state.db, &org, &app).await?
                 && share(&route.app, &ids, &beat.node_id) > 0
             {
@@ -281,11 +306,17 @@ impl Fleet {
                 }
                 Ok(ran) => return Ok(ran),
                 Err(Attempt::Unreachable) => {
-                    self.down
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(member.id.clone(), Instant::now());
+                    self.mark_down(&member.id);
                     continue;
+                }
+                Err(Attempt::Broken(why)) => {
+                    // Its connection broke under this request (a killed process): the next
+                    // requests go elsewhere at once rather than after its heartbeats stop.
+                    self.mark_down(&member.id);
+                    return Err(DispatchError::Lost {
+                        node: member.id.clone(),
+                        why,
+                    });
                 }
                 Err(Attempt::Lost(why)) => {
                     return Err(DispatchError::Lost {
@@ -299,6 +330,13 @@ impl Fleet {
             Some(instances) => Ok(Ran::NodeFull { instances }),
             None => Err(DispatchError::NoNode),
         }
+    }
+
+    fn mark_down(&self, id: &str) {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), Instant::now());
     }
 
     /// One try of a dispatch on one node.
@@ -322,13 +360,13 @@ impl Fleet {
             let response = match self.client.request(request).await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() => return Err(Attempt::Unreachable),
-                Err(e) => return Err(Attempt::Lost(format!("its connection failed: {e}"))),
+                Err(e) => return Err(Attempt::Broken(format!("its connection failed: {e}"))),
             };
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| Attempt::Lost(format!("its answer was cut off: {e}")))?
+                .map_err(|e| Attempt::Broken(format!("its answer was cut off: {e}")))?
                 .to_bytes();
             if !status.is_success() {
                 return Err(Attempt::Lost(format!(
@@ -443,6 +481,8 @@ pub async fn heartbeat_route(
 enum Attempt {
     /// Nothing was sent: another node may take it.
     Unreachable,
+    /// The connection broke while the node had it.
+    Broken(String),
     /// The node had it and did not answer.
     Lost(String),
 }

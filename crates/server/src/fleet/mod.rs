@@ -26,7 +26,9 @@ use std::time::Duration;
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// A node not heard from for this long is lost: its requests in flight answer 502 `node_lost`,
 /// new ones go elsewhere, and its reserved capacity is placed on the others.
-pub const LOST_AFTER: Duration = Duration::from_millis(1000);
+/// Six missed heartbeats: a node (or a control replica) loaded to its limit on a small machine
+/// still answers within it, and a partition is routed around within 2 s (this, and a refresh).
+pub const LOST_AFTER: Duration = Duration::from_millis(1500);
 /// How often a control replica reads the fleet's registrations from the store.
 pub const REFRESH: Duration = Duration::from_millis(200);
 

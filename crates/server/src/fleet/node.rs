@@ -1,5 +1,5 @@
 //! A node's side of the fleet: the listener the gateway's requests arrive on (HTTP/2, each
-//! request authenticated with the node token), the heartbeat that registers the node and
+//! request authenticated with the node token; `GET /healthz` over HTTP/1.1 too, for probes), the heartbeat that registers the node and
 //! tells it what its pools should be, and that desired state, which the node's reconcile loop
 //! works from instead of a store.
 
@@ -183,7 +183,17 @@ impl NodeRole {
                 .into_iter()
                 .map(|p| (p.org, p.app))
                 .collect();
-            match self.beat(state).await {
+            let began = Instant::now();
+            let beat = self.beat(state).await;
+            let took = began.elapsed();
+            if took > super::LOST_AFTER / 2 {
+                tracing::warn!(
+                    "a heartbeat took {} ms (the control plane counts a node lost after {} ms)",
+                    took.as_millis(),
+                    super::LOST_AFTER.as_millis()
+                );
+            }
+            match beat {
                 Ok(answer) => {
                     if failing_since.take().is_some() {
                         tracing::info!("the control plane answers heartbeats again");
@@ -228,8 +238,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            // HTTP/2 for the gateway (prior knowledge), HTTP/1.1 for a probe's `GET /healthz`.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
+                .http2()
                 .initial_stream_window_size(4 << 20)
                 .initial_connection_window_size(16 << 20)
                 .max_concurrent_streams(4096);

@@ -400,6 +400,10 @@ impl Node {
     /// One pass of reconciliation: drop dead idle instances, stop idle ones past their timeout,
     /// drain retired versions, start reserved capacity. Idempotent.
     pub async fn reconcile(&self, state: &State) {
+        // A control replica runs no instance: its nodes reconcile their own pools.
+        if state.fleet.is_some() {
+            return;
+        }
         // Which (app → active version, scaling) the store wants — or, on a fleet's node, what
         // the control plane last said.
         let mut wanted: HashMap<AppKey, (i64, Arc<Route>)> = HashMap::new();

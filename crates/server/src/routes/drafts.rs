@@ -550,8 +550,11 @@ pub(crate) async fn publish_draft(
     state.node.invalidate(&org, &name);
     // New requests go to the new version now; the old one drains; reserved capacity starts.
     state.node.reconcile(&state).await;
-    // What the first start needs (a Python template) is made now, not by the first request.
-    if let Some(published) = store::get_version(&state.db, &org, &name, version).await? {
+    // What the first start needs (a Python template) is made now, not by the first request
+    // (on this process's node; a fleet's nodes make it at their first start).
+    if state.fleet.is_none()
+        && let Some(published) = store::get_version(&state.db, &org, &name, version).await?
+    {
         let (state, org, name) = (state.clone(), org.clone(), name.clone());
         let scaling = state.node.limits.clamp(app.scaling.clone());
         let settings = crate::runtime::StartSettings {

@@ -18,19 +18,8 @@ pub struct NodeRow {
     pub last_seen: i64,
 }
 
-/// Registers or renews a node; returns the incarnation and time it was last seen before, if
-/// it was known.
-pub async fn upsert_node(db: &Db, node: &NodeRow) -> sqlx::Result<Option<(String, i64)>> {
-    let before = sqlx::query("SELECT incarnation, last_seen FROM nodes WHERE id = $1")
-        .bind(&node.id)
-        .fetch_optional(db)
-        .await?
-        .map(|r| {
-            (
-                r.get::<String, _>("incarnation"),
-                r.get::<i64, _>("last_seen"),
-            )
-        });
+/// Registers or renews a node.
+pub async fn upsert_node(db: &Db, node: &NodeRow) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO nodes (id, address, incarnation, capacity, running, pools, first_seen, \
          last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
@@ -47,7 +36,7 @@ pub async fn upsert_node(db: &Db, node: &NodeRow) -> sqlx::Result<Option<(String
     .bind(node.last_seen)
     .execute(db)
     .await?;
-    Ok(before)
+    Ok(())
 }
 
 /// Every registered node, live or not.
