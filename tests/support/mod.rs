@@ -5,6 +5,7 @@
 
 pub mod images;
 pub mod platform;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
