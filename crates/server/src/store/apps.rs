@@ -52,7 +52,7 @@ pub async fn create_app(
     .bind(org)
     .bind(name)
     .bind(runtime)
-    .bind(description)
+    .bind(super::storable(description).as_ref())
     .bind(now_ms())
     .bind(&hostname)
     .execute(&mut *tx)

@@ -233,7 +233,9 @@ async fn begin_write(db: &Db) -> sqlx::Result<sqlx::Transaction<'static, sqlx::A
 }
 
 /// Text as PostgreSQL stores it: a NUL byte, which SQLite keeps and PostgreSQL's `TEXT`
-/// refuses, becomes U+FFFD (a build log or a handler's error may carry one).
+/// refuses, becomes U+FFFD. Every free text a user or a handler sends that is stored as is
+/// goes through it (a token's name, an app's description, a registry login, a build log, a
+/// handler's error); JSON columns need not (serde_json writes NUL as `\u0000`).
 pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
     if text.contains('\0') {
         std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
@@ -416,7 +418,7 @@ pub async fn insert_token(
     )
     .bind(id)
     .bind(org)
-    .bind(name)
+    .bind(storable(name).as_ref())
     .bind(hash)
     .bind(now_ms())
     .execute(db)
@@ -552,8 +554,8 @@ pub async fn put_registry_credential(
          username = excluded.username, secret = excluded.secret, created_at = excluded.created_at",
     )
     .bind(org)
-    .bind(host)
-    .bind(username)
+    .bind(storable(host).as_ref())
+    .bind(storable(username).as_ref())
     .bind(secret)
     .bind(now_ms())
     .execute(db)
