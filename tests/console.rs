@@ -415,6 +415,16 @@ fn the_console_in_a_real_browser() {
         assert!(!text.contains(id), "{file} holds a session id");
         assert!(!text.contains(secret), "{file} holds a token's secret");
     }
+    if support::postgres::requested() {
+        let text = support::postgres::cluster().psql(
+            &support::postgres::database_name(&server.dir.join("data")),
+            "SELECT string_agg(s.id_hash || ' ' || s.csrf || ' ' || t.secret_hash, ' ') \
+             FROM console_sessions s JOIN tokens t ON t.id = s.token_id",
+        );
+        assert!(!text.trim().is_empty(), "no session in the store");
+        assert!(!text.contains(id), "the store holds a session id");
+        assert!(!text.contains(secret), "the store holds a token's secret");
+    }
     // Over TLS (a proxy that terminated it says so), the cookie is `Secure` too.
     let (_, headers, page) = request(&server.api, "GET", "/console/sign-in", &[], "");
     let pre = cookies(&headers).join("; ");

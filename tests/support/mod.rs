@@ -6,6 +6,7 @@
 pub mod fleet;
 pub mod images;
 pub mod platform;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -119,6 +119,7 @@ pub fn start_server_on(
             &listen,
         ])
         .args(extra)
+        .args(database_args(dir, extra))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--build-target-dir")
@@ -163,6 +164,18 @@ pub fn start_server_on(
         gateway: gateway.unwrap(),
         admin_token,
     }
+}
+
+/// `--database-url` of a database of this server's own when the suite runs against PostgreSQL
+/// (`IGNITE_TEST_POSTGRES=1`) and the test did not choose one.
+fn database_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    if !super::postgres::requested() || extra.contains(&"--database-url") {
+        return vec![];
+    }
+    vec![
+        "--database-url".into(),
+        super::postgres::database_for(&dir.join("data")),
+    ]
 }
 
 /// Runs `dodil ignite <args>` in `cwd` against `server`.

@@ -99,6 +99,14 @@ struct ServerArgs {
     /// Where state and artifacts live.
     #[arg(long, env = "IGNITE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The store: postgres://user:password@host/db (several servers may share it) or
+    /// sqlite://<path>; SQLite in the data directory when not given.
+    #[arg(long, env = "IGNITE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// This server's name among those sharing one store (by default a ULID kept in the data
+    /// directory, made at first start).
+    #[arg(long, env = "IGNITE_REPLICA_ID")]
+    replica_id: Option<String>,
     /// The org created on first start.
     #[arg(long, default_value = "acme-corp")]
     org: String,
@@ -1102,6 +1110,8 @@ fn server(a: ServerArgs) -> Result<()> {
     let config =
         ignite_server::Config {
             data_dir: data_dir.clone(),
+            database_url: a.database_url.clone(),
+            replica_id: a.replica_id.clone(),
             org: a.org.clone(),
             api_addr: a
                 .api_listen

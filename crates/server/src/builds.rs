@@ -1,12 +1,18 @@
-//! Compile jobs: one per `draft compile`, run in the background, their log kept in memory while
-//! they run (for `compile-logs --follow`) and in the store when they end.
+//! Compile jobs: one per `draft compile` (or publish of a runtime that builds on publish), a
+//! row in the store's `builds` that one replica claims and runs in the background — the one
+//! that accepted it at once, or any other when that one stopped under it (its lease ran out).
+//! The log is kept in memory while the build runs (for `compile-logs --follow` here) and
+//! stored every half second (for the same through another replica) and at the end.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ignite_builder::{BuildError, BuildOptions, JailOptions, Sdk, Target};
+use std::time::Duration;
+
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::store::{self, Built, Version};
@@ -47,10 +53,18 @@ impl Builds {
     }
 }
 
-/// Waits for build `id` to end (at once if it is not running).
+/// Waits for build `id` to end (at once if it is not running). A build another replica runs is
+/// followed in the store.
 pub async fn wait(state: &State, id: &str) {
     let Some(live) = state.builds.live(id) else {
-        return;
+        loop {
+            match store::get_build(&state.db, id).await {
+                Ok(Some(build)) if build.status == "running" => {}
+                Ok(_) => return,
+                Err(e) => tracing::warn!("reading build {id}: {e}"),
+            }
+            tokio::time::sleep(STORE_POLL).await;
+        }
     };
     loop {
         let notified = live.changed.notified();
@@ -68,7 +82,14 @@ pub async fn wait(state: &State, id: &str) {
     }
 }
 
-/// Starts compiling the draft; returns the build id.
+/// How often a build another replica runs is read from the store (by `wait` and by
+/// `compile-logs --follow` through a replica that does not run it).
+pub const STORE_POLL: Duration = Duration::from_millis(250);
+/// How often a replica looks for builds whose replica stopped under them.
+const ORPHAN_POLL: Duration = Duration::from_secs(1);
+
+/// Starts compiling the draft; returns the build id. The build is a job in the store, claimed
+/// by this replica as it is made, and started here at once.
 pub async fn start(
     state: Arc<State>,
     org: &str,
@@ -76,18 +97,65 @@ pub async fn start(
     draft: &Version,
 ) -> sqlx::Result<String> {
     let id = ulid::Ulid::new().to_string();
-    store::insert_build(&state.db, &id, org, app).await?;
-    store::draft_compile_started(&state.db, org, app, &id).await?;
+    let claim = store::insert_build(&state.db, &id, org, app, draft, &state.replica).await?;
+    run_claimed(state, claim, None);
+    Ok(id)
+}
+
+/// Claims, every [`ORPHAN_POLL`], a build whose lease ran out (its replica stopped), and runs
+/// it again here; until `shutdown`.
+pub fn poll_orphans(state: Arc<State>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ORPHAN_POLL) => {}
+            }
+            match store::claim_orphan_build(&state.db, &state.replica).await {
+                Ok(Some(claim)) => {
+                    let note = format!(
+                        "attempt {}: the server that ran this build stopped during it; \
+                         building again on replica {}",
+                        claim.attempt, state.replica
+                    );
+                    tracing::info!("build {}: {note}", claim.id);
+                    run_claimed(state.clone(), claim, Some(note));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("looking for interrupted builds: {e}"),
+            }
+        }
+    });
+}
+
+/// Runs a build this replica claimed: its live log here, its lease renewed and its log stored
+/// every [`store::LEASE_RENEW_MS`], its end recorded only if the claim is still this
+/// replica's. A lost claim (this replica was too slow to renew, and another took the build)
+/// stops the build.
+fn run_claimed(state: Arc<State>, claim: store::BuildClaim, note: Option<String>) {
     let live = Arc::new(LiveBuild::default());
+    if let Some(note) = note {
+        live.push(note);
+    }
     state
         .builds
         .live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), live.clone());
-    let (org, app, draft, build_id) = (org.to_string(), app.to_string(), draft.clone(), id.clone());
+        .insert(claim.id.clone(), live.clone());
     tokio::spawn(async move {
-        let result = compile(&state, &org, &app, &draft, &build_id, &live).await;
+        let (org, app, build_id) = (&claim.org, &claim.app, &claim.id);
+        let compiled = compile(&state, org, app, &claim.draft, build_id, &live);
+        let lease = keep_lease(&state, &claim, &live);
+        let result = tokio::select! {
+            result = compiled => Some(result),
+            () = lease => None,
+        };
+        let Some(result) = result else {
+            tracing::warn!("build {build_id}: another replica claimed it; stopped here");
+            forget(&state, build_id, &live, "running", None);
+            return;
+        };
         let (status, error) = match &result {
             Ok(_) => ("succeeded", None),
             Err(BuildError::TimedOut(_)) => {
@@ -109,34 +177,72 @@ pub async fn start(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .join("\n");
-        let recorded = match &result {
-            Ok(a) => Ok(Built {
-                digest: &a.digest,
-                size: a.size as i64,
-                target: &a.target,
-            }),
-            Err(_) => Err((status, error.as_deref().unwrap_or(""))),
-        };
-        if let Err(e) =
-            store::draft_compile_finished(&state.db, &org, &app, &build_id, recorded).await
-        {
-            tracing::error!("recording build {build_id}: {e}");
+        let built = result.as_ref().ok().map(|a| Built {
+            digest: &a.digest,
+            size: a.size as i64,
+            target: &a.target,
+        });
+        let recorded = store::finish_build(
+            &state.db,
+            &claim,
+            &state.replica,
+            status,
+            error.as_deref(),
+            &log,
+            built,
+        )
+        .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "build {build_id}: another replica claimed it before it ended here; its result \
+                 here is dropped"
+            ),
+            Err(e) => tracing::error!("recording build {build_id}: {e}"),
         }
-        if let Err(e) =
-            store::finish_build(&state.db, &build_id, status, error.as_deref(), &log).await
-        {
-            tracing::error!("recording build {build_id}: {e}");
-        }
-        *live.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((status.to_string(), error));
-        live.changed.notify_waiters();
-        state
-            .builds
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&build_id);
+        forget(&state, build_id, &live, status, error);
     });
-    Ok(id)
+}
+
+/// Renews the claim's lease (storing the log when it grew) until the claim is lost; never
+/// returns while it holds. A failed write is retried: the lease outlasts a few.
+async fn keep_lease(state: &State, claim: &store::BuildClaim, live: &LiveBuild) {
+    let mut stored = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(store::LEASE_RENEW_MS)).await;
+        let (count, log) = {
+            let lines = live.lines.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                lines.len(),
+                (lines.len() != stored).then(|| lines.join("\n")),
+            )
+        };
+        match store::renew_build(&state.db, claim, &state.replica, log.as_deref()).await {
+            Ok(true) => stored = count,
+            Ok(false) => return,
+            Err(e) => tracing::warn!("renewing the lease of build {}: {e}", claim.id),
+        }
+    }
+}
+
+/// The build ended here (or stopped): whoever follows its live log is told, and it is no
+/// longer live.
+fn forget(state: &State, build_id: &str, live: &LiveBuild, status: &str, error: Option<String>) {
+    *live.done.lock().unwrap_or_else(|p| p.into_inner()) = Some((status.to_string(), error));
+    live.changed.notify_waiters();
+    state
+        .builds
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(build_id);
+}
+
+/// The file of a draft's source blob (`digest`), for the build that needs it. Today it is in
+/// this replica's OCI layout, where the replica that accepted the upload wrote it; a build
+/// claimed by another replica finds it through this one function.
+pub(crate) fn source_blob(state: &State, digest: &str) -> PathBuf {
+    state.oci.blob_path(digest)
 }
 
 async fn compile(
@@ -159,7 +265,7 @@ async fn compile(
     let src = app_dir.join("src");
     fresh_dir(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
-    let bytes = std::fs::read(state.oci.blob_path(&digest)).map_err(io(&src))?;
+    let bytes = std::fs::read(source_blob(state, &digest)).map_err(io(&src))?;
     if draft.source_kind.as_deref() == Some("file") {
         for (name, content) in single_file_project(&draft.runtime, app, &bytes) {
             let path = src.join(name);

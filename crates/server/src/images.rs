@@ -297,7 +297,7 @@ async fn compile_within(
     app_dir: &Path,
 ) -> Result<ignite_builder::Artifact, BuildError> {
     let digest = draft.source_digest.clone().unwrap_or_default();
-    let blob = state.oci.blob_path(&digest);
+    let blob = crate::builds::source_blob(state, &digest);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, source }
@@ -322,7 +322,7 @@ async fn compile_within(
         } => {
             let dir = app_dir.join("context");
             fresh_dir(&dir).map_err(io(&dir))?;
-            let archive = state.oci.blob_path(context);
+            let archive = crate::builds::source_blob(state, context);
             let bytes = std::fs::read(&archive).map_err(io(&archive))?;
             ignite_builder::archive::unpack(&bytes, &dir, crate::builds::SOURCE_CAP)
                 .map_err(image_error)?;

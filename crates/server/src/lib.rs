@@ -39,6 +39,13 @@ pub use routes::openapi;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The store: `postgres://…` (several control replicas may share it) or `sqlite://<path>`;
+    /// `None` is SQLite at `<data-dir>/ignite.db`.
+    pub database_url: Option<String>,
+    /// This replica's name among those sharing a store (`None`: the one kept in
+    /// `<data-dir>/replica-id`, made at first start). What a replica leaves unfinished when it
+    /// stops — executions it was running, builds it held — is told apart by it.
+    pub replica_id: Option<String>,
     /// The org created on first start.
     pub org: String,
     pub api_addr: SocketAddr,
@@ -100,6 +107,8 @@ pub struct Started {
 
 pub(crate) struct State {
     pub db: store::Db,
+    /// This replica's id (see `Config::replica_id`).
+    pub replica: String,
     pub oci: ignite_builder::oci::OciLayout,
     pub config: Config,
     pub gateway_port: u16,
@@ -273,14 +282,20 @@ pub async fn run(
     };
     // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
-    let db = store::open(&config.data_dir).await?;
+    let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
+    let replica = replica_id(&config)?;
+    // Subscribed before anything is served: a change another replica makes from here on is
+    // heard.
+    let app_changes = store::AppChanges::listen(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for app changes on PostgreSQL: {e}"))?;
     let secrets = secrets::SecretBox::open(&config.data_dir)?;
     let image_proxy = ignite_builder::LoopbackProxy::start(&config.images.proxy_allow_list())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the image pulls' registry proxy: {e}"))?;
     let roots =
         ignite_image::RootCache::new(config.data_dir.join("images"), config.images.cache_mb << 20);
-    store::fail_interrupted_builds(&db).await?;
+    store::fail_interrupted_builds(&db, &replica).await?;
     // Records an earlier run answered (or began) but had not written yet: a crash keeps them
     // in the journal; the store gets them before anything else happens.
     let journal_dir = config.data_dir.join("journal");
@@ -288,16 +303,18 @@ pub async fn run(
     if !left.is_empty() {
         tracing::info!("writing {} execution records from the journal", left.len());
         for chunk in left.chunks(1024) {
-            store::upsert_executions(&db, chunk).await?;
+            store::upsert_executions(&db, &replica, chunk).await?;
         }
     }
     let journal = journal::Journal::open(&journal_dir)?;
-    store::fail_interrupted_executions(&db).await?;
+    store::fail_interrupted_executions(&db, &replica).await?;
     // A node keeps no platform state: its store holds nothing (the control plane's does).
-    let admin_token = if role == fleet::Role::Node || store::org_exists(&db, &config.org).await? {
+    let admin_token = if role == fleet::Role::Node
+        || store::org_exists(&db, &config.org).await?
+        || !store::create_org(&db, &config.org).await?
+    {
         None
     } else {
-        store::create_org(&db, &config.org).await?;
         let (id, secret, token) =
             mint_token().map_err(|e| anyhow::anyhow!("cannot mint the admin token: {e}"))?;
         store::insert_token(&db, &id, &config.org, "admin", &hash_secret(&secret)).await?;
@@ -364,6 +381,7 @@ pub async fn run(
     };
     let state = Arc::new(State {
         db,
+        replica,
         oci,
         recorder,
         sdk_fingerprint,
@@ -422,8 +440,29 @@ pub async fn run(
 
     let writer = {
         let state = state.clone();
-        tokio::spawn(async move { state.recorder.run(state.db.clone(), records).await })
+        tokio::spawn(async move {
+            state
+                .recorder
+                .run(state.db.clone(), &state.replica, records)
+                .await
+        })
     };
+    if let Some(mut changes) = app_changes {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                match changes.next().await {
+                    store::AppChange::App(org, app) => state.node.invalidate(&org, &app),
+                    store::AppChange::Lost => state.node.invalidate_all(),
+                }
+            }
+        });
+    }
+    // Builds whose replica stopped under them and did not come back are claimed again here;
+    // those this replica accepts start at once, without the poll.
+    if role != fleet::Role::Node {
+        builds::poll_orphans(state.clone(), shutdown.clone());
+    }
     // A node reconciles its pools with what the control plane says; a control replica runs
     // no instance (only long requests' records to flush) and watches its fleet; a single
     // server reconciles with its store.
@@ -498,6 +537,43 @@ pub async fn run(
     a?;
     g?;
     Ok(())
+}
+
+/// This replica's id: the operator's, or the one kept in `<data-dir>/replica-id` (a ULID made
+/// at first start). The data directory is the replica's own (journal, sandbox, blobs), so it
+/// names the replica across restarts: what it left unfinished is its to clean up.
+fn replica_id(config: &Config) -> anyhow::Result<String> {
+    if let Some(id) = &config.replica_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let id = ulid::Ulid::new().to_string();
+            std::fs::write(&path, &id).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write this replica's id to {}: {e}; make the data directory \
+                     writable or pass --replica-id",
+                    path.display()
+                )
+            })?;
+            Ok(id)
+        }
+    }
+}
+
+impl State {
+    /// An app's route or hostname changed (a publish, a rollback, new settings, a delete):
+    /// this node's caches forget it, and so do the other replicas'.
+    pub(crate) async fn app_changed(&self, org: &str, app: &str) {
+        self.node.invalidate(org, app);
+        if let Err(e) = store::notify_app_changed(&self.db, org, app).await {
+            // The change is committed; the other replicas' caches may keep the old route until
+            // their listener reconnects (which forgets everything).
+            tracing::error!("telling the other replicas that {org}:{app} changed: {e}");
+        }
+    }
 }
 
 /// The Python SDK of the tree this binary was built from (`sdks/python`).

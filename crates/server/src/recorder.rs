@@ -127,8 +127,14 @@ impl Recorder {
             .map(|(_, e, _)| e.clone())
     }
 
-    /// Writes records until every sender is gone (the server is stopping), then returns.
-    pub async fn run(&self, db: Db, mut rx: mpsc::UnboundedReceiver<(u64, Execution)>) {
+    /// Writes records (begun by `replica`) until every sender is gone (the server is
+    /// stopping), then returns.
+    pub async fn run(
+        &self,
+        db: Db,
+        replica: &str,
+        mut rx: mpsc::UnboundedReceiver<(u64, Execution)>,
+    ) {
         let mut batch = Vec::with_capacity(1024);
         while rx.recv_many(&mut batch, 1024).await > 0 {
             // Gather what arrives in the next few milliseconds too: one transaction for many
@@ -157,7 +163,7 @@ impl Recorder {
             let records: Vec<Execution> = latest.values().map(|(_, e)| e.clone()).collect();
             let mut tries = 0;
             let mut written = true;
-            while let Err(e) = store::upsert_executions(&db, &records).await {
+            while let Err(e) = store::upsert_executions(&db, replica, &records).await {
                 tries += 1;
                 tracing::error!(
                     "writing {} execution records failed (try {tries}): {e}",

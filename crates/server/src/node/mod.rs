@@ -162,6 +162,17 @@ impl Node {
         self.route(db, &org, &app).await
     }
 
+    /// Forgets every cached route and hostname (the replicas' change notifications were
+    /// interrupted, so any of them may be stale).
+    pub fn invalidate_all(&self) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        routes.clear();
+        drop(routes);
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Forgets what is cached about an app; the next request reads the store.
     pub fn invalidate(&self, org: &str, app: &str) {
         let key = (org.to_string(), app.to_string());

@@ -171,7 +171,7 @@ pub(super) async fn delete_app(
 ) -> ApiResult<StatusCode> {
     owned_app(&state, &headers, &org, &name).await?;
     store::delete_app(&state.db, &org, &name).await?;
-    state.node.invalidate(&org, &name);
+    state.app_changed(&org, &name).await;
     // Its pools are no longer wanted: the reconciler stops their instances.
     state.node.reconcile(&state).await;
     Ok(StatusCode::NO_CONTENT)
@@ -204,7 +204,7 @@ pub(crate) async fn replace_env(
     }
     let env: Vec<(String, String)> = body.env.clone().into_iter().collect();
     store::set_env(&state.db, org, name, &env).await?;
-    state.node.invalidate(org, name);
+    state.app_changed(org, name).await;
     Ok(api::EnvSet {
         env: body.env,
         note: "environment changes take effect at the next draft publish".into(),
@@ -306,7 +306,7 @@ pub(crate) async fn update_scaling(
         }
     }
     store::set_scaling(&state.db, org, name, &scaling).await?;
-    state.node.invalidate(org, name);
+    state.app_changed(org, name).await;
     state.node.reconcile(state).await;
     Ok(scaling)
 }
@@ -352,7 +352,7 @@ pub(crate) async fn update_network(
             })?;
     }
     store::set_network(&state.db, org, name, &body).await?;
-    state.node.invalidate(org, name);
+    state.app_changed(org, name).await;
     state.node.reconcile(state).await;
     Ok(body)
 }

@@ -463,19 +463,78 @@ pub(crate) async fn compile_log_stream(
         )
             .into_response());
     }
-    let (status, error, log) = store::get_build(&state.db, &build_id)
+    let build = store::get_build(&state.db, &build_id)
         .await?
         .ok_or_else(|| ApiError::internal("the build record is missing"))?;
+    if build.status == "running" && follow {
+        return Ok(follow_stored_log(state, build_id));
+    }
     let mut out = Vec::new();
-    for l in log.lines() {
+    for l in build.log.lines() {
         out.extend_from_slice(&ndjson(&line(l.to_string())));
     }
     out.extend_from_slice(&ndjson(&api::LogEvent {
-        status: Some(status),
-        error,
+        status: Some(build.status),
+        error: build.error,
         ..Default::default()
     }));
     Ok(([("content-type", "application/x-ndjson")], out).into_response())
+}
+
+/// Follows the log of a build another replica runs, as it stores it (every half second): the
+/// lines that are new since the last read, until the build ends. A build claimed again after
+/// its replica stopped starts its log anew; its lines are sent from there.
+fn follow_stored_log(state: std::sync::Arc<crate::State>, build_id: String) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let (mut sent, mut attempt) = (0, None);
+        loop {
+            let build = match store::get_build(&state.db, &build_id).await {
+                Ok(Some(build)) => build,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("reading build {build_id}: {e}");
+                    tokio::time::sleep(crate::builds::STORE_POLL).await;
+                    continue;
+                }
+            };
+            if attempt != Some(build.attempt) {
+                attempt = Some(build.attempt);
+                sent = 0;
+            }
+            // The log is stored whole lines at a time.
+            let lines: Vec<&str> = build.log.lines().collect();
+            let complete = lines.len();
+            for l in lines.iter().skip(sent) {
+                let event = api::LogEvent {
+                    line: Some(l.to_string()),
+                    ..Default::default()
+                };
+                if tx.send(Ok(ndjson(&event))).await.is_err() {
+                    return;
+                }
+            }
+            sent = sent.max(complete);
+            if build.status != "running" {
+                let end = api::LogEvent {
+                    status: Some(build.status),
+                    error: build.error,
+                    ..Default::default()
+                };
+                let _ = tx.send(Ok(ndjson(&end))).await;
+                return;
+            }
+            tokio::time::sleep(crate::builds::STORE_POLL).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn ndjson(v: &impl serde::Serialize) -> Bytes {
@@ -547,7 +606,7 @@ pub(crate) async fn publish_draft(
         }
     }
     let version = store::publish(&state.db, &org, &name, &app.env).await?;
-    state.node.invalidate(&org, &name);
+    state.app_changed(&org, &name).await;
     // New requests go to the new version now; the old one drains; reserved capacity starts.
     state.node.reconcile(&state).await;
     // What the first start needs (a Python template) is made now, not by the first request

@@ -78,7 +78,7 @@ pub(crate) async fn roll_back(
         )));
     }
     store::set_active(&state.db, org, name, body.version).await?;
-    state.node.invalidate(org, name);
+    state.app_changed(org, name).await;
     state.node.reconcile(state).await;
     Ok(Json(api::RolledBack {
         id: format!("{org}:{name}"),

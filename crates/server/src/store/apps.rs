@@ -52,7 +52,7 @@ pub async fn create_app(
     .bind(org)
     .bind(name)
     .bind(runtime)
-    .bind(description)
+    .bind(super::storable(description).as_ref())
     .bind(now_ms())
     .bind(&hostname)
     .execute(&mut *tx)
@@ -142,9 +142,9 @@ pub async fn reserved_elsewhere(db: &Db, org: &str, name: &str) -> sqlx::Result<
         .await?;
     Ok(rows
         .iter()
-        .filter(|r| !(r.get::<&str, _>("org") == org && r.get::<&str, _>("name") == name))
+        .filter(|r| !(r.get::<String, _>("org") == org && r.get::<String, _>("name") == name))
         .map(|r| {
-            serde_json::from_str::<ignite_api::ScalingConfig>(r.get::<&str, _>("scaling"))
+            serde_json::from_str::<ignite_api::ScalingConfig>(&r.get::<String, _>("scaling"))
                 .map_or(0, |s| u64::from(s.reserved_capacity))
         })
         .sum())

@@ -2,41 +2,33 @@
 
 use super::{Db, Execution, begin_write, execution_of, now_ms};
 
-/// Writes executions (new or updated): one multi-row statement per chunk, in one transaction.
-pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()> {
-    // 20 bound values a row; SQLite allows 32 766 in one statement.
+/// Writes executions (new or updated), begun by `replica`: one multi-row statement per chunk,
+/// in one transaction.
+pub async fn upsert_executions(db: &Db, replica: &str, batch: &[Execution]) -> sqlx::Result<()> {
+    // 22 bound values a row; SQLite allows 32 766 in one statement, PostgreSQL 65 535.
     const ROWS: usize = 500;
+    const COLUMNS: usize = 22;
     let mut tx = begin_write(db).await?;
     for chunk in batch.chunks(ROWS) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        // The placeholders are written here, `$n` (which both stores read), rather than by
+        // sqlx's `QueryBuilder`, whose `Any` flavour writes `?`, which PostgreSQL refuses.
+        let mut sql = String::from(
             "INSERT INTO executions (id, org, app, version, status, trigger, started_at, \
              finished_at, cold_start_ms, init_ms, duration_ms, billed_duration_ms, \
-             response_status, error, logs, queue_ms, fetch_ms, spawn_ms, template_ms, start_kind, unpack_ms) ",
+             response_status, error, logs, queue_ms, fetch_ms, spawn_ms, template_ms, \
+             start_kind, unpack_ms, replica) VALUES ",
         );
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.id)
-                .push_bind(&e.org)
-                .push_bind(&e.app)
-                .push_bind(e.version)
-                .push_bind(&e.status)
-                .push_bind(&e.trigger)
-                .push_bind(e.started_at)
-                .push_bind(e.finished_at)
-                .push_bind(e.cold_start_ms)
-                .push_bind(e.init_ms)
-                .push_bind(e.duration_ms)
-                .push_bind(e.billed_duration_ms)
-                .push_bind(e.response_status)
-                .push_bind(&e.error)
-                .push_bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
-                .push_bind(e.queue_ms)
-                .push_bind(e.fetch_ms)
-                .push_bind(e.spawn_ms)
-                .push_bind(e.template_ms)
-                .push_bind(&e.start_kind)
-                .push_bind(e.unpack_ms);
-        });
-        q.push(
+        for row in 0..chunk.len() {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..COLUMNS {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", row * COLUMNS + column + 1));
+            }
+            sql.push(')');
+        }
+        sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
              finished_at = excluded.finished_at, cold_start_ms = excluded.cold_start_ms, \
              init_ms = excluded.init_ms, duration_ms = excluded.duration_ms, \
@@ -46,18 +38,47 @@ pub async fn upsert_executions(db: &Db, batch: &[Execution]) -> sqlx::Result<()>
              spawn_ms = excluded.spawn_ms, template_ms = excluded.template_ms, \
              start_kind = excluded.start_kind, unpack_ms = excluded.unpack_ms",
         );
-        q.build().execute(&mut *tx).await?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(e.id.clone())
+                .bind(e.org.clone())
+                .bind(e.app.clone())
+                .bind(e.version)
+                .bind(e.status.clone())
+                .bind(e.trigger.clone())
+                .bind(e.started_at)
+                .bind(e.finished_at)
+                .bind(e.cold_start_ms)
+                .bind(e.init_ms)
+                .bind(e.duration_ms)
+                .bind(e.billed_duration_ms)
+                .bind(e.response_status)
+                .bind(e.error.as_deref().map(|e| super::storable(e).into_owned()))
+                .bind(serde_json::to_string(&e.logs).unwrap_or_else(|_| "[]".into()))
+                .bind(e.queue_ms)
+                .bind(e.fetch_ms)
+                .bind(e.spawn_ms)
+                .bind(e.template_ms)
+                .bind(e.start_kind.clone())
+                .bind(e.unpack_ms)
+                .bind(replica.to_string());
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await
 }
 
-/// Executions left `running` by a server that stopped are marked as such.
-pub async fn fail_interrupted_executions(db: &Db) -> sqlx::Result<()> {
+/// Executions this replica left `running` when it stopped are marked as such — only its own:
+/// another replica on the same store may be running its own right now. (Records from before
+/// executions carried their replica have none, and are this store's single server's.)
+pub async fn fail_interrupted_executions(db: &Db, replica: &str) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE executions SET status = 'failed', error = 'the server stopped during the execution', \
-         finished_at = $1 WHERE status = 'running'",
+         finished_at = $1 WHERE status = 'running' AND (replica = $2 OR replica IS NULL)",
     )
     .bind(now_ms())
+    .bind(replica)
     .execute(db)
     .await?;
     Ok(())

@@ -1,25 +1,54 @@
-//! Persistent state, through sqlx. The SQL is kept portable (SQLite today, PostgreSQL later).
+//! Persistent state, through sqlx's `Any` driver: SQLite (one server, the default) or
+//! PostgreSQL (several control replicas on one database). The SQL is kept portable: the same
+//! statements run on both, the migrations are the same files (with the few type names
+//! PostgreSQL spells differently translated in [`postgres_dialect`]), and every value is read
+//! as one of `i64`, `f64`, `String` or `Vec<u8>`, which both drivers decode alike.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 
 mod apps;
+mod builds;
 mod executions;
 mod nodes;
+mod notify;
 mod sessions;
 mod versions;
 
 pub use apps::*;
+pub use builds::*;
 pub use executions::*;
 pub use nodes::*;
+pub use notify::*;
 pub use sessions::*;
 pub use versions::*;
 
-pub type Db = SqlitePool;
+pub type Db = sqlx::AnyPool;
+
+/// Which database a store is on; the few statements that differ ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend(db: &Db) -> Backend {
+    if db
+        .connect_options()
+        .database_url
+        .scheme()
+        .starts_with("postgres")
+    {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -27,20 +56,64 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
-    let path = data_dir.join("ignite.db");
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+/// Opens the store: `url` (`postgres://…` or `sqlite://<path>`) when given, else SQLite at
+/// `<data-dir>/ignite.db`; the migrations are applied (on PostgreSQL under sqlx's advisory lock,
+/// so replicas starting together migrate once).
+pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let default_url;
+    let url = match url {
+        Some(url) => url,
+        None => {
+            default_url = format!("sqlite://{}", data_dir.join("ignite.db").display());
+            &default_url
+        }
+    };
+    let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        AnyPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to the PostgreSQL database of --database-url: {e}; check                      that the server is reachable and that the URL's user, password and                      database are right"
+                )
+            })?
+    } else if url.starts_with("sqlite:") {
+        open_sqlite(url).await?
+    } else {
+        anyhow::bail!(
+            "--database-url must start with postgres:// (or postgresql://) or sqlite://, not \
+             {:?}",
+            url.split(':').next().unwrap_or_default()
+        );
+    };
+    migrator(backend(&pool)).run(&pool).await?;
+    Ok(pool)
+}
+
+async fn open_sqlite(url: &str) -> anyhow::Result<Db> {
+    // WAL is a property of the file: one connection of SQLite's own driver sets it (and creates
+    // the file); the pool's connections, through `Any`, cannot be given pragmas but by SQL.
+    let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        // WAL with synchronous=NORMAL: commits are atomic and survive a process crash; only an
-        // OS crash can lose the last few, and no commit waits for an fsync.
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
+        .journal_mode(SqliteJournalMode::Wal);
+    options.connect().await?.close().await?;
+    let pool = AnyPoolOptions::new()
         .max_connections(8)
-        .connect_with(options)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL with synchronous=NORMAL: a commit is atomic and survives a crash of the
+                // process (it is in the OS's page cache once `COMMIT` returns); only a crash of
+                // the machine can lose the last few, and no commit waits for an fsync.
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
         .await?;
-    migrator().run(&pool).await?;
     Ok(pool)
 }
 
@@ -85,33 +158,93 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "console",
         include_str!("../../migrations/0008_console.sql"),
     ),
+    (
+        9,
+        "build jobs",
+        include_str!("../../migrations/0009_build_jobs.sql"),
+    ),
     (10, "nodes", include_str!("../../migrations/0010_nodes.sql")),
 ];
 
-fn migrator() -> sqlx::migrate::Migrator {
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
             .map(|&(version, description, sql)| {
+                let sql = match backend {
+                    Backend::Sqlite => sql.to_string(),
+                    Backend::Postgres => postgres_dialect(sql),
+                };
+                let no_tx = sql.starts_with("-- no-transaction");
                 Migration::new(
                     version,
                     std::borrow::Cow::Borrowed(description),
                     MigrationType::Simple,
-                    sql.into_sql_str(),
-                    sql.starts_with("-- no-transaction"),
+                    sqlx::AssertSqlSafe(sql).into_sql_str(),
+                    no_tx,
                 )
             })
             .collect(),
     )
 }
 
+/// A migration as PostgreSQL reads it: the type names SQLite accepts but PostgreSQL spells
+/// otherwise. The files themselves stay as they are — existing SQLite stores hold their
+/// checksums — and a PostgreSQL store holds the checksums of this translation, which is why it
+/// must stay deterministic: change a rule and existing PostgreSQL stores refuse to start.
+fn postgres_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            out.push_str(line);
+        } else {
+            let mut word = String::new();
+            for c in line.chars().chain(std::iter::once('\n')) {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c);
+                    continue;
+                }
+                out.push_str(match word.as_str() {
+                    "BLOB" => "BYTEA",
+                    "REAL" => "DOUBLE PRECISION",
+                    // An INTEGER of SQLite is 64 bits; PostgreSQL's is 32.
+                    "INTEGER" => "BIGINT",
+                    w => w,
+                });
+                word.clear();
+                if c != '\n' {
+                    out.push(c);
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// A transaction that writes: on SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
 /// that it waits for another writer (busy timeout) instead of failing when a read inside it would
-/// have to be upgraded to a write under concurrent writes.
-async fn begin_write(db: &Db) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    db.begin_with("BEGIN IMMEDIATE").await
+/// have to be upgraded to a write under concurrent writes. PostgreSQL locks rows as they are
+/// written; a plain `BEGIN` serves.
+async fn begin_write(db: &Db) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+    match backend(db) {
+        Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => db.begin().await,
+    }
+}
+
+/// Text as PostgreSQL stores it: a NUL byte, which SQLite keeps and PostgreSQL's `TEXT`
+/// refuses, becomes U+FFFD. Every free text a user or a handler sends that is stored as is
+/// goes through it (a token's name, an app's description, a registry login, a build log, a
+/// handler's error); JSON columns need not (serde_json writes NUL as `\u0000`).
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,21 +327,21 @@ fn env_of(text: &str) -> Vec<(String, String)> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-fn app_of(row: &sqlx::sqlite::SqliteRow) -> App {
+fn app_of(row: &AnyRow) -> App {
     App {
         org: row.get("org"),
         name: row.get("name"),
         runtime: row.get("runtime"),
         description: row.get("description"),
-        env: env_of(row.get::<&str, _>("env")),
+        env: env_of(&row.get::<String, _>("env")),
         active_version: row.get("active_version"),
-        scaling: serde_json::from_str(row.get::<&str, _>("scaling")).unwrap_or_default(),
-        network: serde_json::from_str(row.get::<&str, _>("network")).unwrap_or_default(),
+        scaling: serde_json::from_str(&row.get::<String, _>("scaling")).unwrap_or_default(),
+        network: serde_json::from_str(&row.get::<String, _>("network")).unwrap_or_default(),
         created_at: row.get("created_at"),
     }
 }
 
-fn version_of(row: &sqlx::sqlite::SqliteRow) -> Version {
+fn version_of(row: &AnyRow) -> Version {
     Version {
         version: row.get("version"),
         runtime: row.get("runtime"),
@@ -222,12 +355,12 @@ fn version_of(row: &sqlx::sqlite::SqliteRow) -> Version {
         artifact_digest: row.get("artifact_digest"),
         artifact_size: row.get("artifact_size"),
         artifact_target: row.get("artifact_target"),
-        env: env_of(row.get::<&str, _>("env")).into_iter().collect(),
+        env: env_of(&row.get::<String, _>("env")).into_iter().collect(),
         created_at: row.get("created_at"),
     }
 }
 
-fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
+fn execution_of(row: &AnyRow) -> Execution {
     Execution {
         id: row.get("id"),
         org: row.get("org"),
@@ -249,7 +382,7 @@ fn execution_of(row: &sqlx::sqlite::SqliteRow) -> Execution {
         billed_duration_ms: row.get("billed_duration_ms"),
         response_status: row.get("response_status"),
         error: row.get("error"),
-        logs: serde_json::from_str(row.get::<&str, _>("logs")).unwrap_or_default(),
+        logs: serde_json::from_str(&row.get::<String, _>("logs")).unwrap_or_default(),
     }
 }
 
@@ -263,13 +396,17 @@ pub async fn org_exists(db: &Db, org: &str) -> sqlx::Result<bool> {
         .is_some())
 }
 
-pub async fn create_org(db: &Db, org: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
-        .bind(org)
-        .bind(now_ms())
-        .execute(db)
-        .await?;
-    Ok(())
+/// Creates the org unless it exists; whether this call created it (of replicas starting
+/// together on one store, one does, and only that one mints the admin token).
+pub async fn create_org(db: &Db, org: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO orgs (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(org)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn insert_token(
@@ -284,7 +421,7 @@ pub async fn insert_token(
     )
     .bind(id)
     .bind(org)
-    .bind(name)
+    .bind(storable(name).as_ref())
     .bind(hash)
     .bind(now_ms())
     .execute(db)
@@ -342,6 +479,34 @@ pub async fn revoke_token(db: &Db, org: &str, id: &str) -> sqlx::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    /// The type names PostgreSQL spells otherwise are translated as whole words, outside
+    /// comments only; everything else is left as it is.
+    #[test]
+    fn migrations_are_translated_for_postgresql() {
+        let cases = [
+            ("secret BLOB NOT NULL,", "secret BYTEA NOT NULL,"),
+            (
+                "ALTER TABLE e ADD COLUMN t_ms REAL;",
+                "ALTER TABLE e ADD COLUMN t_ms DOUBLE PRECISION;",
+            ),
+            (
+                "created_at INTEGER NOT NULL,",
+                "created_at BIGINT NOT NULL,",
+            ),
+            (
+                "x DOUBLE PRECISION, realm TEXT, blob_id TEXT",
+                "x DOUBLE PRECISION, realm TEXT, blob_id TEXT",
+            ),
+            (
+                "-- a REAL comment about a BLOB",
+                "-- a REAL comment about a BLOB",
+            ),
+        ];
+        for (sqlite, postgres) in cases {
+            assert_eq!(super::postgres_dialect(sqlite), format!("{postgres}\n"));
+        }
+    }
+
     /// Every file in the migrations directory is embedded, under the version and description
     /// sqlx derives from its name (`<version>_<description>.sql`).
     #[test]
@@ -392,8 +557,8 @@ pub async fn put_registry_credential(
          username = excluded.username, secret = excluded.secret, created_at = excluded.created_at",
     )
     .bind(org)
-    .bind(host)
-    .bind(username)
+    .bind(storable(host).as_ref())
+    .bind(storable(username).as_ref())
     .bind(secret)
     .bind(now_ms())
     .execute(db)

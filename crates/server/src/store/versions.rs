@@ -61,56 +61,10 @@ pub async fn list_versions(db: &Db, org: &str, app: &str) -> sqlx::Result<Vec<Ve
     Ok(rows.iter().map(version_of).collect())
 }
 
-/// Marks the draft's compile as started, if its source is still `source_digest`.
-pub async fn draft_compile_started(
-    db: &Db,
-    org: &str,
-    app: &str,
-    build_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE versions SET compile_status = 'compiling', compile_error = NULL, build_id = $1 \
-         WHERE org = $2 AND app = $3 AND version = 0",
-    )
-    .bind(build_id)
-    .bind(org)
-    .bind(app)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 pub struct Built<'a> {
     pub digest: &'a str,
     pub size: i64,
     pub target: &'a str,
-}
-
-/// Records a finished compile on the draft, unless the draft was saved again meanwhile.
-pub async fn draft_compile_finished(
-    db: &Db,
-    org: &str,
-    app: &str,
-    build_id: &str,
-    result: Result<Built<'_>, (&str, &str)>,
-) -> sqlx::Result<()> {
-    let q = match result {
-        Ok(b) => sqlx::query(
-            "UPDATE versions SET compile_status = 'compiled', artifact_digest = $1, artifact_size = $2, \
-             artifact_target = $3 WHERE org = $4 AND app = $5 AND version = 0 AND build_id = $6",
-        )
-        .bind(b.digest.to_string())
-        .bind(b.size)
-        .bind(b.target.to_string()),
-        Err((status, error)) => sqlx::query(
-            "UPDATE versions SET compile_status = $1, compile_error = $2 \
-             WHERE org = $3 AND app = $4 AND version = 0 AND build_id = $5",
-        )
-        .bind(status.to_string())
-        .bind(error.to_string()),
-    };
-    q.bind(org).bind(app).bind(build_id).execute(db).await?;
-    Ok(())
 }
 
 /// Copies the compiled draft into version `max + 1` and makes it active. Returns the new number.
@@ -160,71 +114,7 @@ pub async fn set_active(db: &Db, org: &str, app: &str, version: i64) -> sqlx::Re
     Ok(())
 }
 
-// ---- builds ----
-
-pub async fn insert_build(db: &Db, id: &str, org: &str, app: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO builds (id, org, app, status, log, started_at) VALUES ($1, $2, $3, 'running', '', $4)",
-    )
-    .bind(id)
-    .bind(org)
-    .bind(app)
-    .bind(now_ms())
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-pub async fn finish_build(
-    db: &Db,
-    id: &str,
-    status: &str,
-    error: Option<&str>,
-    log: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE builds SET status = $1, error = $2, log = $3, finished_at = $4 WHERE id = $5",
-    )
-    .bind(status)
-    .bind(error)
-    .bind(log)
-    .bind(now_ms())
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-/// `(status, error, log)` of a build.
-pub async fn get_build(
-    db: &Db,
-    id: &str,
-) -> sqlx::Result<Option<(String, Option<String>, String)>> {
-    let row = sqlx::query("SELECT status, error, log FROM builds WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|r| (r.get("status"), r.get("error"), r.get("log"))))
-}
-
-/// Builds that were running when the server stopped did not finish.
-pub async fn fail_interrupted_builds(db: &Db) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE builds SET status = 'failed', error = 'the server stopped during the compile; run draft compile again', \
-         finished_at = $1 WHERE status = 'running'",
-    )
-    .bind(now_ms())
-    .execute(db)
-    .await?;
-    sqlx::query(
-        "UPDATE versions SET compile_status = 'failed', \
-         compile_error = 'the server stopped during the compile; run draft compile again' \
-         WHERE compile_status = 'compiling'",
-    )
-    .execute(db)
-    .await?;
-    Ok(())
-}
+// ---- the build cache ----
 
 pub async fn cached_build(db: &Db, key: &str) -> sqlx::Result<Option<(String, i64, String)>> {
     let row = sqlx::query(
