@@ -6,6 +6,7 @@
 //! scoped by the org of the caller's token, and a foreign object answers as a missing one.
 
 mod auth;
+pub mod blobs;
 mod builds;
 mod console;
 mod error;
@@ -75,6 +76,9 @@ pub struct Config {
     pub limits: limits::LimitSettings,
     /// Image mode: allowed registries and git hosts, the unpacked roots' disk budget.
     pub images: images::ImageSettings,
+    /// The platform registry every replica and node shares blobs through (`--registry`);
+    /// `None`: this machine's layout alone, no network.
+    pub registry: Option<blobs::RegistrySettings>,
 }
 
 /// What the server tells its caller once it is listening.
@@ -94,7 +98,9 @@ pub struct Started {
 
 pub(crate) struct State {
     pub db: store::Db,
-    pub oci: ignite_builder::oci::OciLayout,
+    /// Sources, artifacts and images: the data directory's OCI layout, and the platform
+    /// registry behind it when there is one.
+    pub blobs: Arc<blobs::Blobs>,
     pub config: Config,
     pub gateway_port: u16,
     pub builds: builds::Builds,
@@ -173,6 +179,21 @@ pub async fn run(
     started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    // A platform registry that is misspelt or down fails the start, not the first save.
+    let registry = match &config.registry {
+        Some(settings) => {
+            let registry = settings.registry().map_err(anyhow::Error::msg)?;
+            registry.check().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the platform registry {} does not answer: {e}; start it, or fix \
+                     --registry (IGNITE_REGISTRY)",
+                    registry.url()
+                )
+            })?;
+            Some(registry)
+        }
+        None => None,
+    };
     // Finding the interpreter's files runs ldd over its extension modules (~0.3 s): beside the
     // rest of the start, not before it.
     let python_found = {
@@ -249,6 +270,12 @@ pub async fn run(
     };
     // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
+    let blobs = Arc::new(blobs::Blobs::new(
+        oci,
+        registry,
+        blobs::max_blob_bytes(config.build_disk_mb),
+        config.images.cache_mb << 20,
+    ));
     let db = store::open(&config.data_dir).await?;
     let secrets = secrets::SecretBox::open(&config.data_dir)?;
     let image_proxy = ignite_builder::LoopbackProxy::start(&config.images.proxy_allow_list())
@@ -301,7 +328,7 @@ pub async fn run(
     };
     let state = Arc::new(State {
         db,
-        oci,
+        blobs,
         recorder,
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),
