@@ -2,7 +2,8 @@
 //! real registry on loopback (Debian's `docker-registry`) publishes a draft's source at save
 //! and a build's artifact at compile, each tagged by digest; a server that lost the artifact
 //! from its data directory pulls it back at the next cold start, and the record's `fetch_ms`
-//! says so.
+//! says so — a native binary (back executable), a Python app's tree (unpacked again) and an
+//! image (its manifest, config and layers, from `<prefix>/images`).
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use support::images::Registry;
+use support::images::{Registry, echo_config, echo_layer};
 use support::platform::*;
 
 const HANDLER: &str = r#"
@@ -205,5 +206,82 @@ fn a_python_app_tree_is_published_and_pulled_back_and_unpacked_again() {
     );
     assert_eq!(sha256_of(&blob), artifact);
     assert!(data.join("apps").join(hex).join("main.py").is_file());
+    server.stop();
+}
+
+#[test]
+fn an_image_is_published_by_digest_and_pulled_back_by_a_node_that_lost_it() {
+    let dir = scratch("platform-registry-image");
+    // One registry plays both parts: where the user's image comes from, and the platform's.
+    let registry = Registry::start(&dir.join("registry"), None);
+    let v1 = registry.push(
+        "acme/echo:v1",
+        vec![echo_layer()],
+        echo_config("hello"),
+        None,
+    );
+    let url = format!("http://{}/ignite", registry.addr);
+    let args = [
+        "--image-registry",
+        registry.addr.as_str(),
+        "--insecure-registry",
+        registry.addr.as_str(),
+        "--registry",
+        url.as_str(),
+    ];
+    let server = start_server_with(&dir.join("server"), &args);
+    let p = dir.clone();
+    let id = "acme-corp:web";
+    ok(&server, &p, &["app", "create", "web", "--runtime", "image"]);
+    ok(&server, &p, &["draft", "save", id, "--image-ref", &v1]);
+    ok(&server, &p, &["draft", "publish", id]);
+    let app = json(&ok(&server, &p, &["app", "get", id, "-o", "json"]));
+    let manifest = app["artifact"]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no image in {app}"))
+        .to_string();
+    let tag = manifest.replacen(':', "-", 1);
+    assert_eq!(
+        head(
+            &registry.addr,
+            &format!("/v2/ignite/images/manifests/{tag}"),
+            "application/vnd.oci.image.manifest.v1+json",
+        ),
+        200,
+        "image {manifest}"
+    );
+    let data = server.dir.join("data");
+    server.stop();
+
+    // Every blob of the image gone from the node: the manifest, its config, its layers.
+    let blobs = data.join("blobs/sha256");
+    let blob = |digest: &str| blobs.join(digest.trim_start_matches("sha256:"));
+    let document = json(&std::fs::read_to_string(blob(&manifest)).expect("the manifest"));
+    let mut digests = vec![manifest.clone()];
+    digests.push(
+        document["config"]["digest"]
+            .as_str()
+            .expect("config")
+            .into(),
+    );
+    for layer in document["layers"].as_array().expect("layers") {
+        digests.push(layer["digest"].as_str().expect("layer").into());
+    }
+    for digest in &digests {
+        std::fs::remove_file(blob(digest)).expect("remove a blob of the image");
+    }
+    let server = start_server_with(&dir.join("server"), &args);
+    let api = server.api.clone();
+    ok(&server, &p, &["config", "set", "api_endpoint", &api]);
+    let (status, headers, body) = call_app(&server, "web", r#"{"message": "back"}"#);
+    assert_eq!(status, 200, "{body}");
+    let record = execution_of(&server, &p, &headers);
+    assert!(
+        record["metrics"]["cold_start_phases"]["fetch_ms"].as_f64() > Some(0.0),
+        "{record}"
+    );
+    for digest in &digests {
+        assert_eq!(sha256_of(&blob(digest)), *digest);
+    }
     server.stop();
 }

@@ -69,7 +69,7 @@ impl StartKind {
 /// Where a cold start's time went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ColdStart {
-    /// Finding (a remote registry would: pulling) the artifact, or loading it.
+    /// Finding the artifact on the node, or pulling it from the platform registry first.
     pub fetch: Duration,
     /// Starting the version's template first, when it was not running (Python); else zero.
     pub template: Duration,
