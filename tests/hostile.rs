@@ -1492,3 +1492,88 @@ fn image_mode_input_is_refused_before_anything_is_fetched() {
     }
     server.stop();
 }
+
+/// `dodil ignite server --registry <url>` (or `IGNITE_REGISTRY`) on a fresh data directory:
+/// its stderr, once it has exited (it must, at once).
+fn server_start_refused(dir: &std::path::Path, url: &str, by_env: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dodil"));
+    command
+        .args(["ignite", "server", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .env("DODIL_CONFIG", dir.join("config.toml"))
+        .env_remove("IGNITE_REGISTRY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if by_env {
+        command.env("IGNITE_REGISTRY", url);
+    } else {
+        command.args(["--registry", url]);
+    }
+    let mut child = command.spawn().expect("dodil ignite server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with --registry {url:?} instead of refusing it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "--registry {url:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_platform_registry_url_that_is_not_usable_refuses_the_start() {
+    let dir = scratch("hostile-registry-url");
+    for (url, by_env, says) in [
+        ("not a url", false, "not a URL"),
+        ("registry.local:5000/ignite", true, "not a URL"),
+        (
+            "ftp://127.0.0.1:5000/ignite",
+            false,
+            "scheme `ftp` is not supported",
+        ),
+        (
+            "file:///var/lib/registry",
+            false,
+            "scheme `file` is not supported",
+        ),
+        (
+            "http://admin:hunter2@127.0.0.1:5000/ignite",
+            false,
+            "IGNITE_REGISTRY_USERNAME",
+        ),
+        ("http://127.0.0.1:5000", true, "no repository prefix"),
+    ] {
+        let stderr = server_start_refused(&dir, url, by_env);
+        assert!(stderr.contains(says), "--registry {url:?}: {stderr}");
+        assert!(stderr.contains("http://host:port/<prefix>"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the password was repeated: {stderr}"
+        );
+    }
+    // Nothing listens there: the start fails, naming the registry.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/ignite");
+    let stderr = server_start_refused(&dir, &url, false);
+    assert!(
+        stderr.contains("does not answer") && stderr.contains(&url),
+        "{stderr}"
+    );
+}

@@ -171,6 +171,10 @@ impl Drop for Net {
 
 /// Control replicas and nodes, each a real `dodil ignite server` with its role.
 pub struct Fleet {
+    /// The platform registry every replica and node shares blobs through, on the bridge.
+    pub registry: super::images::Registry,
+    /// `--registry` as the servers are given it.
+    pub registry_url: String,
     pub controls: Vec<Server>,
     pub nodes: Vec<Option<Server>>,
     pub net: Net,
@@ -183,12 +187,21 @@ impl Fleet {
         let dir = scratch(name);
         let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
         let net = Net::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let registry =
+            super::images::Registry::start_on(&dir.join("registry"), &net.client_ip(), None);
+        let registry_url = format!("http://{}/ignite", registry.addr);
+        // Several replicas share one PostgreSQL database; one alone keeps the embedded store
+        // (or the suite's PostgreSQL, when it runs against it).
+        let database = (controls > 1).then(|| {
+            super::postgres::cluster().database(&format!("fleet_{}", name.replace('-', "_")))
+        });
         let mut started = Vec::new();
         // The control replicas run in the test's own namespace, on its address on the bridge:
         // compiles fetch from crates.io, which the hosts' namespaces cannot reach.
         for i in 0..controls {
             let at = dir.join(format!("c{i}"));
             std::fs::create_dir_all(&at).unwrap();
+            let replica = format!("c{i}");
             let mut args = vec![
                 "--role",
                 "control",
@@ -196,11 +209,20 @@ impl Fleet {
                 TOKEN,
                 "--sandbox-spare",
                 "1",
+                "--registry",
+                &registry_url,
+                "--replica-id",
+                &replica,
             ];
+            if let Some(url) = &database {
+                args.extend(["--database-url", url.as_str()]);
+            }
             args.extend_from_slice(extra);
             started.push(start_server_on(&at, &net.client_ip(), None, &args, &[]));
         }
         let mut fleet = Fleet {
+            registry,
+            registry_url,
             controls: started,
             nodes: Vec::new(),
             net,
@@ -218,12 +240,6 @@ impl Fleet {
         let host = self.net.host(&format!("n{i}"));
         let at = self.dir.join(&host.name);
         std::fs::create_dir_all(at.join("data")).unwrap();
-        // Until the platform registry carries artifacts to nodes, the nodes share the first
-        // control replica's blobs.
-        let blobs = at.join("data/blobs");
-        if !blobs.exists() {
-            std::os::unix::fs::symlink(self.controls[0].dir.join("data/blobs"), &blobs).unwrap();
-        }
         let controls: Vec<String> = self
             .controls
             .iter()
@@ -248,6 +264,8 @@ impl Fleet {
                 &node_id,
                 "--sandbox-spare",
                 "2",
+                "--registry",
+                &self.registry_url,
             ],
             &[],
         )

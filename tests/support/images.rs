@@ -25,6 +25,11 @@ pub struct Registry {
 impl Registry {
     /// Starts one; with `user`, it asks for those credentials (htpasswd).
     pub fn start(dir: &Path, user: Option<(&str, &str)>) -> Registry {
+        Registry::start_on(dir, "127.0.0.1", user)
+    }
+
+    /// [`Registry::start`] listening on `ip` (an address of this namespace).
+    pub fn start_on(dir: &Path, ip: &str, user: Option<(&str, &str)>) -> Registry {
         assert!(
             Path::new(REGISTRY).exists(),
             "{REGISTRY} is missing: apt-get install -y docker-registry"
@@ -43,11 +48,11 @@ impl Registry {
             None => String::new(),
         };
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
+            let port = TcpListener::bind(format!("{ip}:0"))
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            let addr = format!("127.0.0.1:{port}");
+            let addr = format!("{ip}:{port}");
             let config = dir.join("config.yml");
             std::fs::write(
                 &config,

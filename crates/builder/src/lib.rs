@@ -305,6 +305,10 @@ pub enum BuildError {
     /// do).
     #[error("{0}")]
     Image(String),
+    /// A blob could not be fetched from or published to the platform registry (the message
+    /// says which blob, which registry and why).
+    #[error("{0}")]
+    Blobs(String),
     #[error("the app's Deno config: {0}")]
     DenoConfig(String),
     #[error("{step} failed: {message}\n(the build log has Deno's whole output)")]

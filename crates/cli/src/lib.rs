@@ -228,6 +228,12 @@ struct ServerArgs {
     /// A node: its name in the fleet (default: the host's name).
     #[arg(long, env = "IGNITE_NODE_ID")]
     node_id: Option<String>,
+    /// The platform registry every replica and node shares sources, artifacts and images
+    /// through: http://host:port/<prefix> for a plain-HTTP registry on the operator's network,
+    /// https://host[:port]/<prefix> otherwise. Credentials: IGNITE_REGISTRY_USERNAME and
+    /// IGNITE_REGISTRY_PASSWORD. Default: this machine's data directory alone.
+    #[arg(long, env = "IGNITE_REGISTRY", value_name = "URL")]
+    registry: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -1144,6 +1150,14 @@ fn server(a: ServerArgs) -> Result<()> {
                 images.cache_mb = a.image_cache_mb;
                 images
             },
+            // Credentials only from the environment: a flag's value shows in process listings.
+            registry: a
+                .registry
+                .map(|url| ignite_server::blobs::RegistrySettings {
+                    url,
+                    username: std::env::var("IGNITE_REGISTRY_USERNAME").ok(),
+                    password: std::env::var("IGNITE_REGISTRY_PASSWORD").ok(),
+                }),
             limits: ignite_server::limits::LimitSettings {
                 node_instances: a.node_instances,
                 app_instances: a.app_instances,

@@ -127,6 +127,46 @@ pub enum ImageError {
 
     #[error("the image's WORKDIR `{workdir}` is not a directory in the image; fix WORKDIR")]
     BadWorkdir { workdir: String },
+
+    #[error(
+        "--registry {url:?} is not usable: {reason}; write it as http://host:port/<prefix> (a \
+         plain-HTTP registry on the operator's network) or https://host[:port]/<prefix>, e.g. \
+         http://10.0.0.5:5000/ignite"
+    )]
+    RegistryUrl { url: String, reason: String },
+
+    #[error(
+        "the platform registry {registry} refused the server's credentials; set \
+         IGNITE_REGISTRY_USERNAME and IGNITE_REGISTRY_PASSWORD to an account that may push and \
+         pull under its prefix"
+    )]
+    PlatformDenied { registry: String },
+
+    #[error(
+        "the platform registry {registry} failed ({source}); check that it is up and that \
+         --registry names it (http:// only for a registry that speaks plain HTTP)"
+    )]
+    PlatformRegistry {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+
+    #[error(
+        "the platform registry {registry} has no {digest}: it was never published there, or was \
+         deleted since; save and publish the app's draft again"
+    )]
+    NotInPlatformRegistry { registry: String, digest: String },
+
+    #[error(
+        "the blob {digest} is {size} bytes, more than the {limit} this node takes; it was not \
+         fetched (raise the budget, or make the app smaller)"
+    )]
+    BlobTooLarge {
+        digest: String,
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl ImageError {

@@ -1,7 +1,9 @@
 //! Container images for image mode: references, pulls from a registry (through `oci-client`,
 //! which speaks the distribution protocol and its token and basic auth), imports of a locally
 //! built OCI layout (what `buildah push oci:<dir>` writes), the image config, and the unpacking
-//! of an image's layers into a root the sandbox mounts read-only, kept in a size-budgeted cache.
+//! of an image's layers into a root the sandbox mounts read-only, kept in a size-budgeted cache;
+//! and the platform registry (`PlatformRegistry`), through which a fleet's replicas and nodes
+//! share the blobs and images one of them made.
 //!
 //! Every byte of an image is hostile. This crate must never write outside the root it is
 //! unpacking (no `..`, no absolute path, no symlink is ever followed out of the root while
@@ -14,6 +16,7 @@ mod cache;
 mod error;
 mod inroot;
 mod manifest;
+mod platform;
 mod registry;
 mod root;
 mod store;
@@ -23,6 +26,7 @@ use std::collections::HashMap;
 
 pub use cache::{RootCache, RootLease};
 pub use error::ImageError;
+pub use platform::{BLOB_ARTIFACT_TYPE, PlatformRegistry};
 pub use registry::{check_login, pull};
 pub use root::Root;
 pub use store::{import_layout, load};

@@ -18,13 +18,17 @@ use crate::manifest::{self, MANIFEST_TYPES, Parsed, check_digest, parse_manifest
 use crate::store::{check_blob, commit_blob, finish, partial_blob_path};
 use crate::{Credentials, Image, ImageError, RegistryAccess};
 
-fn client(access: &RegistryAccess) -> Client {
+/// reqwest is built without a TLS provider of its own; ring is the process's (it fails only
+/// when another one was installed first, which serves as well).
+pub(crate) fn install_tls_provider() {
     static PROVIDER: Once = Once::new();
-    // reqwest is built without a TLS provider of its own; ring is the process's (it fails only
-    // when another one was installed first, which serves as well).
     PROVIDER.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+fn client(access: &RegistryAccess) -> Client {
+    install_tls_provider();
     Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(access.insecure.clone()),
         platform_resolver: None,
@@ -66,7 +70,7 @@ fn auth_for(credentials: Option<&Credentials>) -> RegistryAuth {
 }
 
 /// Translates a client error into what the user should do about it.
-fn registry_error(
+pub(crate) fn registry_error(
     e: OciDistributionError,
     reference: &Reference,
     had_credentials: bool,
@@ -184,7 +188,7 @@ pub async fn pull(
         if layout.blob_path(blob).is_file() {
             continue;
         }
-        pull_blob(&client, layout, &reference, (blob, size), what)
+        pull_blob(&client, layout, &reference, (blob, size), what, false)
             .await
             .map_err(|e| e.into_image_error(&reference, creds.is_some()))?;
     }
@@ -192,13 +196,17 @@ pub async fn pull(
 }
 
 /// A failure of a pull step: the registry's or ours.
-enum StepError {
+pub(crate) enum StepError {
     Client(OciDistributionError),
     Image(ImageError),
 }
 
 impl StepError {
-    fn into_image_error(self, reference: &Reference, had_credentials: bool) -> ImageError {
+    pub(crate) fn into_image_error(
+        self,
+        reference: &Reference,
+        had_credentials: bool,
+    ) -> ImageError {
         match self {
             StepError::Client(e) => registry_error(e, reference, had_credentials),
             StepError::Image(e) => e,
@@ -251,13 +259,14 @@ async fn pull_manifest(
 }
 
 /// Streams one blob into the layout, at most its descriptor's size, kept only if it hashes to
-/// its digest.
-async fn pull_blob(
+/// its digest (and made executable first when `executable`: it appears under its name whole).
+pub(crate) async fn pull_blob(
     client: &Client,
     layout: &OciLayout,
     reference: &Reference,
     (digest, size): (&str, u64),
     what: &str,
+    executable: bool,
 ) -> Result<(), StepError> {
     let descriptor = OciDescriptor {
         digest: digest.into(),
@@ -273,7 +282,16 @@ async fn pull_blob(
         let mut hash = Sha256::new();
         let mut written = 0u64;
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-            let chunk = chunk.map_err(OciDistributionError::from)?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // oci-client checks the digest too, and tells a mismatch as an I/O error at the
+                // end of the stream: our own check says which digest and what arrived.
+                Err(e) if written == size => {
+                    check_blob(what, (digest, size), written, hash.clone())?;
+                    return Err(OciDistributionError::from(e).into());
+                }
+                Err(e) => return Err(OciDistributionError::from(e).into()),
+            };
             written += chunk.len() as u64;
             if written > size {
                 break;
@@ -282,6 +300,11 @@ async fn pull_blob(
             file.write_all(&chunk).await.map_err(io_err)?;
         }
         check_blob(what, (digest, size), written, hash)?;
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o755);
+            file.set_permissions(mode).await.map_err(io_err)?;
+        }
         file.sync_all().await.map_err(io_err)?;
         Ok::<(), StepError>(())
     };

@@ -99,7 +99,11 @@ fn store_blob(
 }
 
 /// Reads a small document blob (manifest, config) from the layout, checked against its digest.
-fn read_document(layout: &OciLayout, digest: &str, image: &str) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_document(
+    layout: &OciLayout,
+    digest: &str,
+    image: &str,
+) -> Result<Vec<u8>, ImageError> {
     let path = layout.blob_path(digest);
     let bytes = read_bounded(std::fs::File::open(&path), &path, image, digest)?;
     verify(&bytes, digest, "blob")?;

@@ -238,13 +238,6 @@ fn forget(state: &State, build_id: &str, live: &LiveBuild, status: &str, error: 
         .remove(build_id);
 }
 
-/// The file of a draft's source blob (`digest`), for the build that needs it. Today it is in
-/// this replica's OCI layout, where the replica that accepted the upload wrote it; a build
-/// claimed by another replica finds it through this one function.
-pub(crate) fn source_blob(state: &State, digest: &str) -> PathBuf {
-    state.oci.blob_path(digest)
-}
-
 async fn compile(
     state: &Arc<State>,
     org: &str,
@@ -265,7 +258,9 @@ async fn compile(
     let src = app_dir.join("src");
     fresh_dir(&src).map_err(io(&src))?;
     let digest = draft.source_digest.clone().unwrap_or_default();
-    let bytes = std::fs::read(source_blob(state, &digest)).map_err(io(&src))?;
+    // Another replica may have taken the save.
+    let source = state.blobs.ensure(&digest).await.map_err(blobs_error)?;
+    let bytes = std::fs::read(&source).map_err(io(&src))?;
     if draft.source_kind.as_deref() == Some("file") {
         for (name, content) in single_file_project(&draft.runtime, app, &bytes) {
             let path = src.join(name);
@@ -295,16 +290,21 @@ async fn compile(
     let key = cache_key(state, app, draft);
     if let Some(key) = &key
         && let Ok(Some((digest, size, target))) = store::cached_build(&state.db, key).await
-        && state.oci.blob_path(&digest).exists()
+        && let Some(blob) = cached_blob(state, &digest).await
     {
         live.push(format!(
             "reusing {digest} from an identical earlier build (same source, target, toolchain and SDK)"
         ));
-        let blob = state.oci.blob_path(&digest);
         state
-            .oci
+            .blobs
+            .layout()
             .add_handler(&blob, &target, &format!("{org}/{app}:{build_id}"))
             .map_err(io(&blob))?;
+        state
+            .blobs
+            .publish_artifact(&digest, &target)
+            .await
+            .map_err(blobs_error)?;
         return Ok(ignite_builder::Artifact {
             path: blob,
             size: size as u64,
@@ -362,10 +362,17 @@ async fn compile(
     // Store the binary as an OCI artifact; the version records the binary's digest.
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state
-        .oci
+        .blobs
+        .layout()
         .add_handler(&artifact.path, &artifact.target, &reference)
         .map_err(io(&artifact.path))?;
-    let blob = state.oci.blob_path(&stored.binary.digest);
+    let blob = state.blobs.layout().blob_path(&stored.binary.digest);
+    // Every node runs it: a build succeeds once the registry has it.
+    state
+        .blobs
+        .publish(&stored.binary.digest, &stored.binary.media_type)
+        .await
+        .map_err(blobs_error)?;
     live.push(format!(
         "built {} ({} bytes, {}); artifact manifest {}",
         artifact.digest, artifact.size, artifact.target, stored.manifest.digest
@@ -485,11 +492,12 @@ async fn compile_python(
     let target = format!("python{}", built.python_version);
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state
-        .oci
+        .blobs
+        .layout()
         .add_python_app(&built.tar, &built.python_version, &reference)
         .map_err(io(&built.tar))?;
     let manifest = stored.manifest.digest;
-    Ok(finish(
+    finish(
         state,
         key.as_deref(),
         live,
@@ -500,7 +508,7 @@ async fn compile_python(
         None,
         &manifest,
     )
-    .await)
+    .await
 }
 
 /// Builds a Deno draft (unpacked in `src`): its imports fetched with `deno install` (in the
@@ -557,11 +565,12 @@ async fn compile_deno(
     let target = format!("deno{}", built.deno_version);
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state
-        .oci
+        .blobs
+        .layout()
         .add_deno_app(&built.tar, &built.deno_version, &reference)
         .map_err(io(&built.tar))?;
     let manifest = stored.manifest.digest;
-    Ok(finish(
+    finish(
         state,
         key.as_deref(),
         live,
@@ -572,7 +581,7 @@ async fn compile_deno(
         None,
         &manifest,
     )
-    .await)
+    .await
 }
 
 /// Builds a Go draft (unpacked in `src`) into one static binary, run like a native Rust
@@ -632,11 +641,12 @@ async fn compile_go(
     let target = format!("linux-amd64-{}", built.go_version);
     let reference = format!("{org}/{app}:{build_id}");
     let stored = state
-        .oci
+        .blobs
+        .layout()
         .add_handler(&built.path, &target, &reference)
         .map_err(io(&built.path))?;
     let manifest = stored.manifest.digest;
-    Ok(finish(
+    finish(
         state,
         key.as_deref(),
         live,
@@ -647,7 +657,7 @@ async fn compile_go(
         Some("static"),
         &manifest,
     )
-    .await)
+    .await
 }
 
 /// The project a single-file upload stands for: the file under the name its runtime looks
@@ -690,7 +700,13 @@ async fn finish(
     target: String,
     kind: Option<&str>,
     manifest: &str,
-) -> ignite_builder::Artifact {
+) -> Result<ignite_builder::Artifact, BuildError> {
+    // Every node runs it: a build succeeds once the registry has it.
+    state
+        .blobs
+        .publish_artifact(&digest, &target)
+        .await
+        .map_err(blobs_error)?;
     let kind = kind.map(|k| format!("{k}, ")).unwrap_or_default();
     live.push(format!(
         "built {digest} ({size} bytes, {kind}{target}); artifact manifest {manifest}"
@@ -698,12 +714,12 @@ async fn finish(
     remember(state, key, &digest, size, &target).await;
     let _ = std::fs::remove_dir_all(out);
     let _ = std::fs::remove_file(ignite_builder::python::tar_path(out));
-    ignite_builder::Artifact {
-        path: state.oci.blob_path(&digest),
+    Ok(ignite_builder::Artifact {
+        path: state.blobs.layout().blob_path(&digest),
         size,
         digest,
         target,
-    }
+    })
 }
 
 /// An identical earlier build's artifact (`key` found in the build cache, its blob still in
@@ -715,8 +731,9 @@ async fn reuse(
     same: &str,
 ) -> Option<ignite_builder::Artifact> {
     let (digest, size, target) = store::cached_build(&state.db, key?).await.ok()??;
-    let path = state.oci.blob_path(&digest);
-    if !path.exists() {
+    let path = cached_blob(state, &digest).await?;
+    if let Err(e) = state.blobs.publish_artifact(&digest, &target).await {
+        live.push(format!("not reusing {digest}: {e}"));
         return None;
     }
     live.push(format!(
@@ -728,6 +745,22 @@ async fn reuse(
         digest,
         target,
     })
+}
+
+/// The blob of a cached build, fetched from the platform registry if another replica built
+/// it; `None` (and so a rebuild) when it is nowhere to be had.
+async fn cached_blob(state: &State, digest: &str) -> Option<PathBuf> {
+    match state.blobs.ensure(digest).await {
+        Ok(path) => Some(path),
+        Err(e) => {
+            tracing::debug!("the build cache's {digest} is gone, rebuilding: {e}");
+            None
+        }
+    }
+}
+
+pub(crate) fn blobs_error(e: crate::blobs::BlobError) -> BuildError {
+    BuildError::Blobs(e.to_string())
 }
 
 /// Records a build in the build cache under `key` (a failure only costs a rebuild later).

@@ -297,11 +297,16 @@ async fn compile_within(
     app_dir: &Path,
 ) -> Result<ignite_builder::Artifact, BuildError> {
     let digest = draft.source_digest.clone().unwrap_or_default();
-    let blob = crate::builds::source_blob(state, &digest);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, source }
     };
+    // Another replica may have taken the save.
+    let blob = state
+        .blobs
+        .ensure(&digest)
+        .await
+        .map_err(crate::builds::blobs_error)?;
     let bytes = std::fs::read(&blob).map_err(io(&blob))?;
     let source: ImageSource = serde_json::from_slice(&bytes)
         .map_err(|e| image_error(format!("the draft's image source is unreadable: {e}")))?;
@@ -312,7 +317,7 @@ async fn compile_within(
             settings.check_registry(&host).map_err(BuildError::Image)?;
             live.push(format!("pulling {image_ref} from {host}"));
             let access = access_for(state, org).await.map_err(image_error)?;
-            ignite_image::pull(&state.oci, image_ref, &access)
+            ignite_image::pull(state.blobs.layout(), image_ref, &access)
                 .await
                 .map_err(image_error)?
         }
@@ -322,7 +327,11 @@ async fn compile_within(
         } => {
             let dir = app_dir.join("context");
             fresh_dir(&dir).map_err(io(&dir))?;
-            let archive = crate::builds::source_blob(state, context);
+            let archive = state
+                .blobs
+                .ensure(context)
+                .await
+                .map_err(crate::builds::blobs_error)?;
             let bytes = std::fs::read(&archive).map_err(io(&archive))?;
             ignite_builder::archive::unpack(&bytes, &dir, crate::builds::SOURCE_CAP)
                 .map_err(image_error)?;
@@ -384,7 +393,7 @@ async fn compile_within(
     let state2 = state.clone();
     let unpacked = tokio::task::spawn_blocking(move || {
         roots
-            .acquire(&state2.oci, &layout_image)
+            .acquire(state2.blobs.layout(), &layout_image)
             .map(|(lease, _)| (lease.argv.clone(), lease.uid, lease.workdir.clone()))
     })
     .await
@@ -396,8 +405,20 @@ async fn compile_within(
         unpacked.1,
         unpacked.2.display()
     ));
+    // Every node runs it: a build succeeds once the registry has it.
+    if let Some(registry) = state.blobs.registry() {
+        live.push(format!(
+            "publishing the image to the platform registry {}",
+            registry.url()
+        ));
+    }
+    state
+        .blobs
+        .publish_image(&image.manifest_digest)
+        .await
+        .map_err(crate::builds::blobs_error)?;
     Ok(ignite_builder::Artifact {
-        path: state.oci.blob_path(&image.manifest_digest),
+        path: state.blobs.layout().blob_path(&image.manifest_digest),
         size: image.size,
         digest: image.manifest_digest,
         target: IMAGE_TARGET.into(),
@@ -476,7 +497,7 @@ async fn build_dockerfile(
     drop(cgroup);
     let layout = state.clone();
     let image = tokio::task::spawn_blocking(move || {
-        ignite_image::import_layout(&layout.oci, &built.layout)
+        ignite_image::import_layout(layout.blobs.layout(), &built.layout)
     })
     .await
     .map_err(image_error)?

@@ -6,6 +6,7 @@
 //! scoped by the org of the caller's token, and a foreign object answers as a missing one.
 
 mod auth;
+pub mod blobs;
 mod builds;
 mod console;
 mod error;
@@ -85,6 +86,9 @@ pub struct Config {
     pub images: images::ImageSettings,
     /// The role in a fleet (everything, by default) and what it needs.
     pub fleet: fleet::FleetSettings,
+    /// The platform registry every replica and node shares blobs through (`--registry`);
+    /// `None`: this machine's layout alone, no network.
+    pub registry: Option<blobs::RegistrySettings>,
 }
 
 /// What the server tells its caller once it is listening.
@@ -109,7 +113,9 @@ pub(crate) struct State {
     pub db: store::Db,
     /// This replica's id (see `Config::replica_id`).
     pub replica: String,
-    pub oci: ignite_builder::oci::OciLayout,
+    /// Sources, artifacts and images: the data directory's OCI layout, and the platform
+    /// registry behind it when there is one.
+    pub blobs: Arc<blobs::Blobs>,
     pub config: Config,
     pub gateway_port: u16,
     pub builds: builds::Builds,
@@ -206,6 +212,21 @@ pub async fn run(
     config.fleet.check().map_err(|e| anyhow::anyhow!(e))?;
     let role = config.fleet.role;
     std::fs::create_dir_all(config.data_dir.join("builds"))?;
+    // A platform registry that is misspelt or down fails the start, not the first save.
+    let registry = match &config.registry {
+        Some(settings) => {
+            let registry = settings.registry().map_err(anyhow::Error::msg)?;
+            registry.check().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the platform registry {} does not answer: {e}; start it, or fix \
+                     --registry (IGNITE_REGISTRY)",
+                    registry.url()
+                )
+            })?;
+            Some(registry)
+        }
+        None => None,
+    };
     // Finding the interpreter's files runs ldd over its extension modules (~0.3 s): beside the
     // rest of the start, not before it.
     let python_found = {
@@ -282,6 +303,12 @@ pub async fn run(
     };
     // The data directory is itself an OCI image layout: sources and artifacts are its blobs.
     let oci = ignite_builder::oci::OciLayout::open(&config.data_dir)?;
+    let blobs = Arc::new(blobs::Blobs::new(
+        oci,
+        registry,
+        blobs::max_blob_bytes(config.build_disk_mb),
+        config.images.cache_mb << 20,
+    ));
     let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
     let replica = replica_id(&config)?;
     // Subscribed before anything is served: a change another replica makes from here on is
@@ -382,7 +409,7 @@ pub async fn run(
     let state = Arc::new(State {
         db,
         replica,
-        oci,
+        blobs,
         recorder,
         sdk_fingerprint,
         gateway_port: gateway_addr.port(),

@@ -2,6 +2,8 @@
 //! layout from them.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::io::Write;
 use std::path::Path;
 

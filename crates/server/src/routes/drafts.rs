@@ -128,7 +128,7 @@ pub(super) async fn save_draft(
     if kind == "archive" {
         probe_archive(&state, &body, |_| Ok(()))?;
     }
-    let digest = stored(&state, &body)?;
+    let digest = stored(&state, &body).await?;
     store::save_draft(
         &state.db,
         &org,
@@ -145,12 +145,26 @@ pub(super) async fn save_draft(
     saved(&state, &org, &name).await
 }
 
-/// Stores a draft's source as a blob; its digest.
-fn stored(state: &crate::State, source: &[u8]) -> ApiResult<String> {
-    state
-        .oci
+/// Stores a draft's source as a blob, published (in the platform registry, when there is one)
+/// before the save is acknowledged, since another replica may build it; its digest.
+async fn stored(state: &crate::State, source: &[u8]) -> ApiResult<String> {
+    let digest = state
+        .blobs
+        .layout()
         .put_blob(source)
-        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))
+        .map_err(|e| ApiError::internal(format!("could not store the source: {e}")))?;
+    state
+        .blobs
+        .publish(&digest, crate::blobs::SOURCE_MEDIA_TYPE)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the draft was not saved: {e}; save it again once the registry answers"),
+            )
+        })?;
+    Ok(digest)
 }
 
 /// The answer to a save: the draft slot as it now is.
@@ -226,10 +240,7 @@ async fn save_image_draft(
                 )))
             }
         })?;
-        let context = state
-            .oci
-            .put_blob(&body)
-            .map_err(|e| ApiError::internal(format!("could not store the context: {e}")))?;
+        let context = stored(state, &body).await?;
         ImageSource::Dockerfile {
             context,
             dockerfile: dockerfile.clone(),
@@ -243,7 +254,7 @@ async fn save_image_draft(
     };
     let descriptor = serde_json::to_vec(&source)
         .map_err(|e| ApiError::internal(format!("could not describe the source: {e}")))?;
-    let digest = stored(state, &descriptor)?;
+    let digest = stored(state, &descriptor).await?;
     store::save_draft(
         &state.db,
         org,

@@ -131,8 +131,9 @@ pub struct DenoLauncher {
     pub version: String,
     /// The built tree, unpacked on this node (see [`DenoLauncher::tree`]).
     pub tree: PathBuf,
-    /// The artifact (the tree as a tar) in the OCI layout.
-    pub blob: PathBuf,
+    /// The artifact (the tree as a tar): its digest, and where it is (or is fetched from).
+    pub blobs: Arc<crate::blobs::Blobs>,
+    pub digest: String,
     pub env: Vec<(String, String)>,
     pub sandbox: Option<Sandbox>,
     /// A sandbox made ahead of need for this version's next instance (see [`Spare`]).
@@ -142,7 +143,7 @@ pub struct DenoLauncher {
 impl DenoLauncher {
     /// The unpacked tree, unpacking the artifact first if this node has not yet.
     async fn tree(&self) -> Result<PathBuf, StartError> {
-        super::unpacked(&self.blob, &self.tree, ENTRY).await
+        super::unpacked(&self.blobs, &self.digest, &self.tree, ENTRY).await
     }
 
     /// The instance's command line, environment and binds, for the tree seen at `app`.

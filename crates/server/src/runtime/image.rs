@@ -5,7 +5,6 @@
 //! on `$PORT` inside its network namespace, where the agent's [`ignite_agent::HttpInstance`]
 //! reaches it. The launcher keeps one sandbox with the root mounted ready for the next start.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +27,8 @@ pub struct ImageLauncher {
     pub digest: String,
     pub app: String,
     pub version: i64,
-    /// The platform's OCI layout (the data directory).
-    pub layout: PathBuf,
+    /// The platform's blobs: the image is in their layout, or fetched into it.
+    pub blobs: Arc<crate::blobs::Blobs>,
     pub roots: ignite_image::RootCache,
     /// The app's environment (over the image's `ENV`).
     pub env: Vec<(String, String)>,
@@ -79,25 +78,34 @@ impl ImageLauncher {
     /// The image's root on this node (unpacking it first if the node has not yet), and how
     /// long finding the image and unpacking took.
     async fn root(&self) -> Result<(RootLease, Duration, Duration), StartError> {
-        let (layout, digest, roots) =
-            (self.layout.clone(), self.digest.clone(), self.roots.clone());
-        tokio::task::spawn_blocking(move || root_of(&layout, &digest, &roots))
+        let t0 = Instant::now();
+        // Finding the image on this node, or pulling it from the platform registry.
+        self.blobs
+            .ensure_image(&self.digest)
             .await
-            .map_err(|e| failed(format!("finding the image: {e}")))?
+            .map_err(failed)?;
+        let pulled = t0.elapsed();
+        let (blobs, digest, roots) = (self.blobs.clone(), self.digest.clone(), self.roots.clone());
+        let (lease, fetch, unpack) =
+            tokio::task::spawn_blocking(move || root_of(blobs.layout(), &digest, &roots))
+                .await
+                .map_err(|e| failed(format!("finding the image: {e}")))??;
+        Ok((lease, pulled + fetch, unpack))
     }
 
     /// Makes the next instance's sandbox in the background: a lease on the root, then the
     /// sandbox prepared on it.
     fn refill(&self, sandbox: &Sandbox, egress: bool) {
-        let (layout, digest, roots) =
-            (self.layout.clone(), self.digest.clone(), self.roots.clone());
+        let (blobs, digest, roots) = (self.blobs.clone(), self.digest.clone(), self.roots.clone());
         let sandbox = sandbox.clone();
+        // The image is on the node already: the start that refills ensured it.
         self.spare.refill(move || {
-            let (lease, _, _) =
-                root_of(&layout, &digest, &roots).map_err(|e| ignite_sandbox::SpawnError {
+            let (lease, _, _) = root_of(blobs.layout(), &digest, &roots).map_err(|e| {
+                ignite_sandbox::SpawnError {
                     step: "preparing the image's root",
                     source: std::io::Error::other(e.message),
-                })?;
+                }
+            })?;
             Prepared::image(&sandbox, &image_root(&lease), egress).map(|p| (p, lease))
         });
     }
@@ -127,20 +135,18 @@ impl ImageLauncher {
     }
 }
 
-/// The image's root on this node, unpacking it first if the node has not, and how long finding
-/// the image and unpacking took. Blocking.
+/// The image's root on this node (the image in `layout`), unpacking it first if the node has
+/// not, and how long finding the image and unpacking took. Blocking.
 fn root_of(
-    layout: &std::path::Path,
+    layout: &ignite_builder::oci::OciLayout,
     digest: &str,
     roots: &ignite_image::RootCache,
 ) -> Result<(RootLease, Duration, Duration), StartError> {
     let t0 = Instant::now();
-    let layout = ignite_builder::oci::OciLayout::open(layout)
-        .map_err(|e| failed(format!("opening the image store: {e}")))?;
-    let image = ignite_image::load(&layout, digest).map_err(failed)?;
+    let image = ignite_image::load(layout, digest).map_err(failed)?;
     let fetch = t0.elapsed();
     let t1 = Instant::now();
-    let (lease, unpacked) = roots.acquire(&layout, &image).map_err(failed)?;
+    let (lease, unpacked) = roots.acquire(layout, &image).map_err(failed)?;
     let unpack = if unpacked {
         t1.elapsed()
     } else {

@@ -69,7 +69,7 @@ impl StartKind {
 /// Where a cold start's time went.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct ColdStart {
-    /// Finding (a remote registry would: pulling) the artifact, or loading it.
+    /// Finding the artifact on the node, or pulling it from the platform registry first.
     pub fetch: Duration,
     /// Starting the version's template first, when it was not running (Python); else zero.
     pub template: Duration,
@@ -213,7 +213,7 @@ pub fn launcher(
     version: &crate::store::Version,
 ) -> Box<dyn Launcher> {
     let digest = version.artifact_digest.clone().unwrap_or_default();
-    let blob = state.oci.blob_path(&digest);
+    let blobs = state.blobs.clone();
     let env = || {
         version
             .env
@@ -233,7 +233,8 @@ pub fn launcher(
                 .data_dir
                 .join("apps")
                 .join(digest.trim_start_matches("sha256:")),
-            blob,
+            blobs,
+            digest,
             env: env(),
             sandbox: state.sandbox.clone(),
         });
@@ -249,7 +250,8 @@ pub fn launcher(
                 .data_dir
                 .join("apps")
                 .join(digest.trim_start_matches("sha256:")),
-            blob,
+            blobs,
+            digest,
             env: env(),
             sandbox: state.sandbox.clone(),
             spare: Spare::default(),
@@ -260,7 +262,7 @@ pub fn launcher(
             digest,
             app: app.to_string(),
             version: version.version,
-            layout: state.config.data_dir.clone(),
+            blobs,
             roots: state.roots.clone(),
             env: env(),
             sandbox: state.sandbox.clone(),
@@ -271,7 +273,7 @@ pub fn launcher(
         Box::new(WasmLauncher {
             host: state.wasm.clone(),
             digest,
-            blob,
+            blobs,
             sandbox: state.sandbox.clone(),
         })
     } else {
@@ -282,24 +284,40 @@ pub fn launcher(
             env.push(("GOMAXPROCS".into(), "1".into()));
         }
         Box::new(NativeLauncher {
-            program: blob,
+            blobs,
+            digest,
             env,
             sandbox: state.sandbox.clone(),
         })
     }
 }
 
-/// An app tree's artifact (`blob`, a tar) unpacked at `tree` on this node, unpacking it first
-/// if it is not (`marker`, a file of the tree, says it is); concurrent starts unpack once.
+/// The artifact `digest` on this node (fetched from the platform registry first if the node
+/// lacks it): the fetch phase of every launcher's start.
+pub(crate) async fn fetched(
+    blobs: &crate::blobs::Blobs,
+    digest: &str,
+) -> Result<std::path::PathBuf, StartError> {
+    blobs.ensure(digest).await.map_err(|e| StartError {
+        message: e.to_string(),
+        logs: Vec::new(),
+    })
+}
+
+/// An app tree's artifact (`digest`, a tar) unpacked at `tree` on this node, fetching and
+/// unpacking it first if it is not (`marker`, a file of the tree, says it is); concurrent
+/// starts unpack once.
 pub(crate) async fn unpacked(
-    blob: &std::path::Path,
+    blobs: &crate::blobs::Blobs,
+    digest: &str,
     tree: &std::path::Path,
     marker: &str,
 ) -> Result<std::path::PathBuf, StartError> {
     if tree.join(marker).exists() {
         return Ok(tree.to_path_buf());
     }
-    let (blob, tree, marker) = (blob.to_path_buf(), tree.to_path_buf(), marker.to_string());
+    let blob = fetched(blobs, digest).await?;
+    let (tree, marker) = (tree.to_path_buf(), marker.to_string());
     let what = blob.display().to_string();
     let unpacked = tree.clone();
     tokio::task::spawn_blocking(move || {

@@ -1,7 +1,6 @@
 //! Native instances: the version's static binary, started in the sandbox (through a pre-made
 //! zygote) by `ignite-agent`, one process serving up to `concurrency` requests at once.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,9 @@ impl Instance for ignite_agent::Instance {
 
 /// Starts processes of one binary with the version's environment.
 pub struct NativeLauncher {
-    pub program: PathBuf,
+    pub blobs: Arc<crate::blobs::Blobs>,
+    /// The binary's digest.
+    pub digest: String,
     pub env: Vec<(String, String)>,
     /// Where instances run; `None` when the operator turned the sandbox off.
     pub sandbox: Option<Sandbox>,
@@ -56,17 +57,10 @@ impl Launcher for NativeLauncher {
     fn start(&self, settings: StartSettings) -> BoxFuture<'_, Started> {
         Box::pin(async move {
             let t0 = Instant::now();
-            // The artifact is a local blob: "fetching" it is finding it (and failing clearly if
-            // it is gone). A remote registry would pull here.
-            if let Err(source) = std::fs::metadata(&self.program) {
-                return Err(SpawnError::Exec {
-                    program: self.program.clone(),
-                    source,
-                }
-                .into());
-            }
+            // Finding the binary on this node, or pulling it from the platform registry.
+            let program = super::fetched(&self.blobs, &self.digest).await?;
             let fetch = t0.elapsed();
-            let mut config = SpawnConfig::new(&self.program);
+            let mut config = SpawnConfig::new(&program);
             config.env = self.env.clone();
             if let Some(sandbox) = &self.sandbox {
                 config.sandbox = Some((sandbox.clone(), settings.limits()));

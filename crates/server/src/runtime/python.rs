@@ -322,36 +322,17 @@ pub struct PythonLauncher {
     pub version: String,
     /// The built tree, unpacked on this node (see [`PythonLauncher::tree`]).
     pub tree: PathBuf,
-    /// The artifact (the tree as a tar) in the OCI layout.
-    pub blob: PathBuf,
+    /// The artifact (the tree as a tar): its digest, and where it is (or is fetched from).
+    pub blobs: Arc<crate::blobs::Blobs>,
+    pub digest: String,
     pub env: Vec<(String, String)>,
     pub sandbox: Option<Sandbox>,
 }
 
 impl PythonLauncher {
-    /// The unpacked tree, unpacking the artifact first if this node has not yet.
+    /// The unpacked tree, fetching and unpacking the artifact first if this node has not yet.
     async fn tree(&self) -> Result<PathBuf, StartError> {
-        if self.tree.join("main.py").exists() {
-            return Ok(self.tree.clone());
-        }
-        let (blob, tree) = (self.blob.clone(), self.tree.clone());
-        tokio::task::spawn_blocking(move || {
-            let partial = tree.with_extension(format!("partial-{}", ulid::Ulid::new()));
-            ignite_builder::oci::unpack_app(&blob, &partial)?;
-            match std::fs::rename(&partial, &tree) {
-                Ok(()) => Ok(()),
-                // Another start unpacked it meanwhile.
-                Err(_) if tree.join("main.py").exists() => {
-                    let _ = std::fs::remove_dir_all(&partial);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        })
-        .await
-        .map_err(|e| start_error(format!("unpacking the app: {e}")))?
-        .map_err(|e| start_error(format!("unpacking the app {}: {e}", self.blob.display())))?;
-        Ok(self.tree.clone())
+        super::unpacked(&self.blobs, &self.digest, &self.tree, "main.py").await
     }
 
     fn env(&self, app: &Path, sdk: &Path) -> Vec<(String, String)> {
@@ -410,13 +391,6 @@ impl PythonLauncher {
                 message: format!("the app's Python template did not start: {}", e.message),
                 logs: e.logs,
             })
-    }
-}
-
-fn start_error(message: String) -> StartError {
-    StartError {
-        message,
-        logs: Vec::new(),
     }
 }
 

@@ -74,7 +74,7 @@ pub struct WasmLauncher {
     /// `None` when Wasmtime could not start on this host.
     pub host: Option<Arc<WasmHost>>,
     pub digest: String,
-    pub blob: PathBuf,
+    pub blobs: Arc<crate::blobs::Blobs>,
     pub sandbox: Option<Sandbox>,
 }
 
@@ -92,12 +92,8 @@ impl Launcher for WasmLauncher {
                 ));
             };
             let t0 = Instant::now();
-            if let Err(e) = std::fs::metadata(&self.blob) {
-                return Err(failed(format!(
-                    "the component {} is missing: {e}",
-                    self.blob.display()
-                )));
-            }
+            // Finding the component on this node, or pulling it from the platform registry.
+            let blob = super::fetched(&self.blobs, &self.digest).await?;
             if settings.egress && !host.egress_enabled() {
                 enable_egress(&host, self.sandbox.clone())
                     .await
@@ -106,7 +102,7 @@ impl Launcher for WasmLauncher {
             let instance = WasmInstance {
                 host,
                 digest: self.digest.clone(),
-                blob: self.blob.clone(),
+                blob,
                 settings,
             };
             let cold = ColdStart {
