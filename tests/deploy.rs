@@ -68,11 +68,14 @@ fn flag(word: &str) -> Option<String> {
 
 /// The server flags `text` passes: the items of a manifest's `args:` list (one `- --flag=value`
 /// each), the words after `dodil ignite server` of a unit's `ExecStart=`, and the words of an
-/// env file's `SERVER_FLAGS=`.
+/// env file's `SERVER_FLAGS=`. Comments are prose, not flags.
 fn flags_in(text: &str) -> BTreeSet<String> {
     let mut flags = BTreeSet::new();
     for line in text.lines() {
         let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
         if let Some(item) = line.strip_prefix("- ") {
             flags.extend(flag(item.trim()));
         } else if let Some((_, rest)) = line.split_once("dodil ignite server") {
@@ -174,7 +177,8 @@ fn the_flag_parser_reads_each_kind_of_file() {
     );
     let unit = "ExecStart=/usr/local/bin/dodil ignite server --role node $SERVER_FLAGS\n";
     assert_eq!(flags_in(unit), BTreeSet::from(["--role".into()]));
-    let env = "# --not-this\nSERVER_FLAGS=--node-listen=0.0.0.0:7070 --org=acme\n";
+    let env =
+        "# `dodil ignite server --help`\nSERVER_FLAGS=--node-listen=0.0.0.0:7070 --org=acme\n";
     assert_eq!(
         flags_in(env),
         BTreeSet::from(["--node-listen".into(), "--org".into()])
