@@ -104,6 +104,27 @@ fn variables_in(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// The README's operator section ("Deploying a fleet"): it sums the deploy files up, so it names
+/// the same flags and variables.
+fn readme_fleet_section() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Deploying a fleet\n")
+        .expect("README.md has a \"Deploying a fleet\" section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    section[..end].to_string()
+}
+
+/// The flags in `text`'s code spans (`` `--node-listen` ``, `` `--role all` ``).
+fn flags_in_code_spans(text: &str) -> BTreeSet<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|span| span.split_whitespace().next().and_then(flag))
+        .collect()
+}
+
 /// Written against the fleet mode's flags as specified (`--role`, `--registry`,
 /// `--database-url`, `--node-listen`, `IGNITE_NODE_TOKEN`, …). Until they are merged into the
 /// server, this fails and names each one the server does not know yet; once they are, it holds
@@ -155,6 +176,13 @@ fn deploy_files_name_only_flags_the_server_has() {
         }
         seen_flags.extend(flags);
     }
+    let readme = readme_fleet_section();
+    for f in flags_in_code_spans(&readme).difference(&known_flags) {
+        unknown.push(format!("README.md, Deploying a fleet: flag {f}"));
+    }
+    for v in variables_in(&readme).difference(&known_variables) {
+        unknown.push(format!("README.md, Deploying a fleet: variable {v}"));
+    }
     // The parser found the role flags at least (it is not checking nothing).
     assert!(
         seen_flags.contains("--role") && seen_flags.contains("--api-listen"),
@@ -182,6 +210,10 @@ fn the_flag_parser_reads_each_kind_of_file() {
     assert_eq!(
         flags_in(env),
         BTreeSet::from(["--node-listen".into(), "--org".into()])
+    );
+    assert_eq!(
+        flags_in_code_spans("`--role all` and `--node-listen` (0.0.0.0:7070), not --org"),
+        BTreeSet::from(["--role".into(), "--node-listen".into()])
     );
     assert_eq!(
         variables_in("key: IGNITE_NODE_TOKEN\n#IGNITE_NODE_ID=x $(IGNITE_ADVERTISE) MY_IGNITE_X"),
