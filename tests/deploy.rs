@@ -1,6 +1,7 @@
 //! The deploy files are code: `deploy/validate` checks the Kubernetes manifests against the
 //! Kubernetes schemas and the systemd units with systemd, and every flag and `IGNITE_*` variable
-//! they hand the server is one that `dodil ignite server --help` lists.
+//! they hand the server (or the README's "Deploying a fleet" names) is one that `dodil ignite
+//! server --help` lists.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
