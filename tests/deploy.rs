@@ -152,11 +152,17 @@ fn deploy_files_name_only_flags_the_server_has() {
         })
         .map(str::to_string)
         .collect();
+    // A flag's own `[env: …]`, and a variable its help names (the registry's credentials).
     let known_variables: BTreeSet<String> = help
         .split("[env: ")
         .skip(1)
         .filter_map(|s| s.split(['=', ']']).next())
         .map(str::to_string)
+        .chain(
+            help.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .filter(|w| w.starts_with("IGNITE_") && w.len() > "IGNITE_".len())
+                .map(str::to_string),
+        )
         .collect();
     assert!(
         known_flags.contains("--data-dir") && known_variables.contains("IGNITE_DATA_DIR"),
@@ -172,7 +178,10 @@ fn deploy_files_name_only_flags_the_server_has() {
         for f in flags.difference(&known_flags) {
             unknown.push(format!("{name}: flag {f}"));
         }
-        for v in variables_in(&text).difference(&known_variables) {
+        for v in variables_in(&text)
+            .difference(&known_variables)
+            .filter(|v| v.len() > "IGNITE_".len())
+        {
             unknown.push(format!("{name}: variable {v}"));
         }
         seen_flags.extend(flags);
