@@ -541,3 +541,105 @@ fn reserved_capacity_is_spread_over_nodes_and_replaced_when_one_is_lost() {
         },
     );
 }
+
+/// A build script that takes a while: the compile is still running when its replica is killed.
+const SLOW_BUILD_RS: &str =
+    "fn main() { std::thread::sleep(std::time::Duration::from_secs(6)); }\n";
+
+/// Two control replicas on one PostgreSQL, three nodes: the recipe through replica A, its
+/// requests through replica B on nodes that pull the artifact from the registry; A killed
+/// (`kill -9`) during a build: the build finishes once, on B, and B keeps serving.
+#[test]
+fn two_replicas_share_the_fleet_and_a_build_outlives_its_replica() {
+    let mut fleet = Fleet::start("fleet-replicas", 2, 3, &[]);
+    let (a, b) = (&fleet.controls[0], &fleet.controls[1]);
+    let cwd = fleet.dir.join("tiny");
+    copy_tiny(&cwd);
+    // B's CLI config: A's admin token, B's address.
+    let token = token(a);
+    std::fs::write(
+        b.dir.join("config.toml"),
+        format!("token = \"{token}\"\napi_endpoint = \"{}\"\n", b.api),
+    )
+    .unwrap();
+    ok(a, &cwd, &["app", "create", "tiny", "--runtime", "rust"]);
+    save_native(a, &cwd, "acme-corp:tiny", "./");
+    ok(a, &cwd, &["draft", "compile", "acme-corp:tiny"]);
+    ok(a, &cwd, &["draft", "compile-logs", "acme-corp:tiny"]);
+    ok(a, &cwd, &["draft", "publish", "acme-corp:tiny"]);
+    wait_until(
+        Duration::from_secs(10),
+        "B to serve what A published",
+        || {
+            dodil(b, &cwd, &["invoke", "acme-corp:tiny", "--payload", "{}"])
+                .status
+                .success()
+        },
+    );
+    let out = ok(b, &cwd, &["invoke", "acme-corp:tiny", "--payload", "{}"]);
+    assert!(out.contains("Hello from Rust!"), "{out}");
+    // The node that ran it pulled the artifact from the registry: it built nothing.
+    let versions = json(&ok(
+        b,
+        &cwd,
+        &["version", "list", "acme-corp:tiny", "-o", "json"],
+    ));
+    let digest = versions.to_string();
+    let digest = digest
+        .split("\"artifact_digest\":\"sha256:")
+        .nth(1)
+        .and_then(|d| d.get(..64))
+        .expect("an artifact digest")
+        .to_string();
+    wait_until(
+        Duration::from_secs(5),
+        "a node to report the instance",
+        || fleet.instances("tiny").iter().any(|(_, n)| *n > 0),
+    );
+    let (holder, _) = fleet
+        .instances("tiny")
+        .into_iter()
+        .find(|(_, n)| *n > 0)
+        .unwrap();
+    let pulled = fleet
+        .dir
+        .join(&holder)
+        .join("data/blobs/sha256")
+        .join(&digest);
+    assert!(pulled.exists(), "{} holds the artifact", pulled.display());
+
+    // A build accepted by A, A killed while it runs: B claims it again and finishes it.
+    let slow = project(&cwd, "slow", SLEEPY);
+    std::fs::write(slow.join("build.rs"), SLOW_BUILD_RS).unwrap();
+    ok(a, &cwd, &["app", "create", "slow", "--runtime", "rust"]);
+    save_native(a, &cwd, "acme-corp:slow", slow.to_str().unwrap());
+    ok(a, &cwd, &["draft", "compile", "acme-corp:slow"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let a = fleet.controls.remove(0);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status();
+    drop(a);
+    let b = &fleet.controls[0];
+    // B serves on while A is gone.
+    let (status, _, body) = call(b, "tiny", "{}");
+    assert_eq!(status, 200, "{body}");
+    let rows = || {
+        support::postgres::cluster().psql(
+            "fleet_fleet_replicas",
+            "SELECT status, claimed_by, attempt FROM builds WHERE app = 'slow'",
+        )
+    };
+    wait_until(Duration::from_secs(120), "B to finish the build", || {
+        rows().starts_with("succeeded")
+    });
+    let rows = rows();
+    assert_eq!(
+        rows.trim(),
+        "succeeded|c1|2",
+        "one build, finished once, by B"
+    );
+    ok(b, &cwd, &["draft", "publish", "acme-corp:slow"]);
+    let (status, _, body) = call(b, "slow", "{}");
+    assert_eq!(status, 200, "{body}");
+}
