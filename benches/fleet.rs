@@ -20,75 +20,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{Client, cold, env_usize, fmt, latencies, pct, throughput};
-use http_body_util::{BodyExt, Full};
 use support::fleet::Fleet;
 use support::platform::{Server, copy_tiny, deploy, ok, scratch, start_server_with};
 
 fn host(app: &str) -> String {
     format!("{app}-acme-corp.ignite.localhost")
-}
-
-/// One request on a keep-alive connection: (status, execution id).
-async fn call_id(
-    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: &str,
-) -> (u16, Option<String>) {
-    if send.ready().await.is_err() {
-        return (0, None);
-    }
-    let req = hyper::Request::post("/")
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(common::PAYLOAD.as_bytes())))
-        .unwrap();
-    match send.send_request(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let id = resp
-                .headers()
-                .get("x-ignite-execution-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let _ = resp.into_body().collect().await;
-            (status, id)
-        }
-        Err(_) => (0, None),
-    }
-}
-
-async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-/// The node (index) holding instances of `app`.
-fn serving(fleet: &Fleet, app: &str) -> usize {
-    let at = Instant::now();
-    loop {
-        if let Some((id, _)) = fleet.instances(app).into_iter().find(|(_, n)| *n > 0) {
-            return fleet.node_index(&id);
-        }
-        assert!(
-            at.elapsed() < Duration::from_secs(5),
-            "no node holds {app}: {:?}; node processes alive: {:?}",
-            fleet.view(0),
-            fleet
-                .nodes
-                .iter()
-                .map(|n| n
-                    .as_ref()
-                    .map(|n| std::path::Path::new(&format!("/proc/{}", n.pid())).exists()))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// From the kill (or the cut) to the first 200 answered to a request sent after it.
@@ -179,7 +116,7 @@ fn main() {
             let mut client = Client::connect(gw, &host(&app)).await;
             assert_eq!(client.call().await, 200);
         });
-        let node = serving(&fleet, &app);
+        let node = fleet.serving(&app);
         if !spread.iter().any(|(_, n)| *n == node) {
             spread.push((app, node));
         }
@@ -203,7 +140,7 @@ fn main() {
         (a.0 + b.0 + c.0, a.1 + b.1 + c.1)
     });
     eprintln!("fleet throughput: {fleet_rps:?}");
-    let placed: Vec<usize> = [&a0, &a1, &a2].iter().map(|a| serving(&fleet, a)).collect();
+    let placed: Vec<usize> = [&a0, &a1, &a2].iter().map(|a| fleet.serving(a)).collect();
     let fleet_cold = cold(&rt, &fleet.controls[0], &tiny, &["tiny"], cold_n);
     ok(
         &fleet.controls[0],
@@ -212,7 +149,7 @@ fn main() {
     );
 
     // Failover, twice: a kill, then a partition.
-    let victim = serving(&fleet, &a1);
+    let victim = fleet.serving(&a1);
     let killed = {
         let fleet_ref = &mut fleet;
         let node = fleet_ref.nodes[victim].take().expect("the node");
@@ -231,7 +168,7 @@ fn main() {
             client.call().await;
         }
     });
-    let victim = serving(&fleet, &a2);
+    let victim = fleet.serving(&a2);
     let cut = {
         let host = &fleet.net.hosts[victim];
         failover(&rt, gw, &a2, || host.partition())
@@ -267,12 +204,12 @@ fn main() {
         for _ in 0..16 {
             let sent = sent.clone();
             tasks.push(tokio::spawn(async move {
-                let mut send = connect(gw).await;
+                let mut client = Client::connect(gw, &host("exact")).await;
                 let mut got = Vec::new();
                 while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                    let (status, id) = call_id(&mut send, &host("exact")).await;
+                    let (status, id) = client.call_id().await;
                     if status != 200 {
-                        send = connect(gw).await;
+                        client = Client::connect(gw, &host("exact")).await;
                     }
                     got.push((status, id));
                 }
@@ -283,7 +220,7 @@ fn main() {
         while sent.load(std::sync::atomic::Ordering::Relaxed) < kill_at {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let victim = serving(&fleet, "exact");
+        let victim = fleet.serving("exact");
         let node = fleet.nodes[victim].take().expect("the node");
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &node.pid().to_string()])

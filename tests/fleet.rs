@@ -114,17 +114,7 @@ fn a_node_killed_mid_traffic_costs_only_its_requests_in_flight_and_every_record_
     deploy_sleepy(&fleet.controls[0], &cwd, "sleepy");
     let (status, _, body) = call(&fleet.controls[0], "sleepy", "{}");
     assert_eq!(status, 200, "{body}");
-    wait_until(
-        Duration::from_secs(5),
-        "the node to report its instance",
-        || fleet.instances("sleepy").iter().any(|(_, n)| *n > 0),
-    );
-    let (victim, _) = fleet
-        .instances("sleepy")
-        .into_iter()
-        .find(|(_, n)| *n > 0)
-        .unwrap();
-    let victim = fleet.node_index(&victim);
+    let victim = fleet.serving("sleepy");
 
     let gateway = fleet.controls[0].gateway.clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,17 +218,8 @@ fn a_partitioned_node_is_routed_around_and_drained_when_it_heals() {
     deploy_sleepy(&fleet.controls[0], &cwd, "cut");
     let (status, _, body) = call(&fleet.controls[0], "cut", "{}");
     assert_eq!(status, 200, "{body}");
-    wait_until(
-        Duration::from_secs(5),
-        "the node to report its instance",
-        || fleet.instances("cut").iter().any(|(_, n)| *n > 0),
-    );
-    let (victim, _) = fleet
-        .instances("cut")
-        .into_iter()
-        .find(|(_, n)| *n > 0)
-        .unwrap();
-    let cut_off = &fleet.net.hosts[fleet.node_index(&victim)];
+    let victim = fleet.serving("cut");
+    let cut_off = &fleet.net.hosts[victim];
 
     // Two requests held by the node when it is cut off.
     let gateway = fleet.controls[0].gateway.clone();
@@ -298,7 +279,7 @@ fn a_partitioned_node_is_routed_around_and_drained_when_it_heals() {
             fleet
                 .instances("cut")
                 .iter()
-                .any(|(id, n)| *id == victim && *n == 0)
+                .any(|(id, n)| *id == cut_off.name && *n == 0)
         },
     );
     for _ in 0..10 {
@@ -380,14 +361,14 @@ fn the_fleets_endpoints_refuse_anything_but_the_node_token() {
         .unwrap();
     assert_eq!(answer.status(), 400);
 
-    // The node's listener: HTTP/2 only, with the token. A plain HTTP/1.1 request, or an h2
-    // dispatch without the token, runs nothing.
+    // The node's listener takes dispatches only with the token, over HTTP/1.1 (where probes
+    // come) as over HTTP/2: without it, nothing runs.
     let node = &fleet.net.hosts[0];
-    let (status, _) = send_raw_ns(
+    let (status, _) = send_raw(
         &format!("{}:7070", node.ip),
         "POST /v1/node/invoke HTTP/1.1\r\nHost: n\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
-    assert_ne!(status, 200);
+    assert_eq!(status, 401);
     for auth in [
         None,
         Some(org_token.as_str()),
@@ -430,24 +411,6 @@ fn the_fleets_endpoints_refuse_anything_but_the_node_token() {
         stderr.contains("`control`") && stderr.contains("`node`"),
         "{stderr}"
     );
-}
-
-/// Writes `request` to `addr` and reads what comes back before the connection closes (or a
-/// second passes): `(status, raw)`, status 0 for an answer that is not HTTP/1.
-fn send_raw_ns(addr: &str, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw).to_string();
-    let status = raw
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, raw)
 }
 
 /// One HTTP/2 (prior knowledge) POST: `(status, body)`.
@@ -579,31 +542,11 @@ fn two_replicas_share_the_fleet_and_a_build_outlives_its_replica() {
     let out = ok(b, &cwd, &["invoke", "acme-corp:tiny", "--payload", "{}"]);
     assert!(out.contains("Hello from Rust!"), "{out}");
     // The node that ran it pulled the artifact from the registry: it built nothing.
-    let versions = json(&ok(
-        b,
-        &cwd,
-        &["version", "list", "acme-corp:tiny", "-o", "json"],
-    ));
-    let digest = versions.to_string();
-    let digest = digest
-        .split("\"artifact_digest\":\"sha256:")
-        .nth(1)
-        .and_then(|d| d.get(..64))
-        .expect("an artifact digest")
-        .to_string();
-    wait_until(
-        Duration::from_secs(5),
-        "a node to report the instance",
-        || fleet.instances("tiny").iter().any(|(_, n)| *n > 0),
-    );
-    let (holder, _) = fleet
-        .instances("tiny")
-        .into_iter()
-        .find(|(_, n)| *n > 0)
-        .unwrap();
+    let digest = artifact_digest(b, &cwd, "acme-corp:tiny");
+    let holder = &fleet.net.hosts[fleet.serving("tiny")].name;
     let pulled = fleet
         .dir
-        .join(&holder)
+        .join(holder)
         .join("data/blobs/sha256")
         .join(&digest);
     assert!(pulled.exists(), "{} holds the artifact", pulled.display());

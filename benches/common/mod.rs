@@ -42,8 +42,13 @@ impl Client {
 
     /// Sends one request; returns the status.
     pub async fn call(&mut self) -> u16 {
+        self.call_id().await.0
+    }
+
+    /// Sends one request; returns the status and the execution id it was answered with.
+    pub async fn call_id(&mut self) -> (u16, Option<String>) {
         if self.send.ready().await.is_err() {
-            return 0;
+            return (0, None);
         }
         let req = Request::post("/")
             .header("host", &self.host)
@@ -53,14 +58,19 @@ impl Client {
         match self.send.send_request(req).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let id = resp
+                    .headers()
+                    .get("x-ignite-execution-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let _ = resp.into_body().collect().await;
-                status
+                (status, id)
             }
             Err(e) => {
                 if std::env::var_os("IGNITE_BENCH_DEBUG").is_some() {
                     eprintln!("request failed: {e:?}");
                 }
-                0
+                (0, None)
             }
         }
     }

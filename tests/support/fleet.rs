@@ -309,6 +309,23 @@ impl Fleet {
             .collect()
     }
 
+    /// The node (its index) that holds instances of `app`, once replica 0 hears of one (within
+    /// 5 s).
+    pub fn serving(&self, app: &str) -> usize {
+        let at = std::time::Instant::now();
+        loop {
+            if let Some((id, _)) = self.instances(app).into_iter().find(|(_, n)| *n > 0) {
+                return self.node_index(&id);
+            }
+            assert!(
+                at.elapsed() < Duration::from_secs(5),
+                "no node holds {app}: {:?}",
+                self.view(0)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn node_index(&self, id: &str) -> usize {
         id.strip_prefix('n').and_then(|n| n.parse().ok()).unwrap()
     }

@@ -450,14 +450,19 @@ pub fn pids_running(exe: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The hex digest of an app's active artifact.
+pub fn artifact_digest(server: &Server, cwd: &Path, id: &str) -> String {
+    let app = json(&ok(server, cwd, &["app", "get", id, "-o", "json"]));
+    let digest = app["artifact"]["digest"].as_str().unwrap();
+    digest.trim_start_matches("sha256:").to_string()
+}
+
 /// The path of an app's active artifact on the server's disk.
 pub fn artifact_of(server: &Server, cwd: &Path, id: &str) -> PathBuf {
-    let app = json(&ok(server, cwd, &["app", "get", id, "-o", "json"]));
-    let digest = app["artifact"]["digest"].as_str().unwrap().to_string();
     server
         .dir
         .join("data/blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
+        .join(artifact_digest(server, cwd, id))
 }
 
 /// The server's Prometheus metrics text.

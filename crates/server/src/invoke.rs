@@ -61,9 +61,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         // takes it back), and this replica ends it, whatever the node does.
         Some(fleet) => {
             state.recorder.begin(&record);
-            let ran = fleet
-                .dispatch(state, route, version, &id, deadline, req)
-                .await;
+            let ran = fleet.dispatch(route, version, &id, deadline, req).await;
             if matches!(
                 ran,
                 Ok(Ran::QueueFull { .. } | Ran::NodeFull { .. } | Ran::Stopping)

@@ -243,25 +243,25 @@ impl Fleet {
         let members = self.members();
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
-        let total: u32 = members
+        // Each node's instances of this version, by its last report: counted once.
+        let counted: Vec<(u32, &Arc<Member>)> = members
             .iter()
-            .map(|m| m.instances_of(&app.org, &app.name, version))
-            .sum();
-        let mut ranked: Vec<(bool, bool, u64, Arc<Member>)> = members
-            .iter()
-            .filter(|m| down.get(&m.id).is_none_or(|t| t.elapsed() >= DOWN_FOR))
-            .map(|m| {
-                let here = m.instances_of(&app.org, &app.name, version);
+            .map(|m| (m.instances_of(&app.org, &app.name, version), m))
+            .collect();
+        let total: u32 = counted.iter().map(|(here, _)| here).sum();
+        let mut ranked: Vec<(bool, bool, u64, u32, Arc<Member>)> = counted
+            .into_iter()
+            .filter(|(_, m)| down.get(&m.id).is_none_or(|t| t.elapsed() >= DOWN_FOR))
+            .map(|(here, m)| {
                 let room = m.running < m.capacity;
-                (here > 0, room, score(app, &m.id), m.clone())
+                (here > 0, room, score(app, &m.id), here, m.clone())
             })
             .collect();
         // Warm first, then with room, then by the app's preference.
         ranked.sort_by_key(|r| std::cmp::Reverse((r.0, r.1, r.2)));
         ranked
             .into_iter()
-            .filter_map(|(warm, _, _, m)| {
-                let here = m.instances_of(&app.org, &app.name, version);
+            .filter_map(|(warm, _, _, here, m)| {
                 let elsewhere = total - here;
                 let mut seen = app.clone();
                 seen.scaling.max_instances = app.scaling.max_instances.saturating_sub(elsewhere);
@@ -275,14 +275,12 @@ impl Fleet {
     /// Runs one request on a node of the fleet.
     pub async fn dispatch(
         &self,
-        state: &State,
         route: &Route,
         version: &Version,
         execution_id: &str,
         deadline: Instant,
         request: ignite_invocation::HttpRequest,
     ) -> Result<Ran, DispatchError> {
-        let _ = state;
         let mut candidates = self.place(&route.app, version.version);
         if candidates.is_empty() {
             return Err(DispatchError::NoNode);

@@ -81,8 +81,12 @@ impl NodeRole {
     }
 
     /// One heartbeat, to the first control URL that answers.
-    async fn beat(&self, state: &State) -> Result<HeartbeatAnswer, String> {
-        let (running, pools) = state.node.report();
+    async fn beat(
+        &self,
+        state: &State,
+        running: u32,
+        pools: Vec<super::wire::PoolReport>,
+    ) -> Result<HeartbeatAnswer, String> {
         let beat = Heartbeat {
             node_id: self.id.clone(),
             address: self.address.clone(),
@@ -176,15 +180,14 @@ impl NodeRole {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let reported: Vec<AppKey> = state
-                .node
-                .report()
-                .1
-                .into_iter()
-                .map(|p| (p.org, p.app))
+            // One look at the pools: what the heartbeat reports is what its answer is applied to.
+            let (running, pools) = state.node.report();
+            let reported: Vec<AppKey> = pools
+                .iter()
+                .map(|p| (p.org.clone(), p.app.clone()))
                 .collect();
             let began = Instant::now();
-            let beat = self.beat(state).await;
+            let beat = self.beat(state, running, pools).await;
             let took = began.elapsed();
             if took > super::LOST_AFTER / 2 {
                 tracing::warn!(
