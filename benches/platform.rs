@@ -3,8 +3,10 @@
 //!
 //! - cold start with the app scaled to zero before every request (client-observed p50/p99, and
 //!   the recorded `cold_start_ms` phases);
-//! - warm latency with one client;
-//! - throughput with 1, 16 and 64 clients, beside a bare hyper "hello" server in the same run;
+//! - warm requests at 1, 16 and 64 clients (p50, p99, req/s) beside its peers in the same run,
+//!   every row driven by the same `wrk`: nginx proxying to a second nginx process (keep-alive
+//!   upstream) and a bare in-process hyper server, with the ratio against nginx → nginx;
+//! - the wasm target beside `wasmtime serve`, when one is installed;
 //! - 100 simultaneous cold starts of 100 different apps;
 //! - memory per idle warm instance, and how many the node holds.
 //!
@@ -16,6 +18,8 @@ mod support;
 
 mod common;
 
+use common::peers;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Client, env_usize, fmt, latencies, ms_pct, pct, pss_kib, throughput};
+use common::{Client, env_usize, fmt, latencies, ms_pct, pct, pss_kib};
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -137,6 +141,49 @@ fn scale_tiny(server: &support::platform::Server, project: &Path, flags: &[&str]
     );
 }
 
+/// The client counts every warm row is measured at.
+const CLIENTS: [usize; 3] = [1, 16, 64];
+
+/// The reverse-proxy peer's row name.
+const NGINX: &str = "nginx → nginx";
+
+/// The handler's answer, as the peers send it.
+const HELLO: &str = r#"{"message":"hi there","execution_id":"01JBENCH0000000000000000000","function_id":"acme-corp/tiny"}"#;
+
+/// One table of `wrk` rows, each with its ratio against `peer`'s row at the same clients
+/// (req/s: ours / theirs; p50: theirs / ours, so above 1 is faster either way).
+fn print_loads(rows: &[(&str, usize, peers::Load)], peer: &str) {
+    println!(
+        "| server                   | clients | p50        | p99        | req/s     | req/s ratio | p50 ratio | errors |"
+    );
+    println!(
+        "|--------------------------|---------|------------|------------|-----------|-------------|-----------|--------|"
+    );
+    for (name, clients, load) in rows {
+        let theirs = rows
+            .iter()
+            .find(|(n, c, _)| *n == peer && c == clients)
+            .map(|r| r.2);
+        let (rps_ratio, p50_ratio) = match theirs {
+            Some(t) if *name != peer => (
+                format!("{:.2}×", load.rps / t.rps.max(1.0)),
+                format!(
+                    "{:.2}×",
+                    t.p50.as_secs_f64() / load.p50.as_secs_f64().max(1e-9)
+                ),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {name:<24} | {clients:>7} | {:>10} | {:>10} | {:>9.0} | {rps_ratio:>11} | {p50_ratio:>9} | {:>6} |",
+            fmt(load.p50),
+            fmt(load.p99),
+            load.rps,
+            load.errors
+        );
+    }
+}
+
 fn main() {
     let work = scratch("bench-platform");
     let server = start_server(&work);
@@ -159,43 +206,73 @@ fn main() {
         .unwrap();
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
-    // `IGNITE_BENCH_LOAD=<concurrency>`: only hold 64 clients on the app for 20 s, with that
+    // `IGNITE_BENCH_LOAD=<concurrency>`: only hold `IGNITE_BENCH_CLIENTS` (64) wrk clients on the
+    // app for `IGNITE_BENCH_SECS` (20) s, with that
     // concurrency per instance (to profile the server under load, e.g. with `perf record -a`).
     if let Ok(concurrency) = std::env::var("IGNITE_BENCH_LOAD") {
         scale_tiny(&server, &project, &["--concurrency", &concurrency]);
-        eprintln!("load: 64 clients for 20 s");
-        let (rate, errors) = rt.block_on(throughput(gateway, host, 64, 20.0));
-        println!("{rate:.0} req/s, {errors} errors");
+        let clients = env_usize("IGNITE_BENCH_CLIENTS", 64);
+        let secs = env_usize("IGNITE_BENCH_SECS", 20) as u32;
+        eprintln!("load: {clients} wrk clients for {secs} s");
+        let load = peers::wrk(&work, gateway, host, clients, secs);
+        println!(
+            "{:.0} req/s, p50 {}, p99 {}, {} errors",
+            load.rps,
+            fmt(load.p50),
+            fmt(load.p99),
+            load.errors
+        );
         return;
     }
 
-    // Warm latency, one client.
-    let warm_n = env_usize("IGNITE_BENCH_WARM", 5000);
-    let warm = rt.block_on(latencies(gateway, host, 500, warm_n));
-    rows.push((
-        "warm request, 1 client".into(),
-        fmt(pct(&warm, 0.5)),
-        fmt(pct(&warm, 0.99)),
-    ));
-
-    // Throughput against a bare hyper server measured in the same run.
+    // Warm: the platform beside its peers, every row driven by the same `wrk`, in this run.
+    let secs = env_usize("IGNITE_BENCH_SECS", 5) as u32;
+    assert!(
+        peers::have_wrk(),
+        "the platform bench drives every row with wrk: apt-get install wrk"
+    );
     let hello_addr = start_hello();
-    let secs = 3.0;
-    let mut tput = Vec::new();
-    for clients in [1, 16, 64] {
-        let (ignite, errors) = rt.block_on(throughput(gateway, host, clients, secs));
-        let (bare, _) = rt.block_on(throughput(hello_addr, host, clients, secs));
-        tput.push((clients, ignite, bare, errors));
+    let nginx = peers::Nginx::installed().then(|| peers::Nginx::proxy_pair(&work, HELLO));
+    if nginx.is_none() {
+        eprintln!("no nginx (apt-get install nginx): the nginx → nginx rows are left out");
+    }
+    // Warm the instances (and the connections' paths) before measuring.
+    rt.block_on(latencies(gateway, host, 500, 100));
+    let mut warm: Vec<(&str, usize, peers::Load)> = Vec::new();
+    for clients in CLIENTS {
+        warm.push((
+            "ignite",
+            clients,
+            peers::wrk(&work, gateway, host, clients, secs),
+        ));
     }
     // The same app with `concurrency` 16: one instance overlaps requests, one wake-up of the
     // handler serves every request its channel holds.
     scale_tiny(&server, &project, &["--concurrency", "16"]);
-    let mut shared = Vec::new();
-    for (clients, _, bare, _) in &tput {
-        let (ignite, errors) = rt.block_on(throughput(gateway, host, *clients, secs));
-        shared.push((*clients, ignite, *bare, errors));
+    rt.block_on(latencies(gateway, host, 200, 10));
+    for clients in CLIENTS {
+        warm.push((
+            "ignite, concurrency 16",
+            clients,
+            peers::wrk(&work, gateway, host, clients, secs),
+        ));
     }
     scale_tiny(&server, &project, &["--concurrency", "1"]);
+    for clients in CLIENTS {
+        warm.push((
+            "bare hyper (in-process)",
+            clients,
+            peers::wrk(&work, hello_addr, host, clients, secs),
+        ));
+        if let Some(nginx) = &nginx {
+            warm.push((
+                NGINX,
+                clients,
+                peers::wrk(&work, nginx.addr, host, clients, secs),
+            ));
+        }
+    }
+    drop(nginx);
 
     // The same handler as a wasm component (every request a fresh instance), beside the bare
     // hyper server and, when one is installed, `wasmtime serve` on the same component.
@@ -209,18 +286,24 @@ fn main() {
         &["app", "scale", "acme-corp:tinyw", "--max-instances", "256"],
     );
     let wasm_host = "tinyw-acme-corp.ignite.localhost";
-    let wasm_lat = rt.block_on(latencies(gateway, wasm_host, 200, warm_n));
+    rt.block_on(latencies(gateway, wasm_host, 200, 10));
     let component = artifact_of(&server, &wasm_project, "acme-corp:tinyw");
     let wasmtime = std::env::var("IGNITE_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
     let serve = start_wasmtime_serve(&wasmtime, &component);
-    let mut wasm_tput = Vec::new();
-    for (clients, _, bare, _) in &tput {
-        let (ours, errors) = rt.block_on(throughput(gateway, wasm_host, *clients, secs));
-        let theirs = serve.as_ref().map(|(addr, _)| {
-            rt.block_on(throughput(*addr, "localhost", *clients, secs))
-                .0
-        });
-        wasm_tput.push((*clients, ours, *bare, theirs, errors));
+    let mut wasm: Vec<(&str, usize, peers::Load)> = Vec::new();
+    for clients in CLIENTS {
+        wasm.push((
+            "ignite wasm",
+            clients,
+            peers::wrk(&work, gateway, wasm_host, clients, secs),
+        ));
+        if let Some((addr, _)) = &serve {
+            wasm.push((
+                "wasmtime serve",
+                clients,
+                peers::wrk(&work, *addr, "localhost", clients, secs),
+            ));
+        }
     }
     drop(serve);
 
@@ -384,38 +467,20 @@ fn main() {
         println!("| {name:<14} | {p50:>7.3} | {p99:>7.3} |");
     }
     println!();
-    println!("| clients | concurrency | ignite req/s | bare hyper req/s | ratio | errors |");
-    println!("|---------|-------------|--------------|------------------|-------|--------|");
-    for (concurrency, rows) in [(1, &tput), (16, &shared)] {
-        for (clients, ignite, bare, errors) in rows {
-            println!(
-                "| {clients:>7} | {concurrency:>11} | {ignite:>12.0} | {bare:>16.0} | {:>4.0}% | {errors:>6} |",
-                100.0 * ignite / bare
-            );
-        }
-    }
+    println!(
+        "warm requests, every row driven by the same wrk ({secs} s each) in this run; ratio against {NGINX} at the same clients:"
+    );
+    print_loads(&warm, NGINX);
     println!();
-    println!("--rust-target wasm (the same handler; every request a fresh instance):");
     println!(
-        "| request, 1 client (instantiate + run) | p50 {} | p99 {} |",
-        fmt(pct(&wasm_lat, 0.5)),
-        fmt(pct(&wasm_lat, 0.99))
+        "--rust-target wasm (the same handler; every request a fresh instance); ratio against wasmtime serve:"
     );
-    println!(
-        "| clients | ignite wasm req/s | bare hyper req/s | wasmtime serve req/s | ours/serve | errors |"
-    );
-    println!(
-        "|---------|-------------------|------------------|----------------------|------------|--------|"
-    );
-    for (clients, ours, bare, serve, errors) in &wasm_tput {
-        let (serve, ratio) = match serve {
-            Some(s) => (format!("{s:.0}"), format!("{:.0}%", 100.0 * ours / s)),
-            None => ("(not installed)".into(), "-".into()),
-        };
+    if !wasm.iter().any(|r| r.0 == "wasmtime serve") {
         println!(
-            "| {clients:>7} | {ours:>17.0} | {bare:>16.0} | {serve:>20} | {ratio:>10} | {errors:>6} |"
+            "(wasmtime serve not installed: `cargo install wasmtime-cli@48`, or IGNITE_BENCH_WASMTIME)"
         );
     }
+    print_loads(&wasm, "wasmtime serve");
     println!();
     println!(
         "idle warm instances held: {} · RSS {:.0} KiB each · PSS {:.0} KiB each · at that PSS the {:.1} GiB available would hold ≈{:.0}",

@@ -2,6 +2,8 @@
 //! throughput loops, and a process's memory.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

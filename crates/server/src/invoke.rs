@@ -60,7 +60,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
         // The node is elsewhere: the record is begun before the request leaves (a throttle
         // takes it back), and this replica ends it, whatever the node does.
         Some(fleet) => {
-            state.recorder.begin(&record);
+            state.recorder.begin(record.clone());
             let ran = fleet.dispatch(route, version, &id, deadline, req).await;
             if matches!(
                 ran,
@@ -78,7 +78,7 @@ async fn run_execution(state: &State, route: &Route, req: HttpRequest, trigger: 
                 let mut running = record.clone();
                 running.queue_ms = Some(queued.as_secs_f64() * 1e3);
                 note_cold_start(&mut running, cold);
-                state.recorder.begin(&running);
+                state.recorder.begin(running);
             };
             Ok(run_here(state, route, version, invocation, deadline, admitted).await)
         }
@@ -463,10 +463,10 @@ fn finish(
         .invocations
         .get_or_create(&status_label)
         .inc();
-    state.recorder.record(&record);
     tracing::debug!(id = %record.id, total_ms = started.elapsed().as_secs_f64() * 1e3, "executed");
     if let Ok(v) = record.id.parse() {
         response.headers_mut().insert("x-ignite-execution-id", v);
     }
+    state.recorder.record(record);
     response
 }

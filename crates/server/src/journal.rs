@@ -22,6 +22,8 @@ struct Segment {
     file: File,
     /// The last write failed part-way: the next line starts on a line of its own.
     torn: bool,
+    /// The line being written, kept between writes (no allocation per record).
+    line: Vec<u8>,
 }
 
 pub struct Journal {
@@ -102,25 +104,31 @@ impl Journal {
                 number,
                 file: open_segment(dir, number)?,
                 torn: false,
+                line: Vec::with_capacity(4096),
             }),
             kept: Mutex::default(),
         })
     }
 
     fn write(segment: &mut Segment, e: &Execution) {
-        let mut line = match serde_json::to_vec(e) {
-            Ok(line) => line,
-            Err(err) => {
-                tracing::error!("execution {} cannot be journaled: {err}", e.id);
-                return;
-            }
-        };
-        line.push(b'\n');
+        let mut line = std::mem::take(&mut segment.line);
+        line.clear();
         if segment.torn {
-            line.insert(0, b'\n');
+            line.push(b'\n');
         }
+        if let Err(err) = serde_json::to_writer(&mut line, e) {
+            tracing::error!("execution {} cannot be journaled: {err}", e.id);
+            segment.line = line;
+            return;
+        }
+        line.push(b'\n');
         // O_APPEND: one write(2) for a line this size.
-        match segment.file.write_all(&line) {
+        let written = segment.file.write_all(&line);
+        // A record with a large log leaves no large buffer behind.
+        if line.capacity() <= 64 * 1024 {
+            segment.line = line;
+        }
+        match written {
             Ok(()) => segment.torn = false,
             Err(err) => {
                 segment.torn = true;
@@ -129,11 +137,11 @@ impl Journal {
         }
     }
 
-    /// Appends a record, then runs `then` before any rotation can happen.
-    pub fn append_then<R>(&self, e: &Execution, then: impl FnOnce() -> R) -> R {
+    /// Appends a record, then hands it to `then`, which runs before any rotation can happen.
+    pub fn append_then<R>(&self, e: Execution, then: impl FnOnce(Execution) -> R) -> R {
         let mut segment = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        Self::write(&mut segment, e);
-        then()
+        Self::write(&mut segment, &e);
+        then(e)
     }
 
     /// Starts a new segment, into which `carry` (records that must outlive the old segment:
@@ -151,8 +159,10 @@ impl Journal {
                         number,
                         file,
                         torn: false,
+                        line: Vec::new(),
                     },
                 );
+                segment.line = old.line;
                 for e in carry() {
                     Self::write(&mut segment, &e);
                 }
@@ -210,10 +220,10 @@ mod tests {
     fn what_a_crash_leaves_is_replayed_latest_version_first_seen_order() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        journal.append_then(&record("a", "running"), || ());
-        journal.append_then(&record("b", "succeeded"), || ());
+        journal.append_then(record("a", "running"), |_| ());
+        journal.append_then(record("b", "succeeded"), |_| ());
         let old = journal.rotate(|| vec![record("a", "running")]).unwrap();
-        journal.append_then(&record("a", "succeeded"), || ());
+        journal.append_then(record("a", "succeeded"), |_| ());
         // The process dies here: nothing retired. A torn last line is skipped.
         drop(journal);
         let mut f = OpenOptions::new()
@@ -230,11 +240,11 @@ mod tests {
         // The next run starts empty.
         let journal = Journal::open(dir.path()).unwrap();
         assert!(replay(dir.path()).unwrap().is_empty());
-        journal.append_then(&record("d", "succeeded"), || ());
+        journal.append_then(record("d", "succeeded"), |_| ());
         // The store refused d's batch: its segment outlives later batches.
         let refused = journal.rotate(Vec::new).unwrap();
         journal.keep(refused);
-        journal.append_then(&record("e", "succeeded"), || ());
+        journal.append_then(record("e", "succeeded"), |_| ());
         let old = journal.rotate(Vec::new).unwrap();
         journal.retire(old);
         let left: Vec<String> = replay(dir.path())

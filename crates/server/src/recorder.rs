@@ -49,21 +49,21 @@ impl Recorder {
     /// here on leaves it recorded as failed); it is written to the store only if it is still
     /// running after a moment ([`Recorder::flush_running`]), so a quick request costs one
     /// store write, not two.
-    pub fn begin(&self, e: &Execution) {
-        self.journal.append_then(e, || {
+    pub fn begin(&self, e: Execution) {
+        self.journal.append_then(e, |e| {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.0 += 1;
             let seq = pending.0;
-            pending.1.insert(e.id.clone(), (seq, e.clone(), false));
+            pending.1.insert(e.id.clone(), (seq, e, false));
         });
     }
 
     /// Records (a new version of) an execution and queues it for writing. It is in the journal
     /// when this returns, before the caller answers.
-    pub fn record(&self, e: &Execution) {
+    pub fn record(&self, e: Execution) {
         // Journaled and queued under one lock, so the writer's rotation of the journal finds
         // every record of the old segment already queued.
-        let sent = self.journal.append_then(e, || {
+        let sent = self.journal.append_then(e, |e| {
             let seq = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 pending.0 += 1;
@@ -71,10 +71,11 @@ impl Recorder {
                 pending.1.insert(e.id.clone(), (seq, e.clone(), true));
                 seq
             };
-            self.tx.send((seq, e.clone())).is_ok()
+            // A refused send hands the record back.
+            self.tx.send((seq, e)).err().map(|refused| refused.0.1.id)
         });
-        if !sent {
-            tracing::error!("execution {} could not be queued for writing", e.id);
+        if let Some(id) = sent {
+            tracing::error!("execution {id} could not be queued for writing");
         }
     }
 
@@ -84,7 +85,7 @@ impl Recorder {
     pub fn discard(&self, e: &Execution) {
         let mut tombstone = e.clone();
         tombstone.status = crate::journal::DISCARDED.into();
-        self.journal.append_then(&tombstone, || {
+        self.journal.append_then(tombstone, |_| {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             // Once handed to the writer (a request waiting half a second for a throttle) it
             // stays; a throttle answers at once, long before that.
@@ -163,6 +164,7 @@ impl Recorder {
             let records: Vec<Execution> = latest.values().map(|(_, e)| e.clone()).collect();
             let mut tries = 0;
             let mut written = true;
+            let writing = std::time::Instant::now();
             while let Err(e) = store::upsert_executions(&db, replica, &records).await {
                 tries += 1;
                 tracing::error!(
@@ -187,6 +189,11 @@ impl Recorder {
                 }
                 continue;
             }
+            tracing::debug!(
+                records = records.len(),
+                ms = writing.elapsed().as_secs_f64() * 1e3,
+                "execution records written"
+            );
             if let Some(done) = done {
                 self.journal.retire(done);
             }
