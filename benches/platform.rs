@@ -225,6 +225,20 @@ fn main() {
         return;
     }
 
+    // `IGNITE_BENCH_COLD_ONLY=1`: only the cold requests (`IGNITE_BENCH_COLD` of them), to
+    // profile the cold path (the server's pid is printed first, for `perf` or `strace -p`).
+    if std::env::var_os("IGNITE_BENCH_COLD_ONLY").is_some() {
+        eprintln!("server pid {}", server.pid());
+        let n = env_usize("IGNITE_BENCH_COLD", 300);
+        let cold = cold_requests(&rt, &server, &project, gateway, host, n);
+        println!(
+            "cold: p50 {}, p99 {}",
+            fmt(pct(&cold, 0.5)),
+            fmt(pct(&cold, 0.99))
+        );
+        return;
+    }
+
     // Warm: the platform beside its peers, every row driven by the same `wrk`, in this run.
     let secs = env_usize("IGNITE_BENCH_SECS", 5) as u32;
     assert!(
