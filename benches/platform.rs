@@ -186,7 +186,12 @@ fn print_loads(rows: &[(&str, usize, peers::Load)], peer: &str) {
 
 fn main() {
     let work = scratch("bench-platform");
-    let server = start_server(&work);
+    // `IGNITE_BENCH_SPARE=<n>`: the server keeps n sandboxed instances prepared
+    // (`--sandbox-spare`, default 32), as an operator expecting bursts of cold starts would.
+    let server = match std::env::var("IGNITE_BENCH_SPARE") {
+        Ok(spare) => start_server_with(&work, &["--sandbox-spare", &spare]),
+        Err(_) => start_server(&work),
+    };
     let project = work.join("tiny");
     copy_tiny(&project);
     eprintln!("deploying examples/tiny …");
@@ -206,9 +211,9 @@ fn main() {
         .unwrap();
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
-    // `IGNITE_BENCH_LOAD=<concurrency>`: only hold `IGNITE_BENCH_CLIENTS` (64) wrk clients on the
-    // app for `IGNITE_BENCH_SECS` (20) s, with that
-    // concurrency per instance (to profile the server under load, e.g. with `perf record -a`).
+    // `IGNITE_BENCH_LOAD=<concurrency>`: only hold `IGNITE_BENCH_CLIENTS` (64) wrk clients on
+    // the app for `IGNITE_BENCH_SECS` (20) s, with that concurrency per instance (to profile
+    // the server under load, e.g. with `perf record -a`).
     if let Ok(concurrency) = std::env::var("IGNITE_BENCH_LOAD") {
         scale_tiny(&server, &project, &["--concurrency", &concurrency]);
         let clients = env_usize("IGNITE_BENCH_CLIENTS", 64);
