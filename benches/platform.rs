@@ -115,21 +115,43 @@ fn cold_requests(
     host: &str,
     n: usize,
 ) -> Vec<Duration> {
-    scale_tiny(server, project, &["--idle-timeout", "0"]);
+    paced_requests(rt, server, project, gateway, host, n, "0")
+}
+
+/// Requests one at a time, 10 ms apart, with the app's idle timeout at `idle_timeout` seconds:
+/// "0" makes every request cold; a long one keeps the instance warm, which measures what the
+/// pacing alone costs (an idle vCPU takes longer to wake than a busy one).
+fn paced_requests(
+    rt: &tokio::runtime::Runtime,
+    server: &support::platform::Server,
+    project: &Path,
+    gateway: SocketAddr,
+    host: &str,
+    n: usize,
+    idle_timeout: &str,
+) -> Vec<Duration> {
+    scale_tiny(server, project, &["--idle-timeout", idle_timeout]);
     std::thread::sleep(Duration::from_millis(600));
-    rt.block_on(async {
-        let mut c = Client::connect(gateway, host).await;
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            assert_eq!(c.call().await, 200);
-            v.push(t.elapsed());
-            // Let the stopped instance go (and the sandbox prepare the next) before the next.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        v.sort();
-        v
-    })
+    rt.block_on(paced_calls(gateway, host, n, idle_timeout != "0"))
+}
+
+/// `n` requests on one connection, 10 ms apart (after one unmeasured request when `warm`);
+/// sorted.
+async fn paced_calls(addr: SocketAddr, host: &str, n: usize, warm: bool) -> Vec<Duration> {
+    let mut c = Client::connect(addr, host).await;
+    if warm {
+        c.call().await;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(c.call().await, 200);
+        v.push(t.elapsed());
+        // Let a stopped instance go (and the sandbox prepare the next) before the next.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    v.sort();
+    v
 }
 
 /// `dodil ignite app scale acme-corp:tiny <flags>`.
@@ -236,10 +258,13 @@ fn main() {
         eprintln!("server pid {}", server.pid());
         let n = env_usize("IGNITE_BENCH_COLD", 300);
         let cold = cold_requests(&rt, &server, &project, gateway, host, n);
+        let paced = paced_requests(&rt, &server, &project, gateway, host, n, "300");
         println!(
-            "cold: p50 {}, p99 {}",
+            "cold: p50 {}, p99 {}; warm, paced alike: p50 {}, p99 {}",
             fmt(pct(&cold, 0.5)),
-            fmt(pct(&cold, 0.99))
+            fmt(pct(&cold, 0.99)),
+            fmt(pct(&paced, 0.5)),
+            fmt(pct(&paced, 0.99))
         );
         return;
     }
@@ -290,6 +315,18 @@ fn main() {
                 peers::wrk(&work, nginx.addr, host, clients, secs),
             ));
         }
+    }
+    // The peers paced like the cold requests below (10 ms apart): what an idle machine adds.
+    let paced_n = env_usize("IGNITE_BENCH_COLD", 300);
+    let mut paced_peers = vec![(
+        "bare hyper",
+        rt.block_on(paced_calls(hello_addr, host, paced_n, true)),
+    )];
+    if let Some(nginx) = &nginx {
+        paced_peers.push((
+            NGINX,
+            rt.block_on(paced_calls(nginx.addr, host, paced_n, true)),
+        ));
     }
     drop(nginx);
 
@@ -393,6 +430,27 @@ fn main() {
     ] {
         let mut v = phase(name);
         phases.push((name, ms_pct(&mut v, 0.5), ms_pct(&mut v, 0.99)));
+    }
+    // The same pacing on a warm instance (after the cold records are read): what an idle
+    // machine adds to any request.
+    let paced = paced_requests(&rt, &server, &project, gateway, host, cold_n, "300");
+    rows.insert(
+        1,
+        (
+            "warm request, paced like the cold".into(),
+            fmt(pct(&paced, 0.5)),
+            fmt(pct(&paced, 0.99)),
+        ),
+    );
+    for (i, (name, v)) in paced_peers.iter().enumerate() {
+        rows.insert(
+            2 + i,
+            (
+                format!("  {name}, paced alike"),
+                fmt(pct(v, 0.5)),
+                fmt(pct(v, 0.99)),
+            ),
+        );
     }
 
     // 100 simultaneous cold starts of 100 different apps (one build, then the build cache).
