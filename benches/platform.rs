@@ -163,6 +163,48 @@ fn scale_tiny(server: &support::platform::Server, project: &Path, flags: &[&str]
     );
 }
 
+/// Deploys `apps` copies of the app (the build cache makes all but the first a copy) and starts
+/// one of each at the same instant, every app scaled to zero: the latencies, sorted, and how
+/// many did not answer 200.
+fn burst(
+    rt: &tokio::runtime::Runtime,
+    server: &support::platform::Server,
+    project: &Path,
+    gateway: SocketAddr,
+    apps: usize,
+) -> (Vec<Duration>, usize) {
+    eprintln!("deploying {apps} apps …");
+    for i in 0..apps {
+        deploy(server, project, &format!("acme-corp:many-{i}"), "./");
+    }
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        let start = Arc::new(tokio::sync::Barrier::new(apps));
+        for i in 0..apps {
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                let host = format!("many-{i}-acme-corp.ignite.localhost");
+                let mut c = Client::connect(gateway, &host).await;
+                start.wait().await;
+                let t = Instant::now();
+                let status = c.call().await;
+                (t.elapsed(), status)
+            }));
+        }
+        let mut v = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (d, status) = t.await.unwrap();
+            if status != 200 {
+                errors += 1;
+            }
+            v.push(d);
+        }
+        v.sort();
+        (v, errors)
+    })
+}
+
 /// The client counts every warm row is measured at.
 const CLIENTS: [usize; 3] = [1, 16, 64];
 
@@ -265,6 +307,18 @@ fn main() {
             fmt(pct(&cold, 0.99)),
             fmt(pct(&paced, 0.5)),
             fmt(pct(&paced, 0.99))
+        );
+        return;
+    }
+
+    // `IGNITE_BENCH_BURST_ONLY=1`: only the simultaneous cold starts (`IGNITE_BENCH_APPS`).
+    if std::env::var_os("IGNITE_BENCH_BURST_ONLY").is_some() {
+        let apps = env_usize("IGNITE_BENCH_APPS", 100);
+        let (many, errors) = burst(&rt, &server, &project, gateway, apps);
+        println!(
+            "{apps} simultaneous cold starts: p50 {}, p99 {}, {errors} errors",
+            fmt(pct(&many, 0.5)),
+            fmt(pct(&many, 0.99))
         );
         return;
     }
@@ -455,36 +509,7 @@ fn main() {
 
     // 100 simultaneous cold starts of 100 different apps (one build, then the build cache).
     let apps = env_usize("IGNITE_BENCH_APPS", 100);
-    eprintln!("deploying {apps} apps …");
-    for i in 0..apps {
-        deploy(&server, &project, &format!("acme-corp:many-{i}"), "./");
-    }
-    let (many, many_errors) = rt.block_on(async {
-        let mut tasks = Vec::new();
-        let start = Arc::new(tokio::sync::Barrier::new(apps));
-        for i in 0..apps {
-            let start = start.clone();
-            tasks.push(tokio::spawn(async move {
-                let host = format!("many-{i}-acme-corp.ignite.localhost");
-                let mut c = Client::connect(gateway, &host).await;
-                start.wait().await;
-                let t = Instant::now();
-                let status = c.call().await;
-                (t.elapsed(), status)
-            }));
-        }
-        let mut v = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (d, status) = t.await.unwrap();
-            if status != 200 {
-                errors += 1;
-            }
-            v.push(d);
-        }
-        v.sort();
-        (v, errors)
-    });
+    let (many, many_errors) = burst(&rt, &server, &project, gateway, apps);
     rows.push((
         format!("{apps} simultaneous cold starts"),
         fmt(pct(&many, 0.5)),

@@ -141,8 +141,8 @@ impl Recorder {
             // Gather what arrives in the next few milliseconds too: one transaction for many
             // records instead of one (and three round trips to SQLite's thread) per request.
             // The writer sleeps through the window rather than listening: a record sent
-            // meanwhile wakes nobody (listening, every request's record woke this task, and
-            // the runtime woke an idle worker to run it), and the window's records are taken
+            // meanwhile wakes nobody (listening, every request's record woke this task, which
+            // the runtime may run on another, idle worker), and the window's records are taken
             // together below.
             tokio::time::sleep(BATCH_WINDOW).await;
             // New records go to a fresh journal segment from here; every record of the old
