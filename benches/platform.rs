@@ -105,22 +105,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Cold requests, one at a time, the app scaled to zero before each; paced like apps waking
-/// from zero rather than a spawn storm (the 100-app row measures a storm).
-fn cold_requests(
-    rt: &tokio::runtime::Runtime,
-    server: &support::platform::Server,
-    project: &Path,
-    gateway: SocketAddr,
-    host: &str,
-    n: usize,
-) -> Vec<Duration> {
-    paced_requests(rt, server, project, gateway, host, n, "0")
-}
-
-/// Requests one at a time, 10 ms apart, with the app's idle timeout at `idle_timeout` seconds:
-/// "0" makes every request cold; a long one keeps the instance warm, which measures what the
-/// pacing alone costs (an idle vCPU takes longer to wake than a busy one).
+/// Requests one at a time, 10 ms apart, like apps waking from zero rather than a spawn storm
+/// (the 100-app row measures a storm), with the app's idle timeout at `idle_timeout` seconds:
+/// "0" makes every request cold (the instance stops after each, and the sandbox prepares the
+/// next meanwhile); a long one keeps the instance warm, which measures what the pacing alone
+/// costs (an idle vCPU takes longer to wake than a busy one).
 fn paced_requests(
     rt: &tokio::runtime::Runtime,
     server: &support::platform::Server,
@@ -132,27 +121,12 @@ fn paced_requests(
 ) -> Vec<Duration> {
     scale_tiny(server, project, &["--idle-timeout", idle_timeout]);
     std::thread::sleep(Duration::from_millis(600));
-    rt.block_on(paced_calls(gateway, host, n, idle_timeout != "0"))
+    let warmup = usize::from(idle_timeout != "0");
+    rt.block_on(common::paced(gateway, host, warmup, n, PAUSE))
 }
 
-/// `n` requests on one connection, 10 ms apart (after one unmeasured request when `warm`);
-/// sorted.
-async fn paced_calls(addr: SocketAddr, host: &str, n: usize, warm: bool) -> Vec<Duration> {
-    let mut c = Client::connect(addr, host).await;
-    if warm {
-        c.call().await;
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        assert_eq!(c.call().await, 200);
-        v.push(t.elapsed());
-        // Let a stopped instance go (and the sandbox prepare the next) before the next.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    v.sort();
-    v
-}
+/// The pause between paced requests.
+const PAUSE: Duration = Duration::from_millis(10);
 
 /// `dodil ignite app scale acme-corp:tiny <flags>`.
 fn scale_tiny(server: &support::platform::Server, project: &Path, flags: &[&str]) {
@@ -299,7 +273,7 @@ fn main() {
     if std::env::var_os("IGNITE_BENCH_COLD_ONLY").is_some() {
         eprintln!("server pid {}", server.pid());
         let n = env_usize("IGNITE_BENCH_COLD", 300);
-        let cold = cold_requests(&rt, &server, &project, gateway, host, n);
+        let cold = paced_requests(&rt, &server, &project, gateway, host, n, "0");
         let paced = paced_requests(&rt, &server, &project, gateway, host, n, "300");
         println!(
             "cold: p50 {}, p99 {}; warm, paced alike: p50 {}, p99 {}",
@@ -374,12 +348,12 @@ fn main() {
     let paced_n = env_usize("IGNITE_BENCH_COLD", 300);
     let mut paced_peers = vec![(
         "bare hyper",
-        rt.block_on(paced_calls(hello_addr, host, paced_n, true)),
+        rt.block_on(common::paced(hello_addr, host, 1, paced_n, PAUSE)),
     )];
     if let Some(nginx) = &nginx {
         paced_peers.push((
             NGINX,
-            rt.block_on(paced_calls(nginx.addr, host, paced_n, true)),
+            rt.block_on(common::paced(nginx.addr, host, 1, paced_n, PAUSE)),
         ));
     }
     drop(nginx);
@@ -419,7 +393,7 @@ fn main() {
 
     // Cold: scaled to zero before every request.
     let cold_n = env_usize("IGNITE_BENCH_COLD", 300);
-    let cold = cold_requests(&rt, &server, &project, gateway, host, cold_n);
+    let cold = paced_requests(&rt, &server, &project, gateway, host, cold_n, "0");
     rows.push((
         "cold request (scaled to zero)".into(),
         fmt(pct(&cold, 0.5)),
@@ -433,7 +407,7 @@ fn main() {
         copy_tiny(&bare_project);
         deploy(&bare, &bare_project, "acme-corp:tiny", "./");
         let bare_gateway: SocketAddr = bare.gateway.parse().expect("the gateway address");
-        let cold_bare = cold_requests(&rt, &bare, &bare_project, bare_gateway, host, cold_n);
+        let cold_bare = paced_requests(&rt, &bare, &bare_project, bare_gateway, host, cold_n, "0");
         rows.push((
             "cold request, --no-sandbox".into(),
             fmt(pct(&cold_bare, 0.5)),

@@ -103,6 +103,18 @@ pub fn ms_pct(values: &mut [f64], p: f64) -> f64 {
 
 /// `n` sequential request latencies on one connection after `warmup` requests, sorted.
 pub async fn latencies(addr: SocketAddr, host: &str, warmup: usize, n: usize) -> Vec<Duration> {
+    paced(addr, host, warmup, n, Duration::ZERO).await
+}
+
+/// As [`latencies`], with `pause` after each measured request (a machine left idle between
+/// requests, as apps woken now and then leave it).
+pub async fn paced(
+    addr: SocketAddr,
+    host: &str,
+    warmup: usize,
+    n: usize,
+    pause: Duration,
+) -> Vec<Duration> {
     let mut c = Client::connect(addr, host).await;
     for _ in 0..warmup {
         c.call().await;
@@ -112,6 +124,9 @@ pub async fn latencies(addr: SocketAddr, host: &str, warmup: usize, n: usize) ->
         let t = Instant::now();
         assert_eq!(c.call().await, 200);
         v.push(t.elapsed());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     v.sort();
     v
