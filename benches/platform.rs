@@ -310,38 +310,26 @@ fn main() {
     }
     // Warm the instances (and the connections' paths) before measuring.
     rt.block_on(latencies(gateway, host, 500, 100));
+    // One table row: `name` at `addr` with `clients` wrk clients.
+    let row = |name, addr, host: &str, clients| {
+        (name, clients, peers::wrk(&work, addr, host, clients, secs))
+    };
     let mut warm: Vec<(&str, usize, peers::Load)> = Vec::new();
     for clients in CLIENTS {
-        warm.push((
-            "ignite",
-            clients,
-            peers::wrk(&work, gateway, host, clients, secs),
-        ));
+        warm.push(row("ignite", gateway, host, clients));
     }
     // The same app with `concurrency` 16: one instance overlaps requests, one wake-up of the
     // handler serves every request its channel holds.
     scale_tiny(&server, &project, &["--concurrency", "16"]);
     rt.block_on(latencies(gateway, host, 200, 10));
     for clients in CLIENTS {
-        warm.push((
-            "ignite, concurrency 16",
-            clients,
-            peers::wrk(&work, gateway, host, clients, secs),
-        ));
+        warm.push(row("ignite, concurrency 16", gateway, host, clients));
     }
     scale_tiny(&server, &project, &["--concurrency", "1"]);
     for clients in CLIENTS {
-        warm.push((
-            "bare hyper (in-process)",
-            clients,
-            peers::wrk(&work, hello_addr, host, clients, secs),
-        ));
+        warm.push(row("bare hyper (in-process)", hello_addr, host, clients));
         if let Some(nginx) = &nginx {
-            warm.push((
-                NGINX,
-                clients,
-                peers::wrk(&work, nginx.addr, host, clients, secs),
-            ));
+            warm.push(row(NGINX, nginx.addr, host, clients));
         }
     }
     // The peers paced like the cold requests below (10 ms apart): what an idle machine adds.
@@ -376,17 +364,9 @@ fn main() {
     let serve = start_wasmtime_serve(&wasmtime, &component);
     let mut wasm: Vec<(&str, usize, peers::Load)> = Vec::new();
     for clients in CLIENTS {
-        wasm.push((
-            "ignite wasm",
-            clients,
-            peers::wrk(&work, gateway, wasm_host, clients, secs),
-        ));
+        wasm.push(row("ignite wasm", gateway, wasm_host, clients));
         if let Some((addr, _)) = &serve {
-            wasm.push((
-                "wasmtime serve",
-                clients,
-                peers::wrk(&work, *addr, "localhost", clients, secs),
-            ));
+            wasm.push(row("wasmtime serve", *addr, "localhost", clients));
         }
     }
     drop(serve);

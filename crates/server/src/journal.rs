@@ -153,16 +153,16 @@ impl Journal {
         let number = segment.number + 1;
         match open_segment(&self.dir, number) {
             Ok(file) => {
+                let line = std::mem::take(&mut segment.line);
                 let old = std::mem::replace(
                     &mut *segment,
                     Segment {
                         number,
                         file,
                         torn: false,
-                        line: Vec::new(),
+                        line,
                     },
                 );
-                segment.line = old.line;
                 for e in carry() {
                     Self::write(&mut segment, &e);
                 }
