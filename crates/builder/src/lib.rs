@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use ignite_sandbox::jail::{JailNetwork, JailSpec};
+use ignite_sandbox::jail::{JailBind, JailNetwork, JailSpec};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -802,7 +802,15 @@ async fn build_jailed(
     let home = cargo_home();
     // 1. Dependencies, with the registry as the only network, in a mount view of the project.
     fetch_with(project, options, &tools, deadline, log).await?;
-    // 2. The compile, offline, in the jail, as the build user.
+    // 2. The compile, offline, in the jail, as the build user, on a copy of the index entries
+    //    the fetch left (see `snapshot_index`).
+    let index = {
+        let (home, dir, timeout) = (home.clone(), project.dir.clone(), options.timeout);
+        let until = deadline.into_std();
+        tokio::task::spawn_blocking(move || snapshot_index(&home, &dir, until, timeout))
+            .await
+            .map_err(|e| BuildError::Spawn(std::io::Error::other(e)))??
+    };
     std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
     let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
     tokio::task::spawn_blocking(move || {
@@ -824,7 +832,11 @@ async fn build_jailed(
             options.sdk.crates_dir.clone(),
         ],
         writable: vec![project.dir.clone(), options.target_dir.clone()],
-        mapped: Vec::new(),
+        mapped: vec![JailBind {
+            source: index.path().to_path_buf(),
+            target: home.join("registry").join("index"),
+            writable: false,
+        }],
         scratch: vec![home.clone()],
         tmp_mb: jail.tmp_mb,
         uid: jail.uid,
@@ -863,7 +875,132 @@ async fn build_jailed(
         dir: options.target_dir.clone(),
         limit: jail.max_disk_bytes,
     };
-    run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await
+    let built = run_cargo(cmd, project, options.timeout, deadline, Some(watch), log).await;
+    drop(index);
+    built
+}
+
+/// The registry index as a jailed compile reads it: the cache entries of the registry packages
+/// the project's `Cargo.lock` names (and each index's `config.json`), copied out of
+/// `home`'s shared registry into a directory of their own while holding cargo's package-cache
+/// lock, the lock under which cargo writes them.
+///
+/// The compile cannot take that lock itself: in the jail the registry is read-only and the lock
+/// file a private one, because a user's build script could otherwise hold the lock every
+/// fetch on the machine waits for. Reading the shared entries unlocked, it raced other
+/// builds' fetches: cargo rewrites an entry in place (truncates it, then writes it) when the
+/// registry answers anew, and a compile that read one half-written failed with "no matching
+/// package named `libc` found". A copy made under the lock is whole.
+fn snapshot_index(
+    home: &Path,
+    project: &Path,
+    until: std::time::Instant,
+    timeout: Duration,
+) -> Result<tempfile::TempDir, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let lock_path = project.join("Cargo.lock");
+    let names: Vec<String> = match std::fs::read_to_string(&lock_path) {
+        Ok(text) => registry_packages(&text),
+        // No lock file: nothing to copy, and the compile says what it misses.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(&lock_path)(e)),
+    };
+    let tmp = std::env::temp_dir();
+    let snapshot = tempfile::Builder::new()
+        .prefix("ignite-index-")
+        .tempdir_in(&tmp)
+        .map_err(io_err(&tmp))?;
+    // The build user reads it, through the bind.
+    std::fs::set_permissions(snapshot.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(snapshot.path()))?;
+    let index = home.join("registry").join("index");
+    let indexes = match std::fs::read_dir(&index) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(snapshot),
+        Err(e) => return Err(io_err(&index)(e)),
+    };
+    let lock_file = home.join(".package-cache");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_file)
+        .map_err(io_err(&lock_file))?;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(BuildError::TimedOut(timeout)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_file)(e)),
+        }
+    }
+    for entry in indexes {
+        let entry = entry.map_err(io_err(&index))?;
+        let (from, to) = (entry.path(), snapshot.path().join(entry.file_name()));
+        if !from.is_dir() {
+            continue;
+        }
+        std::fs::create_dir_all(&to).map_err(io_err(&to))?;
+        let files = names
+            .iter()
+            .map(|name| Path::new(".cache").join(index_path(name)))
+            .chain([PathBuf::from("config.json")]);
+        for file in files {
+            let (src, dst) = (from.join(&file), to.join(&file));
+            if !src.is_file() {
+                continue;
+            }
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+        }
+    }
+    drop(lock);
+    Ok(snapshot)
+}
+
+/// The names of the registry packages a `Cargo.lock` holds (not path or git ones), lowercase.
+fn registry_packages(lock: &str) -> Vec<String> {
+    let Ok(doc) = lock.parse::<DocumentMut>() else {
+        return Vec::new();
+    };
+    let Some(packages) = doc.get("package").and_then(Item::as_array_of_tables) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = packages
+        .iter()
+        .filter(|p| {
+            p.get("source")
+                .and_then(Item::as_str)
+                .is_some_and(|s| s.starts_with("registry+") || s.starts_with("sparse+"))
+        })
+        .filter_map(|p| p.get("name").and_then(Item::as_str))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_ascii_lowercase)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Where cargo keeps a package's index entry, under an index's `.cache` (the index's own
+/// layout: `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd…`).
+fn index_path(name: &str) -> PathBuf {
+    match name.len() {
+        1 => Path::new("1").join(name),
+        2 => Path::new("2").join(name),
+        3 => Path::new("3").join(&name[..1]).join(name),
+        _ => Path::new(&name[..2]).join(&name[2..4]).join(name),
+    }
 }
 
 /// Step 1 of a jailed build on its own: resolves the project's dependencies and downloads them

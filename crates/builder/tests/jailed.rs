@@ -58,6 +58,10 @@ const TESTS: &[Test] = &[
         "the_confined_fetch_downloads_from_crates_io_through_the_proxy",
         the_confined_fetch_downloads_from_crates_io_through_the_proxy,
     ),
+    (
+        "an_index_entry_rewritten_meanwhile_does_not_fail_the_compile",
+        an_index_entry_rewritten_meanwhile_does_not_fail_the_compile,
+    ),
 ];
 
 fn main() {
@@ -449,5 +453,74 @@ fn the_confined_fetch_downloads_from_crates_io_through_the_proxy() {
     assert!(lock.contains("name = \"cfg-if\""), "{lock}");
     // And the compile, offline, finds what was fetched.
     let (result, log) = scene.build(true);
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+/// Another build's fetch rewriting an index entry while this build compiles: cargo truncates
+/// and rewrites the entry in place, holding its package-cache lock, whenever the registry
+/// answers it anew. Here a thread does the same to `cfg-if`'s entry over and over, holding the
+/// lock as cargo does, and keeping it empty most of the time; the compile, which reads the
+/// index offline, must still find the package (it reads a copy taken under the lock).
+fn an_index_entry_rewritten_meanwhile_does_not_fail_the_compile() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
+    let main = "fn main() { cfg_if::cfg_if! { if #[cfg(unix)] { println!(\"unix\"); } } }\n";
+    let scene = Scene::new(
+        "index-rewritten",
+        &[("Cargo.toml", &manifest), ("src/main.rs", main)],
+    );
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewrites = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, rewrites, home) = (stop.clone(), rewrites.clone(), home.clone());
+        std::thread::spawn(move || {
+            let lock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(home.join(".package-cache"))
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                lock.lock().unwrap();
+                let entries = std::fs::read_dir(home.join("registry/index"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|d| d.path().join(".cache/cf/g-/cfg-if"))
+                    .filter(|p| p.is_file());
+                let saved: Vec<(PathBuf, Vec<u8>)> = entries
+                    .map(|p| {
+                        let text = std::fs::read(&p).unwrap();
+                        (p, text)
+                    })
+                    .collect();
+                for (path, _) in &saved {
+                    std::fs::write(path, b"").unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                for (path, text) in &saved {
+                    std::fs::write(path, text).unwrap();
+                }
+                if !saved.is_empty() {
+                    rewrites.fetch_add(1, Ordering::Relaxed);
+                }
+                lock.unlock().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (result, log) = scene.build(true);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        rewrites.load(Ordering::Relaxed) > 0,
+        "cfg-if's index entry was never there to rewrite\n{log}"
+    );
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }

@@ -54,7 +54,13 @@ pub async fn upsert_executions(db: &Db, replica: &str, batch: &[Execution]) -> s
              spawn_ms = excluded.spawn_ms, template_ms = excluded.template_ms, \
              start_kind = excluded.start_kind, unpack_ms = excluded.unpack_ms",
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        // On PostgreSQL each chunk is prepared afresh, not taken from the connection's cache:
+        // sqlx 0.9's `Any` driver sends a NULL `f64` typed as `real` (float4), and PostgreSQL
+        // keeps the types a statement was first prepared with, so a cached shape first written
+        // with a measurement missing (a record just begun) refused the next record that had it
+        // ("incorrect binary data format in bind parameter 10"). The statement is one of a
+        // batch of up to 256 rows; preparing it is a small part of writing it.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
         for e in chunk {
             q = q
                 .bind(e.id.clone())
