@@ -804,13 +804,26 @@ async fn build_jailed(
     fetch_with(project, options, &tools, deadline, log).await?;
     // 2. The compile, offline, in the jail, as the build user, on a copy of the index entries
     //    the fetch left (see `snapshot_index`).
-    let index = {
+    let snapshot = || {
         let (home, dir, timeout) = (home.clone(), project.dir.clone(), options.timeout);
         let until = deadline.into_std();
-        tokio::task::spawn_blocking(move || snapshot_index(&home, &dir, until, timeout))
-            .await
-            .map_err(|e| BuildError::Spawn(std::io::Error::other(e)))??
+        async move {
+            tokio::task::spawn_blocking(move || snapshot_index(&home, &dir, until, timeout))
+                .await
+                .map_err(|e| BuildError::Spawn(std::io::Error::other(e)))?
+        }
     };
+    let mut index = snapshot().await?;
+    if !index.torn.is_empty() {
+        // Left half-written by a cargo killed as it wrote them (another build's timeout, a
+        // server killed mid-fetch): removed from the cache, they are fetched again whole.
+        log.line(&format!(
+            "note: the registry cache held half-written index entries ({}); fetching them again",
+            index.torn.join(", ")
+        ));
+        fetch_with(project, options, &tools, deadline, log).await?;
+        index = snapshot().await?;
+    }
     std::fs::create_dir_all(&options.target_dir).map_err(io_err(&options.target_dir))?;
     let (dirs, uid) = ([project.dir.clone(), options.target_dir.clone()], jail.uid);
     tokio::task::spawn_blocking(move || {
@@ -833,7 +846,7 @@ async fn build_jailed(
         ],
         writable: vec![project.dir.clone(), options.target_dir.clone()],
         mapped: vec![JailBind {
-            source: index.path().to_path_buf(),
+            source: index.dir.path().to_path_buf(),
             target: home.join("registry").join("index"),
             writable: false,
         }],
@@ -880,6 +893,13 @@ async fn build_jailed(
     built
 }
 
+/// A jailed compile's registry index: see [`snapshot_index`].
+struct IndexSnapshot {
+    dir: tempfile::TempDir,
+    /// The packages whose entries were found half-written (and removed from the cache).
+    torn: Vec<String>,
+}
+
 /// The registry index as a jailed compile reads it: the cache entries of the registry packages
 /// the project's `Cargo.lock` names (and each index's `config.json`), copied out of
 /// `home`'s shared registry into a directory of their own while holding cargo's package-cache
@@ -890,13 +910,16 @@ async fn build_jailed(
 /// fetch on the machine waits for. Reading the shared entries unlocked, it raced other
 /// builds' fetches: cargo rewrites an entry in place (truncates it, then writes it) when the
 /// registry answers anew, and a compile that read one half-written failed with "no matching
-/// package named `libc` found". A copy made under the lock is whole.
+/// package named `libc` found". A copy made under the lock is whole — unless the cargo that
+/// wrote it was killed part-way (a build's timeout, a server killed during a fetch): such an
+/// entry is not copied but removed from the cache, and named in `torn` for the caller to
+/// fetch again.
 fn snapshot_index(
     home: &Path,
     project: &Path,
     until: std::time::Instant,
     timeout: Duration,
-) -> Result<tempfile::TempDir, BuildError> {
+) -> Result<IndexSnapshot, BuildError> {
     use std::os::unix::fs::PermissionsExt;
     let lock_path = project.join("Cargo.lock");
     let names: Vec<String> = match std::fs::read_to_string(&lock_path) {
@@ -906,13 +929,17 @@ fn snapshot_index(
         Err(e) => return Err(io_err(&lock_path)(e)),
     };
     let tmp = std::env::temp_dir();
-    let snapshot = tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("ignite-index-")
         .tempdir_in(&tmp)
         .map_err(io_err(&tmp))?;
     // The build user reads it, through the bind.
-    std::fs::set_permissions(snapshot.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err(snapshot.path()))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(dir.path()))?;
+    let mut snapshot = IndexSnapshot {
+        dir,
+        torn: Vec::new(),
+    };
     let index = home.join("registry").join("index");
     let indexes = match std::fs::read_dir(&index) {
         Ok(entries) => entries,
@@ -939,28 +966,53 @@ fn snapshot_index(
     }
     for entry in indexes {
         let entry = entry.map_err(io_err(&index))?;
-        let (from, to) = (entry.path(), snapshot.path().join(entry.file_name()));
+        let (from, to) = (entry.path(), snapshot.dir.path().join(entry.file_name()));
         if !from.is_dir() {
             continue;
         }
         std::fs::create_dir_all(&to).map_err(io_err(&to))?;
-        let files = names
-            .iter()
-            .map(|name| Path::new(".cache").join(index_path(name)))
-            .chain([PathBuf::from("config.json")]);
-        for file in files {
-            let (src, dst) = (from.join(&file), to.join(&file));
-            if !src.is_file() {
+        let config = from.join("config.json");
+        if config.is_file() {
+            std::fs::copy(&config, to.join("config.json")).map_err(io_err(&config))?;
+        }
+        for name in &names {
+            let file = Path::new(".cache").join(index_path(name));
+            let src = from.join(&file);
+            let text = match std::fs::read(&src) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&src)(e)),
+            };
+            if !is_whole_cache_entry(&text) {
+                // Holding the lock, as cargo does when it changes an entry.
+                std::fs::remove_file(&src).map_err(io_err(&src))?;
+                snapshot.torn.push(name.clone());
                 continue;
             }
+            let dst = to.join(&file);
             if let Some(parent) = dst.parent() {
                 std::fs::create_dir_all(parent).map_err(io_err(parent))?;
             }
-            std::fs::copy(&src, &dst).map_err(io_err(&src))?;
+            std::fs::write(&dst, &text).map_err(io_err(&dst))?;
         }
     }
     drop(lock);
     Ok(snapshot)
+}
+
+/// Whether `text` is a whole entry of cargo's index cache: a version byte, the index format's
+/// version (a little-endian u32), the registry's version of the entry ending in NUL, then pairs
+/// of a crate version and its JSON line, each ending in NUL. A write cut short ends within a
+/// pair.
+fn is_whole_cache_entry(text: &[u8]) -> bool {
+    let Some(rest) = text.get(5..) else {
+        return false;
+    };
+    let Some(header) = rest.iter().position(|&b| b == 0) else {
+        return false;
+    };
+    let pairs = &rest[header + 1..];
+    pairs.last().is_none_or(|&b| b == 0) && pairs.iter().filter(|&&b| b == 0).count() % 2 == 0
 }
 
 /// The names of the registry packages a `Cargo.lock` holds (not path or git ones), lowercase.
@@ -1396,6 +1448,37 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_entries_are_found_where_cargo_keeps_them() {
+        assert_eq!(index_path("a"), Path::new("1/a"));
+        assert_eq!(index_path("cc"), Path::new("2/cc"));
+        assert_eq!(index_path("syn"), Path::new("3/s/syn"));
+        assert_eq!(index_path("cfg-if"), Path::new("cf/g-/cfg-if"));
+        let lock = "version = 4\n\n[[package]]\nname = \"Inflector\"\nversion = \"0.11.4\"\n\
+                    source = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+                    [[package]]\nname = \"app\"\nversion = \"0.1.0\"\n\n\
+                    [[package]]\nname = \"ignite\"\nversion = \"0.1.0\"\n\
+                    source = \"git+https://example.com/x\"\n\n\
+                    [[package]]\nname = \"libc\"\nversion = \"0.2.1\"\n\
+                    source = \"sparse+https://index.crates.io/\"\n";
+        assert_eq!(registry_packages(lock), ["inflector", "libc"]);
+        assert!(registry_packages("not toml [").is_empty());
+    }
+
+    #[test]
+    fn a_cache_entry_cut_short_is_told_from_a_whole_one() {
+        let whole =
+            b"\x03\x02\0\0\0Unknown\x000.1.0\0{\"name\":\"x\"}\x000.2.0\0{\"name\":\"x\"}\0";
+        assert!(is_whole_cache_entry(whole));
+        assert!(is_whole_cache_entry(b"\x03\x02\0\0\0etag: \"1\"\0"));
+        for cut in 0..whole.len() - 1 {
+            // Only the cut after a whole pair still reads as whole (cargo's own reading of it
+            // would be a shorter list of versions, not a broken one).
+            let at_pair = cut == 13 || cut == 32;
+            assert_eq!(is_whole_cache_entry(&whole[..cut]), at_pair, "cut at {cut}");
+        }
+    }
 
     #[tokio::test]
     async fn a_missing_target_is_told_with_the_command_that_adds_it() {

@@ -62,6 +62,10 @@ const TESTS: &[Test] = &[
         "an_index_entry_rewritten_meanwhile_does_not_fail_the_compile",
         an_index_entry_rewritten_meanwhile_does_not_fail_the_compile,
     ),
+    (
+        "an_index_entry_left_half_written_is_fetched_again",
+        an_index_entry_left_half_written_is_fetched_again,
+    ),
 ];
 
 fn main() {
@@ -523,4 +527,63 @@ fn an_index_entry_rewritten_meanwhile_does_not_fail_the_compile() {
         "cfg-if's index entry was never there to rewrite\n{log}"
     );
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+/// A cargo killed while it rewrote an index entry (another build's timeout, a server killed
+/// during a fetch) leaves it half-written, after this build's fetch read it whole. Here a
+/// thread cuts `cfg-if`'s entry in half the moment this build's fetch lets go of the
+/// package-cache lock; the compile still finds the package (the cut entry is fetched again).
+fn an_index_entry_left_half_written_is_fetched_again() {
+    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
+    let main = "fn main() { cfg_if::cfg_if! { if #[cfg(unix)] { println!(\"unix\"); } } }\n";
+    let scene = Scene::new(
+        "index-torn",
+        &[("Cargo.toml", &manifest), ("src/main.rs", main)],
+    );
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap();
+    let cutter = {
+        let (home, lock_file) = (home.clone(), scene.project.join("Cargo.lock"));
+        std::thread::spawn(move || {
+            // The fetch writes the lock file as it resolves, holding the package-cache lock
+            // until it is done; the cut comes as soon as it lets go.
+            let start = std::time::Instant::now();
+            while !lock_file.exists() {
+                assert!(start.elapsed() < Duration::from_secs(300), "no fetch came");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let lock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(home.join(".package-cache"))
+                .unwrap();
+            lock.lock().unwrap();
+            let mut cut = 0;
+            for dir in std::fs::read_dir(home.join("registry/index")).unwrap() {
+                let path = dir.unwrap().path().join(".cache/cf/g-/cfg-if");
+                if let Ok(text) = std::fs::read(&path) {
+                    std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+                    cut += 1;
+                }
+            }
+            lock.unlock().unwrap();
+            cut
+        })
+    };
+    let (result, log) = scene.build(true);
+    let cut = cutter.join().unwrap();
+    assert!(
+        cut > 0,
+        "cfg-if's index entry was never there to cut\n{log}"
+    );
+    let artifact = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(
+        log.contains("half-written index entries (cfg-if)"),
+        "the cut entry went unnoticed:\n{log}"
+    );
+    drop(artifact);
 }
