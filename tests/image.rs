@@ -158,6 +158,33 @@ fn an_image_is_pulled_and_served_through_invoke_and_the_public_url() {
         "",
     );
     assert_eq!(status, 418, "the container's status as is: {body}");
+    // The container closes its kept-alive connections after a while (its idle timeout): the
+    // next requests go on new ones, and nothing fails.
+    for ms in [0, 100] {
+        for round in 0..3 {
+            let (status, _, body) = http_full(
+                &server.gateway,
+                "web-acme-corp.ignite.localhost",
+                "GET",
+                &format!("/hangup?ms={ms}"),
+                "",
+            );
+            assert_eq!(status, 200, "hangup after {ms} ms, round {round}: {body}");
+            std::thread::sleep(Duration::from_millis(2 * ms));
+            let (status, _, body) = http_full(
+                &server.gateway,
+                "web-acme-corp.ignite.localhost",
+                "GET",
+                "/after-hangup",
+                "",
+            );
+            assert_eq!(
+                status, 200,
+                "after a hangup after {ms} ms, round {round}: {body}"
+            );
+            assert_eq!(json(&body)["path"], "/after-hangup", "{body}");
+        }
+    }
 
     // Stdout and stderr are the execution's logs.
     let (status, headers, body) = http_full(

@@ -3,8 +3,9 @@
 //! reaches it through sockets made in that namespace ([`ignite_sandbox::Netns::tcp_socket`]),
 //! so nothing listens on the host. Ready means the port accepts a connection. Each request is
 //! forwarded as HTTP/1.1 over a kept-alive connection (one per request in flight), with the
-//! execution's headers added; the response comes back as it is. Everything the process writes
-//! to stdout and stderr is the logs of the requests in flight.
+//! execution's headers added, driven by the request's own task; the response comes back as it
+//! is. Everything the process writes to stdout and stderr is the logs of the requests in
+//! flight.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -60,12 +61,64 @@ pub struct HttpConfig {
 }
 
 /// One kept-alive connection to the container.
-#[derive(Debug)]
+///
+/// Its I/O (hyper's `Connection` future, `driver`) runs in the task of the request using it,
+/// not in a task of its own: the container's answer wakes that task directly. With a task of
+/// its own every request crossed between tasks twice more (the request handed to it, the
+/// answer handed back), each hop a wake-up that may land on another thread. Between requests
+/// nothing polls it; a connection the container closed meanwhile is found closed at its next
+/// use, before the request has gone out, and the request goes on a new one.
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
+    /// `None` once it has finished (the connection is closed): dropping it is what tells
+    /// `sender`, whose waits would otherwise never end.
+    driver: Option<Driver>,
     /// Taken from the idle list (it served a request before): the container may have closed
     /// it meanwhile.
     reused: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("ended", &self.driver.is_none())
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn is_usable(&self) -> bool {
+        self.driver.is_some() && !self.sender.is_closed()
+    }
+}
+
+/// hyper's half of a connection that does its I/O.
+type Driver = std::pin::Pin<Box<http1::Connection<TokioIo<QuickAck>, Full<Bytes>>>>;
+
+/// Runs `work`, one step of a request on a connection, while driving the connection (`driver`)
+/// in the same task. If the connection ends first, it is dropped and `work` runs to its end:
+/// what the connection delivered before it closed is there, and anything else fails.
+async fn drive<F: std::future::Future>(
+    driver: &mut Option<Driver>,
+    pid: u32,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let Some(running) = driver.as_mut() else {
+        return work.await;
+    };
+    tokio::select! {
+        biased;
+        out = &mut work => out,
+        closed = running.as_mut() => {
+            *driver = None;
+            if let Err(e) = closed {
+                tracing::debug!(pid, "connection to the container ended: {e}");
+            }
+            work.await
+        }
+    }
 }
 
 /// The connection's stream, acknowledging what arrives at once rather than on the
@@ -291,17 +344,12 @@ impl HttpInstance {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let stream = socket.connect(address).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(QuickAck(stream)))
+        let (sender, driver) = http1::handshake(TokioIo::new(QuickAck(stream)))
             .await
             .map_err(std::io::Error::other)?;
-        let pid = self.pid;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(pid, "connection to the container ended: {e}");
-            }
-        });
         Ok(Connection {
             sender,
+            driver: Some(Box::pin(driver)),
             reused: false,
         })
     }
@@ -315,10 +363,10 @@ impl HttpInstance {
 
     fn idle_pop(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(mut sender) = idle.pop() {
-            if !sender.sender.is_closed() {
-                sender.reused = true;
-                return Some(sender);
+        while let Some(mut conn) = idle.pop() {
+            if conn.is_usable() {
+                conn.reused = true;
+                return Some(conn);
             }
         }
         None
@@ -434,9 +482,29 @@ impl HttpInstance {
             }
         };
         let mut request = request;
+        let pid = self.pid;
         let response = loop {
-            let sent = match conn.sender.ready().await {
-                Ok(()) => conn.sender.try_send_request(request).await,
+            let Connection {
+                sender,
+                driver,
+                reused,
+            } = &mut conn;
+            let ready = drive(driver, pid, sender.ready()).await;
+            let sent = match ready {
+                Ok(()) => drive(driver, pid, sender.try_send_request(request)).await,
+                // A kept-alive connection the container closed while it was idle: the
+                // request has not gone out, so it goes on a new connection.
+                Err(_) if *reused => {
+                    conn = match self.connect().await {
+                        Ok(fresh) => fresh,
+                        Err(e) => {
+                            return Outcome::Crashed {
+                                exit: format!("the container's port {} refused: {e}", self.port),
+                            };
+                        }
+                    };
+                    continue;
+                }
                 Err(e) => {
                     return Outcome::Crashed {
                         exit: format!("the container closed its connection: {e}"),
@@ -447,7 +515,7 @@ impl HttpInstance {
                 Ok(response) => break response,
                 // A kept-alive connection the container closed as the request went out: the
                 // request never reached it, so it goes once more, on a new connection.
-                Err(mut e) if conn.reused && e.message().is_some() => {
+                Err(mut e) if *reused && e.message().is_some() => {
                     let Some(again) = e.take_message() else {
                         return Outcome::Crashed {
                             exit: format!("the container's connection failed: {}", e.error()),
@@ -471,7 +539,13 @@ impl HttpInstance {
             }
         };
         let (parts, body) = response.into_parts();
-        let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+        let collected = drive(
+            &mut conn.driver,
+            pid,
+            Limited::new(body, MAX_RESPONSE_BYTES).collect(),
+        )
+        .await;
+        let body = match collected {
             Ok(body) => body.to_bytes(),
             Err(e) => {
                 let message = if e
@@ -494,7 +568,7 @@ impl HttpInstance {
                 };
             }
         };
-        if !conn.sender.is_closed() {
+        if conn.is_usable() {
             self.idle_push(conn);
         }
         let headers = parts

@@ -129,6 +129,19 @@ fn serve(stream: TcpStream) {
                 )
             }
             "/status" => (param("code").parse().unwrap_or(500), String::new()),
+            // Answers, then closes the kept-alive connection `ms` later, as a server's idle
+            // timeout does.
+            "/hangup" => {
+                let ms: u64 = param("ms").parse().unwrap_or(0);
+                let body = "{\"hangup\":true}";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = out.write_all(response.as_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                return;
+            }
             _ => (200, String::new()),
         };
         let pids: Vec<String> = std::fs::read_dir("/proc")
