@@ -460,6 +460,29 @@ fn the_confined_fetch_downloads_from_crates_io_through_the_proxy() {
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }
 
+/// A project that depends on `cfg-if` from crates.io, and the registry cache's `CARGO_HOME`.
+fn cfg_if_scene(name: &str) -> (Scene, PathBuf) {
+    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
+    let main = "fn main() { cfg_if::cfg_if! { if #[cfg(unix)] { println!(\"unix\"); } } }\n";
+    let scene = Scene::new(name, &[("Cargo.toml", &manifest), ("src/main.rs", main)]);
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap();
+    (scene, home)
+}
+
+/// Cargo's package-cache lock file in `home`, open to be locked as cargo locks it.
+fn package_cache_lock(home: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(home.join(".package-cache"))
+        .unwrap()
+}
+
 /// Another build's fetch rewriting an index entry while this build compiles: cargo truncates
 /// and rewrites the entry in place, holding its package-cache lock, whenever the registry
 /// answers it anew. Here a thread does the same to `cfg-if`'s entry over and over, holding the
@@ -468,28 +491,13 @@ fn the_confined_fetch_downloads_from_crates_io_through_the_proxy() {
 fn an_index_entry_rewritten_meanwhile_does_not_fail_the_compile() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
-    let main = "fn main() { cfg_if::cfg_if! { if #[cfg(unix)] { println!(\"unix\"); } } }\n";
-    let scene = Scene::new(
-        "index-rewritten",
-        &[("Cargo.toml", &manifest), ("src/main.rs", main)],
-    );
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap();
+    let (scene, home) = cfg_if_scene("index-rewritten");
     let stop = Arc::new(AtomicBool::new(false));
     let rewrites = Arc::new(AtomicU64::new(0));
     let writer = {
         let (stop, rewrites, home) = (stop.clone(), rewrites.clone(), home.clone());
         std::thread::spawn(move || {
-            let lock = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(home.join(".package-cache"))
-                .unwrap();
+            let lock = package_cache_lock(&home);
             while !stop.load(Ordering::Relaxed) {
                 lock.lock().unwrap();
                 let entries = std::fs::read_dir(home.join("registry/index"))
@@ -534,16 +542,7 @@ fn an_index_entry_rewritten_meanwhile_does_not_fail_the_compile() {
 /// thread cuts `cfg-if`'s entry in half the moment this build's fetch lets go of the
 /// package-cache lock; the compile still finds the package (the cut entry is fetched again).
 fn an_index_entry_left_half_written_is_fetched_again() {
-    let manifest = package("victim", "\n[dependencies]\ncfg-if = \"1\"\n");
-    let main = "fn main() { cfg_if::cfg_if! { if #[cfg(unix)] { println!(\"unix\"); } } }\n";
-    let scene = Scene::new(
-        "index-torn",
-        &[("Cargo.toml", &manifest), ("src/main.rs", main)],
-    );
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap();
+    let (scene, home) = cfg_if_scene("index-torn");
     let cutter = {
         let (home, lock_file) = (home.clone(), scene.project.join("Cargo.lock"));
         std::thread::spawn(move || {
@@ -554,13 +553,7 @@ fn an_index_entry_left_half_written_is_fetched_again() {
                 assert!(start.elapsed() < Duration::from_secs(300), "no fetch came");
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let lock = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(home.join(".package-cache"))
-                .unwrap();
+            let lock = package_cache_lock(&home);
             lock.lock().unwrap();
             let mut cut = 0;
             for dir in std::fs::read_dir(home.join("registry/index")).unwrap() {
