@@ -354,6 +354,13 @@ impl HttpInstance {
         })
     }
 
+    /// [`Self::connect`], its failure told as the request's outcome.
+    async fn connect_or_refused(&self) -> Result<Connection, Outcome> {
+        self.connect().await.map_err(|e| Outcome::Crashed {
+            exit: format!("the container's port {} refused: {e}", self.port),
+        })
+    }
+
     fn idle_push(&self, sender: Connection) {
         self.idle
             .lock()
@@ -461,14 +468,10 @@ impl HttpInstance {
 
     async fn exchange(&self, inv: Invocation) -> Outcome {
         let mut conn = match self.idle_pop() {
-            Some(sender) => sender,
-            None => match self.connect().await {
-                Ok(sender) => sender,
-                Err(e) => {
-                    return Outcome::Crashed {
-                        exit: format!("the container's port {} refused: {e}", self.port),
-                    };
-                }
+            Some(conn) => conn,
+            None => match self.connect_or_refused().await {
+                Ok(conn) => conn,
+                Err(refused) => return refused,
             },
         };
         let request = match build_request(inv) {
@@ -495,13 +498,9 @@ impl HttpInstance {
                 // A kept-alive connection the container closed while it was idle: the
                 // request has not gone out, so it goes on a new connection.
                 Err(_) if *reused => {
-                    conn = match self.connect().await {
+                    conn = match self.connect_or_refused().await {
                         Ok(fresh) => fresh,
-                        Err(e) => {
-                            return Outcome::Crashed {
-                                exit: format!("the container's port {} refused: {e}", self.port),
-                            };
-                        }
+                        Err(refused) => return refused,
                     };
                     continue;
                 }
@@ -522,13 +521,9 @@ impl HttpInstance {
                         };
                     };
                     request = again;
-                    conn = match self.connect().await {
+                    conn = match self.connect_or_refused().await {
                         Ok(fresh) => fresh,
-                        Err(e) => {
-                            return Outcome::Crashed {
-                                exit: format!("the container's port {} refused: {e}", self.port),
-                            };
-                        }
+                        Err(refused) => return refused,
                     };
                 }
                 Err(e) => {
