@@ -840,3 +840,50 @@ fn a_shared_target_directory_is_never_shared_across_orgs() {
         "another org's build wrote into acme-corp's outputs"
     );
 }
+
+/// The threads of `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// `--serve-threads`: the server serves on that many threads, half the CPUs when it is not
+/// given (the instances run on the rest), and refuses 0 saying what to give instead. On a
+/// machine of one or two CPUs the default is one serving thread, which every other test then
+/// runs on: cold starts, deadlines and records must not need a second.
+#[test]
+fn the_server_serves_on_the_threads_it_is_given() {
+    let dir = scratch("hardening-serve-threads");
+    let p = dir.join("tiny");
+    copy_tiny(&p);
+    let server = start_server_with(&dir, &["--serve-threads", "3"]);
+    assert_eq!(threads_named(server.pid(), "ignite-serve"), 3);
+    deploy(&server, &p, "acme-corp:tiny", "./");
+    assert_eq!(http(&server.gateway, &host("tiny"), "{}").0, 200);
+    server.stop();
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = start_server(&dir);
+    assert_eq!(
+        threads_named(server.pid(), "ignite-serve"),
+        cpus.div_ceil(2)
+    );
+    assert_eq!(http(&server.gateway, &host("tiny"), "{}").0, 200);
+    server.stop();
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_dodil"))
+        .args(["ignite", "server", "--serve-threads", "0", "--data-dir"])
+        .arg(dir.join("refused"))
+        .env("DODIL_CONFIG", dir.join("refused.toml"))
+        .output()
+        .expect("dodil ignite server");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--serve-threads 0") && stderr.contains("1 or more"),
+        "{stderr}"
+    );
+}

@@ -136,6 +136,11 @@ struct ServerArgs {
     /// prepares the rest on the spot (~1 ms each).
     #[arg(long, default_value_t = 32)]
     sandbox_spare: usize,
+    /// Threads that serve requests (the gateway, the API, the instances' channels). Default:
+    /// half the CPUs, at least one; the instances run on the rest. Every thread more is a
+    /// wake-up across CPUs when work moves between them, and the instances lose a CPU to it.
+    #[arg(long)]
+    serve_threads: Option<usize>,
     /// A compile's memory limit, in MiB.
     #[arg(long, default_value_t = 4096)]
     build_memory_mb: u64,
@@ -1100,6 +1105,15 @@ fn pack_dir(code: &Path) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
+/// Half the CPUs this process may use, at least one. The instances do the users' work on
+/// the same CPUs: a serving thread per CPU would leave them none of their own, and on a
+/// 2-vCPU machine a second serving thread measured slower (each hand-over of work between two
+/// threads is a wake-up across CPUs) — README, "Performance → The platform".
+fn default_serve_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.div_ceil(2)
+}
+
 fn server(a: ServerArgs) -> Result<()> {
     // Warnings and errors by default (a lost node, a failed heartbeat, a record that could not
     // be written); `IGNITE_LOG=info` or a filter like `ignite_server=debug` says more.
@@ -1178,7 +1192,25 @@ fn server(a: ServerArgs) -> Result<()> {
                 node_id: a.node_id,
             },
         };
-    let rt = tokio::runtime::Runtime::new()?;
+    let serve_threads = match a.serve_threads {
+        Some(0) => bail!("--serve-threads 0 serves nothing; give it 1 or more"),
+        Some(n) => n,
+        None => default_serve_threads(),
+    };
+    // The serving threads are the runtime's first (its workers start as it is built); the
+    // rest are its blocking pool. Named apart, an operator's `top -H` tells them apart.
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(serve_threads)
+        .thread_name_fn(move || {
+            if started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < serve_threads {
+                "ignite-serve".into()
+            } else {
+                "ignite-blocking".into()
+            }
+        })
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();
