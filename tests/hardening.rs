@@ -850,10 +850,8 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .count()
 }
 
-/// `--serve-threads`: the server serves on that many threads, half the CPUs when it is not
-/// given (the instances run on the rest), and refuses 0 saying what to give instead. On a
-/// machine of one or two CPUs the default is one serving thread, which every other test then
-/// runs on: cold starts, deadlines and records must not need a second.
+/// `--serve-threads`: the server serves on that many threads, one per CPU when it is not
+/// given, and refuses 0 saying what to give instead.
 #[test]
 fn the_server_serves_on_the_threads_it_is_given() {
     let dir = scratch("hardening-serve-threads");
@@ -867,10 +865,7 @@ fn the_server_serves_on_the_threads_it_is_given() {
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server = start_server(&dir);
-    assert_eq!(
-        threads_named(server.pid(), "ignite-serve"),
-        cpus.div_ceil(2)
-    );
+    assert_eq!(threads_named(server.pid(), "ignite-serve"), cpus);
     assert_eq!(http(&server.gateway, &host("tiny"), "{}").0, 200);
     server.stop();
 

@@ -137,8 +137,9 @@ struct ServerArgs {
     #[arg(long, default_value_t = 32)]
     sandbox_spare: usize,
     /// Threads that serve requests (the gateway, the API, the instances' channels). Default:
-    /// half the CPUs, at least one; the instances run on the rest. Every thread more is a
-    /// wake-up across CPUs when work moves between them, and the instances lose a CPU to it.
+    /// one per CPU. Fewer leave the instances CPUs of their own and hand work across CPUs less
+    /// often, but a wasm guest occupies a serving thread while it runs: do not go below the
+    /// wasm requests you expect at once.
     #[arg(long)]
     serve_threads: Option<usize>,
     /// A compile's memory limit, in MiB.
@@ -1105,13 +1106,13 @@ fn pack_dir(code: &Path) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-/// Half the CPUs this process may use, at least one. The instances do the users' work on
-/// the same CPUs: a serving thread per CPU would leave them none of their own, and on a
-/// 2-vCPU machine a second serving thread measured slower (each hand-over of work between two
-/// threads is a wake-up across CPUs) — README, "Performance → The platform".
+/// One serving thread per CPU this process may use. Fewer answered faster on a 2-vCPU VM
+/// (README, "Performance → The platform"), but a wasm guest runs on a serving thread until it
+/// yields or meets its deadline: with one thread, one tenant's spinning guest would hold every
+/// other tenant's requests. Until guests run off the serving threads, fewer is the operator's
+/// choice (`--serve-threads`).
 fn default_serve_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cpus.div_ceil(2)
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn server(a: ServerArgs) -> Result<()> {
